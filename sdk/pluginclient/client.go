@@ -1,0 +1,343 @@
+// Package pluginclient is the host side of the plugin protocol: it launches a plugin
+// binary (or attaches to one served in process) and returns a provider.InstanceGroup
+// whose calls cross the process boundary.
+//
+// Every call is bounded by the caller's context. A plugin process that dies is reported
+// as such (errors wrap ErrPluginExited and quote the end of its stderr), never as a hang.
+// Sentinel errors of sdk/provider survive the boundary: errors.Is works on what the
+// plugin returned.
+package pluginclient
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	goplugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/flotilla-ci/flotilla/sdk/internal/pb/fleeting/v1"
+	"github.com/flotilla-ci/flotilla/sdk/internal/wire"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// ErrPluginExited is wrapped by every call's error once the plugin process has exited.
+var ErrPluginExited = errors.New("plugin process exited")
+
+// Options tune how a plugin is launched.
+type Options struct {
+	// Args are passed to the binary. Empty for ordinary plugins; the runner uses them to
+	// re-execute itself as the embedded local plugin.
+	Args []string
+	// Env is added to the plugin's environment (on top of the host's).
+	Env []string
+	// Logger receives the plugin's log lines at their own levels. Default: discarded.
+	Logger hclog.Logger
+	// StartTimeout bounds the launch and handshake. Default 1 minute.
+	StartTimeout time.Duration
+	// Name labels the plugin in errors and logs. Default: the binary's base name.
+	Name string
+}
+
+// Plugin is a launched plugin. It implements provider.InstanceGroup; the JSON
+// configuration given to Launch is sent with Init.
+type Plugin struct {
+	name   string
+	config []byte
+	client *goplugin.Client
+	rpc    pb.InstanceGroupClient
+	stderr *tail
+	proto  int
+}
+
+var _ provider.InstanceGroup = (*Plugin)(nil)
+
+// tail keeps the last lines a plugin wrote to stderr, to explain a crash.
+type tail struct {
+	mu    sync.Mutex
+	lines []string
+	buf   bytes.Buffer
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(p)
+	for {
+		line, err := t.buf.ReadString('\n')
+		if err != nil {
+			t.buf.WriteString(line) // keep the partial line for the next write
+			break
+		}
+		t.lines = append(t.lines, strings.TrimRight(line, "\n"))
+		if len(t.lines) > 20 {
+			t.lines = t.lines[len(t.lines)-20:]
+		}
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	last := t.lines
+	if len(last) > 5 {
+		last = last[len(last)-5:]
+	}
+	return strings.Join(last, "\n")
+}
+
+// grpcPlugin is the go-plugin glue on the host side.
+type grpcPlugin struct {
+	goplugin.NetRPCUnsupportedPlugin
+}
+
+func (grpcPlugin) GRPCServer(*goplugin.GRPCBroker, *grpc.Server) error {
+	return fmt.Errorf("the host side serves nothing")
+}
+
+func (grpcPlugin) GRPCClient(_ context.Context, _ *goplugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return pb.NewInstanceGroupClient(c), nil
+}
+
+func pluginSets() map[int]goplugin.PluginSet {
+	return map[int]goplugin.PluginSet{wire.ProtocolVersion: {wire.PluginName: grpcPlugin{}}}
+}
+
+// Launch starts binary as a plugin, completes the handshake and returns it ready for
+// Init. configJSON is the plugin_config object that Init will send.
+func Launch(ctx context.Context, binary string, configJSON []byte, opts Options) (*Plugin, error) {
+	if opts.Name == "" {
+		opts.Name = baseName(binary)
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = time.Minute
+	}
+	cmd := exec.Command(binary, opts.Args...)
+	cmd.Env = append(os.Environ(), opts.Env...)
+	stderr := &tail{}
+	client := goplugin.NewClient(&goplugin.ClientConfig{
+		HandshakeConfig:  wire.Handshake,
+		VersionedPlugins: pluginSets(),
+		Cmd:              cmd,
+		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
+		Logger:           opts.Logger.Named(opts.Name),
+		Stderr:           stderr,
+		StartTimeout:     opts.StartTimeout,
+	})
+	p, err := connect(ctx, client, opts.Name, configJSON, stderr)
+	if err != nil {
+		return nil, fmt.Errorf("launch plugin %s: %w", binary, err)
+	}
+	return p, nil
+}
+
+// Attach connects to a plugin served elsewhere (sdk/plugin.ServeInProcess) over real
+// gRPC. Kill disconnects; the serving side stops when its own context ends.
+func Attach(ctx context.Context, rc *goplugin.ReattachConfig, configJSON []byte, opts Options) (*Plugin, error) {
+	if opts.Name == "" {
+		opts.Name = "in-process"
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	client := goplugin.NewClient(&goplugin.ClientConfig{
+		HandshakeConfig:  wire.Handshake,
+		VersionedPlugins: pluginSets(),
+		// go-plugin does not negotiate on reattach: the served version picks the set.
+		Plugins:          pluginSets()[rc.ProtocolVersion],
+		Reattach:         rc,
+		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
+		Logger:           opts.Logger.Named(opts.Name),
+	})
+	p, err := connect(ctx, client, opts.Name, configJSON, &tail{})
+	if err != nil {
+		return nil, fmt.Errorf("attach plugin %s: %w", opts.Name, err)
+	}
+	return p, nil
+}
+
+func connect(ctx context.Context, client *goplugin.Client, name string, configJSON []byte, stderr *tail) (*Plugin, error) {
+	type result struct {
+		raw any
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rpcClient, err := client.Client()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		raw, err := rpcClient.Dispense(wire.PluginName)
+		done <- result{raw, err}
+	}()
+	select {
+	case <-ctx.Done():
+		client.Kill()
+		return nil, ctx.Err()
+	case r := <-done:
+		if r.err != nil {
+			client.Kill()
+			if s := stderr.String(); s != "" {
+				return nil, fmt.Errorf("%w; plugin stderr:\n%s", r.err, s)
+			}
+			return nil, r.err
+		}
+		return &Plugin{name: name, config: configJSON, client: client, rpc: r.raw.(pb.InstanceGroupClient),
+			stderr: stderr, proto: client.NegotiatedVersion()}, nil
+	}
+}
+
+func baseName(path string) string {
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		return path[i+1:]
+	}
+	return path
+}
+
+// ProtocolVersion is the protocol version negotiated with the plugin.
+func (p *Plugin) ProtocolVersion() int { return p.proto }
+
+// Exited reports whether the plugin process has exited.
+func (p *Plugin) Exited() bool { return p.client.Exited() }
+
+// Kill stops the plugin: go-plugin asks it to stop gracefully (the plugin then runs its
+// Shutdown if nobody did), and kills the process if it does not exit in time.
+func (p *Plugin) Kill() { p.client.Kill() }
+
+// fail turns a call's error into the host-side error, naming the method and the plugin.
+func (p *Plugin) fail(ctx context.Context, method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if p.client.Exited() || status.Code(err) == codes.Unavailable && ctx.Err() == nil && p.exitedSoon() {
+		msg := fmt.Sprintf("%s: plugin %s: %v", method, p.name, ErrPluginExited)
+		if s := p.stderr.String(); s != "" {
+			msg += "; last stderr lines:\n" + s
+		}
+		return &exitedError{msg: msg}
+	}
+	return fmt.Errorf("plugin %s: %w", p.name, wire.FromStatus(ctx, method, err))
+}
+
+// exitedSoon waits briefly for the process to be reaped: a dying plugin closes its
+// socket a moment before the host notices the exit.
+func (p *Plugin) exitedSoon() bool {
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if p.client.Exited() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p.client.Exited()
+}
+
+type exitedError struct{ msg string }
+
+func (e *exitedError) Error() string { return e.msg }
+func (e *exitedError) Unwrap() error { return ErrPluginExited }
+
+// Init sends the plugin configuration and connector settings.
+func (p *Plugin) Init(ctx context.Context, _ hclog.Logger, settings provider.Settings) (provider.ProviderInfo, error) {
+	resp, err := p.rpc.Init(ctx, &pb.InitRequest{Config: p.config, ConnectorConfig: wire.ConnectorToPB(settings.ConnectorConfig)})
+	if err != nil {
+		return provider.ProviderInfo{}, p.fail(ctx, "init", err)
+	}
+	return wire.InfoFromPB(resp.GetInfo()), nil
+}
+
+// Update lists the group's instances into fn.
+func (p *Plugin) Update(ctx context.Context, fn func(string, provider.State)) error {
+	resp, err := p.rpc.Update(ctx, &pb.UpdateRequest{})
+	if err != nil {
+		return p.fail(ctx, "update", err)
+	}
+	// Check every state before reporting any, so that a bad answer changes nothing.
+	states := make([]provider.State, len(resp.GetInstances()))
+	for i, in := range resp.GetInstances() {
+		s, ok := wire.StateFromPB(in.GetState())
+		if !ok {
+			return fmt.Errorf("update: plugin %s reported instance %q in invalid state %v", p.name, in.GetId(), in.GetState())
+		}
+		states[i] = s
+	}
+	for i, in := range resp.GetInstances() {
+		fn(in.GetId(), states[i])
+	}
+	return nil
+}
+
+// Increase requests delta instances.
+func (p *Plugin) Increase(ctx context.Context, delta int) (int, error) {
+	resp, err := p.rpc.Increase(ctx, &pb.IncreaseRequest{Delta: int64(delta)})
+	if err != nil {
+		return 0, p.fail(ctx, "increase", err)
+	}
+	return int(resp.GetSucceeded()), wire.ErrorFromDetail(resp.GetFailures())
+}
+
+// Decrease deletes instances.
+func (p *Plugin) Decrease(ctx context.Context, ids []string) ([]string, error) {
+	resp, err := p.rpc.Decrease(ctx, &pb.DecreaseRequest{Instances: ids})
+	if err != nil {
+		return nil, p.fail(ctx, "decrease", err)
+	}
+	return resp.GetSucceeded(), wire.ErrorFromDetail(resp.GetFailures())
+}
+
+// Suspend suspends instances.
+func (p *Plugin) Suspend(ctx context.Context, ids []string) ([]string, error) {
+	resp, err := p.rpc.Suspend(ctx, &pb.SuspendRequest{Instances: ids})
+	if err != nil {
+		return nil, p.fail(ctx, "suspend", err)
+	}
+	return resp.GetSucceeded(), wire.ErrorFromDetail(resp.GetFailures())
+}
+
+// Resume resumes instances.
+func (p *Plugin) Resume(ctx context.Context, ids []string) ([]string, error) {
+	resp, err := p.rpc.Resume(ctx, &pb.ResumeRequest{Instances: ids})
+	if err != nil {
+		return nil, p.fail(ctx, "resume", err)
+	}
+	return resp.GetSucceeded(), wire.ErrorFromDetail(resp.GetFailures())
+}
+
+// ConnectInfo asks how to reach an instance.
+func (p *Plugin) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
+	resp, err := p.rpc.ConnectInfo(ctx, &pb.ConnectInfoRequest{Instance: id})
+	if err != nil {
+		return provider.ConnectInfo{}, p.fail(ctx, "connect info", err)
+	}
+	return wire.ConnectInfoFromPB(resp), nil
+}
+
+// Heartbeat checks an instance's health.
+func (p *Plugin) Heartbeat(ctx context.Context, id string) error {
+	_, err := p.rpc.Heartbeat(ctx, &pb.HeartbeatRequest{Instance: id})
+	return p.fail(ctx, "heartbeat", err)
+}
+
+// Shutdown asks the plugin to free its resources. The process keeps running until Kill.
+func (p *Plugin) Shutdown(ctx context.Context) error {
+	_, err := p.rpc.Shutdown(ctx, &pb.ShutdownRequest{})
+	return p.fail(ctx, "shutdown", err)
+}
+
+// tail is the io.Writer go-plugin copies the plugin's raw stderr into.
+var _ io.Writer = (*tail)(nil)
