@@ -35,7 +35,7 @@ test-go: ## Run the Go tests only
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## Run the benchmarks (B1-B7 of the reference) and print their reports
-	$(GO) test -run '^$$' -bench . -benchtime 2000x ./... 2>&1 | tee bench.out
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem $(BENCH_FLAGS) ./... 2>&1 | tee bench.out
 
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 
