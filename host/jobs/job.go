@@ -1,0 +1,140 @@
+// Package jobs is the one data model for a CI job, shared by every job source (a local
+// .gitlab-ci.yml through `runner exec`, a GitLab server through `runner run`) and every
+// executor. Executors never know where a job came from.
+package jobs
+
+import (
+	"slices"
+	"time"
+)
+
+// Job is one CI job ready to run.
+type Job struct {
+	// ID is unique within the host (a GitLab job ID, or a local sequence number).
+	ID string
+	// Name is the job's name in the pipeline ("build", "test:unit").
+	Name  string
+	Stage string
+
+	// Variables are the job's variables in precedence order: later entries win.
+	Variables Variables
+
+	// Image and Services are the Docker images of docker-autoscaler jobs; the instance
+	// executor maps Image to a VM image only with VM isolation.
+	Image    Image
+	Services []Image
+
+	// Script is before_script followed by script: one shell runs both, so state such as
+	// `cd` or exported variables carries over, and the first failing line fails the job.
+	Script []string
+	// AfterScript runs in its own shell after Script, whatever its outcome, with its
+	// own timeout (AfterScriptTimeout).
+	AfterScript []string
+
+	// Timeout bounds Script; 0 means the source's default.
+	Timeout time.Duration
+	// AfterScriptTimeout bounds AfterScript; 0 means 5 minutes, as GitLab does.
+	AfterScriptTimeout time.Duration
+
+	// AllowFailure lets the pipeline pass although this job failed. AllowFailureExitCodes,
+	// when set, limits that to these exit codes.
+	AllowFailure          bool
+	AllowFailureExitCodes []int
+
+	// Source says where the job's files come from.
+	Source Source
+
+	// Artifacts are the paths to collect after the job (GitLab jobs upload them).
+	Artifacts []Artifact
+}
+
+// DefaultAfterScriptTimeout is used when Job.AfterScriptTimeout is zero.
+const DefaultAfterScriptTimeout = 5 * time.Minute
+
+// Image is a container image reference with an optional entrypoint override.
+type Image struct {
+	Name       string
+	Entrypoint []string
+	// Alias is the service's host name (services only).
+	Alias string
+}
+
+// Variable is one CI/CD variable.
+type Variable struct {
+	Key   string
+	Value string
+	// Masked values are redacted from the job log.
+	Masked bool
+	// File variables are written to a file whose path becomes the value.
+	File bool
+}
+
+// Variables is an ordered list of variables; later entries override earlier ones.
+type Variables []Variable
+
+// Get returns the effective value of key.
+func (v Variables) Get(key string) (string, bool) {
+	for i := len(v) - 1; i >= 0; i-- {
+		if v[i].Key == key {
+			return v[i].Value, true
+		}
+	}
+	return "", false
+}
+
+// Effective returns one entry per key, the last one given, in first-seen order.
+func (v Variables) Effective() Variables {
+	var out Variables
+	for _, x := range v {
+		if i := slices.IndexFunc(out, func(y Variable) bool { return y.Key == x.Key }); i >= 0 {
+			out[i] = x
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// MaskedValues returns the non-empty values to redact from logs.
+func (v Variables) MaskedValues() []string {
+	var out []string
+	for _, x := range v.Effective() {
+		if x.Masked && x.Value != "" {
+			out = append(out, x.Value)
+		}
+	}
+	return out
+}
+
+// SourceKind says where a job's files come from.
+type SourceKind string
+
+// The job sources.
+const (
+	// SourceLocal: a working tree on the host (`runner exec`), copied to the instance.
+	SourceLocal SourceKind = "local"
+	// SourceGit: a repository cloned on the instance with the job token (`runner run`).
+	SourceGit SourceKind = "git"
+)
+
+// Source is where a job's files come from.
+type Source struct {
+	Kind SourceKind
+	// Dir is the working tree for SourceLocal.
+	Dir string
+	// RepoURL, Ref, SHA and Depth describe the clone for SourceGit; the URL carries no
+	// credentials: Token is the job token used to authenticate.
+	RepoURL string
+	Ref     string
+	SHA     string
+	Depth   int
+	Token   string
+}
+
+// Artifact is a set of paths to collect after a job.
+type Artifact struct {
+	Name  string
+	Paths []string
+	// When is on_success (default), on_failure or always.
+	When string
+}

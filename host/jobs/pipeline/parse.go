@@ -1,0 +1,689 @@
+// Package pipeline reads a .gitlab-ci.yml for `runner exec`: stages, needs, variables,
+// image, before_script, script, after_script, timeout, allow_failure, when, default:,
+// hidden jobs and extends. Keywords that `runner exec` cannot honour get a clear
+// message: an error when ignoring them would change what runs (include, trigger,
+// parallel, !reference), a warning otherwise (rules, cache, tags, …). Every message
+// names the file, line, column and key path.
+package pipeline
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/flotilla-ci/flotilla/host/jobs"
+)
+
+type node = *yaml.Node
+
+// DefaultStages are GitLab's stages when a file declares none.
+var DefaultStages = []string{".pre", "build", "test", "deploy", ".post"}
+
+// When values.
+const (
+	WhenOnSuccess = "on_success"
+	WhenOnFailure = "on_failure"
+	WhenAlways    = "always"
+	WhenManual    = "manual"
+	WhenNever     = "never"
+)
+
+// Job is a job of the pipeline file: the shared job model plus what only the pipeline
+// needs to schedule it.
+type Job struct {
+	jobs.Job
+	// Needs lists the jobs this one waits for. Nil means "every job of the earlier
+	// stages"; an empty, non-nil list means "none" (needs: []).
+	Needs []string
+	When  string
+	// Line is where the job is defined, for messages.
+	Line int
+}
+
+// Pipeline is a parsed .gitlab-ci.yml.
+type Pipeline struct {
+	File     string
+	Stages   []string
+	Jobs     []*Job
+	Warnings []Diagnostic
+}
+
+// Job returns the named job, or nil.
+func (p *Pipeline) Job(name string) *Job {
+	for _, j := range p.Jobs {
+		if j.Name == name {
+			return j
+		}
+	}
+	return nil
+}
+
+// Load reads and parses a pipeline file.
+func Load(path string) (*Pipeline, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read pipeline: %w", err)
+	}
+	return Parse(path, data)
+}
+
+var globalKeys = []string{"stages", "variables", "default", "include", "workflow", "image", "services",
+	"before_script", "after_script", "cache", "spec"}
+
+var jobKeys = []string{"stage", "script", "before_script", "after_script", "image", "services", "variables",
+	"needs", "timeout", "allow_failure", "when", "extends", "tags", "rules", "only", "except", "cache",
+	"artifacts", "retry", "interruptible", "environment", "coverage", "dependencies", "parallel", "trigger",
+	"resource_group", "release", "secrets", "id_tokens", "hooks", "pages", "inherit", "identity",
+	"dast_configuration", "start_in", "manual_confirmation", "run"}
+
+// ignoredJobKeys are valid GitLab keywords that runner exec does not act on; using them
+// earns a warning, since the job still means the same thing locally.
+var ignoredJobKeys = map[string]string{
+	"tags": "runner exec runs every job on the configured pool", "rules": "rules are not evaluated; the job runs",
+	"only": "only/except are not evaluated; the job runs", "except": "only/except are not evaluated; the job runs",
+	"cache": "caches are not kept between runner exec runs", "retry": "jobs are not retried, except once after a system failure",
+	"interruptible": "", "environment": "", "coverage": "", "dependencies": "all artifacts stay in the working tree",
+	"resource_group": "", "release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
+	"identity": "", "dast_configuration": "", "start_in": "", "manual_confirmation": "", "services": "services are not started by runner exec yet",
+}
+
+// failingJobKeys change what runs; silently ignoring them would mislead.
+var failingJobKeys = map[string]string{
+	"parallel": "expand the matrix into separate jobs",
+	"trigger":  "run the downstream pipeline with runner exec in its own directory",
+	"run":      "use script",
+}
+
+// Parse parses pipeline data; file names it in messages. The error, if any, joins a
+// Diagnostic per problem; warnings are in the returned pipeline.
+func Parse(file string, data []byte) (*Pipeline, error) {
+	d := &diags{file: file}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		d.errs = append(d.errs, yamlError(file, err))
+		return nil, d.err()
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		d.errorHint(nil, "", "add at least one job with a script", "the file is empty")
+		return nil, d.err()
+	}
+	root := resolve(doc.Content[0])
+	if root.Kind != yaml.MappingNode {
+		d.errorf(root, "", "the top level must be a mapping of keywords and jobs, not a %s", kindName(root))
+		return nil, d.err()
+	}
+	p := &Pipeline{File: file}
+	top := pairs(root)
+	defs := map[string]node{} // every job and hidden template, by name
+	var names []string
+	defaults := &mappingNode{}
+	var globalVars jobs.Variables
+	for _, kv := range top {
+		key, val := kv.key.Value, kv.value
+		switch key {
+		case "stages":
+			for i, s := range seq(d, val, "stages") {
+				if name := scalar(d, s, fmt.Sprintf("stages[%d]", i)); name != "" {
+					p.Stages = append(p.Stages, name)
+				}
+			}
+		case "variables":
+			globalVars = variables(d, val, "variables")
+		case "default":
+			if m := mapping(d, val, "default"); m != nil {
+				for _, dkv := range pairs(m) {
+					switch dkv.key.Value {
+					case "image", "before_script", "after_script", "timeout", "services", "tags", "cache",
+						"artifacts", "retry", "interruptible", "hooks", "id_tokens":
+						defaults.set(dkv.key, dkv.value)
+					default:
+						d.errorHint(dkv.key, "default."+dkv.key.Value, "allowed: image, before_script, after_script, timeout, services, tags, cache, artifacts, retry, interruptible, hooks, id_tokens", "unknown default keyword %q", dkv.key.Value)
+					}
+				}
+			}
+		case "image", "services", "before_script", "after_script", "cache":
+			d.warnf(kv.key, key, "top-level %s is deprecated; it is used as default:%s", key, key)
+			if defaults.get(key) == nil {
+				defaults.set(kv.key, val)
+			}
+		case "include":
+			d.errorHint(kv.key, "include", "inline the included configuration into this file", "include is not supported by runner exec")
+		case "workflow":
+			d.warnf(kv.key, "workflow", "workflow rules are not evaluated by runner exec; the pipeline runs")
+		case "spec":
+			d.warnf(kv.key, "spec", "spec inputs are not supported by runner exec; ignored")
+		default:
+			if val.Kind != yaml.MappingNode && resolve(val).Kind != yaml.MappingNode {
+				hint := "a job is a mapping with at least a script"
+				if s := suggest(key, globalKeys); s != "" {
+					hint = s
+				}
+				d.errorHint(kv.key, key, hint, "%q is neither a keyword nor a job", key)
+				continue
+			}
+			if _, dup := defs[key]; dup {
+				d.errorf(kv.key, key, "job %q is defined twice", key)
+				continue
+			}
+			defs[key] = resolve(val)
+			names = append(names, key)
+		}
+	}
+	if p.Stages == nil {
+		p.Stages = slices.Clone(DefaultStages)
+	} else {
+		// .pre and .post always exist, first and last.
+		p.Stages = append(append([]string{".pre"}, slices.DeleteFunc(p.Stages, func(s string) bool { return s == ".pre" || s == ".post" })...), ".post")
+	}
+	for _, name := range names {
+		if strings.HasPrefix(name, ".") {
+			continue // hidden job: a template for extends
+		}
+		merged := expand(d, name, defs, nil)
+		if merged == nil {
+			continue
+		}
+		if j := decodeJob(d, p, name, merged, defaults, globalVars); j != nil {
+			p.Jobs = append(p.Jobs, j)
+		}
+	}
+	if len(p.Jobs) == 0 && len(d.errs) == 0 {
+		d.errorHint(root, "", "add a job: a top-level key whose value has a script", "the pipeline has no jobs")
+	}
+	checkNeeds(d, p)
+	p.Warnings = d.warnings
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+)`)
+
+func yamlError(file string, err error) Diagnostic {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+	}
+	return Diagnostic{File: file, Line: line, Col: 1, Msg: "invalid YAML: " + msg}
+}
+
+func kindName(n node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.SequenceNode:
+		return "list"
+	case yaml.ScalarNode:
+		return "scalar"
+	}
+	return "value"
+}
+
+// resolve follows aliases (*anchor) to the node they name.
+func resolve(n node) node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n != nil && n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		return resolve(n.Content[0])
+	}
+	return n
+}
+
+type pair struct{ key, value node }
+
+// pairs returns a mapping's entries with YAML merge keys (<<: *anchor) applied:
+// explicit keys win over merged ones.
+func pairs(m node) []pair {
+	var out []pair
+	var merged []pair
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if k.Value == "<<" && k.Tag == "!!merge" {
+			v = resolve(v)
+			srcs := []node{v}
+			if v.Kind == yaml.SequenceNode {
+				srcs = v.Content
+			}
+			for _, s := range srcs {
+				if s = resolve(s); s.Kind == yaml.MappingNode {
+					merged = append(merged, pairs(s)...)
+				}
+			}
+			continue
+		}
+		out = append(out, pair{k, v})
+	}
+	for _, mp := range merged {
+		if !slices.ContainsFunc(out, func(p pair) bool { return p.key.Value == mp.key.Value }) {
+			out = append(out, mp)
+		}
+	}
+	return out
+}
+
+// mappingNode is an ordered key → node map built while merging extends.
+type mappingNode struct{ entries []pair }
+
+func (m *mappingNode) get(key string) node {
+	for _, e := range m.entries {
+		if e.key.Value == key {
+			return e.value
+		}
+	}
+	return nil
+}
+
+func (m *mappingNode) set(k, v node) {
+	for i, e := range m.entries {
+		if e.key.Value == k.Value {
+			m.entries[i] = pair{k, v}
+			return
+		}
+	}
+	m.entries = append(m.entries, pair{k, v})
+}
+
+// maxExtendsDepth is GitLab's limit on extends chains.
+const maxExtendsDepth = 11
+
+// expand resolves extends for a job or template: parents are merged in order, then the
+// job's own keys; mappings merge deeply, everything else (lists included) is replaced.
+func expand(d *diags, name string, defs map[string]node, chain []string) *mappingNode {
+	if slices.Contains(chain, name) {
+		d.errorf(defs[name], name+".extends", "extends cycle: %s", strings.Join(append(chain, name), " -> "))
+		return nil
+	}
+	if len(chain) >= maxExtendsDepth {
+		d.errorf(defs[name], name+".extends", "extends nests deeper than %d levels", maxExtendsDepth)
+		return nil
+	}
+	def := defs[name]
+	out := &mappingNode{}
+	own := pairs(def)
+	for _, kv := range own {
+		if kv.key.Value != "extends" {
+			continue
+		}
+		var parents []node
+		if v := resolve(kv.value); v.Kind == yaml.SequenceNode {
+			parents = v.Content
+		} else {
+			parents = []node{v}
+		}
+		for _, pn := range parents {
+			pn = resolve(pn)
+			if pn.Kind != yaml.ScalarNode {
+				d.errorf(pn, name+".extends", "expected a job name or a list of job names")
+				continue
+			}
+			if pn.Tag == "!reference" {
+				d.errorf(pn, name+".extends", "!reference is not supported by runner exec")
+				continue
+			}
+			if _, ok := defs[pn.Value]; !ok {
+				known := make([]string, 0, len(defs))
+				for k := range defs {
+					known = append(known, k)
+				}
+				d.errorHint(pn, name+".extends", suggest(pn.Value, known), "extends unknown job %q", pn.Value)
+				continue
+			}
+			parent := expand(d, pn.Value, defs, append(chain, name))
+			if parent == nil {
+				return nil
+			}
+			for _, e := range parent.entries {
+				mergeInto(out, e)
+			}
+		}
+	}
+	for _, kv := range own {
+		if kv.key.Value != "extends" {
+			mergeInto(out, kv)
+		}
+	}
+	return out
+}
+
+func mergeInto(m *mappingNode, e pair) {
+	old := m.get(e.key.Value)
+	nv := resolve(e.value)
+	if old != nil && resolve(old).Kind == yaml.MappingNode && nv.Kind == yaml.MappingNode {
+		merged := &mappingNode{entries: slices.Clone(pairs(resolve(old)))}
+		for _, c := range pairs(nv) {
+			mergeInto(merged, c)
+		}
+		out := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: nv.Line, Column: nv.Column}
+		for _, c := range merged.entries {
+			out.Content = append(out.Content, c.key, c.value)
+		}
+		m.set(e.key, out)
+		return
+	}
+	m.set(e.key, e.value)
+}
+
+func mapping(d *diags, n node, path string) node {
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "expected a mapping, got a %s", kindName(n))
+		return nil
+	}
+	return n
+}
+
+func seq(d *diags, n node, path string) []node {
+	n = resolve(n)
+	if n.Kind != yaml.SequenceNode {
+		d.errorf(n, path, "expected a list, got a %s", kindName(n))
+		return nil
+	}
+	return n.Content
+}
+
+func scalar(d *diags, n node, path string) string {
+	n = resolve(n)
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		d.errorf(n, path, "expected a string, got a %s", kindName(n))
+		return ""
+	}
+	if n.Tag == "!reference" {
+		d.errorf(n, path, "!reference is not supported by runner exec")
+		return ""
+	}
+	return n.Value
+}
+
+// script reads a string or a list of strings (one level of nested lists is flattened,
+// as GitLab does).
+func script(d *diags, n node, path string) []string {
+	n = resolve(n)
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return []string{scalar(d, n, path)}
+	case yaml.SequenceNode:
+		var out []string
+		for i, c := range n.Content {
+			c = resolve(c)
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if c.Kind == yaml.SequenceNode {
+				for j, cc := range c.Content {
+					out = append(out, scalar(d, cc, fmt.Sprintf("%s[%d]", p, j)))
+				}
+				continue
+			}
+			if c.Tag == "!reference" {
+				d.errorHint(c, p, "copy the referenced lines in, or use extends", "!reference is not supported by runner exec")
+				continue
+			}
+			out = append(out, scalar(d, c, p))
+		}
+		return out
+	}
+	d.errorf(n, path, "expected a string or a list of strings, got a %s", kindName(n))
+	return nil
+}
+
+var varName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func variables(d *diags, n node, path string) jobs.Variables {
+	m := mapping(d, n, path)
+	if m == nil {
+		return nil
+	}
+	var out jobs.Variables
+	for _, kv := range pairs(m) {
+		p := path + "." + kv.key.Value
+		if !varName.MatchString(kv.key.Value) {
+			d.errorHint(kv.key, p, "use letters, digits and underscores, not starting with a digit", "invalid variable name %q", kv.key.Value)
+			continue
+		}
+		v := resolve(kv.value)
+		if v.Kind == yaml.MappingNode {
+			val := ""
+			for _, f := range pairs(v) {
+				switch f.key.Value {
+				case "value":
+					val = scalar(d, f.value, p+".value")
+				case "description", "expand", "options":
+				default:
+					d.errorf(f.key, p+"."+f.key.Value, "unknown variable field (allowed: value, description, expand, options)")
+				}
+			}
+			out = append(out, jobs.Variable{Key: kv.key.Value, Value: val})
+			continue
+		}
+		if v.Kind != yaml.ScalarNode {
+			d.errorf(v, p, "expected a string, number or boolean, got a %s", kindName(v))
+			continue
+		}
+		out = append(out, jobs.Variable{Key: kv.key.Value, Value: v.Value})
+	}
+	return out
+}
+
+func image(d *diags, n node, path string) jobs.Image {
+	n = resolve(n)
+	if n.Kind == yaml.ScalarNode {
+		return jobs.Image{Name: scalar(d, n, path)}
+	}
+	m := mapping(d, n, path)
+	if m == nil {
+		return jobs.Image{}
+	}
+	var img jobs.Image
+	for _, kv := range pairs(m) {
+		switch kv.key.Value {
+		case "name":
+			img.Name = scalar(d, kv.value, path+".name")
+		case "entrypoint":
+			img.Entrypoint = script(d, kv.value, path+".entrypoint")
+		case "alias":
+			img.Alias = scalar(d, kv.value, path+".alias")
+		case "pull_policy", "docker", "kubernetes", "command", "variables":
+			d.warnf(kv.key, path+"."+kv.key.Value, "ignored by runner exec")
+		default:
+			d.errorf(kv.key, path+"."+kv.key.Value, "unknown image keyword (allowed: name, entrypoint)")
+		}
+	}
+	if img.Name == "" {
+		d.errorf(n, path+".name", "an image needs a name")
+	}
+	return img
+}
+
+func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *mappingNode, globalVars jobs.Variables) *Job {
+	errsBefore := len(d.errs)
+	j := &Job{Job: jobs.Job{Name: name, Stage: "test"}, When: WhenOnSuccess, Line: 0}
+	j.Variables = slices.Clone(globalVars)
+	if len(m.entries) > 0 {
+		j.Line = m.entries[0].key.Line
+	}
+	get := func(key string) node {
+		if v := m.get(key); v != nil {
+			return v
+		}
+		return defaults.get(key)
+	}
+	var before, main []string
+	hasScript := false
+	for _, kv := range m.entries {
+		key, path := kv.key.Value, name+"."+kv.key.Value
+		switch key {
+		case "stage":
+			j.Stage = scalar(d, kv.value, path)
+		case "script":
+			main, hasScript = script(d, kv.value, path), true
+		case "variables":
+			j.Variables = append(j.Variables, variables(d, kv.value, path)...)
+		case "needs":
+			j.Needs = []string{}
+			for i, n := range seq(d, kv.value, path) {
+				n = resolve(n)
+				if n.Kind == yaml.MappingNode {
+					for _, f := range pairs(n) {
+						switch f.key.Value {
+						case "job":
+							j.Needs = append(j.Needs, scalar(d, f.value, fmt.Sprintf("%s[%d].job", path, i)))
+						case "artifacts", "optional":
+						default:
+							d.errorf(f.key, fmt.Sprintf("%s[%d].%s", path, i, f.key.Value), "unsupported needs field (runner exec supports job, artifacts, optional)")
+						}
+					}
+					continue
+				}
+				j.Needs = append(j.Needs, scalar(d, n, fmt.Sprintf("%s[%d]", path, i)))
+			}
+		case "allow_failure":
+			v := resolve(kv.value)
+			if v.Kind == yaml.MappingNode {
+				j.AllowFailure = true
+				for _, f := range pairs(v) {
+					if f.key.Value != "exit_codes" {
+						d.errorf(f.key, path+"."+f.key.Value, "unknown allow_failure field (allowed: exit_codes)")
+						continue
+					}
+					codes := []node{resolve(f.value)}
+					if codes[0].Kind == yaml.SequenceNode {
+						codes = codes[0].Content
+					}
+					for _, c := range codes {
+						n, err := strconv.Atoi(scalar(d, c, path+".exit_codes"))
+						if err != nil {
+							d.errorf(c, path+".exit_codes", "expected an exit code number")
+							continue
+						}
+						j.AllowFailureExitCodes = append(j.AllowFailureExitCodes, n)
+					}
+				}
+				continue
+			}
+			b, err := strconv.ParseBool(scalar(d, v, path))
+			if err != nil {
+				d.errorf(v, path, "expected true or false")
+			}
+			j.AllowFailure = b
+		case "when":
+			w := scalar(d, kv.value, path)
+			switch w {
+			case WhenOnSuccess, WhenOnFailure, WhenAlways, WhenManual, WhenNever:
+				j.When = w
+			case "delayed":
+				d.warnf(kv.value, path, "when: delayed runs at once under runner exec")
+			default:
+				d.errorHint(kv.value, path, "use on_success, on_failure, always, manual or never", "unknown when %q", w)
+			}
+		case "before_script", "after_script", "image", "timeout", "extends", "artifacts":
+			// read below, together with their defaults
+		default:
+			if hint, ok := failingJobKeys[key]; ok {
+				d.errorHint(kv.key, path, hint, "%s is not supported by runner exec", key)
+			} else if why, ok := ignoredJobKeys[key]; ok {
+				msg := "not supported by runner exec; ignored"
+				if why != "" {
+					msg += ": " + why
+				}
+				d.warnf(kv.key, path, "%s", msg)
+			} else {
+				d.errorHint(kv.key, path, suggest(key, jobKeys), "unknown job keyword %q", key)
+			}
+		}
+	}
+	if v := get("before_script"); v != nil {
+		before = script(d, v, name+".before_script")
+	}
+	if v := get("after_script"); v != nil {
+		j.AfterScript = script(d, v, name+".after_script")
+	}
+	if v := get("image"); v != nil {
+		j.Image = image(d, v, name+".image")
+	}
+	if v := get("timeout"); v != nil {
+		t, err := ParseTimeout(scalar(d, v, name+".timeout"))
+		if err != nil {
+			d.errorf(v, name+".timeout", "%v", err)
+		}
+		j.Timeout = t
+	}
+	if v := m.get("artifacts"); v != nil {
+		if am := mapping(d, v, name+".artifacts"); am != nil {
+			a := jobs.Artifact{When: WhenOnSuccess}
+			for _, f := range pairs(am) {
+				switch f.key.Value {
+				case "paths":
+					a.Paths = script(d, f.value, name+".artifacts.paths")
+				case "name":
+					a.Name = scalar(d, f.value, name+".artifacts.name")
+				case "when":
+					a.When = scalar(d, f.value, name+".artifacts.when")
+				}
+			}
+			j.Artifacts = append(j.Artifacts, a)
+		}
+	}
+	if !hasScript {
+		d.errorHint(nil, name, "add script: with the commands to run", "job %q has no script", name)
+		if len(m.entries) > 0 {
+			d.errs[len(d.errs)-1] = withPos(d.errs[len(d.errs)-1], m.entries[0].key)
+		}
+	}
+	j.Script = append(before, main...)
+	if !slices.Contains(p.Stages, j.Stage) {
+		d.errorHint(m.get("stage"), name+".stage", "declare it under stages: "+suggestOr(j.Stage, p.Stages), "stage %q is not declared", j.Stage)
+	}
+	if len(d.errs) > errsBefore {
+		return nil
+	}
+	return j
+}
+
+func withPos(err error, n node) error {
+	if dg, ok := err.(Diagnostic); ok && n != nil {
+		dg.Line, dg.Col = n.Line, n.Column
+		return dg
+	}
+	return err
+}
+
+func suggestOr(word string, known []string) string {
+	if s := suggest(word, known); s != "" {
+		return s
+	}
+	return strings.Join(known, ", ")
+}
+
+func checkNeeds(d *diags, p *Pipeline) {
+	for _, j := range p.Jobs {
+		for _, n := range j.Needs {
+			if n == j.Name {
+				d.errorf(nil, j.Name+".needs", "job %q needs itself", n)
+				continue
+			}
+			if p.Job(n) == nil {
+				names := make([]string, len(p.Jobs))
+				for i, x := range p.Jobs {
+					names[i] = x.Name
+				}
+				d.errs = append(d.errs, Diagnostic{File: d.file, Line: j.Line, Col: 1, Path: j.Name + ".needs",
+					Msg: fmt.Sprintf("needs unknown job %q", n), Hint: suggest(n, names)})
+			}
+		}
+	}
+}
+
+// TimeoutOr returns the job's timeout, or def when none is set.
+func (j *Job) TimeoutOr(def time.Duration) time.Duration {
+	if j.Timeout > 0 {
+		return j.Timeout
+	}
+	return def
+}

@@ -1,0 +1,200 @@
+package pipeline
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const full = `
+stages: [build, test, deploy]
+variables:
+  GLOBAL: "g"
+  OVERRIDE: global
+default:
+  image: alpine:3
+  before_script:
+    - echo before
+  timeout: 10m
+.base:
+  variables:
+    FROM_BASE: "1"
+    OVERRIDE: base
+  after_script: [echo cleanup]
+  tags: [linux]
+build:
+  stage: build
+  extends: .base
+  script:
+    - make
+    - [echo nested, echo flattened]
+  artifacts:
+    paths: [bin/]
+test:
+  stage: test
+  image:
+    name: golang:1.26
+    entrypoint: [""]
+  variables:
+    OVERRIDE: job
+  before_script: []
+  script: go test ./...
+  timeout: 1h 30m
+  allow_failure:
+    exit_codes: [3, 4]
+lint:
+  stage: test
+  needs: []
+  script: golint
+  when: always
+deploy:
+  stage: deploy
+  needs: [build]
+  script: ./deploy
+  when: manual
+`
+
+func TestParseFull(t *testing.T) {
+	p, err := Parse(".gitlab-ci.yml", []byte(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{".pre", "build", "test", "deploy", ".post"}; !slices.Equal(p.Stages, want) {
+		t.Errorf("stages = %v, want %v", p.Stages, want)
+	}
+	build := p.Job("build")
+	if want := []string{"echo before", "make", "echo nested", "echo flattened"}; !slices.Equal(build.Script, want) {
+		t.Errorf("build script = %q, want %q", build.Script, want)
+	}
+	if v, _ := build.Variables.Get("OVERRIDE"); v != "base" {
+		t.Errorf("build OVERRIDE = %q, want base (extends overrides global)", v)
+	}
+	if v, _ := build.Variables.Get("GLOBAL"); v != "g" {
+		t.Errorf("build GLOBAL = %q", v)
+	}
+	if !slices.Equal(build.AfterScript, []string{"echo cleanup"}) || build.Image.Name != "alpine:3" || build.Timeout != 10*time.Minute {
+		t.Errorf("build defaults not applied: after=%q image=%q timeout=%v", build.AfterScript, build.Image.Name, build.Timeout)
+	}
+	if len(build.Artifacts) != 1 || !slices.Equal(build.Artifacts[0].Paths, []string{"bin/"}) {
+		t.Errorf("artifacts = %+v", build.Artifacts)
+	}
+	test := p.Job("test")
+	if !slices.Equal(test.Script, []string{"go test ./..."}) {
+		t.Errorf("test script = %q (before_script: [] must clear the default)", test.Script)
+	}
+	if test.Image.Name != "golang:1.26" || test.Timeout != 90*time.Minute || !test.AllowFailure || !slices.Equal(test.AllowFailureExitCodes, []int{3, 4}) {
+		t.Errorf("test = %+v", test.Job)
+	}
+	if v, _ := test.Variables.Get("OVERRIDE"); v != "job" {
+		t.Errorf("test OVERRIDE = %q", v)
+	}
+	if lint := p.Job("lint"); lint.Needs == nil || len(lint.Needs) != 0 || lint.When != WhenAlways {
+		t.Errorf("lint needs=%#v when=%q", lint.Needs, lint.When)
+	}
+	if p.Job(".base") != nil {
+		t.Error("hidden job became a job")
+	}
+	if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0].Error(), "build.tags") {
+		t.Errorf("warnings = %v, want one for the inherited tags", p.Warnings)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // substrings, each must appear in the error
+	}{
+		{"bad yaml", "build:\n  script: [a\n", []string{".gitlab-ci.yml:", "invalid YAML"}},
+		{"no script", "build:\n  stage: build\n", []string{".gitlab-ci.yml:2:3: build: job \"build\" has no script"}},
+		{"unknown keyword with hint", "build:\n  scrpit: make\n  script: make\n", []string{"2:3: build.scrpit: unknown job keyword \"scrpit\" (did you mean \"script\"?)"}},
+		{"undeclared stage", "stages: [build]\nt:\n  stage: tset\n  script: x\n", []string{"3:10: t.stage: stage \"tset\" is not declared"}},
+		{"unknown need", "a:\n  script: x\n  needs: [bb]\nb:\n  script: y\n", []string{"a.needs: needs unknown job \"bb\""}},
+		{"extends cycle", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: x\n", []string{"extends cycle"}},
+		{"extends unknown", "j:\n  extends: .tmpl\n  script: x\n", []string{"2:12", "extends unknown job \".tmpl\""}},
+		{"include refused", "include: other.yml\nj:\n  script: x\n", []string{"1:1: include: include is not supported"}},
+		{"parallel refused", "j:\n  parallel: 3\n  script: x\n", []string{"j.parallel: parallel is not supported by runner exec (expand the matrix"}},
+		{"bad timeout", "j:\n  timeout: 5 fortnights\n  script: x\n", []string{"2:12: j.timeout:", "unknown unit \"fortnights\""}},
+		{"bad when", "j:\n  when: sometimes\n  script: x\n", []string{"j.when: unknown when \"sometimes\""}},
+		{"script of mapping", "j:\n  script: {a: b}\n", []string{"2:11: j.script: expected a string or a list of strings, got a mapping"}},
+		{"bad variable name", "variables:\n  1X: y\nj:\n  script: x\n", []string{"2:3: variables.1X: invalid variable name"}},
+		{"not a job", "stagez: [a]\n", []string{"\"stagez\" is neither a keyword nor a job (did you mean \"stages\"?)"}},
+		{"several problems at once", "a:\n  scirpt: x\nb:\n  when: later\n  script: y\n", []string{"a.scirpt", "b.when"}},
+		{"empty", "", []string{"the file is empty"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(".gitlab-ci.yml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestParseTimeout(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"1h 30m", 90 * time.Minute, true}, {"90 minutes", 90 * time.Minute, true}, {"2 hours and 10 minutes", 130 * time.Minute, true},
+		{"3600", time.Hour, true}, {"1h30m", 90 * time.Minute, true}, {"1 day", 24 * time.Hour, true},
+		{"", 0, false}, {"0", 0, false}, {"ten minutes", 0, false}, {"5 parsecs", 0, false}, {"-1h", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseTimeout(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseTimeout(%q) = %v, %v; want %v ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestYAMLAnchorsAndMergeKeys(t *testing.T) {
+	p, err := Parse("ci.yml", []byte(`
+.common: &common
+  before_script: [echo hi]
+  variables: {A: "1"}
+j:
+  <<: *common
+  variables: {B: "2"}
+  script: [*x]
+x: &x echo
+`))
+	if err == nil {
+		// *x used before its anchor is a YAML error; the point is it must not panic.
+		_ = p
+	}
+	p, err = Parse("ci.yml", []byte(".common: &common\n  before_script: [echo hi]\nj:\n  <<: *common\n  script: [echo run]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Job("j").Script; !slices.Equal(got, []string{"echo hi", "echo run"}) {
+		t.Errorf("script = %q, merge key not applied", got)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(full))
+	f.Add([]byte("a:\n  script: x\n  needs: [a]\n"))
+	f.Add([]byte(".a: &a\n  script: [x]\nb:\n  <<: *a\n  extends: .a\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("fuzz.yml", data)
+		if err != nil {
+			return
+		}
+		// Whatever parses must plan or fail cleanly, and every job must have a script.
+		for _, j := range p.Jobs {
+			if j.Name == "" || strings.HasPrefix(j.Name, ".") {
+				t.Fatalf("bad job name %q", j.Name)
+			}
+		}
+		_, _ = p.Plan()
+	})
+}
