@@ -31,7 +31,8 @@ plugins: ## Build every plugin binary into bin/
 
 test: lint check-deps generate-check test-go ## Lint, check boundaries and generated code, run all tests
 
-test-go: ## Run the Go tests only
+test-go: ## Run the Go tests only (starts dockerd for the Docker tests when it can)
+	@scripts/test-services.sh
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## Run the benchmarks (B1-B7 of the reference) and print their reports
