@@ -1,0 +1,182 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// want is one expected diagnostic: "severity line:col path" plus a message fragment
+// and a hint fragment.
+type want struct {
+	where, msg, hint string
+}
+
+const okRunner = `
+[[runners]]
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "local"
+`
+
+func TestCheckDiagnostics(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []want
+	}{
+		{"valid", okRunner, nil},
+		{"syntax error", "concurrent = \n", []want{{"error 1:14 ", "", "TOML syntax"}}},
+		{"unterminated string", "[[runners]]\nname = \"x\n", []want{{"error 2:", "", ""}}},
+		{"duplicate key", "concurrent = 1\nconcurrent = 2\n", []want{{"error 2:1 concurrent", "already defined", "only once"}}},
+		{"unknown global key with suggestion", "concurent = 2\n" + okRunner,
+			[]want{{"warning 1:1 concurent", `unknown key "concurent"`, `did you mean "concurrent"?`}}},
+		{"docker+machine spelling in a policy", okRunner + "    [[runners.autoscaler.policy]]\n      IdleCount = 3\n",
+			[]want{{"warning 7:7 runners[0].autoscaler.policy[0].IdleCount", "unknown key", `did you mean "idle_count"?`}}},
+		{"key in the wrong table", "[[runners]]\n  executor = \"instance\"\n  [runners.autoscaler]\n    plugin = \"local\"\n    shell = \"sh\"\n",
+			[]want{{"warning 5:5 runners[0].autoscaler.shell", "unknown key", "runners[0].shell"}}},
+		{"key matched ignoring case is read", "[[runners]]\n  Executor = \"instance\"\n  [runners.Autoscaler]\n    plugin = \"local\"\n    Max_Instances = \"2\"\n",
+			[]want{{"warning 2:3 runners[0].Executor", `read as "executor"`, `write "executor"`},
+				{"warning 3:12 runners[0].Autoscaler", `read as "autoscaler"`, ""},
+				{"warning 5:5 runners[0].autoscaler.Max_Instances", `read as "max_instances"`, ""},
+				{"error 5:5 runners[0].autoscaler.max_instances", "got string, want integer", ""}}},
+		{"unknown key without suggestion", "zzz_totally_new = 1\n" + okRunner, []want{{"warning 1:1 zzz_totally_new", "unknown key", ""}}},
+		{"wrong type int", "concurrent = \"10\"\n" + okRunner, []want{{"error 1:1 concurrent", "got string, want integer", "quotes"}}},
+		{"wrong type bool", okRunner + "  [runners.docker]\n    privileged = \"yes\"\n",
+			[]want{{"error 7:5 runners[0].docker.privileged", "want boolean", "true or false"}}},
+		{"runners not an array of tables", "[runners]\nexecutor = \"instance\"\n",
+			[]want{{"error 1:2 runners", "got table, want array of tables", ""}}},
+		{"bad duration", okRunner + "    instance_acquire_timeout = \"15 minutes\"\n",
+			[]want{{"error 6:5 runners[0].autoscaler.instance_acquire_timeout", `invalid duration "15 minutes"`, "20m0s"}}},
+		{"duration as integer", okRunner + "    update_interval = 60\n",
+			[]want{{"error 6:5 runners[0].autoscaler.update_interval", "got integer", `"60s"`}}},
+		{"negative duration", okRunner + "    [runners.autoscaler.connector_config]\n      timeout = \"-5m\"\n",
+			[]want{{"error 7:7 runners[0].autoscaler.connector_config.timeout", "negative", ""}}},
+		{"idle_time below 1s", okRunner + "    [[runners.autoscaler.policy]]\n      idle_count = 1\n    [[runners.autoscaler.policy]]\n      idle_time = \"500ms\"\n",
+			[]want{{"error 9:7 runners[0].autoscaler.policy[1].idle_time", "below the minimum of 1s", "at least 1s"}}},
+		{"idle_time zero", okRunner + "    [[runners.autoscaler.policy]]\n      idle_time = \"0s\"\n",
+			[]want{{"error 7:7 runners[0].autoscaler.policy[0].idle_time", "below the minimum", ""}}},
+		{"negative capacity", okRunner + "    capacity_per_instance = -1\n",
+			[]want{{"error 6:5 runners[0].autoscaler.capacity_per_instance", "must not be negative", ""}}},
+		{"bad cron period", okRunner + "    [[runners.autoscaler.policy]]\n      periods = [\"* * * * *\", \"* 25 * * *\"]\n",
+			[]want{{"error 7:31 runners[0].autoscaler.policy[0].periods[1]", `invalid period "* 25 * * *"`, "5 fields"}}},
+		{"docker+machine period in a policy", okRunner + "    [[runners.autoscaler.policy]]\n      periods = [\"* * 9-17 * * mon-fri *\"]\n",
+			[]want{{"error 7:18 runners[0].autoscaler.policy[0].periods[0]", "invalid period", "runner config migrate"}}},
+		{"unknown timezone", okRunner + "    [[runners.autoscaler.policy]]\n      timezone = \"Mars/Olympus\"\n",
+			[]want{{"error 7:7 runners[0].autoscaler.policy[0].timezone", `unknown timezone "Mars/Olympus"`, "IANA"}}},
+		{"unknown executor", "[[runners]]\n  executor = \"dokcer\"\n",
+			[]want{{"error 2:3 runners[0].executor", `unknown executor "dokcer"`, "docker-autoscaler"}}},
+		{"executor without autoscaler", "[[runners]]\n  name = \"a\"\n  executor = \"docker-autoscaler\"\n",
+			[]want{{"error 3:3 runners[0].executor", "executor requires autoscaler config", "[runners.autoscaler]"}}},
+		{"autoscaler without plugin", "[[runners]]\n  executor = \"instance\"\n  [runners.autoscaler]\n    max_use_count = 2\n",
+			[]want{{"error 3:12 runners[0].autoscaler", "plugin is not set", ""}}},
+		{"pull policy not allowed", okRunner + "  [runners.docker]\n    pull_policy = \"always\"\n    allowed_pull_policies = [\"if-not-present\"]\n",
+			[]want{{"error 7:5 runners[0].docker.pull_policy", `"always" is not in allowed_pull_policies`, "if-not-present"}}},
+		{"pull policy array element", okRunner + "  [runners.docker]\n    pull_policy = [\"never\", \"sometimes\"]\n",
+			[]want{{"error 7:29 runners[0].docker.pull_policy[1]", `unknown pull policy "sometimes"`, ""}}},
+		{"pull policy wrong type", okRunner + "  [runners.docker]\n    pull_policy = 3\n",
+			[]want{{"error 7:5 runners[0].docker.pull_policy", "want string or array of strings", ""}}},
+		{"unsupported executor is a warning", "[[runners]]\n  executor = \"shell\"\n",
+			[]want{{"warning 2:3 runners[0].executor", `executor "shell" is not run by Flotilla`, ""}}},
+		{"concurrent unset, below capacity", okRunner + "    max_instances = 3\n",
+			[]want{{"warning 6:5 concurrent", "concurrent = 1 caps the jobs", "concurrent = 3"}}},
+		{"concurrent below capacity", "concurrent = 2\n" + okRunner + "    max_instances = 3\n    capacity_per_instance = 2\n",
+			[]want{{"warning 1:1 concurrent", "caps the jobs", "concurrent = 6"}}},
+		{"bad listen address", "listen_address = \"9252\"\n" + okRunner, []want{{"error 1:1 listen_address", "invalid listen_address", "host:port"}}},
+		{"bad protocol", okRunner + "    [runners.autoscaler.connector_config]\n      protocol = \"telnet\"\n",
+			[]want{{"error 7:7 runners[0].autoscaler.connector_config.protocol", "unknown protocol", ""}}},
+		{"inline table policy", okRunner + "    policy = [{idle_count = -1, idle_time = \"1m\"}]\n",
+			[]want{{"error 6:16 runners[0].autoscaler.policy[0].idle_count", "must not be negative", ""}}},
+		{"plugin_config keeps any keys", okRunner + "    [runners.autoscaler.plugin_config]\n      anything = {nested = [1, 2.5, \"x\"]}\n", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, diags, err := Parse("c.toml", []byte(tt.doc))
+			var got []string
+			for _, d := range diags {
+				got = append(got, fmt.Sprintf("%s %d:%d %s | %s | %s", d.Severity, d.Line, d.Column, d.Path, d.Message, d.Hint))
+			}
+			if len(diags) != len(tt.want) {
+				t.Fatalf("got %d diagnostics, want %d:\n%s", len(diags), len(tt.want), strings.Join(got, "\n"))
+			}
+			for i, w := range tt.want {
+				d := diags[i]
+				if !strings.HasPrefix(got[i], w.where) || !strings.Contains(d.Message, w.msg) || !strings.Contains(d.Hint, w.hint) {
+					t.Errorf("diagnostic %d:\n got  %s\n want %q, message ~ %q, hint ~ %q", i, got[i], w.where, w.msg, w.hint)
+				}
+				if d.File != "c.toml" {
+					t.Errorf("file = %q", d.File)
+				}
+			}
+			if diags.HasErrors() != (err != nil) || diags.HasErrors() != (cfg == nil) {
+				t.Errorf("errors %v but err=%v cfg=%v: nothing may be half-applied", diags.HasErrors(), err, cfg != nil)
+			}
+		})
+	}
+}
+
+// TestCheckReportsEverything: one run lists every problem, also after a type error.
+func TestCheckReportsEverything(t *testing.T) {
+	doc := `concurrent = "ten"
+log_level = "verbose"
+[[runners]]
+  executor = "instance"
+  limit = -1
+  [runners.autoscaler]
+    plugin = "local"
+    update_interval = 60
+    [[runners.autoscaler.policy]]
+      idle_time = "1ms"
+      timezone = "Nowhere/Else"
+`
+	_, diags, err := Parse("all.toml", []byte(doc))
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	var paths []string
+	for _, d := range diags {
+		paths = append(paths, d.Path)
+	}
+	wantPaths := "concurrent log_level runners[0].limit runners[0].autoscaler.update_interval " +
+		"runners[0].autoscaler.policy[0].idle_time runners[0].autoscaler.policy[0].timezone"
+	if strings.Join(paths, " ") != wantPaths {
+		t.Errorf("paths %q\nwant  %q", strings.Join(paths, " "), wantPaths)
+	}
+	ds, ok := AsInvalid(err)
+	if !ok || len(ds) != 6 {
+		t.Fatalf("AsInvalid = %d, %v", len(ds), ok)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "6 errors") || !strings.Contains(msg, "all.toml:10:7: error: runners[0].autoscaler.policy[0].idle_time") {
+		t.Errorf("error text:\n%s", msg)
+	}
+}
+
+func TestDiagnosticString(t *testing.T) {
+	d := Diagnostic{Severity: Error, File: "f.toml", Line: 3, Column: 5, Path: "a.b", Message: "bad", Hint: "fix"}
+	if got, want := d.String(), "f.toml:3:5: error: a.b: bad (hint: fix)"; got != want {
+		t.Errorf("got %q want %q", got, want)
+	}
+	d = Diagnostic{Severity: Warning, Message: "no runners"}
+	if got, want := d.String(), "config.toml: warning: no runners"; got != want {
+		t.Errorf("got %q want %q", got, want)
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	known := []string{"idle_count", "idle_time", "scale_factor", "periods", "timezone"}
+	for in, want := range map[string]string{
+		"IdleCount": "idle_count", "idle_tme": "idle_time", "period": "periods", "timezon": "timezone",
+		"Timezone": "timezone", "xyz": "", "scale": "",
+	} {
+		if got := suggest(in, known); got != want {
+			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, _, err := Load(t.TempDir() + "/nope.toml")
+	if err == nil || !strings.Contains(err.Error(), "reading config file") {
+		t.Fatalf("err = %v", err)
+	}
+}

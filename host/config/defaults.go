@@ -1,0 +1,283 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// GitLab's defaults, applied by the accessor methods below when a key is unset (0).
+// Keeping 0 in the struct lets the consumer tell "unset" from an explicit value.
+const (
+	DefaultConcurrent                  = 1
+	DefaultCheckInterval               = 3 * time.Second
+	DefaultCapacityPerInstance         = 1
+	DefaultInstanceAcquireTimeout      = 15 * time.Minute
+	DefaultUpdateInterval              = time.Minute
+	DefaultUpdateIntervalWhenExpecting = 2 * time.Second
+	DefaultDeletionRetryInterval       = time.Minute
+	DefaultShutdownDeletionInterval    = 10 * time.Second
+	DefaultShutdownDeletionRetries     = 3
+	DefaultFailureThreshold            = 3
+	// DefaultScaleThrottleLimit is instance creations per second when limit is 0.
+	DefaultScaleThrottleLimit = 100
+	// DefaultStateStorageDir is relative to the directory of config.toml.
+	DefaultStateStorageDir = ".taskscaler"
+	// DefaultPeriod is the period of a policy without periods: always.
+	DefaultPeriod = "* * * * *"
+	// DefaultShell is the shell of the instance executor.
+	DefaultShell = "bash"
+)
+
+// Executors Flotilla runs.
+const (
+	ExecutorInstance         = "instance"
+	ExecutorDockerAutoscaler = "docker-autoscaler"
+	ExecutorDockerMachine    = "docker+machine"
+)
+
+// ConcurrentOrDefault is concurrent, or 1 when unset.
+func (c *Config) ConcurrentOrDefault() int {
+	if c.Concurrent <= 0 {
+		return DefaultConcurrent
+	}
+	return c.Concurrent
+}
+
+// CheckIntervalOrDefault is check_interval as a duration, 3s when unset.
+func (c *Config) CheckIntervalOrDefault() time.Duration {
+	if c.CheckInterval <= 0 {
+		return DefaultCheckInterval
+	}
+	return time.Duration(c.CheckInterval) * time.Second
+}
+
+// Dir is the directory of the configuration file; relative paths in it (key_path,
+// state_storage.dir) are resolved against it. "." when parsed from bytes.
+func (c *Config) Dir() string {
+	if c.Path == "" {
+		return "."
+	}
+	return filepath.Dir(c.Path)
+}
+
+// ShellOrDefault is shell, or bash when unset.
+func (r *Runner) ShellOrDefault() string {
+	if r.Shell == "" {
+		return DefaultShell
+	}
+	return r.Shell
+}
+
+// NeedsAutoscaler reports whether the executor runs on autoscaled instances.
+func (r *Runner) NeedsAutoscaler() bool {
+	return r.Executor == ExecutorInstance || r.Executor == ExecutorDockerAutoscaler
+}
+
+// CapacityPerInstanceOrDefault is capacity_per_instance, 1 when unset.
+func (a *Autoscaler) CapacityPerInstanceOrDefault() int {
+	if a.CapacityPerInstance <= 0 {
+		return DefaultCapacityPerInstance
+	}
+	return a.CapacityPerInstance
+}
+
+func durOr(d Duration, def time.Duration) time.Duration {
+	if d.Duration <= 0 {
+		return def
+	}
+	return d.Duration
+}
+
+// InstanceAcquireTimeoutOrDefault is instance_acquire_timeout, 15m when unset.
+func (a *Autoscaler) InstanceAcquireTimeoutOrDefault() time.Duration {
+	return durOr(a.InstanceAcquireTimeout, DefaultInstanceAcquireTimeout)
+}
+
+// UpdateIntervalOrDefault is update_interval, 1m when unset.
+func (a *Autoscaler) UpdateIntervalOrDefault() time.Duration {
+	return durOr(a.UpdateInterval, DefaultUpdateInterval)
+}
+
+// UpdateIntervalWhenExpectingOrDefault is update_interval_when_expecting, 2s when unset.
+func (a *Autoscaler) UpdateIntervalWhenExpectingOrDefault() time.Duration {
+	return durOr(a.UpdateIntervalWhenExpecting, DefaultUpdateIntervalWhenExpecting)
+}
+
+// DeletionRetryIntervalOrDefault is deletion_retry_interval, 1m when unset.
+func (a *Autoscaler) DeletionRetryIntervalOrDefault() time.Duration {
+	return durOr(a.DeletionRetryInterval, DefaultDeletionRetryInterval)
+}
+
+// ShutdownDeletionIntervalOrDefault is shutdown_deletion_interval, 10s when unset.
+func (a *Autoscaler) ShutdownDeletionIntervalOrDefault() time.Duration {
+	return durOr(a.ShutdownDeletionInterval, DefaultShutdownDeletionInterval)
+}
+
+// ShutdownDeletionRetriesOrDefault is shutdown_deletion_retries, 3 when unset.
+func (a *Autoscaler) ShutdownDeletionRetriesOrDefault() int {
+	if a.ShutdownDeletionRetries <= 0 {
+		return DefaultShutdownDeletionRetries
+	}
+	return a.ShutdownDeletionRetries
+}
+
+// FailureThresholdOrDefault is failure_threshold, 3 when unset.
+func (a *Autoscaler) FailureThresholdOrDefault() int {
+	if a.FailureThreshold <= 0 {
+		return DefaultFailureThreshold
+	}
+	return a.FailureThreshold
+}
+
+// ReservationThrottlingEnabled is reservation_throttling, on when unset.
+func (a *Autoscaler) ReservationThrottlingEnabled() bool {
+	return a.ReservationThrottling == nil || *a.ReservationThrottling
+}
+
+// ScaleThrottleLimit is creations per second: 100 when unset, 0 meaning unlimited
+// when configured as -1.
+func (a *Autoscaler) ScaleThrottleLimit() (perSecond int, unlimited bool) {
+	switch {
+	case a.ScaleThrottle.Limit < 0:
+		return 0, true
+	case a.ScaleThrottle.Limit == 0:
+		return DefaultScaleThrottleLimit, false
+	}
+	return a.ScaleThrottle.Limit, false
+}
+
+// ScaleThrottleBurst is the token bucket size: burst, else max_instances, else the
+// limit.
+func (a *Autoscaler) ScaleThrottleBurst() int {
+	if a.ScaleThrottle.Burst > 0 {
+		return a.ScaleThrottle.Burst
+	}
+	if a.MaxInstances > 0 {
+		return a.MaxInstances
+	}
+	l, _ := a.ScaleThrottleLimit()
+	return max(l, 1)
+}
+
+// StateStorageDir is state_storage.dir resolved against configDir, defaulting to
+// <configDir>/.taskscaler.
+func (a *Autoscaler) StateStorageDir(configDir string) string {
+	d := a.StateStorage.Dir
+	if d == "" {
+		d = DefaultStateStorageDir
+	}
+	if filepath.IsAbs(d) {
+		return d
+	}
+	return filepath.Join(configDir, d)
+}
+
+// PluginConfigJSON is plugin_config encoded as the JSON object the plugin receives;
+// "{}" when the table is absent.
+func (a *Autoscaler) PluginConfigJSON() ([]byte, error) {
+	return tableJSON(a.PluginConfig, "plugin_config")
+}
+
+// NestingConfigJSON is vm_isolation.nesting_config as the JSON nesting's Init receives.
+func (v *VMIsolation) NestingConfigJSON() ([]byte, error) {
+	return tableJSON(v.NestingConfig, "nesting_config")
+}
+
+func tableJSON(m map[string]any, what string) ([]byte, error) {
+	if m == nil {
+		return []byte("{}"), nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encoding %s as JSON: %w", what, err)
+	}
+	return b, nil
+}
+
+// PoliciesOrDefault returns the policies; with none configured, one always-active
+// policy with no idle capacity, which is what GitLab applies.
+func (a *Autoscaler) PoliciesOrDefault() []Policy {
+	if len(a.Policy) == 0 {
+		return []Policy{{Periods: []string{DefaultPeriod}}}
+	}
+	return a.Policy
+}
+
+// PeriodsOrDefault is periods, or ["* * * * *"] when unset.
+func (p *Policy) PeriodsOrDefault() []string {
+	if len(p.Periods) == 0 {
+		return []string{DefaultPeriod}
+	}
+	return p.Periods
+}
+
+// Location is the policy's timezone; time.Local when unset.
+func (p *Policy) Location() (*time.Location, error) {
+	if p.Timezone == "" {
+		return time.Local, nil
+	}
+	loc, err := time.LoadLocation(p.Timezone)
+	if err != nil {
+		return nil, fmt.Errorf("policy timezone %q: %w", p.Timezone, err)
+	}
+	return loc, nil
+}
+
+// Preemptive is preemptive_mode, defaulting to idle_count > 0.
+func (p *Policy) Preemptive() bool {
+	if p.PreemptiveMode != nil {
+		return *p.PreemptiveMode
+	}
+	return p.IdleCount > 0
+}
+
+// ReadKey reads key_path (relative paths against configDir). It returns nil and no
+// error when key_path is unset.
+func (cc *ConnectorConfig) ReadKey(configDir string) ([]byte, error) {
+	if cc.KeyPath == "" {
+		return nil, nil
+	}
+	p := cc.KeyPath
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(configDir, p)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("reading instance group connector key: %w", err)
+	}
+	return b, nil
+}
+
+// Provider converts the table into the provider.ConnectorConfig a plugin receives,
+// reading key_path into Key. UseExternalAddr is not part of it: it is a dial option.
+func (cc *ConnectorConfig) Provider(configDir string) (provider.ConnectorConfig, error) {
+	key, err := cc.ReadKey(configDir)
+	if err != nil {
+		return provider.ConnectorConfig{}, err
+	}
+	return provider.ConnectorConfig{
+		OS:                   cc.OS,
+		Arch:                 cc.Arch,
+		Protocol:             provider.Protocol(cc.Protocol),
+		ProtocolPort:         cc.ProtocolPort,
+		Username:             cc.Username,
+		Password:             cc.Password,
+		Key:                  key,
+		UseStaticCredentials: cc.UseStaticCredentials,
+		Keepalive:            cc.Keepalive.Duration,
+		Timeout:              cc.Timeout.Duration,
+	}, nil
+}
+
+// RequestConcurrencyOrDefault is request_concurrency, 1 when unset.
+func (r *Runner) RequestConcurrencyOrDefault() int {
+	if r.RequestConcurrency <= 0 {
+		return 1
+	}
+	return r.RequestConcurrency
+}
