@@ -1,7 +1,4 @@
-// Command minimal-plugin is the smallest real Flotilla provider plugin. Its instances
-// are files in a directory, and every instance is reached at one configured address (a
-// shared SSH host, say). It shows the whole contract in one screen; see the README's
-// "Write a plugin" section.
+// Command minimal-plugin is the smallest real Flotilla plugin; see docs/write-a-plugin.md.
 package main
 
 import (
@@ -12,41 +9,36 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/hashicorp/go-hclog"
 )
 
 // Group is the plugin; its JSON-tagged fields are its plugin_config.
 type Group struct {
-	provider.NoSuspend
-	Dir     string `json:"dir"`     // where instance files live; they outlive the plugin
-	Address string `json:"address"` // host:port every instance is reached at
-	MaxSize int    `json:"max_size"`
-
-	settings provider.Settings
+	provider.NoSuspend        // Suspend and Resume answer ErrNotSupported
+	Dir                string `json:"dir"`     // instance files live here; they outlive the plugin
+	Address            string `json:"address"` // host:port every instance is reached at
+	settings           provider.Settings
 }
 
-// Validate reports every configuration problem at once.
-func (g *Group) Validate() error {
-	var errs []error
-	if g.Dir == "" {
-		errs = append(errs, errors.New("plugin_config.dir: required"))
+// Validate reports every configuration problem at once, each naming its key.
+func (g *Group) Validate() (errs error) {
+	for key, value := range map[string]string{"dir": g.Dir, "address": g.Address} {
+		if value == "" {
+			errs = errors.Join(errs, fmt.Errorf("plugin_config.%s: required", key))
+		}
 	}
-	if g.Address == "" {
-		errs = append(errs, errors.New("plugin_config.address: required"))
-	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func (g *Group) Init(_ context.Context, _ hclog.Logger, s provider.Settings) (provider.ProviderInfo, error) {
 	g.settings = s
-	return provider.ProviderInfo{ID: "minimal/" + g.Dir, MaxSize: g.MaxSize, Version: "1.0.0"}, os.MkdirAll(g.Dir, 0o755)
+	return provider.ProviderInfo{ID: "minimal/" + g.Dir, Version: "1.0.0"}, os.MkdirAll(g.Dir, 0o755)
 }
 
 func (g *Group) Update(_ context.Context, fn func(string, provider.State)) error {
-	entries, err := os.ReadDir(g.Dir)
+	entries, err := os.ReadDir(g.Dir) // a failed listing is an error, never "no instances"
 	for _, e := range entries {
 		fn(e.Name(), provider.StateRunning)
 	}
@@ -54,14 +46,7 @@ func (g *Group) Update(_ context.Context, fn func(string, provider.State)) error
 }
 
 func (g *Group) Increase(_ context.Context, n int) (int, error) {
-	entries, err := os.ReadDir(g.Dir)
-	if err != nil {
-		return 0, err
-	}
-	for i := range n {
-		if g.MaxSize > 0 && len(entries)+i >= g.MaxSize {
-			return i, fmt.Errorf("max_size %d reached: %w", g.MaxSize, provider.ErrCapacity)
-		}
+	for i := range n { // IDs are random, so they never repeat across restarts
 		if err := os.WriteFile(filepath.Join(g.Dir, "i-"+rand.Text()[:12]), nil, 0o644); err != nil {
 			return i, err
 		}
@@ -70,7 +55,7 @@ func (g *Group) Increase(_ context.Context, n int) (int, error) {
 }
 
 func (g *Group) Decrease(_ context.Context, ids []string) (done []string, errs error) {
-	for _, id := range ids {
+	for _, id := range ids { // only the IDs given: never touch another instance
 		if err := os.Remove(filepath.Join(g.Dir, filepath.Base(id))); err != nil {
 			errs = errors.Join(errs, fmt.Errorf("delete %s: %w", id, provider.ErrNotFound))
 		} else {
@@ -80,18 +65,15 @@ func (g *Group) Decrease(_ context.Context, ids []string) (done []string, errs e
 	return done, errs
 }
 
-func (g *Group) ConnectInfo(_ context.Context, id string) (provider.ConnectInfo, error) {
+func (g *Group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
+	return provider.ConnectInfo{ConnectorConfig: g.settings.ConnectorConfig, ID: id, InternalAddr: g.Address}, g.Heartbeat(ctx, id)
+}
+func (g *Group) Heartbeat(_ context.Context, id string) error {
 	if _, err := os.Stat(filepath.Join(g.Dir, filepath.Base(id))); err != nil {
-		return provider.ConnectInfo{}, fmt.Errorf("instance %s: %w", id, provider.ErrNotFound)
+		return fmt.Errorf("instance %s: %w", id, provider.ErrNotFound)
 	}
-	return provider.ConnectInfo{ConnectorConfig: g.settings.ConnectorConfig, ID: id, InternalAddr: g.Address}, nil
+	return nil
 }
-
-func (g *Group) Heartbeat(ctx context.Context, id string) error {
-	_, err := g.ConnectInfo(ctx, id)
-	return err
-}
-
-func (g *Group) Shutdown(context.Context) error { return nil }
+func (g *Group) Shutdown(context.Context) error { return nil } // no clients to close
 
 func main() { plugin.Main(&Group{}, plugin.VersionInfo{Name: "minimal-plugin", Version: "1.0.0"}) }

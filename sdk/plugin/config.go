@@ -44,9 +44,15 @@ func invalid(err error) error {
 	return configError{err}
 }
 
+// configError is one configuration problem. It is an ErrInvalidConfig through Is, not
+// through a multi-error Unwrap: the wire codec splits errors.Join trees (anything with
+// Unwrap() []error) into separate problems, which would report each problem twice, once
+// without its kind and once as a bare "invalid configuration".
 type configError struct{ error }
 
-func (e configError) Unwrap() []error { return []error{e.error, provider.ErrInvalidConfig} }
+func (e configError) Unwrap() error { return e.error }
+
+func (e configError) Is(target error) bool { return target == provider.ErrInvalidConfig }
 
 func flatten(err error) []error {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -78,9 +84,22 @@ func configFields(v reflect.Value) []field {
 		if name == "-" {
 			continue
 		}
-		if sf.Anonymous && name == "" && sf.Type.Kind() == reflect.Struct {
-			out = append(out, configFields(v.Field(i))...)
-			continue
+		if sf.Anonymous && name == "" {
+			// Embedded structs promote their fields, as in encoding/json; so do embedded
+			// struct pointers that are set. An embedded interface or nil pointer (a
+			// wrapped implementation, a client) is no configuration.
+			switch f := v.Field(i); {
+			case sf.Type.Kind() == reflect.Struct:
+				out = append(out, configFields(f)...)
+				continue
+			case sf.Type.Kind() == reflect.Pointer && sf.Type.Elem().Kind() == reflect.Struct:
+				if !f.IsNil() {
+					out = append(out, configFields(f.Elem())...)
+				}
+				continue
+			case sf.Type.Kind() == reflect.Interface:
+				continue
+			}
 		}
 		if name == "" {
 			name = sf.Name

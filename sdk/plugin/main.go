@@ -91,7 +91,13 @@ const LogLevelEnv = "FLEETING_PLUGIN_LOG_LEVEL"
 
 // Main runs the plugin and never returns. See the package documentation.
 func Main(impl provider.InstanceGroup, info VersionInfo) {
-	os.Exit(run(impl, info.withDefaults(), os.Args[1:], os.Stdout, os.Stderr))
+	MainArgs(impl, info, os.Args[1:])
+}
+
+// MainArgs is Main with the arguments given: for a program that serves a plugin from a
+// subcommand (the runner's embedded local plugin), args are those after it.
+func MainArgs(impl provider.InstanceGroup, info VersionInfo, args []string) {
+	os.Exit(run(impl, info.withDefaults(), args, os.Stdout, os.Stderr))
 }
 
 func newLogger(name string, out io.Writer) hclog.Logger {

@@ -58,6 +58,9 @@ type Plugin struct {
 	rpc    pb.InstanceGroupClient
 	stderr *tail
 	proto  int
+	// attached is set for Attach: go-plugin's Kill does nothing for a test-mode
+	// reattachment, so Kill closes the connection itself.
+	attached bool
 }
 
 var _ provider.InstanceGroup = (*Plugin)(nil)
@@ -167,6 +170,7 @@ func Attach(ctx context.Context, rc *goplugin.ReattachConfig, configJSON []byte,
 	if err != nil {
 		return nil, fmt.Errorf("attach plugin %s: %w", opts.Name, err)
 	}
+	p.attached = true
 	return p, nil
 }
 
@@ -216,8 +220,20 @@ func (p *Plugin) ProtocolVersion() int { return p.proto }
 func (p *Plugin) Exited() bool { return p.client.Exited() }
 
 // Kill stops the plugin: go-plugin asks it to stop gracefully (the plugin then runs its
-// Shutdown if nobody did), and kills the process if it does not exit in time.
-func (p *Plugin) Kill() { p.client.Kill() }
+// Shutdown if nobody did), and kills the process if it does not exit in time. For an
+// attached plugin it closes the connection; the serving side stops when its context ends.
+func (p *Plugin) Kill() {
+	if p.attached {
+		// Only disconnect: asking the server to stop (go-plugin's Close) would race
+		// with the serving side stopping on its own context.
+		if rpc, err := p.client.Client(); err == nil {
+			if g, ok := rpc.(*goplugin.GRPCClient); ok {
+				_ = g.Conn.Close()
+			}
+		}
+	}
+	p.client.Kill()
+}
 
 // fail turns a call's error into the host-side error, naming the method and the plugin.
 func (p *Plugin) fail(ctx context.Context, method string, err error) error {

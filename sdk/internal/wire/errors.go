@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -123,8 +124,17 @@ func FromStatus(ctx context.Context, method string, err error) error {
 	if err == nil {
 		return nil
 	}
+	// The plugin sees the deadline too (gRPC propagates it) and may reset the stream a
+	// moment before the caller's own timer fires: a call that ended after its deadline
+	// is reported as the deadline, not as whatever the transport said.
+	if dl, ok := ctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(dl) {
+		<-ctx.Done()
+	}
 	st, ok := status.FromError(err)
 	if !ok {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", method, context.Cause(ctx))
+		}
 		return fmt.Errorf("%s: %w", method, err)
 	}
 	for _, d := range st.Details() {

@@ -1,8 +1,9 @@
 // The Flotilla fleeting plugin protocol, version 1.
 //
 // A provider plugin is a separate binary that the host launches with hashicorp/go-plugin
-// (gRPC transport). The plugin serves the InstanceGroup service below; the host is its
-// only client. The comments in this file are normative: a plugin that does not do what
+// (gRPC transport) [L0.handshake]; run by hand as `<binary> version --json` it prints its
+// identity without the handshake [L0.version]. The plugin serves the InstanceGroup
+// service below; the host is its only client. The comments in this file are normative: a plugin that does not do what
 // they say fails the conformance kit (sdk/conformance), whose clause IDs are cited in
 // brackets, e.g. [L1.decrease.subset].
 //

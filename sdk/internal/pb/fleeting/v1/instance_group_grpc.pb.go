@@ -1,8 +1,9 @@
 // The Flotilla fleeting plugin protocol, version 1.
 //
 // A provider plugin is a separate binary that the host launches with hashicorp/go-plugin
-// (gRPC transport). The plugin serves the InstanceGroup service below; the host is its
-// only client. The comments in this file are normative: a plugin that does not do what
+// (gRPC transport) [L0.handshake]; run by hand as `<binary> version --json` it prints its
+// identity without the handshake [L0.version]. The plugin serves the InstanceGroup
+// service below; the host is its only client. The comments in this file are normative: a plugin that does not do what
 // they say fails the conformance kit (sdk/conformance), whose clause IDs are cited in
 // brackets, e.g. [L1.decrease.subset].
 //
@@ -66,31 +67,35 @@ type InstanceGroupClient interface {
 	// plugin decodes `config` (JSON) into its configuration, rejecting unknown keys and
 	// reporting every problem at once (one ErrorDetail entry per problem, kind
 	// INVALID_CONFIG) [L0.config.all-problems]; then it validates it, builds its cloud
-	// client and returns its identity. Any other call before a successful Init answers
-	// FAILED_PRECONDITION.
+	// client and returns its identity [L0.info]. Any other call before a successful Init
+	// answers FAILED_PRECONDITION [L0.init.first].
 	Init(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*InitResponse, error)
 	// Update lists every instance the group owns, with its state. An instance absent
-	// from the answer is gone. A failed listing returns an error, never a partial or empty
-	// list: the host keeps what it knew and never takes a failed call for deletions.
+	// from the answer is gone. An instance keeps its ID for its whole life, also across
+	// restarts of the plugin, which lists the same instances again [L1.relaunch]. A failed
+	// listing returns an error, never a partial or empty list: the host keeps what it knew
+	// and never takes a failed call for deletions.
 	Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateResponse, error)
 	// Increase requests `delta` (>= 1) new instances. The response says how many were
 	// accepted; fewer than asked comes with `failures` (CAPACITY when the cloud is full or
-	// MaxSize is reached). IDs are not returned: new instances appear in later Updates,
-	// usually as CREATING. Increase is not idempotent: the host calls it once per decision.
+	// MaxSize is reached) [L1.max-size]. IDs are not returned: exactly that many new
+	// instances appear in later Updates, usually as CREATING, then RUNNING [L1.increase].
+	// Increase is not idempotent: the host calls it once per decision.
 	Increase(ctx context.Context, in *IncreaseRequest, opts ...grpc.CallOption) (*IncreaseResponse, error)
 	// Decrease deletes the named instances. It never deletes, stops or changes an instance
 	// it was not given [L1.decrease.subset]. The response lists the IDs whose deletion was
 	// accepted; an unknown ID is not listed and gets a NOT_FOUND failure, harming nothing
 	// [L1.decrease.unknown]. Decreasing an instance that is already deleting is accepted
-	// again (idempotent). An empty list succeeds with an empty answer.
+	// again (idempotent). An empty list succeeds with an empty answer. Deleted instances
+	// leave the Update listing once gone [L1.cleanup].
 	Decrease(ctx context.Context, in *DecreaseRequest, opts ...grpc.CallOption) (*DecreaseResponse, error)
 	// ConnectInfo returns how to reach an instance now. It is called before every
 	// connection, so it must not return an address cached across a stop/start. An unknown
-	// ID answers NOT_FOUND. The returned addresses must be dialable once the instance is
+	// ID answers NOT_FOUND [L0.not-found]. The returned addresses must be dialable once the instance is
 	// RUNNING [L1.connect].
 	ConnectInfo(ctx context.Context, in *ConnectInfoRequest, opts ...grpc.CallOption) (*ConnectInfoResponse, error)
-	// Heartbeat answers OK if the instance is healthy, INSTANCE_UNHEALTHY if it exists but
-	// must not get jobs, NOT_FOUND if it does not exist. Plugins without a health signal
+	// Heartbeat answers OK if the instance is healthy [L1.heartbeat], INSTANCE_UNHEALTHY if
+	// it exists but must not get jobs, NOT_FOUND if it does not exist [L0.not-found]. Plugins without a health signal
 	// answer OK for every known instance.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// Suspend stops the named RUNNING instances without deleting them. It is called only
@@ -214,31 +219,35 @@ type InstanceGroupServer interface {
 	// plugin decodes `config` (JSON) into its configuration, rejecting unknown keys and
 	// reporting every problem at once (one ErrorDetail entry per problem, kind
 	// INVALID_CONFIG) [L0.config.all-problems]; then it validates it, builds its cloud
-	// client and returns its identity. Any other call before a successful Init answers
-	// FAILED_PRECONDITION.
+	// client and returns its identity [L0.info]. Any other call before a successful Init
+	// answers FAILED_PRECONDITION [L0.init.first].
 	Init(context.Context, *InitRequest) (*InitResponse, error)
 	// Update lists every instance the group owns, with its state. An instance absent
-	// from the answer is gone. A failed listing returns an error, never a partial or empty
-	// list: the host keeps what it knew and never takes a failed call for deletions.
+	// from the answer is gone. An instance keeps its ID for its whole life, also across
+	// restarts of the plugin, which lists the same instances again [L1.relaunch]. A failed
+	// listing returns an error, never a partial or empty list: the host keeps what it knew
+	// and never takes a failed call for deletions.
 	Update(context.Context, *UpdateRequest) (*UpdateResponse, error)
 	// Increase requests `delta` (>= 1) new instances. The response says how many were
 	// accepted; fewer than asked comes with `failures` (CAPACITY when the cloud is full or
-	// MaxSize is reached). IDs are not returned: new instances appear in later Updates,
-	// usually as CREATING. Increase is not idempotent: the host calls it once per decision.
+	// MaxSize is reached) [L1.max-size]. IDs are not returned: exactly that many new
+	// instances appear in later Updates, usually as CREATING, then RUNNING [L1.increase].
+	// Increase is not idempotent: the host calls it once per decision.
 	Increase(context.Context, *IncreaseRequest) (*IncreaseResponse, error)
 	// Decrease deletes the named instances. It never deletes, stops or changes an instance
 	// it was not given [L1.decrease.subset]. The response lists the IDs whose deletion was
 	// accepted; an unknown ID is not listed and gets a NOT_FOUND failure, harming nothing
 	// [L1.decrease.unknown]. Decreasing an instance that is already deleting is accepted
-	// again (idempotent). An empty list succeeds with an empty answer.
+	// again (idempotent). An empty list succeeds with an empty answer. Deleted instances
+	// leave the Update listing once gone [L1.cleanup].
 	Decrease(context.Context, *DecreaseRequest) (*DecreaseResponse, error)
 	// ConnectInfo returns how to reach an instance now. It is called before every
 	// connection, so it must not return an address cached across a stop/start. An unknown
-	// ID answers NOT_FOUND. The returned addresses must be dialable once the instance is
+	// ID answers NOT_FOUND [L0.not-found]. The returned addresses must be dialable once the instance is
 	// RUNNING [L1.connect].
 	ConnectInfo(context.Context, *ConnectInfoRequest) (*ConnectInfoResponse, error)
-	// Heartbeat answers OK if the instance is healthy, INSTANCE_UNHEALTHY if it exists but
-	// must not get jobs, NOT_FOUND if it does not exist. Plugins without a health signal
+	// Heartbeat answers OK if the instance is healthy [L1.heartbeat], INSTANCE_UNHEALTHY if
+	// it exists but must not get jobs, NOT_FOUND if it does not exist [L0.not-found]. Plugins without a health signal
 	// answer OK for every known instance.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// Suspend stops the named RUNNING instances without deleting them. It is called only

@@ -1,0 +1,367 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Files of an instance directory. The directory is the instance: it is created by
+// Increase and removed by Decrease, and everything the plugin knows about the instance
+// is in it, so that a relaunched plugin finds the same instances.
+const (
+	metaFile          = "instance.json" // instanceMeta, written once at creation
+	hostKeyFile       = "ssh_host_ed25519_key"
+	authorizedKeyFile = "authorized_keys" // the client public key the server accepts
+	clientKeyFile     = "client_key"      // the generated client key, when none was configured
+	passwordFile      = "password"        // connector_config password, when set
+	serverPIDFile     = "server.pid"      // written by the plugin when it starts the server
+	serverFile        = "server.json"     // serverState, written by the server once listening
+	serverLogFile     = "server.log"
+	deletingFile      = "deleting" // marker: Decrease accepted the instance
+	homeDir           = "home"     // the sandbox: commands' working directory and HOME
+	tmpDir            = "tmp"      // commands' TMPDIR
+)
+
+// serveCommand is the hidden subcommand that runs one instance's SSH server.
+const serveCommand = "instance-serve"
+
+// idPattern matches instance IDs, and so the only directory names the plugin ever
+// deletes under root_dir.
+var idPattern = regexp.MustCompile(`^local-[a-z2-7]{12}$`)
+
+// instanceMeta is instance.json.
+type instanceMeta struct {
+	ID           string    `json:"id"`
+	CreatedAt    time.Time `json:"created_at"`
+	ReadyAt      time.Time `json:"ready_at"`
+	User         string    `json:"user"`
+	Port         int       `json:"port"`
+	DockerSocket string    `json:"docker_socket,omitempty"`
+	Isolation    string    `json:"isolation"`
+}
+
+// serverState is server.json.
+type serverState struct {
+	PID       int       `json:"pid"`
+	Port      int       `json:"port"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	return nil
+}
+
+// writeFileAtomic writes data so that readers see the old file or the whole new one.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(data, '\n'), 0o600)
+}
+
+// reservePort finds a free loopback port for a new instance, so that ConnectInfo can
+// name the address while the instance is still "booting" (connections are refused
+// until the server listens, as with a cloud VM).
+func reservePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port on 127.0.0.1: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// procInfo is what /proc says about a process.
+type procInfo struct {
+	state   byte
+	sid     int
+	cmdline []string
+}
+
+func readProc(pid int) (procInfo, bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procInfo{}, false
+	}
+	// The command name is in parentheses and may hold spaces: parse after the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return procInfo{}, false
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 4 {
+		return procInfo{}, false
+	}
+	var info procInfo
+	info.state = fields[0][0]
+	info.sid, _ = strconv.Atoi(fields[3])
+	if cl, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		info.cmdline = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
+	}
+	return info, true
+}
+
+// isServer reports whether the process is a live instance-serve of dir: a recorded PID
+// alone is not trusted, since PIDs are reused.
+func (p procInfo) isServer(dir string) bool {
+	if p.state == 'Z' || len(p.cmdline) < 2 {
+		return false
+	}
+	n := len(p.cmdline)
+	return p.cmdline[n-2] == serveCommand && p.cmdline[n-1] == dir
+}
+
+func readPID(path string) int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
+}
+
+// serverAlive reports whether dir's server process is running, and its PID.
+func serverAlive(dir string) (int, bool) {
+	pid := readPID(filepath.Join(dir, serverPIDFile))
+	if pid <= 0 {
+		return 0, false
+	}
+	info, ok := readProc(pid)
+	return pid, ok && info.isServer(dir)
+}
+
+// startServer starts dir's server as a detached process (its own session, so that
+// killing the plugin does not kill it) and records its PID.
+func startServer(self []string, dir string) (int, error) {
+	logf, err := os.OpenFile(filepath.Join(dir, serverLogFile), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("open server log: %w", err)
+	}
+	defer logf.Close()
+	args := append(append([]string{}, self[1:]...), serveCommand, dir)
+	cmd := exec.Command(self[0], args...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = []string{"PATH=" + envOr("PATH", DefaultPath), "FLEETING_PLUGIN_LOG_LEVEL=" + os.Getenv("FLEETING_PLUGIN_LOG_LEVEL")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start instance server %s: %w", self[0], err)
+	}
+	pid := cmd.Process.Pid
+	// Reap it if it dies while this plugin lives; after a plugin restart, init does.
+	go func() { _ = cmd.Wait() }()
+	if err := writeFileAtomic(filepath.Join(dir, serverPIDFile), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		return 0, fmt.Errorf("record server pid: %w", err)
+	}
+	return pid, nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// sessionProcesses lists the live processes of session sid: the server and every
+// command it started, including orphans of a server that was killed.
+func sessionProcesses(sid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if info, ok := readProc(pid); ok && info.sid == sid && info.state != 'Z' {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// stopServer ends dir's server and everything it started: SIGTERM (the server kills
+// its sessions' process groups and exits), then SIGKILL, then SIGKILL to whatever is
+// left in its session. It returns an error if processes remain.
+func stopServer(ctx context.Context, dir string) error {
+	pid := readPID(filepath.Join(dir, serverPIDFile))
+	if pid <= 0 {
+		return nil
+	}
+	info, exists := readProc(pid)
+	if exists && info.state != 'Z' && !info.isServer(dir) {
+		// The PID now belongs to another program: ours is long gone, and so is its
+		// session (a session ID is not reused while any member lives).
+		return nil
+	}
+	if exists && info.isServer(dir) {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		waitUntil(ctx, 3*time.Second, func() bool { _, alive := serverAlive(dir); return !alive })
+	}
+	for range 3 {
+		left := sessionProcesses(pid)
+		if len(left) == 0 {
+			return nil
+		}
+		for _, p := range left {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		waitUntil(ctx, 2*time.Second, func() bool { return len(sessionProcesses(pid)) == 0 })
+	}
+	if left := sessionProcesses(pid); len(left) > 0 {
+		return fmt.Errorf("stop instance server %d: processes %v survive SIGKILL", pid, left)
+	}
+	return nil
+}
+
+// waitUntil polls cond until it holds, d has passed or ctx is done.
+func waitUntil(ctx context.Context, d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// removeInstanceDir deletes an instance directory, making read-only directories a
+// command left behind writable first.
+func removeInstanceDir(dir string) error {
+	if err := os.RemoveAll(dir); err == nil {
+		return nil
+	}
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(path, 0o700)
+		}
+		return nil
+	})
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove instance directory: %w", err)
+	}
+	return nil
+}
+
+// serveInstance is the instance-serve subcommand: it runs dir's SSH server until ctx
+// ends (SIGTERM), then kills every command it started.
+func serveInstance(ctx context.Context, self []string, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()}))
+	var meta instanceMeta
+	if err := readJSON(filepath.Join(dir, metaFile), &meta); err != nil {
+		return fmt.Errorf("read instance: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, hostKeyFile))
+	if err != nil {
+		return fmt.Errorf("read host key: %w", err)
+	}
+	hostKey, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return fmt.Errorf("parse host key %s: %w", filepath.Join(dir, hostKeyFile), err)
+	}
+	var authorized []ssh.PublicKey
+	if data, err := os.ReadFile(filepath.Join(dir, authorizedKeyFile)); err == nil {
+		for len(bytes.TrimSpace(data)) > 0 {
+			k, _, _, rest, err := ssh.ParseAuthorizedKey(data)
+			if err != nil {
+				return fmt.Errorf("parse %s: %w", filepath.Join(dir, authorizedKeyFile), err)
+			}
+			authorized = append(authorized, k)
+			data = rest
+		}
+	}
+	password, _ := os.ReadFile(filepath.Join(dir, passwordFile))
+
+	// Boot delay: the port refuses connections until the instance is "up".
+	if wait := time.Until(meta.ReadyAt); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(meta.Port)))
+	if err != nil {
+		log.Warn("reserved port taken, using another", "port", meta.Port, "error", err)
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return fmt.Errorf("listen on 127.0.0.1: %w", err)
+		}
+	}
+	srv, err := NewServer(ServerConfig{
+		HostKey: hostKey, User: meta.User, AuthorizedKeys: authorized, Password: string(password),
+		WorkDir: filepath.Join(dir, homeDir), TmpDir: filepath.Join(dir, tmpDir),
+		DockerSocket: meta.DockerSocket, Isolation: meta.Isolation, Hostname: meta.ID,
+		SelfCommand: self, Logger: log,
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	st := serverState{PID: os.Getpid(), Port: ln.Addr().(*net.TCPAddr).Port, StartedAt: time.Now().UTC()}
+	if err := writeJSON(filepath.Join(dir, serverFile), st); err != nil {
+		ln.Close()
+		return fmt.Errorf("record server address: %w", err)
+	}
+	log.Info("instance server listening", "instance", meta.ID, "addr", ln.Addr().String())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		log.Info("instance server stopping", "instance", meta.ID)
+	case err = <-served:
+	}
+	_ = srv.Close()
+	return err
+}
+
+func logLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("FLEETING_PLUGIN_LOG_LEVEL"))); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

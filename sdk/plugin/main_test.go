@@ -1,0 +1,189 @@
+package plugin_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/internal/wire"
+	"github.com/flotilla-ci/flotilla/sdk/plugin"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+const testPlugin = "github.com/flotilla-ci/flotilla/sdk/conformance/testdata/testplugin"
+
+func TestVersionAndCommandsWithoutHandshake(t *testing.T) {
+	bin := conformance.Build(t, testPlugin)
+	tests := []struct {
+		args     []string
+		wantCode int
+		check    func(t *testing.T, stdout string)
+	}{
+		{[]string{"version", "--json"}, 0, func(t *testing.T, stdout string) {
+			var v struct {
+				Name      string `json:"name"`
+				Version   string `json:"version"`
+				GoVersion string `json:"go_version"`
+				Protocols []int  `json:"protocol_versions"`
+			}
+			if err := json.Unmarshal([]byte(stdout), &v); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, stdout)
+			}
+			if v.Name != "testplugin" || v.Version != "0.0.1" || v.GoVersion == "" || len(v.Protocols) != 1 || v.Protocols[0] != wire.ProtocolVersion {
+				t.Fatalf("version --json = %+v", v)
+			}
+		}},
+		{[]string{"version"}, 0, func(t *testing.T, stdout string) {
+			if !strings.Contains(stdout, "Version:    0.0.1") {
+				t.Fatalf("version printed %q", stdout)
+			}
+		}},
+		{[]string{"frobnicate"}, 2, nil},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			cmd := exec.Command(bin, tt.args...)
+			cmd.Env = os.Environ() // no magic cookie: not launched by a host
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tt.wantCode {
+				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, tt.wantCode, stderr.String())
+			}
+			if tt.check != nil {
+				tt.check(t, stdout.String())
+			}
+		})
+	}
+}
+
+func TestSIGTERMRunsShutdownThenExitsZero(t *testing.T) {
+	bin := conformance.Build(t, testPlugin)
+	marker := filepath.Join(t.TempDir(), "marker")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
+		fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The handshake line says the plugin is serving: "core|app|network|address|protocol".
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.Contains(line, "|grpc") {
+		t.Fatalf("handshake line %q, %v", line, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGTERM the plugin exited with %v; want status 0", err)
+	}
+	data, _ := os.ReadFile(marker)
+	if strings.Count(string(data), "shutdown") != 1 {
+		t.Fatalf("marker file %q: want Shutdown called exactly once", data)
+	}
+}
+
+// cfg is a plugin configuration for DecodeConfig's tests.
+type cfg struct {
+	provider.InstanceGroup                   // an embedded interface is no configuration
+	*Inner                                   // an embedded struct pointer promotes its fields when set
+	Name                   string            `json:"name"`
+	Count                  int               `json:"count"`
+	Labels                 map[string]string `json:"labels"`
+	Skipped                string            `json:"-"`
+	unexported             string
+}
+
+// Inner is embedded in cfg.
+type Inner struct {
+	Region string `json:"region"`
+}
+
+func (c *cfg) Validate() error {
+	var errs []error
+	if c.Count < 0 {
+		errs = append(errs, errors.New("plugin_config.count: must not be negative"))
+	}
+	if c.Name == "bad" {
+		errs = append(errs, errors.New("plugin_config.name: must not be \"bad\""))
+	}
+	return errors.Join(errs...)
+}
+
+func TestDecodeConfig(t *testing.T) {
+	tests := []struct {
+		name   string
+		json   string
+		want   cfg
+		errors []string // one per problem, in order
+	}{
+		{name: "empty", json: ``},
+		{name: "null", json: `null`},
+		{name: "fields and embedded pointer", json: `{"name":"a","count":2,"labels":{"k":"v"},"region":"eu"}`,
+			want: cfg{Name: "a", Count: 2, Labels: map[string]string{"k": "v"}, Inner: &Inner{Region: "eu"}}},
+		{name: "case-insensitive key", json: `{"NAME":"a"}`, want: cfg{Name: "a"}},
+		{name: "every problem at once", json: `{"nmae":"a","count":"two","Skipped":"x","InstanceGroup":{},"unexported":"x"}`,
+			errors: []string{
+				`plugin_config.InstanceGroup: unknown key (known keys: region, name, count, labels)`,
+				`plugin_config.Skipped: unknown key`,
+				`plugin_config.count: expected int, got a JSON string`,
+				`plugin_config.nmae: unknown key (did you mean "name"?)`,
+				`plugin_config.unexported: unknown key`,
+			}},
+		{name: "validation problems all reported", json: `{"name":"bad","count":-1}`,
+			errors: []string{"plugin_config.count: must not be negative", `plugin_config.name: must not be "bad"`}},
+		{name: "not an object", json: `[1]`, errors: []string{"plugin_config: not a JSON object"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := cfg{Inner: &Inner{}}
+			err := plugin.DecodeConfig([]byte(tt.json), &got)
+			if len(tt.errors) == 0 {
+				if err != nil {
+					t.Fatalf("DecodeConfig: %v", err)
+				}
+				if tt.want.Inner == nil {
+					tt.want.Inner = &Inner{}
+				}
+				if got.Name != tt.want.Name || got.Count != tt.want.Count || *got.Inner != *tt.want.Inner || len(got.Labels) != len(tt.want.Labels) {
+					t.Fatalf("decoded %+v (inner %+v), want %+v", got, got.Inner, tt.want)
+				}
+				return
+			}
+			if !errors.Is(err, provider.ErrInvalidConfig) {
+				t.Fatalf("err = %v; want ErrInvalidConfig", err)
+			}
+			probs := err.(interface{ Unwrap() []error }).Unwrap()
+			if len(probs) != len(tt.errors) {
+				t.Fatalf("%d problems, want %d:\n%v", len(probs), len(tt.errors), err)
+			}
+			for i, p := range probs {
+				if !strings.HasPrefix(p.Error(), tt.errors[i]) || !errors.Is(p, provider.ErrInvalidConfig) {
+					t.Errorf("problem %d = %q (ErrInvalidConfig: %v); want it to start with %q", i, p, errors.Is(p, provider.ErrInvalidConfig), tt.errors[i])
+				}
+			}
+		})
+	}
+}
