@@ -186,7 +186,7 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 	}
 
 	paths := env.Paths()
-	vars := append(PredefinedVariables(job, paths, opts, timeout), job.Variables...)
+	vars := append(PredefinedVariables(job, paths, opts, timeout), job.Variables...).Expanded()
 	script := Script{Dir: paths.ProjectDir, FileVarDir: paths.TmpDir, Variables: vars, Commands: job.Script}
 	_ = trace.Section("step_script", "Executing \"step_script\" stage of the job script", false, func() error {
 		code, err := env.Exec(jobCtx, script, trace)

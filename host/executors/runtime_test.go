@@ -59,13 +59,16 @@ func (e *localEnv) Cleanup(context.Context) error {
 	return nil
 }
 
-func (e *localEnv) Paths() Paths { return Paths{BuildsDir: e.dir, ProjectDir: e.dir, TmpDir: e.dir + "/tmp"} }
+func (e *localEnv) Paths() Paths {
+	return Paths{BuildsDir: e.dir, ProjectDir: e.dir, TmpDir: e.dir + "/tmp"}
+}
 
 func TestRun(t *testing.T) {
 	tests := []struct {
 		name       string
 		job        jobs.Job
-		env        localEnv
+		prepareErr error
+		execErr    error
 		wantStatus Status
 		wantReason FailureReason
 		wantExit   int
@@ -89,9 +92,9 @@ func TestRun(t *testing.T) {
 			wantStatus: StatusSuccess, wantLog: []string{"file-content"}},
 		{name: "timeout", job: jobs.Job{Script: []string{"sleep 30"}, Timeout: 300 * time.Millisecond, AfterScript: []string{"echo after-timeout"}},
 			wantStatus: StatusFailed, wantReason: JobExecutionTimeout, wantExit: -1, wantLog: []string{"execution took longer than 300ms", "after-timeout"}},
-		{name: "system failure", job: jobs.Job{Script: []string{"true"}}, env: localEnv{execErr: errors.New("ssh tunnel: EOF")},
+		{name: "system failure", job: jobs.Job{Script: []string{"true"}}, execErr: errors.New("ssh tunnel: EOF"),
 			wantStatus: StatusFailed, wantReason: RunnerSystemFailure, wantExit: -1, wantLog: []string{"Job failed (system failure): ssh tunnel: EOF"}},
-		{name: "image pull failure", job: jobs.Job{Script: []string{"true"}}, env: localEnv{prepareErr: errors.Join(ErrImagePull, errors.New("image x not allowed"))},
+		{name: "image pull failure", job: jobs.Job{Script: []string{"true"}}, prepareErr: errors.Join(ErrImagePull, errors.New("image x not allowed")),
 			wantStatus: StatusFailed, wantReason: ImagePullFailure, wantExit: -1},
 		{name: "allowed failure by exit code", job: jobs.Job{Script: []string{"exit 4"}, AllowFailure: true, AllowFailureExitCodes: []int{3, 4}},
 			wantStatus: StatusFailed, wantReason: ScriptFailure, wantExit: 4, wantAllow: true, wantLog: []string{"allowed to fail"}},
@@ -101,8 +104,7 @@ func TestRun(t *testing.T) {
 	for _, shell := range []string{ShellBash, ShellSh} {
 		for _, tt := range tests {
 			t.Run(shell+"/"+tt.name, func(t *testing.T) {
-				env := tt.env
-				env.dir, env.shell = t.TempDir(), shell
+				env := localEnv{dir: t.TempDir(), shell: shell, prepareErr: tt.prepareErr, execErr: tt.execErr}
 				var log bytes.Buffer
 				res := Run(context.Background(), &tt.job, &env, &log, RunOptions{Executor: "test"})
 				if res.Status != tt.wantStatus || res.FailureReason != tt.wantReason || res.ExitCode != tt.wantExit || res.AllowedFailure != tt.wantAllow {

@@ -4,6 +4,7 @@
 package jobs
 
 import (
+	"os"
 	"slices"
 	"time"
 )
@@ -137,4 +138,24 @@ type Artifact struct {
 	Paths []string
 	// When is on_success (default), on_failure or always.
 	When string
+}
+
+// Expanded returns the variables with references to earlier variables ($NAME, ${NAME})
+// in their values replaced, as GitLab does before a job runs: a reference to a name not
+// defined before it becomes empty, and $$ is a literal $. File variables' values are
+// expanded too; Raw variables (none here yet) would be left alone.
+func (v Variables) Expanded() Variables {
+	out := make(Variables, 0, len(v))
+	known := map[string]string{}
+	for _, x := range v {
+		x.Value = os.Expand(x.Value, func(name string) string {
+			if name == "$" {
+				return "$"
+			}
+			return known[name]
+		})
+		known[x.Key] = x.Value
+		out = append(out, x)
+	}
+	return out
 }

@@ -1,0 +1,289 @@
+// Package dockerautoscaler is the `docker-autoscaler` executor: the job runs in
+// containers of the job's image on the instance's Docker Engine, which the host reaches
+// through the instance's SSH connection (unix-socket forwarding, with a `docker system
+// dial-stdio` fallback). The client's host is `internal.tunnel.invalid`, as GitLab's,
+// so error messages read the same.
+//
+// Each script step (script, after_script) runs in a fresh container of the job's image,
+// with the script on stdin; steps share the job's builds volume, into which the source
+// is copied. Containers and the volume are removed afterwards, also when the job is
+// cancelled.
+package dockerautoscaler
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+)
+
+// TunnelHost is the Docker client's host for connections made through the tunnel.
+const TunnelHost = "tcp://internal.tunnel.invalid"
+
+// DefaultSocket is the Docker socket on the instance when [runners.docker] host is unset.
+const DefaultSocket = "/var/run/docker.sock"
+
+// LabelJob marks every container and volume the executor creates, so that leftovers can
+// be found and removed.
+const LabelJob = "dev.flotilla.job"
+
+// Tunnel reaches a unix socket on the instance.
+type Tunnel interface {
+	DialUnix(ctx context.Context, path, fallback string) (net.Conn, error)
+}
+
+// Options are the [runners.docker] settings that apply to a job.
+type Options struct {
+	// Image is used when the job names none.
+	Image string
+	// Host is the Docker daemon on the instance ("unix:///path"); default DefaultSocket.
+	Host                string
+	Volumes             []string
+	Privileged          bool
+	PullPolicy          []string
+	AllowedImages       []string
+	AllowedPullPolicies []string
+}
+
+// NewClient returns a Docker API client whose every connection goes through tunnel to
+// the daemon's socket on the instance.
+func NewClient(tunnel Tunnel, host string) (*client.Client, error) {
+	socket := DefaultSocket
+	if host != "" {
+		rest, ok := strings.CutPrefix(host, "unix://")
+		if !ok {
+			return nil, fmt.Errorf("[runners.docker] host %q: only unix:// sockets on the instance are supported", host)
+		}
+		socket = rest
+	}
+	fallback := connector.DockerDialStdio
+	if host != "" {
+		fallback = "docker -H " + host + " system dial-stdio"
+	}
+	return client.NewClientWithOpts(
+		client.WithHost(TunnelHost),
+		client.WithDialContext(func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return tunnel.DialUnix(ctx, socket, fallback)
+		}),
+		client.WithAPIVersionNegotiation(),
+	)
+}
+
+// Env runs one job in containers on one instance. It implements executors.Env.
+type Env struct {
+	docker *client.Client
+	job    *jobs.Job
+	opts   Options
+	image  string
+	volume string
+	paths  executors.Paths
+
+	mu         sync.Mutex
+	containers []string
+}
+
+// New prepares nothing yet; it checks the configuration against the job.
+func New(docker *client.Client, job *jobs.Job, opts Options) (*Env, error) {
+	img := job.Image.Name
+	if img == "" {
+		img = opts.Image
+	}
+	if img == "" {
+		return nil, errors.New("the job names no image and [runners.docker] image is not set")
+	}
+	project := "project"
+	if job.Source.Dir != "" {
+		project = path.Base(strings.TrimRight(job.Source.Dir, "/"))
+	}
+	return &Env{docker: docker, job: job, opts: opts, image: img,
+		volume: "flotilla-job-" + sanitize(job.ID) + "-" + strings.ToLower(rand.Text()[:8]),
+		paths: executors.Paths{BuildsDir: "/builds", ProjectDir: "/builds/" + project, TmpDir: "/builds/" + project + ".tmp"}}, nil
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '-'
+	}, s)
+}
+
+// Prepare checks the daemon, the image (allow-list and pull policy), creates the builds
+// volume and copies the source into it.
+func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
+	if _, err := e.docker.Ping(ctx); err != nil {
+		return fmt.Errorf("reach Docker on the instance: %w", err)
+	}
+	if err := imageAllowed(e.image, e.opts.AllowedImages); err != nil {
+		return errors.Join(executors.ErrImagePull, err)
+	}
+	policies, err := pullPolicies(e.opts.PullPolicy, e.opts.AllowedPullPolicies)
+	if err != nil {
+		return errors.Join(executors.ErrImagePull, err)
+	}
+	if err := e.ensureImage(ctx, policies, log); err != nil {
+		return errors.Join(executors.ErrImagePull, err)
+	}
+	if _, err := e.docker.VolumeCreate(ctx, volume.CreateOptions{Name: e.volume, Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
+		return fmt.Errorf("create builds volume: %w", err)
+	}
+	fmt.Fprintf(log, "Using image %s with builds volume %s\n", e.image, e.volume)
+	// A container that is never started gives CopyToContainer a way into the volume.
+	id, err := e.create(ctx, []string{"true"})
+	if err != nil {
+		return err
+	}
+	if e.job.Source.Kind == jobs.SourceGit {
+		return errors.New("git sources are not supported by the docker-autoscaler executor yet: use the instance executor")
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		if e.job.Source.Kind == jobs.SourceLocal {
+			pw.CloseWithError(executors.TarDir(pw, e.job.Source.Dir, path.Base(e.paths.ProjectDir)))
+			return
+		}
+		pw.CloseWithError(emptyDirTar(pw, path.Base(e.paths.ProjectDir)))
+	}()
+	defer pr.Close()
+	if err := e.docker.CopyToContainer(ctx, id, e.paths.BuildsDir, pr, container.CopyToContainerOptions{}); err != nil {
+		return fmt.Errorf("copy the source into the builds volume: %w", err)
+	}
+	return nil
+}
+
+func (e *Env) ensureImage(ctx context.Context, policies []string, log io.Writer) error {
+	var errs []error
+	for _, p := range policies {
+		if p != PullAlways {
+			if _, err := e.docker.ImageInspect(ctx, e.image); err == nil {
+				fmt.Fprintf(log, "Using locally present image %s (pull_policy %s)\n", e.image, p)
+				return nil
+			}
+			if p == PullNever {
+				errs = append(errs, fmt.Errorf("image %s is not present on the instance and pull_policy is never", e.image))
+				continue
+			}
+		}
+		fmt.Fprintf(log, "Pulling image %s ...\n", e.image)
+		rc, err := e.docker.ImagePull(ctx, e.image, image.PullOptions{})
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("pull %s (pull_policy %s): %w", e.image, p, err))
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Env) create(ctx context.Context, cmd []string) (string, error) {
+	cfg := &container.Config{
+		Image: e.image, Cmd: cmd, WorkingDir: e.paths.ProjectDir,
+		OpenStdin: true, StdinOnce: true, AttachStdin: true, AttachStdout: true, AttachStderr: true,
+		Labels: map[string]string{LabelJob: e.job.ID},
+	}
+	if e.job.Image.Entrypoint != nil {
+		cfg.Entrypoint = e.job.Image.Entrypoint
+	}
+	host := &container.HostConfig{
+		Binds:      append([]string{e.volume + ":" + e.paths.BuildsDir}, e.opts.Volumes...),
+		Privileged: e.opts.Privileged,
+	}
+	resp, err := e.docker.ContainerCreate(ctx, cfg, host, nil, nil, "")
+	if err != nil {
+		return "", fmt.Errorf("create container from %s: %w", e.image, err)
+	}
+	e.mu.Lock()
+	e.containers = append(e.containers, resp.ID)
+	e.mu.Unlock()
+	return resp.ID, nil
+}
+
+// Exec runs the script in a new container of the job's image, the script on stdin.
+func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int, error) {
+	s.Shell = executors.ShellSh
+	id, err := e.create(ctx, []string{"sh", "-s"})
+	if err != nil {
+		return -1, err
+	}
+	att, err := e.docker.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return -1, fmt.Errorf("attach to container: %w", err)
+	}
+	defer att.Close()
+	waitCh, errCh := e.docker.ContainerWait(ctx, id, container.WaitConditionNextExit)
+	if err := e.docker.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return -1, fmt.Errorf("start container: %w", err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(out, out, att.Reader)
+		copied <- err
+	}()
+	if _, err := io.WriteString(att.Conn, s.String()); err != nil {
+		return -1, fmt.Errorf("send script to container: %w", err)
+	}
+	if err := att.CloseWrite(); err != nil {
+		return -1, fmt.Errorf("close script input: %w", err)
+	}
+	select {
+	case w := <-waitCh:
+		<-copied // the output ends when the container does
+		if w.Error != nil {
+			return -1, fmt.Errorf("wait for container: %s", w.Error.Message)
+		}
+		return int(w.StatusCode), nil
+	case err := <-errCh:
+		return -1, fmt.Errorf("wait for container: %w", err)
+	case <-ctx.Done():
+		return -1, context.Cause(ctx)
+	}
+}
+
+// Cleanup removes every container of the job and its builds volume.
+func (e *Env) Cleanup(ctx context.Context) error {
+	e.mu.Lock()
+	ids := e.containers
+	e.containers = nil
+	e.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		if err := e.docker.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove container %s: %w", id[:12], err))
+		}
+	}
+	if err := e.docker.VolumeRemove(ctx, e.volume, true); err != nil && !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("remove volume %s: %w", e.volume, err))
+	}
+	return errors.Join(errs...)
+}
+
+func isNotFound(err error) bool {
+	var se interface{ StatusCode() int }
+	if errors.As(err, &se) {
+		return se.StatusCode() == http.StatusNotFound
+	}
+	return strings.Contains(err.Error(), "No such")
+}
+
+// Paths returns the job's directories inside its containers.
+func (e *Env) Paths() executors.Paths { return e.paths }

@@ -1,0 +1,165 @@
+package dockerautoscaler
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/volume"
+
+	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/connector/sshdtest"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+)
+
+// tunnel returns a connection to a real sshd on loopback, through which the executor
+// reaches the real Docker Engine's socket, as it would on an instance.
+func tunnel(t *testing.T) *connector.Client {
+	t.Helper()
+	if ok, why := sshdtest.Available(); !ok {
+		t.Skip(why)
+	}
+	srv := sshdtest.Start(t, sshdtest.Options{})
+	c, err := connector.Dial(context.Background(), srv.ConnectInfo("i-docker"), connector.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestJobInContainerThroughTunnel(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "data.txt"), []byte("from the working tree\n"), 0o644)
+
+	tests := []struct {
+		name    string
+		job     jobs.Job
+		opts    Options
+		status  executors.Status
+		reason  executors.FailureReason
+		exit    int
+		wantLog []string
+	}{
+		{"script and after_script share the volume",
+			jobs.Job{ID: "d1", Script: []string{"cat data.txt", "echo made > out.txt"}, AfterScript: []string{"cat out.txt", "uname -s"}},
+			Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, executors.StatusSuccess, "", 0,
+			[]string{"from the working tree", "made", "Linux"}},
+		{"script failure", jobs.Job{ID: "d2", Script: []string{"exit 4"}},
+			Options{Image: dockertest.Image, PullPolicy: []string{PullIfNotPresent}}, executors.StatusFailed, executors.ScriptFailure, 4, nil},
+		{"image not allowed", jobs.Job{ID: "d3", Script: []string{"true"}},
+			Options{Image: dockertest.Image, AllowedImages: []string{"docker.io/library/*"}, PullPolicy: []string{PullNever}},
+			executors.StatusFailed, executors.ImagePullFailure, -1, []string{"is not allowed"}},
+		{"pull policy not allowed", jobs.Job{ID: "d4", Script: []string{"true"}},
+			Options{Image: dockertest.Image, PullPolicy: []string{PullAlways}, AllowedPullPolicies: []string{PullNever}},
+			executors.StatusFailed, executors.ImagePullFailure, -1, []string{"allowed_pull_policies"}},
+		{"missing image with never", jobs.Job{ID: "d5", Script: []string{"true"}, Image: jobs.Image{Name: "flotilla-test/absent:1"}},
+			Options{PullPolicy: []string{PullNever}}, executors.StatusFailed, executors.ImagePullFailure, -1, []string{"pull_policy is never"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.job.Source = jobs.Source{Kind: jobs.SourceLocal, Dir: src}
+			env, err := New(cli, &tt.job, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var log bytes.Buffer
+			res := executors.Run(context.Background(), &tt.job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
+			if res.Status != tt.status || res.FailureReason != tt.reason || res.ExitCode != tt.exit {
+				t.Fatalf("result %+v\n%s", res, log.String())
+			}
+			for _, w := range tt.wantLog {
+				if !strings.Contains(log.String(), w) {
+					t.Errorf("log lacks %q:\n%s", w, log.String())
+				}
+			}
+			assertNothingLeft(t, local, tt.job.ID)
+		})
+	}
+}
+
+func TestCancelledJobLeavesNoContainer(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &jobs.Job{ID: "cancel-1", Script: []string{"echo started", "sleep 60"}}
+	env, err := New(cli, job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &notifyWriter{substr: "started", hit: make(chan struct{})}
+	go func() { <-out.hit; cancel() }()
+	res := executors.Run(ctx, job, env, out, executors.RunOptions{})
+	if res.Status != executors.StatusCanceled {
+		t.Fatalf("status %s, want canceled", res.Status)
+	}
+	assertNothingLeft(t, local, job.ID)
+}
+
+type notifyWriter struct {
+	bytes.Buffer
+	substr string
+	hit    chan struct{}
+}
+
+func (w *notifyWriter) Write(p []byte) (int, error) {
+	n, err := w.Buffer.Write(p)
+	if w.hit != nil && strings.Contains(w.String(), w.substr) {
+		close(w.hit)
+		w.hit = nil
+	}
+	return n, err
+}
+
+func assertNothingLeft(t *testing.T, local interface {
+	ContainerList(context.Context, container.ListOptions) ([]container.Summary, error)
+	VolumeList(context.Context, volume.ListOptions) (volume.ListResponse, error)
+}, jobID string) {
+	t.Helper()
+	f := filters.NewArgs(filters.Arg("label", LabelJob+"="+jobID))
+	cs, err := local.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+	if err != nil || len(cs) != 0 {
+		t.Errorf("containers left for job %s: %d (%v)", jobID, len(cs), err)
+	}
+	vs, err := local.VolumeList(context.Background(), volume.ListOptions{Filters: f})
+	if err != nil || len(vs.Volumes) != 0 {
+		t.Errorf("volumes left for job %s: %d (%v)", jobID, len(vs.Volumes), err)
+	}
+}
+
+func TestImageAllowed(t *testing.T) {
+	tests := []struct {
+		image   string
+		allowed []string
+		ok      bool
+	}{
+		{"alpine:3", nil, true},
+		{"alpine:3", []string{"alpine:*"}, true},
+		{"alpine:3", []string{"docker.io/library/*"}, true},
+		{"registry.example.com/team/app:1", []string{"registry.example.com/**"}, true},
+		{"registry.example.com/team/app:1", []string{"registry.example.com/*"}, false},
+		{"evil.example.com/alpine:3", []string{"alpine:*"}, false},
+	}
+	for _, tt := range tests {
+		if err := imageAllowed(tt.image, tt.allowed); (err == nil) != tt.ok {
+			t.Errorf("imageAllowed(%q, %q) = %v, want ok=%v", tt.image, tt.allowed, err, tt.ok)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+// Package instance is the `instance` executor: the job's script runs in a shell on the
+// instance itself, over the instance's shared SSH connection. The project source is put
+// in place first: for `runner exec` the local working tree is streamed as a tar archive,
+// for GitLab jobs the repository is cloned with the job token.
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+
+	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+)
+
+// Conn is the part of an instance connection the executor uses.
+type Conn interface {
+	Run(ctx context.Context, opts connector.RunOptions) error
+}
+
+// Options configure the executor for one job.
+type Options struct {
+	// Shell is bash (default) or sh.
+	Shell string
+	// BuildsDir is where projects are checked out; default "$HOME/builds".
+	BuildsDir string
+	// Slot is the job's slot on the instance; concurrent jobs use different slots and
+	// therefore different directories.
+	Slot int
+}
+
+// Env runs one job on one instance. It implements executors.Env.
+type Env struct {
+	conn  Conn
+	job   *jobs.Job
+	opts  Options
+	paths executors.Paths
+}
+
+// New returns the environment for job on the instance reached through conn.
+func New(conn Conn, job *jobs.Job, opts Options) (*Env, error) {
+	if opts.Shell == "" {
+		opts.Shell = executors.ShellBash
+	}
+	if err := executors.ValidShell(opts.Shell); err != nil {
+		return nil, err
+	}
+	return &Env{conn: conn, job: job, opts: opts}, nil
+}
+
+func q(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// run runs a command and returns its combined output, for the executor's own steps.
+func (e *Env) run(ctx context.Context, cmd string, stdin io.Reader) (string, error) {
+	var out strings.Builder
+	err := e.conn.Run(ctx, connector.RunOptions{Command: cmd, Stdin: stdin, Stdout: &out, Stderr: &out})
+	if err != nil {
+		return out.String(), fmt.Errorf("%s: %w: %s", strings.Fields(cmd)[0], err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), nil
+}
+
+func projectName(job *jobs.Job) string {
+	switch {
+	case job.Source.RepoURL != "":
+		return strings.TrimSuffix(path.Base(job.Source.RepoURL), ".git")
+	case job.Source.Dir != "":
+		return path.Base(strings.TrimRight(job.Source.Dir, "/"))
+	}
+	return "project"
+}
+
+// Prepare finds the builds directory and puts the source in place.
+func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
+	builds := e.opts.BuildsDir
+	if builds == "" {
+		home, err := e.run(ctx, `printf '%s' "$HOME"`, nil)
+		if err != nil {
+			return fmt.Errorf("find home directory: %w", err)
+		}
+		builds = strings.TrimRight(home, "/") + "/builds"
+	}
+	slotDir := path.Join(builds, strconv.Itoa(e.opts.Slot))
+	e.paths = executors.Paths{
+		BuildsDir:  builds,
+		ProjectDir: path.Join(slotDir, projectName(e.job)),
+		TmpDir:     path.Join(slotDir, projectName(e.job)+".tmp"),
+	}
+	reset := fmt.Sprintf("rm -rf %s %s && mkdir -p %s %s", q(e.paths.ProjectDir), q(e.paths.TmpDir), q(e.paths.ProjectDir), q(e.paths.TmpDir))
+	switch e.job.Source.Kind {
+	case jobs.SourceLocal:
+		fmt.Fprintf(log, "Copying the working tree %s to %s\n", e.job.Source.Dir, e.paths.ProjectDir)
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(executors.TarDir(pw, e.job.Source.Dir, "")) }()
+		_, err := e.run(ctx, reset+" && tar -x -f - -C "+q(e.paths.ProjectDir), pr)
+		pr.Close()
+		if err != nil {
+			return fmt.Errorf("copy working tree: %w", err)
+		}
+	case jobs.SourceGit:
+		u, err := url.Parse(e.job.Source.RepoURL)
+		if err != nil {
+			return fmt.Errorf("repository URL %q: %w", e.job.Source.RepoURL, err)
+		}
+		fmt.Fprintf(log, "Fetching %s (%s) into %s\n", u.Redacted(), e.job.Source.Ref, e.paths.ProjectDir)
+		if e.job.Source.Token != "" {
+			u.User = url.UserPassword("gitlab-ci-token", e.job.Source.Token)
+		}
+		clone := "git clone -q"
+		if e.job.Source.Depth > 0 {
+			clone += " --depth " + strconv.Itoa(e.job.Source.Depth)
+		}
+		if e.job.Source.Ref != "" {
+			clone += " --branch " + q(e.job.Source.Ref)
+		}
+		clone += " " + q(u.String()) + " " + q(e.paths.ProjectDir)
+		if e.job.Source.SHA != "" {
+			clone += " && git -C " + q(e.paths.ProjectDir) + " checkout -q " + q(e.job.Source.SHA)
+		}
+		if out, err := e.run(ctx, reset+" && "+clone, nil); err != nil {
+			// The error quotes git's output, which may echo the URL: drop the token.
+			return errors.New(strings.ReplaceAll(fmt.Sprintf("clone repository: %v %s", err, out), e.job.Source.Token, executors.Masked))
+		}
+	default:
+		if _, err := e.run(ctx, reset, nil); err != nil {
+			return fmt.Errorf("create project directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// Exec runs the script with the job's shell; the script arrives on stdin.
+func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int, error) {
+	s.Shell = e.opts.Shell
+	err := e.conn.Run(ctx, connector.RunOptions{Command: e.opts.Shell + " -s", Stdin: strings.NewReader(s.String()), Stdout: out, Stderr: out})
+	var exit *connector.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &exit) && exit.Signal == "":
+		return exit.ExitCode(), nil
+	}
+	return -1, err
+}
+
+// Cleanup removes the project and temporary directories.
+func (e *Env) Cleanup(ctx context.Context) error {
+	if e.paths.ProjectDir == "" {
+		return nil
+	}
+	_, err := e.run(ctx, fmt.Sprintf("rm -rf %s %s", q(e.paths.ProjectDir), q(e.paths.TmpDir)), nil)
+	return err
+}
+
+// Paths returns the job's directories on the instance.
+func (e *Env) Paths() executors.Paths { return e.paths }
