@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/flotilla-ci/flotilla/host/internal/didyoumean"
 )
 
 var (
@@ -242,49 +243,5 @@ func lastKey(path string) string {
 	return path
 }
 
-// suggest returns the known key closest to k: the same key ignoring case, dashes and
-// underscores (IdleCount vs idle_count), else one within a small edit distance.
-func suggest(k string, known []string) string {
-	norm := func(s string) string {
-		return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(s))
-	}
-	for _, c := range known {
-		if norm(c) == norm(k) {
-			return c
-		}
-	}
-	best, bestD := "", 0
-	sorted := append([]string(nil), known...)
-	sort.Strings(sorted)
-	for _, c := range sorted {
-		d := editDistance(strings.ToLower(k), strings.ToLower(c))
-		limit := 2
-		if len(k) <= 4 {
-			limit = 1
-		}
-		if d <= limit && (best == "" || d < bestD) {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
+// suggest returns the known key closest to k, or "".
+func suggest(k string, known []string) string { return didyoumean.Closest(k, known) }

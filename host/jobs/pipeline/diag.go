@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/flotilla-ci/flotilla/host/internal/didyoumean"
 )
 
 // Diagnostic is one problem found in a pipeline file, with its position and the key
@@ -66,36 +68,10 @@ func (d *diags) warnf(n node, path, format string, args ...any) {
 
 func (d *diags) err() error { return errors.Join(d.errs...) }
 
-// suggest returns a "did you mean" hint for the closest word within two edits.
+// suggest returns a "did you mean" hint for the closest known word, or "".
 func suggest(word string, known []string) string {
-	best, bestDist := "", 3
-	for _, k := range known {
-		if dist := editDistance(word, k); dist < bestDist {
-			best, bestDist = k, dist
-		}
+	if best := didyoumean.Closest(word, known); best != "" {
+		return fmt.Sprintf("did you mean %q?", best)
 	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf("did you mean %q?", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
+	return ""
 }
