@@ -1,0 +1,506 @@
+package aws
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/awsfake"
+	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/plugin"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// start configures and initialises an in-process plugin against env.
+func start(t *testing.T, env *awsfake.Env, cc provider.ConnectorConfig) *InstanceGroup {
+	t.Helper()
+	g := New()
+	if err := plugin.DecodeConfig(env.PluginConfig, g); err != nil {
+		t.Fatalf("decode plugin_config: %v", err)
+	}
+	if _, err := g.Init(context.Background(), hclog.NewNullLogger(), provider.Settings{ConnectorConfig: cc}); err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	return g
+}
+
+func list(t *testing.T, g *InstanceGroup) map[string]provider.State {
+	t.Helper()
+	out := map[string]provider.State{}
+	if err := g.Update(context.Background(), func(id string, s provider.State) { out[id] = s }); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	return out
+}
+
+func ids(m map[string]provider.State) []string {
+	var out []string
+	for id := range m {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+var static = provider.ConnectorConfig{Username: "ec2-user", UseStaticCredentials: true}
+
+// TestConformance runs the conformance kit at L1 against the built plugin binary,
+// launched as the runner launches it, talking to the fake AWS through the real SDK. Its
+// VMs are SSH servers, so L1.connect dials real endpoints; credentials are pushed with
+// Instance Connect on every ConnectInfo.
+func TestConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the plugin binary")
+	}
+	env := awsfake.Start(t, awsfake.EnvOptions{SSH: true})
+	conformance.Run(t, conformance.Config{
+		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-aws"),
+		PluginConfig:  env.PluginConfig,
+		Connector:     provider.ConnectorConfig{Username: "ec2-user"},
+		L1:            true,
+		BadConfig:     json.RawMessage(`{"name": 5, "regoin": "us-east-1"}`),
+		BadConfigWant: []string{"plugin_config.name", `plugin_config.regoin: unknown key`},
+		Timeout:       30 * time.Second,
+		PollInterval:  20 * time.Millisecond,
+	})
+	if err := env.Cloud.Check(); err != nil {
+		t.Errorf("cloud accounting after the kit: %v", err)
+	}
+	if vms, _ := env.Cloud.VMs(env.Group); len(vms) != 0 {
+		t.Errorf("VMs left behind: %v", vms)
+	}
+}
+
+func TestLifecycleStates(t *testing.T) {
+	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	env := awsfake.Start(t, awsfake.EnvOptions{Cloud: cloudsim.Options{Clock: clock,
+		BootDelay: cloudsim.Fixed(40 * time.Second), StopDelay: cloudsim.Fixed(20 * time.Second)}})
+	g := start(t, env, static)
+	ctx := context.Background()
+	if n, err := g.Increase(ctx, 3); n != 3 || err != nil {
+		t.Fatalf("Increase(3) = %d, %v", n, err)
+	}
+	steps := []struct {
+		advance time.Duration
+		want    provider.State
+	}{
+		{0, provider.StateCreating},
+		{39 * time.Second, provider.StateCreating},
+		{time.Second, provider.StateRunning},
+	}
+	for _, s := range steps {
+		clock.Advance(s.advance)
+		got := list(t, g)
+		if len(got) != 3 {
+			t.Fatalf("after %v: %d instances, want 3", s.advance, len(got))
+		}
+		for id, st := range got {
+			if st != s.want {
+				t.Errorf("after +%v: %s is %s, want %s", s.advance, id, st, s.want)
+			}
+		}
+	}
+	all := ids(list(t, g))
+	done, err := g.Decrease(ctx, all[:1])
+	if err != nil || !slices.Equal(done, all[:1]) {
+		t.Fatalf("Decrease = %v, %v", done, err)
+	}
+	if st := list(t, g)[all[0]]; st != provider.StateDeleting {
+		t.Errorf("terminating instance is %s, want deleting", st)
+	}
+	clock.Advance(20 * time.Second)
+	got := list(t, g)
+	if _, ok := got[all[0]]; ok || len(got) != 2 {
+		t.Errorf("after termination: %v, want the other two only", got)
+	}
+	if grp, _ := env.Cloud.GetGroup(env.Group); grp.Desired != 2 {
+		t.Errorf("desired = %d, want 2 (Decrease decrements)", grp.Desired)
+	}
+	if err := env.Cloud.Check(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestStateMapping(t *testing.T) {
+	cases := []struct {
+		lifecycle, ec2 string
+		want           provider.State
+		ok             bool
+	}{
+		{"Pending", "pending", provider.StateCreating, true},
+		{"Pending:Wait", "running", provider.StateCreating, true},
+		{"InService", "running", provider.StateRunning, true},
+		{"InService", "pending", provider.StateCreating, true},
+		{"InService", "shutting-down", provider.StateDeleting, true},
+		{"InService", "", provider.StateCreating, true}, // not yet visible in EC2
+		{"Standby", "running", provider.StateRunning, true},
+		{"Terminating", "running", provider.StateDeleting, true},
+		{"Terminating:Proceed", "shutting-down", provider.StateDeleting, true},
+		{"Terminated", "terminated", provider.StateDeleted, true},
+		{"Detaching", "running", provider.StateDeleting, true},
+		{"Warmed:Stopped", "stopped", "", false},
+		{"SomethingNew", "running", "", false},
+	}
+	for _, c := range cases {
+		got, ok := instanceState(astypesLifecycle(c.lifecycle), ec2State(c.ec2))
+		if got != c.want || ok != c.ok {
+			t.Errorf("%s/%s = %s,%v; want %s,%v", c.lifecycle, c.ec2, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// TestDecreaseSubsetAndUnknown: only the named instances of this group are touched.
+func TestDecreaseSubsetAndUnknown(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{})
+	if err := env.Cloud.CreateGroup(cloudsim.Group{Name: "other", Max: 5, Desired: 1}); err != nil {
+		t.Fatal(err)
+	}
+	g := start(t, env, static)
+	ctx := context.Background()
+	if _, err := g.Increase(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	all := ids(list(t, g))
+	other, _ := env.Cloud.VMs("other")
+	done, err := g.Decrease(ctx, []string{all[1], all[3], "i-0000000000000dead", other[0].ID})
+	if !slices.Equal(sorted(done), []string{all[1], all[3]}) {
+		t.Errorf("done = %v, want %v", done, []string{all[1], all[3]})
+	}
+	if !errors.Is(err, provider.ErrNotFound) || !strings.Contains(err.Error(), "i-0000000000000dead") || !strings.Contains(err.Error(), other[0].ID) {
+		t.Errorf("error = %v, want ErrNotFound naming both foreign IDs", err)
+	}
+	left := list(t, g)
+	for _, id := range []string{all[0], all[2], all[4]} {
+		if left[id] != provider.StateRunning {
+			t.Errorf("%s is %q, want running", id, left[id])
+		}
+	}
+	if vm, _ := env.Cloud.GetVM(other[0].ID); vm.State != cloudsim.Running {
+		t.Errorf("the other group's VM is %s", vm.State)
+	}
+	if d, err := g.Decrease(ctx, nil); d != nil || err != nil {
+		t.Errorf("empty Decrease = %v, %v", d, err)
+	}
+	if err := env.Cloud.Check(); err != nil {
+		t.Error(err)
+	}
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); sort.Strings(s); return s }
+
+// TestUpdatePaginates: with more instances than fit a page, Update makes one
+// DescribeAutoScalingGroups and one paginated DescribeInstances listing, never a call
+// per instance.
+func TestUpdatePaginates(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{Group: cloudsim.Group{Name: "big", Max: 50, Desired: 23,
+		Settings: cloudsim.Settings{ScaleInProtection: true}}})
+	env.Fake.PageSize = 5
+	g := start(t, env, static)
+	env.Cloud.ResetCalls()
+	got := list(t, g)
+	if len(got) != 23 {
+		t.Fatalf("Update listed %d instances, want 23", len(got))
+	}
+	calls := env.Cloud.Calls()
+	if calls["DescribeAutoScalingGroups"] != 1 || calls["DescribeInstances"] != 5 || len(calls) != 2 {
+		t.Errorf("calls = %v, want 1 DescribeAutoScalingGroups and 5 DescribeInstances pages", calls)
+	}
+}
+
+// TestFailingAPINeverForgets: whatever call fails or is throttled past the SDK's
+// retries, Update reports an error (not fewer instances), Decrease terminates nothing it
+// did not report, and no running instance is deleted.
+func TestFailingAPINeverForgets(t *testing.T) {
+	throttle := func(op string) error {
+		return &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "Rate exceeded for " + op}
+	}
+	cases := []struct {
+		name string
+		op   string
+		err  func(string) error
+	}{
+		{"groups throttled", "DescribeAutoScalingGroups", throttle},
+		{"instances throttled", "DescribeInstances", throttle},
+		{"instances failing", "DescribeInstances", func(string) error { return &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"} }},
+		{"terminate throttled", "TerminateInstanceInAutoScalingGroup", throttle},
+		{"set desired throttled", "SetDesiredCapacity", throttle},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env := awsfake.Start(t, awsfake.EnvOptions{})
+			g := start(t, env, static)
+			ctx := context.Background()
+			if _, err := g.Increase(ctx, 4); err != nil {
+				t.Fatal(err)
+			}
+			before := list(t, g)
+			env.Cloud.Inject(c.op, -1, c.err(c.op))
+
+			var seen []string
+			uerr := g.Update(ctx, func(id string, _ provider.State) { seen = append(seen, id) })
+			listing := c.op == "DescribeAutoScalingGroups" || c.op == "DescribeInstances"
+			if listing && (uerr == nil || len(seen) != 0) {
+				t.Errorf("Update with a failing %s = %v after reporting %v; want an error and nothing reported", c.op, uerr, seen)
+			}
+			if !listing && (uerr != nil || len(seen) != 4) {
+				t.Errorf("Update = %v with %d instances, want all 4", uerr, len(seen))
+			}
+			victim := ids(before)[0]
+			done, derr := g.Decrease(ctx, []string{victim})
+			if c.op == "DescribeAutoScalingGroups" || c.op == "TerminateInstanceInAutoScalingGroup" {
+				if derr == nil || len(done) != 0 {
+					t.Errorf("Decrease with a failing %s = %v, %v; want nothing done and an error", c.op, done, derr)
+				}
+			}
+			if n, err := g.Increase(ctx, 1); c.op == "SetDesiredCapacity" && (n != 0 || err == nil) {
+				t.Errorf("Increase with a failing SetDesiredCapacity = %d, %v", n, err)
+			}
+			if c.op == "DescribeInstances" && env.Cloud.ThrottledCalls()[c.op] == 0 && c.err(c.op).(*cloudsim.Error).Kind == cloudsim.KindThrottled {
+				t.Errorf("no throttled call recorded")
+			}
+			// The SDK retried the throttled calls before giving up.
+			if c.err(c.op).(*cloudsim.Error).Kind == cloudsim.KindThrottled && env.Cloud.Calls()[c.op] < defaultRetryMaxAttempts {
+				t.Errorf("%s called %d times, want at least %d (retries)", c.op, env.Cloud.Calls()[c.op], defaultRetryMaxAttempts)
+			}
+
+			env.Cloud.ClearFaults()
+			after := list(t, g)
+			for id := range before {
+				if _, ok := after[id]; !ok && (derr != nil || id != victim) {
+					t.Errorf("instance %s was lost", id)
+				}
+			}
+			for _, vm := range env.Cloud.AllVMs() {
+				if vm.TermReason != "" && vm.TermReason != "TerminateInstanceInAutoScalingGroup" {
+					t.Errorf("VM %s terminated by %q", vm.ID, vm.TermReason)
+				}
+			}
+			if err := env.Cloud.Check(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestIncreaseCapsAtMaxSize(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{Group: cloudsim.Group{Name: "small", Max: 3, Settings: cloudsim.Settings{ScaleInProtection: true}}})
+	g := start(t, env, static)
+	ctx := context.Background()
+	n, err := g.Increase(ctx, 5)
+	if n != 3 || !errors.Is(err, provider.ErrCapacity) {
+		t.Errorf("Increase(5) on max 3 = %d, %v; want 3 and ErrCapacity", n, err)
+	}
+	n, err = g.Increase(ctx, 1)
+	if n != 0 || !errors.Is(err, provider.ErrCapacity) {
+		t.Errorf("Increase(1) on a full group = %d, %v", n, err)
+	}
+}
+
+func TestInitErrors(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{})
+	cases := []struct {
+		name   string
+		mutate func(map[string]any)
+		want   string
+	}{
+		{"missing group", func(m map[string]any) { m["name"] = "nope" }, `auto scaling group "nope" not found`},
+		{"missing profile", func(m map[string]any) { m["profile"] = "nope" }, "load AWS configuration"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var m map[string]any
+			_ = json.Unmarshal(env.PluginConfig, &m)
+			c.mutate(m)
+			raw, _ := json.Marshal(m)
+			g := New()
+			if err := plugin.DecodeConfig(raw, g); err != nil {
+				t.Fatal(err)
+			}
+			_, err := g.Init(context.Background(), hclog.NewNullLogger(), provider.Settings{ConnectorConfig: static})
+			if !errors.Is(err, provider.ErrInvalidConfig) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("Init = %v; want ErrInvalidConfig containing %q", err, c.want)
+			}
+		})
+	}
+	bad := New()
+	err := plugin.DecodeConfig([]byte(`{"endpoint": "not a url", "retry_max_backoff": "soon"}`), bad)
+	for _, want := range []string{"plugin_config.name: required", "plugin_config.endpoint", "plugin_config.retry_max_backoff"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate = %v; want it to mention %q", err, want)
+		}
+	}
+}
+
+// TestJobOverSSH runs a real command over SSH, with the connector, on a VM that came from
+// the plugin and the simulated cloud, authenticated with the key the plugin pushed
+// through EC2 Instance Connect.
+func TestJobOverSSH(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{SSH: true})
+	g := start(t, env, provider.ConnectorConfig{Username: "ec2-user", Timeout: 10 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := g.Increase(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for id == "" && ctx.Err() == nil {
+		for i, s := range list(t, g) {
+			if s == provider.StateRunning {
+				id = i
+			}
+		}
+	}
+	info, err := g.ConnectInfo(ctx, id)
+	if err != nil {
+		t.Fatalf("ConnectInfo: %v", err)
+	}
+	if len(info.Key) == 0 || len(info.HostKey) == 0 || !strings.HasPrefix(info.InternalAddr, "127.0.0.1:") {
+		t.Fatalf("ConnectInfo = %+v; want a pushed key, a host key and a loopback address with port", info)
+	}
+	c, err := connector.Dial(ctx, info, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()})
+	if err != nil {
+		t.Fatalf("dial %s: %v", info.InternalAddr, err)
+	}
+	defer c.Close()
+	var out bytes.Buffer
+	if err := c.Run(ctx, connector.RunOptions{Command: `echo "job on $JOB_NAME in $(pwd)"; exit 3`, Stdout: &out,
+		Env: map[string]string{"JOB_NAME": "build"}}); err == nil || !strings.Contains(err.Error(), "3") {
+		t.Errorf("Run = %v, want exit status 3", err)
+	}
+	if !strings.Contains(out.String(), "job on build in ") || !strings.Contains(out.String(), id) {
+		t.Errorf("output = %q", out.String())
+	}
+
+	// A stranger's key is refused: only the pushed (or static) keys log in.
+	stranger := info
+	_, stranger.Key, _ = cloudsim.NewClientKey()
+	stranger.Timeout = 2 * time.Second
+	if c2, err := connector.Dial(ctx, stranger, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()}); err == nil {
+		c2.Close()
+		t.Error("an unpushed key logged in")
+	}
+
+	// Terminating the instance closes its server and the session.
+	if _, err := g.Decrease(ctx, []string{id}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Error("connection survived the termination of its instance")
+	}
+}
+
+func astypesLifecycle(s string) astypes.LifecycleState { return astypes.LifecycleState(s) }
+func ec2State(s string) ec2types.InstanceStateName     { return ec2types.InstanceStateName(s) }
+
+// TestDecreaseBacksOffWhenThrottled: once a terminate stays throttled after the SDK's
+// retries, Decrease stops sending more and reports the rest as not attempted, so a
+// throttling storm is not made worse; the host retries them with its next Decrease.
+func TestDecreaseBacksOffWhenThrottled(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{Group: cloudsim.Group{Name: "ci", Max: 20, Desired: 20,
+		Settings: cloudsim.Settings{ScaleInProtection: true}}})
+	g := start(t, env, static)
+	all := ids(list(t, g))
+	env.Cloud.ResetCalls() // Init's doctor probed TerminateInstanceInAutoScalingGroup once
+	env.Cloud.Inject("TerminateInstanceInAutoScalingGroup", -1, &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "Rate exceeded"})
+	done, err := g.Decrease(context.Background(), all)
+	if len(done) != 0 || err == nil {
+		t.Fatalf("Decrease = %v, %v; want nothing done and an error", done, err)
+	}
+	if n := strings.Count(err.Error(), "not attempted"); n < len(all)-decreaseWorkers {
+		t.Errorf("%d instances reported as not attempted, want at least %d", n, len(all)-decreaseWorkers)
+	}
+	if n := env.Cloud.Calls()["TerminateInstanceInAutoScalingGroup"]; n > decreaseWorkers*defaultRetryMaxAttempts {
+		t.Errorf("%d terminate calls under throttling, want at most %d", n, decreaseWorkers*defaultRetryMaxAttempts)
+	}
+	env.Cloud.ClearFaults()
+	if got := list(t, g); len(got) != len(all) {
+		t.Errorf("after the storm %d instances listed, want %d", len(got), len(all))
+	}
+	done, err = g.Decrease(context.Background(), all)
+	if len(done) != len(all) || err != nil {
+		t.Errorf("Decrease after the storm = %d done, %v", len(done), err)
+	}
+}
+
+// TestExternalRemoval: an instance the cloud removes by itself (spot reclaim) is
+// reported deleting and then not at all; the group replaces it.
+func TestExternalRemoval(t *testing.T) {
+	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	env := awsfake.Start(t, awsfake.EnvOptions{Cloud: cloudsim.Options{Clock: clock, StopDelay: cloudsim.Fixed(time.Minute)},
+		Group: cloudsim.Group{Name: "ci", Max: 5, Desired: 2, Settings: cloudsim.Settings{ScaleInProtection: true}}})
+	g := start(t, env, static)
+	victim := ids(list(t, g))[0]
+	if err := env.Cloud.Reclaim(victim, "spot"); err != nil {
+		t.Fatal(err)
+	}
+	got := list(t, g)
+	if got[victim] != provider.StateDeleting || len(got) != 3 {
+		t.Errorf("after reclaim: %v; want the victim deleting and a replacement", got)
+	}
+	clock.Advance(time.Minute)
+	got = list(t, g)
+	if _, ok := got[victim]; ok || len(got) != 2 {
+		t.Errorf("after the reclaim finished: %v", got)
+	}
+	if _, err := g.ConnectInfo(context.Background(), victim); err == nil {
+		t.Error("ConnectInfo of a reclaimed instance succeeded")
+	}
+	if err := env.Cloud.Check(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestConformanceInProcess runs the kit in process as well, which adds L0.panic.
+func TestConformanceInProcess(t *testing.T) {
+	env := awsfake.Start(t, awsfake.EnvOptions{SSH: true})
+	conformance.Run(t, conformance.Config{
+		New:          func() provider.InstanceGroup { return New() },
+		PluginConfig: env.PluginConfig,
+		Connector:    provider.ConnectorConfig{Username: "ec2-user"},
+		L1:           true,
+		Timeout:      30 * time.Second,
+		PollInterval: 20 * time.Millisecond,
+	})
+	if err := env.Cloud.Check(); err != nil {
+		t.Errorf("cloud accounting after the kit: %v", err)
+	}
+}
+
+// TestEventualConsistency: an instance the group lists before EC2 does is reported as
+// creating, not running, so the host does not try to connect to it yet.
+func TestEventualConsistency(t *testing.T) {
+	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	env := awsfake.Start(t, awsfake.EnvOptions{Cloud: cloudsim.Options{Clock: clock, ListLag: 15 * time.Second}})
+	g := start(t, env, static)
+	if _, err := g.Increase(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	for id, s := range list(t, g) {
+		if s != provider.StateCreating {
+			t.Errorf("%s is %s while EC2 does not list it yet, want creating", id, s)
+		}
+		if _, err := g.ConnectInfo(context.Background(), id); !errors.Is(err, provider.ErrNotFound) {
+			t.Errorf("ConnectInfo during the lag = %v, want ErrNotFound", err)
+		}
+	}
+	clock.Advance(15 * time.Second)
+	for id, s := range list(t, g) {
+		if s != provider.StateRunning {
+			t.Errorf("%s is %s after the lag, want running", id, s)
+		}
+	}
+}

@@ -1,0 +1,275 @@
+package aws
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/flotilla-ci/flotilla/sdk/plugin"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// Severity grades a doctor Finding.
+type Severity string
+
+// The severities: an error fails Init, a warning is logged.
+const (
+	SeverityOK      Severity = "ok"
+	SeverityWarning Severity = "warning"
+	SeverityError   Severity = "error"
+)
+
+// Finding is the result of one doctor check.
+type Finding struct {
+	Check    string   `json:"check"`
+	Severity Severity `json:"severity"`
+	Message  string   `json:"message"`
+	Fix      string   `json:"fix,omitempty"`
+}
+
+// probeInstanceID is an instance ID that exists nowhere: permission probes use it so
+// that a permitted call fails harmlessly with "not found" instead of acting.
+const probeInstanceID = "i-00000000000000000"
+
+// Doctor checks the group's settings and the permissions the plugin needs. It needs
+// the configuration decoded and the clients built (as after Init, or via RunDoctor).
+func (g *InstanceGroup) Doctor(ctx context.Context) ([]Finding, error) {
+	grp, err := g.describeGroup(ctx)
+	if err != nil {
+		return []Finding{{Check: "describe-group", Severity: SeverityError,
+			Message: err.Error(), Fix: "check plugin_config.name, region and credentials, and grant autoscaling:DescribeAutoScalingGroups"}}, err
+	}
+	return g.doctor(ctx, grp), nil
+}
+
+func (g *InstanceGroup) doctor(ctx context.Context, grp astypes.AutoScalingGroup) []Finding {
+	var out []Finding
+	add := func(check string, sev Severity, msg, fix string) {
+		out = append(out, Finding{Check: check, Severity: sev, Message: msg, Fix: fix})
+	}
+	ok := func(check, msg string) { add(check, SeverityOK, msg, "") }
+
+	protected := aws.ToBool(grp.NewInstancesProtectedFromScaleIn)
+	if protected {
+		ok("scale-in-protection", "new instances are protected from scale-in")
+	} else {
+		add("scale-in-protection", SeverityWarning,
+			"new instances are not protected from scale-in: if the desired capacity is lowered outside the plugin, the group picks instances to terminate itself, possibly ones running jobs",
+			"enable NewInstancesProtectedFromScaleIn (aws autoscaling update-auto-scaling-group --new-instances-protected-from-scale-in)")
+	}
+	rebalanceSuspended := false
+	for _, p := range grp.SuspendedProcesses {
+		if aws.ToString(p.ProcessName) == "AZRebalance" {
+			rebalanceSuspended = true
+		}
+	}
+	switch {
+	case rebalanceSuspended:
+		ok("az-rebalance", "the AZRebalance process is suspended")
+	case protected:
+		add("az-rebalance", SeverityWarning, "the AZRebalance process is active: the group launches and terminates instances to balance zones",
+			"aws autoscaling suspend-processes --scaling-processes AZRebalance")
+	default:
+		add("az-rebalance", SeverityError, "the AZRebalance process is active and instances are not protected: rebalancing terminates instances that run jobs",
+			"aws autoscaling suspend-processes --scaling-processes AZRebalance")
+	}
+	pol, err := g.as.DescribePolicies(ctx, &autoscaling.DescribePoliciesInput{AutoScalingGroupName: aws.String(g.Name)})
+	switch {
+	case err != nil:
+		add("permission:autoscaling:DescribePolicies", SeverityError, "cannot list the group's scaling policies: "+err.Error(),
+			"grant autoscaling:DescribePolicies (see `fleeting-plugin-aws iam-policy`)")
+	case len(pol.ScalingPolicies) > 0:
+		var names []string
+		for _, p := range pol.ScalingPolicies {
+			names = append(names, aws.ToString(p.PolicyName))
+		}
+		add("scaling-policies", SeverityError, fmt.Sprintf("the group has scaling policies (%s): they change the desired capacity behind the plugin's back", strings.Join(names, ", ")),
+			"delete them: aws autoscaling delete-policy --auto-scaling-group-name "+g.Name+" --policy-name <name>")
+	default:
+		ok("scaling-policies", "the group has no scaling policies")
+	}
+	if m := aws.ToInt32(grp.MinSize); m > 0 {
+		add("min-size", SeverityWarning, fmt.Sprintf("the group's MinSize is %d: those instances are never removed, and the plugin cannot terminate below it", m),
+			"set MinSize to 0 and let the runner's idle settings keep instances")
+	} else {
+		ok("min-size", "MinSize is 0")
+	}
+
+	// Permission probes: each call is one that a permitted caller sees fail harmlessly.
+	// Probes that name a made-up instance cannot match a policy scoped to the group's
+	// instances, so their denial is only a warning (strict false).
+	probe := func(action string, err error, strict bool, allowed ...string) {
+		code := apiCode(err)
+		for _, a := range allowed {
+			if code == a {
+				ok("permission:"+action, "allowed")
+				return
+			}
+		}
+		if err == nil {
+			ok("permission:"+action, "allowed")
+			return
+		}
+		if code == "AccessDenied" || code == "AccessDeniedException" || code == "UnauthorizedOperation" || code == "UnauthorizedAccess" {
+			fix := "grant " + action + " (see `fleeting-plugin-aws iam-policy --name " + g.Name + "`)"
+			if !strict {
+				add("permission:"+action, SeverityWarning, "denied for a probe with a made-up instance ID (a policy scoped by instance tags can deny that and still allow the real call): "+err.Error(), fix)
+				return
+			}
+			add("permission:"+action, SeverityError, "denied: "+err.Error(), fix)
+			return
+		}
+		add("permission:"+action, SeverityWarning, "could not be checked: "+err.Error(), "")
+	}
+	maxSize := aws.ToInt32(grp.MaxSize)
+	_, err = g.as.SetDesiredCapacity(ctx, &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String(g.Name),
+		DesiredCapacity: aws.Int32(maxSize + 1)}) // above MaxSize: refused as invalid when permitted
+	probe("autoscaling:SetDesiredCapacity", err, true, "ValidationError")
+	_, err = g.as.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+		InstanceId: aws.String(probeInstanceID), ShouldDecrementDesiredCapacity: aws.Bool(true)})
+	probe("autoscaling:TerminateInstanceInAutoScalingGroup", err, false, "ValidationError")
+	_, err = g.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{DryRun: aws.Bool(true)})
+	probe("ec2:DescribeInstances", err, true, "DryRunOperation")
+	if !g.settings.UseStaticCredentials {
+		_, err = g.connect.SendSSHPublicKey(ctx, &ec2instanceconnect.SendSSHPublicKeyInput{InstanceId: aws.String(probeInstanceID),
+			InstanceOSUser: aws.String("ec2-user"), SSHPublicKey: aws.String("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPROBEPROBEPROBEPROBEPROBEPROBEPROBEPROBEPRO")})
+		probe("ec2-instance-connect:SendSSHPublicKey", err, false, "EC2InstanceNotFoundException", "InvalidArgsException")
+	}
+	return out
+}
+
+// Commands are the plugin binary's extra subcommands: doctor and iam-policy.
+func (g *InstanceGroup) Commands() []plugin.Command {
+	return []plugin.Command{
+		{Name: "doctor", Usage: "check the Auto Scaling group's settings and the permissions the plugin needs", Run: g.runDoctor},
+		{Name: "iam-policy", Usage: "print the least-privilege IAM policy for a group (--name NAME)", Run: runIAMPolicy},
+	}
+}
+
+// runDoctor is `fleeting-plugin-aws doctor`: flags carry plugin_config's keys (or
+// --config a JSON file of it). It prints one line per check and fails on any error.
+func (g *InstanceGroup) runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	cfgJSON := fs.String("config", "", "plugin_config as a JSON object (instead of the flags below)")
+	fs.StringVar(&g.Name, "name", "", "Auto Scaling group name")
+	fs.StringVar(&g.Profile, "profile", "", "shared configuration profile")
+	fs.StringVar(&g.ConfigFile, "config-file", "", "AWS config file")
+	fs.StringVar(&g.CredentialsFile, "credentials-file", "", "AWS credentials file")
+	fs.StringVar(&g.Region, "region", "", "region")
+	fs.StringVar(&g.Endpoint, "endpoint", "", "endpoint override")
+	staticCreds := fs.Bool("static-credentials", false, "the connector uses static credentials: skip the Instance Connect check")
+	asJSON := fs.Bool("json", false, "print the findings as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgJSON != "" {
+		if err := plugin.DecodeConfig([]byte(*cfgJSON), g); err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+	} else if err := g.Validate(); err != nil {
+		return err
+	}
+	g.log = hclog.NewNullLogger()
+	g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: *staticCreds}}
+	if err := g.connectClients(ctx); err != nil {
+		return err
+	}
+	findings, err := g.Doctor(ctx)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if e := enc.Encode(findings); e != nil {
+			return e
+		}
+	} else {
+		for _, f := range findings {
+			fmt.Fprintf(stdout, "%-7s %-50s %s\n", strings.ToUpper(string(f.Severity)), f.Check, f.Message)
+			if f.Fix != "" {
+				fmt.Fprintf(stdout, "        fix: %s\n", f.Fix)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, f := range findings {
+		if f.Severity == SeverityError {
+			bad = append(bad, f.Check)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d check(s) failed: %s", len(bad), strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// IAMPolicy returns the least-privilege IAM policy document for the plugin on group
+// name. Region and account narrow the resource ARNs ("*" when empty). Describe calls
+// support no resource-level permissions, so they are allowed on "*"; the mutating ones
+// are limited to the group, and Instance Connect to instances tagged with the group.
+func IAMPolicy(name, region, account string, instanceConnect bool) ([]byte, error) {
+	if name == "" {
+		return nil, errors.New("--name is required: the Auto Scaling group's name")
+	}
+	if region == "" {
+		region = "*"
+	}
+	if account == "" {
+		account = "*"
+	}
+	type statement struct {
+		Sid       string         `json:"Sid"`
+		Effect    string         `json:"Effect"`
+		Action    []string       `json:"Action"`
+		Resource  string         `json:"Resource"`
+		Condition map[string]any `json:"Condition,omitempty"`
+	}
+	doc := struct {
+		Version   string      `json:"Version"`
+		Statement []statement `json:"Statement"`
+	}{Version: "2012-10-17", Statement: []statement{
+		{Sid: "FlotillaDescribe", Effect: "Allow", Resource: "*", Action: []string{
+			"autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribePolicies", "ec2:DescribeInstances"}},
+		{Sid: "FlotillaScaleGroup", Effect: "Allow", Action: []string{
+			"autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"},
+			Resource: fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:*:autoScalingGroupName/%s", region, account, name)},
+	}}
+	if instanceConnect {
+		doc.Statement = append(doc.Statement, statement{Sid: "FlotillaInstanceConnect", Effect: "Allow",
+			Action:    []string{"ec2-instance-connect:SendSSHPublicKey"},
+			Resource:  fmt.Sprintf("arn:aws:ec2:%s:%s:instance/*", region, account),
+			Condition: map[string]any{"StringEquals": map[string]string{"aws:ResourceTag/" + tagGroupName: name}}})
+	}
+	return json.MarshalIndent(doc, "", "  ")
+}
+
+func runIAMPolicy(_ context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("iam-policy", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	name := fs.String("name", "", "Auto Scaling group name (required)")
+	region := fs.String("region", "", "region (default: any)")
+	account := fs.String("account", "", "AWS account ID (default: any)")
+	static := fs.Bool("static-credentials", false, "the connector uses static credentials: leave out Instance Connect")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	out, err := IAMPolicy(*name, *region, *account, !*static)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", out)
+	return err
+}
