@@ -1,0 +1,182 @@
+package googlecloud
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"cloud.google.com/go/compute/apiv1/computepb"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/api/cloudresourcemanager/v1"
+
+	"github.com/flotilla-ci/flotilla/sdk/plugin"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// Severity grades a doctor Finding.
+type Severity string
+
+// The severities: an error fails Init, a warning is logged.
+const (
+	SeverityOK      Severity = "ok"
+	SeverityWarning Severity = "warning"
+	SeverityError   Severity = "error"
+)
+
+// Finding is the result of one doctor check.
+type Finding struct {
+	Check    string   `json:"check"`
+	Severity Severity `json:"severity"`
+	Message  string   `json:"message"`
+	Fix      string   `json:"fix,omitempty"`
+}
+
+// Permissions returns the IAM permissions the plugin needs on the project: reading and
+// changing the group, reading its instances and operations, and, when the connector
+// does not use static credentials, setting instance metadata for the ephemeral key.
+func Permissions(staticCredentials bool) []string {
+	p := []string{
+		"compute.instanceGroupManagers.get",
+		"compute.instanceGroupManagers.update",
+		"compute.instances.get",
+		"compute.zoneOperations.get",
+	}
+	if !staticCredentials {
+		p = append(p, "compute.instances.setMetadata")
+	}
+	return p
+}
+
+// Doctor checks the group's settings and the permissions the plugin needs. It needs
+// the configuration decoded and the clients built (as after Init, or via the doctor
+// command).
+func (g *InstanceGroup) Doctor(ctx context.Context) ([]Finding, error) {
+	m, err := g.getGroup(ctx)
+	if err != nil {
+		return []Finding{{Check: "get-group", Severity: SeverityError, Message: err.Error(),
+			Fix: "check plugin_config.name, project, zone and credentials_file, and grant compute.instanceGroupManagers.get"}}, err
+	}
+	return g.doctor(ctx, m), nil
+}
+
+func (g *InstanceGroup) doctor(ctx context.Context, m *computepb.InstanceGroupManager) []Finding {
+	var out []Finding
+	add := func(check string, sev Severity, msg, fix string) {
+		out = append(out, Finding{Check: check, Severity: sev, Message: msg, Fix: fix})
+	}
+	ok := func(check, msg string) { add(check, SeverityOK, msg, "") }
+	zoneFix := fmt.Sprintf("gcloud compute instance-groups managed stop-autoscaling %s --zone %s", g.Name, g.Zone)
+
+	if a := m.GetStatus().GetAutoscaler(); a != "" {
+		add("autoscaling", SeverityError, fmt.Sprintf("autoscaler %s is attached to the group: it changes targetSize behind the plugin's back and deletes instances that run jobs", a), zoneFix)
+	} else {
+		ok("autoscaling", "no autoscaler is attached")
+	}
+	// The zonal API found the group, so it lives in one zone; a regional group is not
+	// found there (Init says so).
+	if z := m.GetZone(); z != "" && !strings.HasSuffix(z, "/zones/"+g.Zone) && z != g.Zone {
+		add("single-zone", SeverityError, fmt.Sprintf("the group reports zone %s, not %s", z, g.Zone), "set plugin_config.zone to the group's zone")
+	} else {
+		ok("single-zone", "zonal group in "+g.Zone)
+	}
+	if t := m.GetUpdatePolicy().GetType(); t == "PROACTIVE" {
+		add("update-policy", SeverityWarning, "the update policy is PROACTIVE: a new instance template makes the group recreate instances, including ones running jobs",
+			fmt.Sprintf("gcloud compute instance-groups managed set-update-policy %s --zone %s --type opportunistic", g.Name, g.Zone))
+	} else {
+		ok("update-policy", "instances are not replaced proactively")
+	}
+	if m.GetTargetStoppedSize() > 0 || m.GetTargetSuspendedSize() > 0 {
+		add("standby-pool", SeverityWarning, "the group keeps stopped or suspended instances (a standby pool): the plugin does not report or use them",
+			fmt.Sprintf("gcloud compute instance-groups managed update %s --zone %s --standby-policy-mode manual and resize the standby pool to 0", g.Name, g.Zone))
+	}
+
+	// Permissions: Resource Manager's testIamPermissions answers for the project
+	// without acting on anything.
+	want := Permissions(g.settings.UseStaticCredentials)
+	resp, err := g.crm.Projects.TestIamPermissions(g.Project, &cloudresourcemanager.TestIamPermissionsRequest{Permissions: want}).Context(ctx).Do()
+	if err != nil {
+		add("permissions", SeverityWarning, "could not be checked with projects.testIamPermissions: "+err.Error(),
+			"enable the Cloud Resource Manager API, or check by hand that the credentials have: "+strings.Join(want, ", "))
+		return out
+	}
+	for _, p := range want {
+		if slices.Contains(resp.Permissions, p) {
+			ok("permission:"+p, "granted")
+			continue
+		}
+		add("permission:"+p, SeverityError, "not granted on project "+g.Project,
+			"grant a role with "+p+" (for example roles/compute.instanceAdmin.v1) to the plugin's service account")
+	}
+	return out
+}
+
+// Commands are the plugin binary's extra subcommands.
+func (g *InstanceGroup) Commands() []plugin.Command {
+	return []plugin.Command{
+		{Name: "doctor", Usage: "check the managed instance group's settings and the permissions the plugin needs", Run: g.runDoctor},
+	}
+}
+
+// runDoctor is `fleeting-plugin-googlecloud doctor`: flags carry plugin_config's keys
+// (or --config a JSON object of it). It prints one line per check and fails on any
+// error.
+func (g *InstanceGroup) runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	cfgJSON := fs.String("config", "", "plugin_config as a JSON object (instead of the flags below)")
+	fs.StringVar(&g.Name, "name", "", "managed instance group name")
+	fs.StringVar(&g.Project, "project", "", "project ID")
+	fs.StringVar(&g.Zone, "zone", "", "zone of the group")
+	fs.StringVar(&g.CredentialsFile, "credentials-file", "", "credentials file (default: Application Default Credentials)")
+	fs.StringVar(&g.Endpoint, "endpoint", "", "endpoint override")
+	staticCreds := fs.Bool("static-credentials", false, "the connector uses static credentials: skip the setMetadata permission")
+	asJSON := fs.Bool("json", false, "print the findings as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgJSON != "" {
+		if err := plugin.DecodeConfig([]byte(*cfgJSON), g); err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+	} else if err := g.Validate(); err != nil {
+		return err
+	}
+	g.log = hclog.NewNullLogger()
+	g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: *staticCreds}}
+	if err := g.connectClients(ctx); err != nil {
+		return err
+	}
+	defer g.closeClients()
+	findings, err := g.Doctor(ctx)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if e := enc.Encode(findings); e != nil {
+			return e
+		}
+	} else {
+		for _, f := range findings {
+			fmt.Fprintf(stdout, "%-7s %-50s %s\n", strings.ToUpper(string(f.Severity)), f.Check, f.Message)
+			if f.Fix != "" {
+				fmt.Fprintf(stdout, "        fix: %s\n", f.Fix)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, f := range findings {
+		if f.Severity == SeverityError {
+			bad = append(bad, f.Check)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d check(s) failed: %s", len(bad), strings.Join(bad, ", "))
+	}
+	return nil
+}
