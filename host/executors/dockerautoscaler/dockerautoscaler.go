@@ -113,7 +113,7 @@ func New(docker *client.Client, job *jobs.Job, opts Options) (*Env, error) {
 	}
 	return &Env{docker: docker, job: job, opts: opts, image: img,
 		volume: "flotilla-job-" + sanitize(job.ID) + "-" + strings.ToLower(rand.Text()[:8]),
-		paths: executors.Paths{BuildsDir: "/builds", ProjectDir: "/builds/" + project, TmpDir: "/builds/" + project + ".tmp"}}, nil
+		paths:  executors.Paths{BuildsDir: "/builds", ProjectDir: "/builds/" + project, TmpDir: "/builds/" + project + ".tmp"}}, nil
 }
 
 func sanitize(s string) string {
@@ -150,13 +150,22 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if e.job.Source.Kind == jobs.SourceGit {
-		return errors.New("git sources are not supported by the docker-autoscaler executor yet: use the instance executor")
+	srcDir := ""
+	switch e.job.Source.Kind {
+	case jobs.SourceLocal:
+		srcDir = e.job.Source.Dir
+	case jobs.SourceGit:
+		dir, cleanup, err := cloneOnHost(ctx, e.job.Source, log)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		srcDir = dir
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		if e.job.Source.Kind == jobs.SourceLocal {
-			pw.CloseWithError(executors.TarDir(pw, e.job.Source.Dir, path.Base(e.paths.ProjectDir)))
+		if srcDir != "" {
+			pw.CloseWithError(executors.TarDir(pw, srcDir, path.Base(e.paths.ProjectDir)))
 			return
 		}
 		pw.CloseWithError(emptyDirTar(pw, path.Base(e.paths.ProjectDir)))

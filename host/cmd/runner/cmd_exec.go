@@ -1,0 +1,55 @@
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla-ci/flotilla/host/execcmd"
+	"github.com/flotilla-ci/flotilla/host/version"
+)
+
+func init() {
+	var o execcmd.Options
+	cmd := &cobra.Command{
+		Use:   "exec [JOB...]",
+		Short: "Run the .gitlab-ci.yml pipeline of a directory on autoscaled instances",
+		Long: `exec reads .gitlab-ci.yml in the project directory and runs its pipeline on an
+autoscaled pool: jobs run as soon as what they need is done, concurrently, each on a
+slot of an instance that the pool creates on demand and deletes at the end.
+
+With no --config it uses the built-in pool: the local plugin (each instance is a
+sandbox on this machine with its own SSH server) and the instance executor. Name jobs
+to run only them and what they need; a manual job runs only when named.
+
+Every job's full log is kept in a file (see the summary); the exit code is 1 when the
+pipeline failed.`,
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Jobs, o.Stdout, o.Stderr, o.Version = args, c.OutOrStdout(), c.ErrOrStderr(), version.Version
+			code, err := execcmd.Run(ctx, o)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Dir, "dir", "C", ".", "project directory: its working tree is copied to the instances")
+	f.StringVarP(&o.File, "file", "f", ".gitlab-ci.yml", "pipeline file, relative to --dir")
+	f.StringVarP(&o.ConfigPath, "config", "c", "", "config.toml whose runner entry to use (default: the built-in local pool)")
+	f.StringVar(&o.RunnerName, "runner", "", "name of the [[runners]] entry to use (default: the first with an autoscaler)")
+	f.StringVar(&o.Executor, "executor", "", "executor: instance or docker-autoscaler (default: the runner's, or instance)")
+	f.StringVar(&o.Image, "image", "", "default image for docker-autoscaler jobs that name none")
+	f.IntVar(&o.MaxInstances, "max-instances", 2, "built-in pool: most instances at once")
+	f.IntVar(&o.Capacity, "capacity", 2, "built-in pool: jobs per instance (capacity_per_instance)")
+	f.StringVar(&o.LogDir, "log-dir", "", "where job logs go (default: under ~/.local/state/flotilla/exec-logs)")
+	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
+	root.AddCommand(cmd)
+}

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla-ci/flotilla/host/runcmd"
+)
+
+func init() {
+	var cfgPath string
+	var debug bool
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Take jobs from GitLab and run them on autoscaled instances",
+		Long: "run serves every [[runners]] entry of config.toml: it asks GitLab for jobs whenever the entry's\n" +
+			"taskscaler can reserve a slot, runs them, streams their logs and reports their state.\n" +
+			"Signals: SIGQUIT finishes running jobs then exits; SIGTERM/SIGINT cancel them and exit;\n" +
+			"SIGHUP (or a changed config.toml) reloads. listen_address serves /metrics, /healthz and /status.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			svc, err := runcmd.New(runcmd.Options{ConfigPath: cfgPath, Logger: log, ReloadPoll: 3 * time.Second})
+			if err != nil {
+				return err
+			}
+			return runcmd.RunWithSignals(cmd.Context(), svc)
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", defaultConfigPath(), "config file (default $CONFIG_FILE or ./config.toml)")
+	cmd.Flags().BoolVar(&debug, "debug", false, "log at debug level")
+	root.AddCommand(cmd)
+}

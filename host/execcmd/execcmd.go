@@ -1,0 +1,256 @@
+// Package execcmd is `runner exec`: run the pipeline of a local .gitlab-ci.yml on an
+// autoscaled pool. With no config.toml it uses the built-in default: the `local`
+// plugin (instances are sandboxes on this machine) and the instance executor, so it
+// works on a fresh machine with nothing installed.
+package execcmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
+	"github.com/flotilla-ci/flotilla/host/manager"
+	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/plugins/local"
+)
+
+// Options are the command's flags.
+type Options struct {
+	// Dir is the project directory (its working tree is the jobs' source).
+	Dir string
+	// File is the pipeline file, relative to Dir unless absolute.
+	File string
+	// ConfigPath, if set, is a config.toml whose runner entry to use.
+	ConfigPath string
+	// RunnerName picks the [[runners]] entry (default: the first with an autoscaler).
+	RunnerName string
+	// Executor overrides the runner's executor.
+	Executor string
+	// Image is the default image for docker-autoscaler jobs without one.
+	Image string
+	// MaxInstances and Capacity size the built-in default pool.
+	MaxInstances, Capacity int
+	// LogDir receives the jobs' logs; default under the user's state directory.
+	LogDir string
+	// Jobs restricts the run to these jobs and what they need.
+	Jobs []string
+	// Verbose streams plugin and host logs to Stderr.
+	Verbose bool
+	// StateDir overrides where the pool keeps its state (default config or user state).
+	StateDir string
+
+	Stdout, Stderr io.Writer
+	// Version is the runner's version, for the job logs.
+	Version string
+}
+
+// ExitCode of a failed pipeline; 1 is kept for errors before the pipeline ran.
+const ExitPipelineFailed = 1
+
+func stateHome() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "flotilla")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "flotilla")
+	}
+	return filepath.Join(os.TempDir(), "flotilla")
+}
+
+// defaultConfig is the built-in pool of `runner exec` with no config.toml: local
+// instances, quick polling (they boot in milliseconds), deleted when the command ends.
+func defaultConfig(o Options, state string) string {
+	executor := o.Executor
+	if executor == "" {
+		executor = manager.ExecutorInstance
+	}
+	pluginCfg := fmt.Sprintf("root_dir = %q\n", filepath.Join(state, "exec-instances"))
+	if executor == manager.ExecutorDockerAutoscaler {
+		pluginCfg += fmt.Sprintf("docker_socket = %q\n", "/var/run/docker.sock")
+	}
+	return fmt.Sprintf(`concurrent = %d
+[[runners]]
+  name = "runner-exec"
+  executor = %q
+  shell = "bash"
+  [runners.docker]
+    image = %q
+    pull_policy = ["if-not-present"]
+  [runners.autoscaler]
+    plugin = "local"
+    capacity_per_instance = %d
+    max_instances = %d
+    update_interval = "5s"
+    update_interval_when_expecting = "100ms"
+    shutdown_deletion_interval = "200ms"
+    [runners.autoscaler.plugin_config]
+%s    [[runners.autoscaler.policy]]
+      idle_count = 0
+      idle_time = "5m"
+`, o.MaxInstances*o.Capacity, executor, o.Image, o.Capacity, o.MaxInstances, indent(pluginCfg, "      "))
+}
+
+func indent(s, pre string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(s, "\n") {
+		if l != "" {
+			b.WriteString(pre + l)
+		}
+	}
+	return b.String()
+}
+
+// Run runs the pipeline and returns the process exit code.
+func Run(ctx context.Context, o Options) (int, error) {
+	if o.Dir == "" {
+		o.Dir = "."
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return 1, err
+	}
+	if o.File == "" {
+		o.File = ".gitlab-ci.yml"
+	}
+	file := o.File
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(dir, file)
+	}
+	if o.MaxInstances <= 0 {
+		o.MaxInstances = 2
+	}
+	if o.Capacity <= 0 {
+		o.Capacity = 2
+	}
+	p, err := pipeline.Load(file)
+	if err != nil {
+		return 1, err
+	}
+	for _, w := range p.Warnings {
+		fmt.Fprintln(o.Stderr, "warning:", w.Error())
+	}
+	plan, err := p.Plan(o.Jobs...)
+	if err != nil {
+		return 1, err
+	}
+	state := stateHome()
+	cfg, r, err := loadRunner(o, state)
+	if err != nil {
+		return 1, err
+	}
+	if o.Executor != "" {
+		r.Executor = o.Executor
+	}
+	if o.Image != "" {
+		r.Docker.Image = o.Image
+	}
+	logDir := o.LogDir
+	if logDir == "" {
+		logDir = filepath.Join(state, "exec-logs", filepath.Base(dir)+"-"+time.Now().Format("20060102-150405"))
+	}
+	for _, j := range plan.Jobs {
+		j.Source = jobs.Source{Kind: jobs.SourceLocal, Dir: dir}
+	}
+
+	logOut := io.Discard
+	if o.Verbose {
+		logOut = o.Stderr
+	}
+	logger := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	stateDir := o.StateDir
+	if stateDir == "" && o.ConfigPath == "" {
+		stateDir = filepath.Join(state, "exec-state")
+	}
+	fmt.Fprintf(o.Stderr, "Starting a pool for runner %q: plugin %s, executor %s, up to %d instances × %d slots\n",
+		r.Name, r.Autoscaler.Plugin, r.Executor, r.Autoscaler.MaxInstances, r.Autoscaler.CapacityPerInstanceOrDefault())
+	m, err := manager.Start(ctx, cfg, r, manager.Options{Logger: logger, PluginLog: pluginLog(o), StateDir: stateDir, DeleteOnShutdown: true})
+	if err != nil {
+		return 1, err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		fmt.Fprintln(o.Stderr, "Deleting the pool's instances")
+		if err := m.Shutdown(sctx); err != nil {
+			fmt.Fprintln(o.Stderr, "warning: shutting the pool down:", err)
+		}
+	}()
+
+	width := 0
+	for _, j := range plan.Jobs {
+		width = max(width, len(j.Name))
+	}
+	runner := &pipelinerun.Runner{
+		Pool: m.Pool(), NewEnv: m.NewEnv, Concurrent: cfg.ConcurrentOrDefault(), LogDir: logDir,
+		Progress: pipelinerun.NewTextProgress(o.Stdout, width),
+		Options:  executors.RunOptions{RunnerName: r.Name, RunnerVersion: o.Version, Executor: r.Executor},
+	}
+	sum, err := runner.Run(ctx, plan)
+	if err != nil {
+		return 1, err
+	}
+	fmt.Fprintln(o.Stdout)
+	pipelinerun.PrintSummary(o.Stdout, sum)
+	if !sum.Passed {
+		return ExitPipelineFailed, nil
+	}
+	return 0, nil
+}
+
+func pluginLog(o Options) io.Writer {
+	if o.Verbose {
+		return o.Stderr
+	}
+	return nil
+}
+
+// loadRunner returns the config and the runner entry to use: from ConfigPath, or the
+// built-in default.
+func loadRunner(o Options, state string) (*config.Config, *config.Runner, error) {
+	var cfg *config.Config
+	var err error
+	if o.ConfigPath != "" {
+		var diags config.Diagnostics
+		cfg, diags, err = config.Load(o.ConfigPath)
+		for _, d := range diags {
+			if d.Severity != config.Error {
+				fmt.Fprintln(o.Stderr, d.String())
+			}
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	} else {
+		cfg, _, err = config.Parse("(built-in default config)", []byte(defaultConfig(o, state)))
+		if err != nil {
+			return nil, nil, fmt.Errorf("built-in default configuration: %w", err)
+		}
+	}
+	for i := range cfg.Runners {
+		r := &cfg.Runners[i]
+		if r.Autoscaler == nil {
+			continue
+		}
+		if o.RunnerName == "" || r.Name == o.RunnerName {
+			return cfg, r, nil
+		}
+	}
+	if o.RunnerName != "" {
+		return nil, nil, fmt.Errorf("%s: no [[runners]] entry named %q with [runners.autoscaler]", cfg.Path, o.RunnerName)
+	}
+	return nil, nil, errors.New(cfg.Path + ": no [[runners]] entry has [runners.autoscaler]; runner exec needs an autoscaled runner (or no config at all, for the built-in local pool)")
+}
+
+// EmbeddedPluginCommand is re-exported so tests can serve the local plugin from their
+// own binary.
+const EmbeddedPluginCommand = local.EmbeddedCommand

@@ -1,0 +1,305 @@
+package gitlab_test
+
+import (
+	"archive/tar"
+	"archive/zip"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
+	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
+)
+
+func TestToJob(t *testing.T) {
+	p := gitlab.JobResponse{
+		ID: 42, Token: "glcbt-tok",
+		JobInfo:    gitlab.JobInfo{Name: "build", Stage: "test"},
+		GitInfo:    gitlab.GitInfo{RepoURL: "https://gitlab-ci-token:glcbt-tok@gitlab.example.com/g/p.git", Ref: "main", Sha: "abc123", Depth: 20},
+		RunnerInfo: gitlab.RunnerInfo{Timeout: 120},
+		Variables: []gitlab.JobVariable{{Key: "A", Value: "1", Public: true}, {Key: "S", Value: "sekrit", Masked: true},
+			{Key: "F", Value: "content", File: true}},
+		Steps: []gitlab.Step{{Name: "script", Script: []string{"echo a", "echo b"}, Timeout: 120},
+			{Name: "after_script", Script: []string{"echo after"}, Timeout: 30}},
+		Image:    gitlab.Image{Name: "alpine:3", Entrypoint: []string{"/bin/sh"}},
+		Services: []gitlab.Image{{Name: "postgres:16", Alias: "db"}},
+		Artifacts: []gitlab.Artifact{{Name: "out", Paths: []string{"out/"}, ArtifactType: "archive", ArtifactFormat: "zip", ExpireIn: "1 day"},
+			{Name: "junit", Paths: []string{"report.xml"}, ArtifactType: "junit", ArtifactFormat: "gzip", When: "always"}},
+		Cache:    []gitlab.Cache{{Key: "k", Paths: []string{"vendor/"}, Policy: "pull-push"}},
+		Features: gitlab.JobFeatures{FailureReasons: []string{"script_failure", "runner_system_failure"}},
+	}
+	j, err := p.ToJob("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"id", j.ID, "42"},
+		{"name", j.Name, "build"},
+		{"script", strings.Join(j.Script, ";"), "echo a;echo b"},
+		{"after", strings.Join(j.AfterScript, ";"), "echo after"},
+		{"after timeout", j.AfterScriptTimeout, 30 * time.Second},
+		{"timeout", j.Timeout, 2 * time.Minute},
+		{"image", j.Image.Name, "alpine:3"},
+		{"service alias", j.Services[0].Alias, "db"},
+		{"repo without credentials", j.Source.RepoURL, "https://gitlab.example.com/g/p.git"},
+		{"source", j.Source.Kind, jobs.SourceGit},
+		{"token", j.Source.Token, "glcbt-tok"},
+		{"sha", j.Source.SHA, "abc123"},
+		{"artifacts (archive only)", len(j.Artifacts), 1},
+		{"artifact when", j.Artifacts[0].When, "on_success"},
+		{"expire", j.ArtifactUploads[0].ExpireIn, "1 day"},
+		{"caches", len(j.Caches), 1},
+		{"masked", strings.Join(j.Variables.MaskedValues(), ","), "sekrit,glcbt-tok"},
+		{"file", j.Variables[2].File, true},
+		{"known reason", j.Reason("script_failure"), "script_failure"},
+		{"unknown reason", j.Reason("job_canceled"), "unknown_failure"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	j2, err := p.ToJob("http://internal:8080")
+	if err != nil || j2.Source.RepoURL != "http://internal:8080/g/p.git" {
+		t.Errorf("clone_url: %v %q", err, j2.Source.RepoURL)
+	}
+	p.Steps = append(p.Steps, gitlab.Step{Name: "release_notes", Script: []string{"x"}})
+	if _, err := p.ToJob(""); err == nil || !strings.Contains(err.Error(), `step "release_notes" is not supported`) {
+		t.Errorf("unknown step: %v", err)
+	}
+}
+
+func client(t *testing.T, srv *gitlabtest.Server) *gitlab.Client {
+	t.Helper()
+	c, err := gitlab.NewClient(srv.URL, gitlab.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// take enqueues a job and requests it as a runner does.
+func take(t *testing.T, srv *gitlabtest.Server, c *gitlab.Client) *gitlab.Job {
+	t.Helper()
+	srv.AddRunner("glrt-t")
+	srv.Enqueue(gitlab.JobResponse{JobInfo: gitlab.JobInfo{Name: "j"}, Steps: []gitlab.Step{{Name: "script", Script: []string{"true"}}}})
+	resp, err := c.RequestJob(context.Background(), "glrt-t", "s_test")
+	if err != nil || resp == nil {
+		t.Fatalf("request: %v %v", resp, err)
+	}
+	j, err := resp.ToJob("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func TestRequestJobLongPollAndErrors(t *testing.T) {
+	srv := gitlabtest.New(t, gitlabtest.Options{LongPoll: 50 * time.Millisecond})
+	c := client(t, srv)
+	srv.AddRunner("glrt-a")
+	if j, err := c.RequestJob(context.Background(), "glrt-a", "s_x"); j != nil || err != nil {
+		t.Fatalf("empty queue: %v %v, want 204 → nil, nil", j, err)
+	}
+	_, err := c.RequestJob(context.Background(), "glrt-unknown", "s_x")
+	var se *gitlab.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden || gitlab.IsTemporary(err) {
+		t.Errorf("unknown token: %v, want a permanent 403", err)
+	}
+	srv.FailNext(1, http.StatusBadGateway)
+	if _, err := c.RequestJob(context.Background(), "glrt-a", "s_x"); !gitlab.IsTemporary(err) {
+		t.Errorf("502: %v, want temporary", err)
+	}
+	// A job arriving during the long poll is handed out at once.
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		srv.Enqueue(gitlab.JobResponse{JobInfo: gitlab.JobInfo{Name: "late"}})
+	}()
+	srv2 := srv // the same server, long poll 50ms: the job comes within it
+	j, err := client(t, srv2).RequestJob(context.Background(), "glrt-a", "s_x")
+	if err != nil || j == nil || j.JobInfo.Name != "late" {
+		t.Errorf("long poll: %+v %v", j, err)
+	}
+}
+
+func TestTraceResendsFromServerRange(t *testing.T) {
+	srv := gitlabtest.New(t, gitlabtest.Options{})
+	c := client(t, srv)
+	j := take(t, srv, c)
+	tr := c.NewTrace(j, gitlab.TraceOptions{Interval: 5 * time.Millisecond})
+	tr.Start(context.Background())
+	var want strings.Builder
+	for i := range 6 {
+		line := fmt.Sprintf("line %d\n", i)
+		want.WriteString(line)
+		tr.Write([]byte(line))
+		if i == 2 {
+			// Once the first lines are on the server, it loses the last byte: the
+			// next upload gets 416 and must resend from the server's length.
+			deadline := time.Now().Add(10 * time.Second)
+			for len(srv.Job(j.GitLabID).Trace) != want.Len() {
+				if time.Now().After(deadline) {
+					t.Fatalf("first lines never uploaded: %q", srv.Job(j.GitLabID).Trace)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			srv.ForgetTraceOnce(j.GitLabID)
+		}
+	}
+	if err := tr.Finish(context.Background(), func(int) time.Duration { return time.Millisecond }); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Requests("PATCH trace 416"); n != 1 {
+		t.Errorf("%d range mismatches, want the one provoked", n)
+	}
+	got := srv.Job(j.GitLabID).Trace
+	if string(got) != want.String() {
+		t.Errorf("server trace %q, want %q", got, want.String())
+	}
+	out := tr.Output()
+	if out.Bytesize != len(got) || out.Checksum != fmt.Sprintf("crc32:%08x", crc32.ChecksumIEEE(got)) {
+		t.Errorf("output %+v", out)
+	}
+}
+
+func TestTraceCancellationAndInterval(t *testing.T) {
+	srv := gitlabtest.New(t, gitlabtest.Options{UpdateInterval: 7})
+	c := client(t, srv)
+	j := take(t, srv, c)
+	var mu sync.Mutex
+	var causes []error
+	stopped := make(chan struct{})
+	tr := c.NewTrace(j, gitlab.TraceOptions{Interval: 10 * time.Millisecond, ForceSendInterval: 10 * time.Millisecond, OnStop: func(err error) {
+		mu.Lock()
+		causes = append(causes, err)
+		mu.Unlock()
+		close(stopped)
+	}})
+	tr.Write([]byte("hello\n"))
+	tr.Start(context.Background())
+	deadline := time.Now().Add(10 * time.Second)
+	for tr.Interval() != 7*time.Second {
+		if time.Now().After(deadline) {
+			t.Fatalf("interval %v, want the server's 7s", tr.Interval())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The next contact is 7s away; a canceled job is noticed at the final flush at
+	// the latest, here through the state update of the silent job.
+	srv.Cancel(j.GitLabID)
+	r, err := c.UpdateJob(context.Background(), j.GitLabID, gitlab.UpdateRequest{Token: j.Token, State: "running"})
+	if err != nil || !r.Canceling {
+		t.Fatalf("update of a canceling job: %+v %v", r, err)
+	}
+	tr.Write([]byte("more\n"))
+	_ = tr.Finish(context.Background(), func(int) time.Duration { return time.Millisecond })
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnStop not called for a canceling job")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(causes) != 1 || !errors.Is(causes[0], gitlab.ErrJobCanceled) {
+		t.Errorf("causes %v", causes)
+	}
+	// Once final, the job is gone: 403.
+	if _, err := c.UpdateJob(context.Background(), j.GitLabID, gitlab.UpdateRequest{Token: j.Token, State: "failed"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err = c.UpdateJob(context.Background(), j.GitLabID, gitlab.UpdateRequest{Token: j.Token, State: "failed"})
+	if err != nil || !r.Gone {
+		t.Errorf("update of a finished job: %+v %v, want gone", r, err)
+	}
+	if _, err := c.PatchTrace(context.Background(), j.GitLabID, j.Token, 0, []byte("x")); err != nil {
+		t.Errorf("patch of a finished job: %v", err)
+	}
+	if st := srv.Job(j.GitLabID).State; st != gitlabtest.Canceled {
+		t.Errorf("server state %s, want canceled", st)
+	}
+}
+
+func TestTraceLimit(t *testing.T) {
+	srv := gitlabtest.New(t, gitlabtest.Options{})
+	c := client(t, srv)
+	j := take(t, srv, c)
+	tr := c.NewTrace(j, gitlab.TraceOptions{Limit: 10})
+	tr.Write([]byte("0123456789abcdef"))
+	tr.Write([]byte("more"))
+	got := string(tr.Bytes())
+	if !strings.HasPrefix(got, "0123456789\n") || !strings.Contains(got, "exceeded limit of 10 bytes") || strings.Count(got, "more") != 1 {
+		t.Errorf("limited trace %q", got)
+	}
+}
+
+func TestTarGzToZipAndCollectScript(t *testing.T) {
+	var tgz bytes.Buffer
+	gz := gzip.NewWriter(&tgz)
+	tw := tar.NewWriter(gz)
+	tw.WriteHeader(&tar.Header{Name: "out/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "out/a.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5})
+	tw.Write([]byte("hello"))
+	tw.Close()
+	gz.Close()
+	z, n, err := gitlab.TarGzToZip(tgz.Bytes())
+	if err != nil || n != 2 {
+		t.Fatalf("convert: %d %v", n, err)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := zr.File[1].Open()
+	b, _ := io.ReadAll(rc)
+	if zr.File[1].Name != "out/a.txt" || string(b) != "hello" {
+		t.Errorf("zip entry %s = %q", zr.File[1].Name, b)
+	}
+	s := gitlab.CollectScript([]string{"out/", "*.log", "it's; rm -rf /"})
+	if !strings.Contains(s, `out/ *.log it\'s\;\ rm\ -rf\ /`) {
+		t.Errorf("script does not escape all but globs: %s", s)
+	}
+}
+
+// BenchmarkTraceUpload measures how fast a job log reaches the server through
+// incremental PATCH uploads (1 KiB writes, 20ms interval).
+func BenchmarkTraceUpload(b *testing.B) {
+	srv := gitlabtest.New(b, gitlabtest.Options{})
+	c, _ := gitlab.NewClient(srv.URL, gitlab.ClientOptions{})
+	srv.AddRunner("glrt-b")
+	line := bytes.Repeat([]byte("x"), 1023)
+	line = append(line, '\n')
+	total := 0
+	b.ResetTimer()
+	for range b.N {
+		srv.Enqueue(gitlab.JobResponse{JobInfo: gitlab.JobInfo{Name: "b"}})
+		resp, err := c.RequestJob(context.Background(), "glrt-b", "s_b")
+		if err != nil || resp == nil {
+			b.Fatal(err)
+		}
+		j, _ := resp.ToJob("")
+		tr := c.NewTrace(j, gitlab.TraceOptions{Interval: 20 * time.Millisecond, Limit: 64 << 20})
+		tr.Start(context.Background())
+		for range 1024 {
+			tr.Write(line)
+		}
+		if err := tr.Finish(context.Background(), func(int) time.Duration { return time.Millisecond }); err != nil {
+			b.Fatal(err)
+		}
+		total += 1024 * len(line)
+	}
+	b.ReportMetric(float64(total)/b.Elapsed().Seconds()/(1<<20), "MiB/s")
+	b.ReportMetric(float64(srv.Requests("PATCH trace"))/float64(b.N), "patches/job")
+}

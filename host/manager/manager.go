@@ -1,0 +1,242 @@
+// Package manager runs the pool of one [[runners]] entry: it resolves and launches the
+// entry's provider plugin, starts its taskscaler over a durable inventory, keeps one
+// SSH connection per instance, and builds the executor environment of each job. Both
+// `runner exec` and `runner run` use it, so a job runs the same way whatever its source.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/dockerautoscaler"
+	"github.com/flotilla-ci/flotilla/host/executors/instance"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/host/plugins"
+	"github.com/flotilla-ci/flotilla/host/state"
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
+	"github.com/flotilla-ci/flotilla/plugins/local"
+	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// Executors the manager can run jobs with.
+const (
+	ExecutorInstance         = "instance"
+	ExecutorDockerAutoscaler = "docker-autoscaler"
+)
+
+// Options tune a manager beyond its configuration.
+type Options struct {
+	// Logger receives the manager's and taskscaler's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// PluginLog receives the plugin's own log lines; nil discards them.
+	PluginLog io.Writer
+	// StateDir overrides where the inventory is kept.
+	StateDir string
+	// DeleteOnShutdown deletes every instance at Shutdown even if the configuration
+	// does not ask for it (`runner exec` pools live only as long as the command).
+	DeleteOnShutdown bool
+	// Resolve overrides plugin discovery options (tests).
+	Resolve plugins.Options
+}
+
+// Manager is a running pool.
+type Manager struct {
+	Runner *config.Runner
+	Scaler *taskscaler.Scaler
+	Conns  *connector.Pool
+
+	plugin  *pluginclient.Plugin
+	store   *state.Bolt
+	cfgDir  string
+	log     *slog.Logger
+	useExt  bool
+	closers []func()
+}
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// Start launches the runner entry's plugin and taskscaler. On error nothing is left
+// running.
+func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Options) (m *Manager, err error) {
+	if r.Autoscaler == nil {
+		return nil, fmt.Errorf("runner %q: executor requires autoscaler config", r.Name)
+	}
+	a := r.Autoscaler
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("runner", r.Name)
+	m = &Manager{Runner: r, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
+	defer func() {
+		if err != nil {
+			m.close()
+		}
+	}()
+
+	settings, err := a.ConnectorConfig.Provider(m.cfgDir)
+	if err != nil {
+		return nil, err
+	}
+	pluginJSON, err := a.PluginConfigJSON()
+	if err != nil {
+		return nil, err
+	}
+	resolved, err := plugins.Resolve(a.Plugin, opts.Resolve)
+	if err != nil {
+		return nil, fmt.Errorf("initializing taskscaler: running autoscaler plugin: loading fleeting plugin: %w", err)
+	}
+	plog := hclog.NewNullLogger()
+	if opts.PluginLog != nil {
+		plog = hclog.New(&hclog.LoggerOptions{Name: "fleeting-plugin", Output: opts.PluginLog, Level: hclog.Info})
+	}
+	popts := pluginclient.Options{Logger: plog}
+	if resolved.Embedded {
+		m.plugin, err = local.LaunchEmbedded(ctx, pluginJSON, popts)
+	} else {
+		m.plugin, err = pluginclient.Launch(ctx, resolved.Path, pluginJSON, popts)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("initializing taskscaler: running autoscaler plugin: %w", err)
+	}
+	m.closers = append(m.closers, m.plugin.Kill)
+
+	dir := opts.StateDir
+	if dir == "" {
+		dir = a.StateStorageDir(m.cfgDir)
+	}
+	owner := r.Name
+	if owner == "" {
+		owner = "runner"
+	}
+	if r.URL != "" {
+		owner = r.URL + "|" + owner
+	}
+	m.store, err = state.OpenBolt(filepath.Join(dir, unsafeName.ReplaceAllString(owner, "_")+".db"), 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("creating state storage: %w", err)
+	}
+	m.closers = append(m.closers, func() { m.store.Close() })
+
+	m.Conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log})
+	m.closers = append(m.closers, m.Conns.Shutdown)
+
+	limit, unlimited := a.ScaleThrottleLimit()
+	if unlimited {
+		limit = -1
+	}
+	topts := taskscaler.Options{
+		Owner: owner, Settings: provider.Settings{ConnectorConfig: settings}, PluginLogger: plog,
+		CapacityPerInstance: a.CapacityPerInstanceOrDefault(), MaxUseCount: a.MaxUseCount, MaxInstances: a.MaxInstances,
+		DeleteInstancesOnShutdown: a.DeleteInstancesOnShutdown || opts.DeleteOnShutdown,
+		InstanceAcquireTimeout:    a.InstanceAcquireTimeoutOrDefault(), UpdateInterval: a.UpdateIntervalOrDefault(),
+		UpdateIntervalWhenExpecting: a.UpdateIntervalWhenExpectingOrDefault(), DeletionRetryInterval: a.DeletionRetryIntervalOrDefault(),
+		ShutdownDeletionInterval: a.ShutdownDeletionIntervalOrDefault(), ShutdownDeletionRetries: a.ShutdownDeletionRetriesOrDefault(),
+		FailureThreshold: a.FailureThresholdOrDefault(), ScaleThrottle: taskscaler.ScaleThrottle{Limit: limit, Burst: a.ScaleThrottleBurst()},
+		ReservationThrottling: a.ReservationThrottling, Policies: Policies(a),
+		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
+		Store:                        m.store, Logger: log,
+	}
+	if cmd := a.InstanceReadyCommand; cmd != "" {
+		topts.Ready = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
+			var out limitedBuffer
+			if err := m.Conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: cmd, Stdout: &out, Stderr: &out}); err != nil {
+				return fmt.Errorf("ready command: %w: %s", err, out.String())
+			}
+			return nil
+		}
+	}
+	m.Scaler, err = taskscaler.New(ctx, m.plugin, topts)
+	if err != nil {
+		return nil, fmt.Errorf("creating taskscaler: %w", err)
+	}
+	return m, nil
+}
+
+// Policies maps [[runners.autoscaler.policy]] to taskscaler policies; a config reload
+// applies them with Scaler.ConfigureSchedule.
+func Policies(a *config.Autoscaler) []taskscaler.Policy {
+	var out []taskscaler.Policy
+	for _, p := range a.Policy {
+		out = append(out, taskscaler.Policy{Periods: p.Periods, Timezone: p.Timezone, IdleCount: p.IdleCount,
+			IdleTime: p.IdleTime.Duration, ScaleFactor: p.ScaleFactor, ScaleFactorLimit: p.ScaleFactorLimit, PreemptiveMode: p.PreemptiveMode})
+	}
+	return out
+}
+
+// limitedBuffer keeps the first 4 KiB of a command's output, for error messages.
+type limitedBuffer struct{ b []byte }
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := 4096 - len(l.b); room > 0 {
+		l.b = append(l.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string { return string(l.b) }
+
+// Pool returns the manager's slots for pipelinerun.
+func (m *Manager) Pool() pipelinerun.Pool { return pipelinerun.ScalerPool{Scaler: m.Scaler} }
+
+// NewEnv builds the executor environment of job on slot, per the runner's executor.
+func (m *Manager) NewEnv(ctx context.Context, job *jobs.Job, slot pipelinerun.Slot) (executors.Env, error) {
+	info, err := slot.ConnectInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.log.Debug("dialing instance", "instance", slot.InstanceID(), "internal", info.InternalAddr, "external", info.ExternalAddr)
+	conn, err := m.Conns.Client(ctx, info)
+	if err != nil {
+		return nil, fmt.Errorf("dialing host: %w", err)
+	}
+	switch m.Runner.Executor {
+	case ExecutorDockerAutoscaler:
+		d := m.Runner.Docker
+		cli, err := dockerautoscaler.NewClient(conn, d.Host)
+		if err != nil {
+			return nil, err
+		}
+		return dockerautoscaler.New(cli, job, dockerautoscaler.Options{Image: d.Image, Host: d.Host, Volumes: d.Volumes,
+			Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages, AllowedPullPolicies: d.AllowedPullPolicies})
+	case ExecutorInstance, "":
+		return instance.New(conn, job, instance.Options{Shell: m.Runner.ShellOrDefault(), BuildsDir: m.Runner.BuildsDir, Slot: slot.Slot()})
+	}
+	return nil, fmt.Errorf("runner %q: executor %q is not supported (use instance or docker-autoscaler)", m.Runner.Name, m.Runner.Executor)
+}
+
+// Shutdown stops the taskscaler (deleting instances when configured), then the plugin,
+// and closes the connections and the inventory.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	var err error
+	if m.Scaler != nil {
+		err = m.Scaler.Shutdown(ctx)
+	}
+	if m.plugin != nil {
+		if serr := m.plugin.Shutdown(ctx); serr != nil && !errors.Is(serr, pluginclient.ErrPluginExited) {
+			err = errors.Join(err, serr)
+		}
+	}
+	m.close()
+	return err
+}
+
+func (m *Manager) close() {
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		m.closers[i]()
+	}
+	m.closers = nil
+}

@@ -1,0 +1,108 @@
+package pipelinerun
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// TextProgress prints one line per job state change, with the time since the start:
+//
+//	[  1.2s] build        running on local-3f2a slot 0 (waited 0.8s)
+type TextProgress struct {
+	mu    sync.Mutex
+	out   io.Writer
+	start time.Time
+	width int
+}
+
+// NewTextProgress prints to out; width aligns job names (the longest name's length).
+func NewTextProgress(out io.Writer, width int) *TextProgress {
+	return &TextProgress{out: out, start: time.Now(), width: width}
+}
+
+// JobState prints a state change; pending states are not printed.
+func (p *TextProgress) JobState(job string, s State, detail string) {
+	if s == StatePending {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	line := fmt.Sprintf("[%6.1fs] %-*s %s", time.Since(p.start).Seconds(), p.width, job, s)
+	if detail != "" {
+		line += " " + detail
+	}
+	fmt.Fprintln(p.out, line)
+}
+
+// PrintSummary writes a table of every job and, for each job that failed, the end of
+// its log, so that the reason is on screen without opening a file.
+func PrintSummary(out io.Writer, s Summary) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tSTAGE\tSTATUS\tDURATION\tWAITED\tINSTANCE\tLOG")
+	for _, j := range s.Jobs {
+		dur, waited := "-", "-"
+		if j.Attempts > 0 {
+			dur, waited = j.Result.Duration.Round(10*time.Millisecond).String(), j.Waited.Round(10*time.Millisecond).String()
+		}
+		status := string(j.State)
+		if j.Attempts > 1 {
+			status += fmt.Sprintf(" (%d attempts)", j.Attempts)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, orDash(j.Stage), status, dur, waited, orDash(j.InstanceID), orDash(j.LogPath))
+	}
+	tw.Flush()
+	for _, j := range s.Jobs {
+		if j.State != StateFailed || j.LogPath == "" {
+			continue
+		}
+		fmt.Fprintf(out, "\n--- last lines of %s (%s) ---\n", j.Name, j.LogPath)
+		for _, l := range tail(j.LogPath, 15) {
+			fmt.Fprintln(out, l)
+		}
+	}
+	verdict := "PASSED"
+	if !s.Passed {
+		verdict = "FAILED"
+	}
+	fmt.Fprintf(out, "\nPipeline %s in %s\n", verdict, s.Duration.Round(10*time.Millisecond))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// tail returns the last n lines of a log file, without the timestamp prefixes and
+// section markers that make raw logs hard to read in a terminal.
+func tail(path string, n int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return []string{fmt.Sprintf("(cannot read log: %v)", err)}
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		l := sc.Text()
+		if len(l) > 31 && l[27:31] == " 00O" {
+			l = l[32:]
+		}
+		if strings.HasPrefix(l, "section_") {
+			continue
+		}
+		lines = append(lines, l)
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return lines
+}

@@ -1,0 +1,261 @@
+package pipelinerun
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/connector/sshdtest"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/instance"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
+	"github.com/flotilla-ci/flotilla/sdk/fake"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// sshGroup is a fake cloud whose every instance is reached at one real sshd.
+type sshGroup struct {
+	*fake.Group
+	srv *sshdtest.Server
+}
+
+func (g sshGroup) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
+	if _, err := g.Group.ConnectInfo(ctx, id); err != nil {
+		return provider.ConnectInfo{}, err
+	}
+	return g.srv.ConnectInfo(id), nil
+}
+
+type harness struct {
+	runner *Runner
+	scaler *taskscaler.Scaler
+	group  *fake.Group
+}
+
+func newHarness(t *testing.T, newEnv func(EnvFactory) EnvFactory) *harness {
+	t.Helper()
+	if ok, why := sshdtest.Available(); !ok {
+		t.Skip(why)
+	}
+	srv := sshdtest.Start(t, sshdtest.Options{})
+	g := fake.New(fake.Options{CreatingUpdates: 1})
+	sc, err := taskscaler.New(context.Background(), sshGroup{g, srv}, taskscaler.Options{
+		CapacityPerInstance: 2, MaxInstances: 3, UpdateIntervalWhenExpecting: 20 * time.Millisecond,
+		UpdateInterval: 100 * time.Millisecond, InstanceAcquireTimeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sc.Shutdown(ctx)
+	})
+	conns := connector.NewPool(connector.DialOptions{})
+	t.Cleanup(conns.Shutdown)
+	builds := t.TempDir()
+	var factory EnvFactory = func(ctx context.Context, job *jobs.Job, slot Slot) (executors.Env, error) {
+		info, err := slot.ConnectInfo(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c, err := conns.Client(ctx, info)
+		if err != nil {
+			return nil, err
+		}
+		return instance.New(c, job, instance.Options{BuildsDir: builds, Slot: slot.Slot()})
+	}
+	if newEnv != nil {
+		factory = newEnv(factory)
+	}
+	return &harness{scaler: sc, group: g, runner: &Runner{Pool: ScalerPool{sc}, NewEnv: factory, LogDir: t.TempDir(), Options: executors.RunOptions{Executor: "instance"}}}
+}
+
+type recorder struct {
+	mu     atomic.Int32
+	states []string
+}
+
+func (r *recorder) JobState(job string, s State, detail string) {
+	r.mu.Add(1)
+	r.states = append(r.states, job+":"+string(s))
+}
+
+func plan(t *testing.T, example string) (*pipeline.Plan, string) {
+	t.Helper()
+	dir := filepath.Join("..", "..", "examples", "pipelines", example)
+	p, err := pipeline.Load(filepath.Join(dir, ".gitlab-ci.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := p.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(dir)
+	for _, j := range pl.Jobs {
+		j.Source = jobs.Source{Kind: jobs.SourceLocal, Dir: abs}
+	}
+	return pl, abs
+}
+
+func states(s Summary) map[string]State {
+	out := map[string]State{}
+	for _, j := range s.Jobs {
+		out[j.Name] = j.State
+	}
+	return out
+}
+
+func TestFailingPipeline(t *testing.T) {
+	h := newHarness(t, nil)
+	pl, _ := plan(t, "failing-job")
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]State{"unit": StateFailed, "flaky": StateAllowed, "report-failure": StatePassed}
+	for job, st := range want {
+		if got := states(sum)[job]; got != st {
+			t.Errorf("%s = %s, want %s", job, got, st)
+		}
+	}
+	if sum.Passed {
+		t.Error("pipeline passed with a failed job")
+	}
+	var out bytes.Buffer
+	PrintSummary(&out, sum)
+	for _, w := range []string{"unit", "exit code 1", "after_script ran with status failed", "Pipeline FAILED"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("summary lacks %q:\n%s", w, out.String())
+		}
+	}
+}
+
+func TestDAGPipelineRunsConcurrently(t *testing.T) {
+	h := newHarness(t, nil)
+	rec := &recorder{}
+	h.runner.Progress = rec
+	pl, _ := plan(t, "needs-dag")
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for job, st := range states(sum) {
+		if st != StatePassed {
+			t.Errorf("%s = %s", job, st)
+		}
+	}
+	if !sum.Passed {
+		t.Error("pipeline failed")
+	}
+	// test-a needs only build-a, so it must end before build-b (which sleeps longer).
+	idx := func(s string) int {
+		for i, x := range rec.states {
+			if x == s {
+				return i
+			}
+		}
+		return -1
+	}
+	if a, b := idx("test-a:"+string(StatePassed)), idx("build-b:"+string(StatePassed)); a < 0 || b < 0 || a > b {
+		t.Errorf("test-a did not finish before build-b: %v", rec.states)
+	}
+	log, _ := os.ReadFile(filepath.Join(h.runner.LogDir, "deploy.log"))
+	if !strings.Contains(string(log), "deploying after test-a and build-b") {
+		t.Errorf("deploy log:\n%s", log)
+	}
+}
+
+// flakyEnv fails its first Exec as a lost instance would.
+type flakyEnv struct {
+	executors.Env
+	failed *atomic.Bool
+}
+
+func (f flakyEnv) Exec(ctx context.Context, s executors.Script, out io.Writer) (int, error) {
+	if f.failed.CompareAndSwap(false, true) {
+		return -1, errors.New("ssh tunnel: EOF")
+	}
+	return f.Env.Exec(ctx, s, out)
+}
+
+func TestSystemFailureRetriedOnce(t *testing.T) {
+	var failed atomic.Bool
+	h := newHarness(t, func(next EnvFactory) EnvFactory {
+		return func(ctx context.Context, job *jobs.Job, slot Slot) (executors.Env, error) {
+			env, err := next(ctx, job, slot)
+			return flakyEnv{env, &failed}, err
+		}
+	})
+	p, err := pipeline.Parse("ci.yml", []byte("only:\n  script: [echo second attempt works]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := p.Plan()
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j := sum.Jobs[0]; j.State != StatePassed || j.Attempts != 2 {
+		t.Fatalf("job = %+v, want passed on the 2nd attempt", j)
+	}
+}
+
+func TestInstanceRemovedUnderJobIsSystemFailure(t *testing.T) {
+	var gotInstance atomic.Value
+	h := newHarness(t, nil)
+	marker := filepath.Join(t.TempDir(), "first-attempt")
+	// The first attempt blocks until its instance is removed; the retry finds the marker.
+	p, err := pipeline.Parse("ci.yml", []byte("long:\n  script: ['if [ -e "+marker+" ]; then echo retried; else touch "+marker+"; sleep 30; fi']\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := p.Plan()
+	rec := &removeOnRun{h: h, seen: &gotInstance}
+	h.runner.Progress = rec
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := sum.Jobs[0]
+	b, _ := os.ReadFile(j.LogPath)
+	for _, w := range []string{"Job failed (system failure)", "instance unexpectedly removed", "retried", "Job succeeded"} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("log lacks %q:\n%s", w, b)
+		}
+	}
+	if j.Attempts != 2 || j.State != StatePassed {
+		t.Fatalf("attempts = %d, want a retry after the instance vanished: %+v", j.Attempts, j)
+	}
+}
+
+// removeOnRun deletes the instance of the first job that starts running, as a cloud
+// rebalance would; only the first, so that the retry runs to completion.
+type removeOnRun struct {
+	h    *harness
+	seen *atomic.Value
+	done atomic.Bool
+}
+
+func (r *removeOnRun) JobState(job string, s State, detail string) {
+	if s != StateRunning || !r.done.CompareAndSwap(false, true) {
+		return
+	}
+	id := strings.Fields(strings.TrimPrefix(detail, "on "))[0]
+	r.seen.Store(id)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		r.h.group.SetState(id, provider.StateDeleting)
+	}()
+}

@@ -1,0 +1,157 @@
+package runcmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
+	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/host/version"
+)
+
+// Prometheus collectors of the GitLab side, in the default registry next to the
+// taskscaler's.
+var (
+	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_gitlab_job_requests_total",
+		Help: "Job requests by outcome: job, no_job, error, or no_capacity (no slot could be reserved, so GitLab was not asked).",
+	}, []string{"runner", "result"})
+	jobsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_gitlab_jobs_total",
+		Help: "Finished GitLab jobs by reported state and failure reason.",
+	}, []string{"runner", "state", "failure_reason"})
+	jobsRunning = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "flotilla_gitlab_jobs_running",
+		Help: "GitLab jobs running now.",
+	}, []string{"runner"})
+)
+
+func init() { prometheus.MustRegister(requestsTotal, jobsTotal, jobsRunning) }
+
+// JobCanceledReason is sent as failure_reason for a job GitLab canceled (servers that
+// do not list it get unknown_failure).
+const JobCanceledReason = "job_canceled"
+
+// runJob runs one job GitLab gave rs, streaming its log, and reports its final state
+// until GitLab accepts it. key holds the job's slot reservation.
+func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *gitlab.JobResponse) {
+	log := s.log.With("runner", cfg.Name, "job", resp.ID)
+	jobsRunning.WithLabelValues(cfg.Name).Inc()
+	defer jobsRunning.WithLabelValues(cfg.Name).Dec()
+	job, convErr := resp.ToJob(cfg.CloneURL)
+	if convErr != nil {
+		job = &gitlab.Job{GitLabID: resp.ID, Token: resp.Token}
+	}
+	jobCtx, cancel := context.WithCancelCause(s.jobsCtx)
+	defer cancel(nil)
+	tr := rs.client.NewTrace(job, gitlab.TraceOptions{Interval: s.opts.TraceInterval, ForceSendInterval: s.opts.ForceSendInterval,
+		Limit: cfg.OutputLimit * 1024, OnStop: cancel, Logger: log})
+	// The uploader outlives a canceled job so the cancellation itself reaches the log.
+	tr.Start(s.abortCtx)
+	log.Info("job received", "name", job.Name, "repo", job.Source.RepoURL)
+
+	if r, err := rs.client.UpdateJob(jobCtx, job.GitLabID, gitlab.UpdateRequest{Token: job.Token, State: "running"}); err != nil {
+		log.Warn("reporting job running", "error", err)
+	} else if r.Gone || r.Canceling {
+		cancel(gitlab.ErrJobCanceled)
+	}
+
+	var res executors.Result
+	if convErr != nil {
+		rs.m.Scaler.Unreserve(key)
+		fmt.Fprintf(tr, "\x1b[31;1mERROR: Job failed: %v\x1b[0;m\n", convErr)
+		res = executors.Result{Status: executors.StatusFailed, FailureReason: "runner_unsupported", ExitCode: -1, Err: convErr}
+	} else {
+		job.Variables = append(environment(cfg.Environment), job.Variables...)
+		if len(job.Caches) > 0 {
+			fmt.Fprintf(tr, "\x1b[0;33mWARNING: cache is not supported by this runner yet: %d cache declaration(s) are neither restored nor saved\x1b[0;m\n", len(job.Caches))
+		}
+		newEnv := func(ctx context.Context, j *jobs.Job, slot pipelinerun.Slot) (executors.Env, error) {
+			env, err := rs.m.NewEnv(ctx, j, slot)
+			if err != nil || len(job.Artifacts) == 0 {
+				return env, err
+			}
+			return &gitlab.ArtifactsEnv{Env: env, Client: rs.client, Job: job, Log: tr}, nil
+		}
+		opts := executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor}
+		res, _ = pipelinerun.RunOnSlot(jobCtx, rs.m.Pool(), newEnv, &job.Job, key, tr, opts, nil)
+	}
+
+	state, reason := finalState(res, context.Cause(jobCtx))
+	if err := tr.Finish(s.abortCtx, s.backoff); err != nil {
+		log.Warn("job log incomplete on GitLab", "error", err)
+	}
+	upd := gitlab.UpdateRequest{Token: job.Token, State: state, FailureReason: job.Reason(reason), Output: tr.Output()}
+	if state == "failed" && res.ExitCode >= 0 {
+		code := res.ExitCode
+		upd.ExitCode = &code
+	}
+	if err := s.report(rs.client, job, upd); err != nil {
+		log.Error("final job state NOT reported", "state", state, "error", err)
+		return
+	}
+	jobsTotal.WithLabelValues(cfg.Name, state, upd.FailureReason).Inc()
+	log.Info("job finished", "state", state, "failure_reason", upd.FailureReason, "duration", res.Duration.Round(time.Millisecond))
+}
+
+// finalState maps a job result to GitLab's state and failure_reason.
+func finalState(res executors.Result, cause error) (string, string) {
+	switch res.Status {
+	case executors.StatusSuccess:
+		return "success", ""
+	case executors.StatusCanceled:
+		if errors.Is(cause, gitlab.ErrJobCanceled) || errors.Is(cause, gitlab.ErrJobGone) {
+			return "failed", JobCanceledReason
+		}
+		// Canceled by this host (shutdown): the infrastructure's doing, retryable.
+		return "failed", string(executors.RunnerSystemFailure)
+	}
+	reason := string(res.FailureReason)
+	if reason == "" {
+		reason = string(executors.UnknownFailure)
+	}
+	return "failed", reason
+}
+
+// report sends the final state until GitLab accepts it, the job is gone, or the
+// service is aborted; network errors and 5xx are retried with back-off.
+func (s *Service) report(c *gitlab.Client, job *gitlab.Job, upd gitlab.UpdateRequest) error {
+	for attempt := 0; ; attempt++ {
+		r, err := c.UpdateJob(s.abortCtx, job.GitLabID, upd)
+		var wait time.Duration
+		switch {
+		case err == nil && r.Gone:
+			return nil // already final on GitLab (canceled, or accepted earlier)
+		case err == nil && r.RetryAfter > 0:
+			wait = r.RetryAfter
+		case err == nil:
+			return nil
+		case !gitlab.IsTemporary(err):
+			return err
+		default:
+			wait = s.backoff(attempt)
+			s.log.Warn("reporting final job state failed; retrying", "job", job.GitLabID, "error", err, "retry_in", wait.Round(time.Millisecond))
+		}
+		if !sleep(s.abortCtx, wait) {
+			return fmt.Errorf("gave up: %w", s.abortCtx.Err())
+		}
+	}
+}
+
+// environment turns the runner's environment = ["K=V", …] into variables.
+func environment(env []string) jobs.Variables {
+	var out jobs.Variables
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		out = append(out, jobs.Variable{Key: k, Value: v})
+	}
+	return out
+}

@@ -1,0 +1,165 @@
+// Package state is the taskscaler's durable inventory: every instance a scaler creates
+// or adopts is recorded with its owner, use count, timestamps and cause, and the intent
+// to create instances is recorded before Increase is called. After a crash the next
+// scaler reads this back, adopts what it owns and knows, and deletes what it cannot
+// vouch for, so that no instance is ever forgotten while it keeps billing.
+//
+// Credentials are never stored: ConnectInfo (keys, passwords) is fetched fresh from the
+// plugin whenever it is needed, so the inventory holds only IDs, counters and times.
+package state
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Instance is the durable record of one instance.
+type Instance struct {
+	// ID is the plugin's instance ID.
+	ID string `json:"id"`
+	// Owner is the scaler key that created or adopted the instance.
+	Owner string `json:"owner"`
+	// Cause says how the instance came to be owned: "created" or "adopted".
+	Cause string `json:"cause"`
+	// State is the last state the plugin reported.
+	State string `json:"state"`
+	// UseCount is how many jobs were given to the instance.
+	UseCount int `json:"use_count"`
+	// InFlight is how many jobs held a slot at the last write; a restarted host
+	// cannot resume them.
+	InFlight int `json:"in_flight"`
+	// Removing is set once the host decided to delete the instance, with the reason.
+	Removing     bool   `json:"removing,omitempty"`
+	RemoveReason string `json:"remove_reason,omitempty"`
+	// CreatedAt is when the instance was first seen; ReadyAt when it became usable.
+	CreatedAt time.Time `json:"created_at"`
+	ReadyAt   time.Time `json:"ready_at,omitzero"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Pending is the recorded intent to create instances: Count instances were (or were
+// about to be) requested with Increase and have not been seen in an Update yet.
+type Pending struct {
+	Count int       `json:"count"`
+	Since time.Time `json:"since,omitzero"`
+}
+
+// Snapshot is everything stored for one owner.
+type Snapshot struct {
+	Instances []Instance
+	Pending   Pending
+}
+
+// Batch is one atomic change for one owner.
+type Batch struct {
+	// Put adds or replaces records; Delete removes records by ID.
+	Put    []Instance
+	Delete []string
+	// Pending, when set, replaces the pending-creation record.
+	Pending *Pending
+}
+
+// Empty reports whether the batch changes nothing.
+func (b Batch) Empty() bool { return len(b.Put) == 0 && len(b.Delete) == 0 && b.Pending == nil }
+
+// Store keeps the inventory. Implementations must apply a Batch atomically: after a
+// crash either all of it or none of it is visible.
+type Store interface {
+	// Load returns everything recorded for owner.
+	Load(ctx context.Context, owner string) (Snapshot, error)
+	// Apply writes a batch for owner.
+	Apply(ctx context.Context, owner string, b Batch) error
+	// Close releases the store.
+	Close() error
+}
+
+// ErrClosed is returned by a Store after Close.
+var ErrClosed = errors.New("state store closed")
+
+// Memory is an in-memory Store for tests and for hosts with state storage disabled.
+// Two scalers sharing one Memory see each other's records, like a shared file.
+type Memory struct {
+	mu     sync.Mutex
+	owners map[string]*memOwner
+	closed bool
+	writes int
+}
+
+type memOwner struct {
+	instances map[string]Instance
+	pending   Pending
+}
+
+// NewMemory returns an empty in-memory store.
+func NewMemory() *Memory { return &Memory{owners: map[string]*memOwner{}} }
+
+// Load returns a copy of owner's records, sorted by ID.
+func (m *Memory) Load(_ context.Context, owner string) (Snapshot, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return Snapshot{}, ErrClosed
+	}
+	o, ok := m.owners[owner]
+	if !ok {
+		return Snapshot{}, nil
+	}
+	out := Snapshot{Pending: o.pending}
+	for _, in := range o.instances {
+		out.Instances = append(out.Instances, in)
+	}
+	slices.SortFunc(out.Instances, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// Apply applies b atomically.
+func (m *Memory) Apply(_ context.Context, owner string, b Batch) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	m.writes++
+	o, ok := m.owners[owner]
+	if !ok {
+		o = &memOwner{instances: map[string]Instance{}}
+		m.owners[owner] = o
+	}
+	for _, in := range b.Put {
+		o.instances[in.ID] = in
+	}
+	for _, id := range b.Delete {
+		delete(o.instances, id)
+	}
+	if b.Pending != nil {
+		o.pending = *b.Pending
+	}
+	return nil
+}
+
+// Writes returns how many batches were applied.
+func (m *Memory) Writes() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.writes
+}
+
+// Close marks the store closed; later calls fail with ErrClosed.
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	return nil
+}
+
+// Reopen makes a closed Memory usable again with its records intact, as a restarted
+// process reopening its file would.
+func (m *Memory) Reopen() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = false
+}

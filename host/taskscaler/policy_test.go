@@ -1,0 +1,84 @@
+package taskscaler
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPolicyPeriods(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Skipf("no tzdata: %v", err)
+	}
+	_ = berlin
+	mon0930 := time.Date(2026, 3, 2, 9, 30, 0, 0, time.UTC) // Monday
+	sat0930 := time.Date(2026, 3, 7, 9, 30, 0, 0, time.UTC) // Saturday
+	cases := []struct {
+		name     string
+		policies []Policy
+		at       time.Time
+		want     int
+	}{
+		{"no policies: none active", nil, mon0930, -1},
+		{"default period is always", []Policy{{IdleCount: 1}}, sat0930, 0},
+		{"weekday names and hour range", []Policy{{Periods: []string{"* 8-17 * * mon-fri"}, Timezone: "UTC"}}, mon0930, 0},
+		{"weekday range excludes saturday", []Policy{{Periods: []string{"* 8-17 * * mon-fri"}, Timezone: "UTC"}}, sat0930, -1},
+		{"hour range excludes evening", []Policy{{Periods: []string{"* 8-17 * * *"}, Timezone: "UTC"}}, mon0930.Add(9 * time.Hour), -1},
+		{"step in minutes matches", []Policy{{Periods: []string{"*/15 * * * *"}, Timezone: "UTC"}}, mon0930, 0},
+		{"step in minutes misses", []Policy{{Periods: []string{"*/20 * * * *"}, Timezone: "UTC"}}, mon0930, -1},
+		{"seconds inside the minute still match", []Policy{{Periods: []string{"30 9 * * *"}, Timezone: "UTC"}}, mon0930.Add(59 * time.Second), 0},
+		{"list of periods", []Policy{{Periods: []string{"* 1 * * *", "* 9 * * *"}, Timezone: "UTC"}}, mon0930, 0},
+		{"month names", []Policy{{Periods: []string{"* * * mar *"}, Timezone: "UTC"}}, mon0930, 0},
+		{"timezone shifts the hour", []Policy{{Periods: []string{"* 10 * * *"}, Timezone: "Europe/Berlin"}}, mon0930, 0},
+		{"timezone shifts the hour (miss)", []Policy{{Periods: []string{"* 9 * * *"}, Timezone: "Europe/Berlin"}}, mon0930, -1},
+		{"last match wins", []Policy{{IdleCount: 1}, {Periods: []string{"* 9 * * *"}, Timezone: "UTC", IdleCount: 5}}, mon0930, 1},
+		{"earlier one when the later misses", []Policy{{IdleCount: 1}, {Periods: []string{"* 22 * * *"}, Timezone: "UTC", IdleCount: 5}}, mon0930, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ps, err := compilePolicies(c.policies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := activePolicy(ps, c.at); got.index != c.want {
+				t.Fatalf("active policy at %s: got %d, want %d", c.at, got.index, c.want)
+			}
+		})
+	}
+}
+
+func TestPolicyErrors(t *testing.T) {
+	cases := []struct {
+		p    Policy
+		want string
+	}{
+		{Policy{Periods: []string{"* * * *"}}, `policy[0].periods[0] = "* * * *"`},
+		{Policy{Periods: []string{"* * * * funday"}}, "periods[0]"},
+		{Policy{Timezone: "Mars/Olympus"}, `policy[0].timezone = "Mars/Olympus"`},
+	}
+	for _, c := range cases {
+		_, err := compilePolicies([]Policy{c.p})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: got %v, want error containing %q", c.p, err, c.want)
+		}
+	}
+}
+
+func TestPreemptiveDefault(t *testing.T) {
+	cases := []struct {
+		p    Policy
+		want bool
+	}{
+		{Policy{}, false},
+		{Policy{IdleCount: 2}, true},
+		{Policy{IdleCount: 2, PreemptiveMode: boolp(false)}, false},
+		{Policy{PreemptiveMode: boolp(true)}, true},
+	}
+	for _, c := range cases {
+		cp := compiledPolicy{Policy: c.p}
+		if got := cp.preemptive(); got != c.want {
+			t.Errorf("%+v: preemptive %v, want %v", c.p, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,1332 @@
+// Package taskscaler is the scaling engine: it decides how many instances a provider
+// group holds, hands job slots on them to executors (Reserve, Acquire, Release), and
+// removes instances that are idle too long, used up, unhealthy or not ours. It is pure
+// logic over an injected clock.Clock and a provider.InstanceGroup, so the same code
+// runs in the host, in deterministic tests and in a simulator.
+//
+// Scale-up is event-driven: demand that cannot be met calls Increase from the
+// Reserve or Acquire that saw it. Scale-down, health checks and bookkeeping happen in
+// Reconcile, run every update_interval (update_interval_when_expecting while a change
+// is expected) by a background loop, or by the caller in Manual mode.
+package taskscaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/host/state"
+	"github.com/flotilla-ci/flotilla/host/taskscaler/clock"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// ErrNoCapacity is returned by Reserve (wrapped, with the slot counts) when no slot
+// can be promised now; the runner then requests no job.
+var ErrNoCapacity = errors.New("no capacity")
+
+// ErrInstanceUnexpectedlyRemoved is the cause with which an acquisition's context is
+// cancelled when its instance disappears without the scaler having removed it.
+var ErrInstanceUnexpectedlyRemoved = errors.New("instance unexpectedly removed")
+
+// ErrReleased is the cause with which an acquisition's context is cancelled by Release.
+var ErrReleased = errors.New("acquisition released")
+
+// ErrShutdown is returned by calls made after Shutdown.
+var ErrShutdown = errors.New("taskscaler shut down")
+
+// Instance causes.
+const (
+	CauseCreated = "created"
+	CauseAdopted = "adopted"
+	CauseUnknown = "unknown"
+)
+
+type phase int
+
+const (
+	phaseRestoring phase = iota // from the store, not yet confirmed by an Update
+	phaseCreating               // reported creating
+	phaseBooting                // running, readiness not finished
+	phaseReady                  // serving slots
+	phaseRemoving               // the scaler decided to delete it
+	phaseUnvouched              // in the group but not in the inventory
+	phaseGone
+)
+
+var phaseNames = [...]string{"restoring", "creating", "booting", "ready", "removing", "unvouched", "gone"}
+
+func (p phase) String() string { return phaseNames[p] }
+
+type slotState uint8
+
+const (
+	slotFree slotState = iota
+	slotReserved
+	slotAcquired
+)
+
+type slot struct {
+	state slotState
+	key   string
+}
+
+type instance struct {
+	gen      uint64 // Update generation in which the instance was last listed
+	id       string
+	state    provider.State
+	phase    phase
+	cause    string
+	restored bool
+	slots    []slot
+	used     int
+	reserved int
+	acquired int
+	acqs     map[string]*Acquisition
+
+	unhealthy     bool
+	failures      int
+	lastHealthErr string
+	lastHeartbeat time.Time
+
+	firstSeen     time.Time
+	runningAt     time.Time
+	readyAt       time.Time
+	idleSince     time.Time
+	removeReason  string
+	removeAt      time.Time
+	decreasedAt   time.Time
+	readyStarted  bool
+	restoredJobs  int
+	history       []Event
+	historyCursor int
+}
+
+func (in *instance) busy() int { return in.reserved + in.acquired }
+
+// usable is how many more slots the instance can hand out now.
+func (in *instance) usable(cap, maxUse int) int {
+	free := cap - in.busy()
+	if maxUse > 0 {
+		free = min(free, maxUse-in.used-in.reserved)
+	}
+	return max(free, 0)
+}
+
+type reservation struct {
+	key  string
+	inst *instance // nil: unbound (capacity promised, not yet on an instance)
+	slot int
+	at   time.Time
+}
+
+type grant struct {
+	inst *instance
+	slot int
+}
+
+type waiter struct {
+	key     string
+	ch      chan grant
+	granted bool
+	at      time.Time
+}
+
+// Scaler is one taskscaler over one instance group.
+type Scaler struct {
+	group provider.InstanceGroup
+	info  provider.ProviderInfo
+	opts  Options
+	owner string
+	clock clock.Clock
+	store state.Store
+	log   *slog.Logger
+	m     Metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	kickCh chan struct{}
+
+	provMu sync.Mutex
+	rescan atomic.Bool
+
+	mu           sync.Mutex
+	policies     []compiledPolicy
+	instances    map[string]*instance
+	reservations map[string]*reservation
+	acquisitions map[string]*Acquisition
+	waiters      []*waiter
+	requested    int
+	pendingSince time.Time
+	bucket       *bucket
+	breaker      breaker
+	lastDecision Decision
+	lastNoCreate *Decision
+	lastUpdate   time.Time
+	lastUpdErr   string
+	lastStoreErr string
+	gone         []InstanceStatus
+	dirty        map[string]bool
+	deleted      []string
+	pendingDirty bool
+	closed       bool
+	gen          uint64
+	createWhy    []string // why each still-pending requested instance was asked for, FIFO
+	throttled    bool     // the last decision was cut by scale_throttle: look again soon
+	readyQueue   []*instance
+}
+
+// New initialises group (unless opts.Info is set), loads the inventory from
+// opts.Store, and, unless opts.Manual, starts the background loop. It does not wait
+// for the first Update: instances found are adopted or removed by the first cycle.
+func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scaler, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("taskscaler options: %w", err)
+	}
+	pols, err := compilePolicies(o.Policies)
+	if err != nil {
+		return nil, fmt.Errorf("taskscaler options: %w", err)
+	}
+	var info provider.ProviderInfo
+	if o.Info != nil {
+		info = *o.Info
+	} else {
+		info, err = group.Init(ctx, o.PluginLogger, o.Settings)
+		if err != nil {
+			return nil, fmt.Errorf("initialise instance group: %w", err)
+		}
+	}
+	owner := o.Owner
+	if owner == "" {
+		owner = info.ID
+	}
+	now := o.Clock.Now()
+	s := &Scaler{
+		group: group, info: info, opts: o, owner: owner, clock: o.Clock, store: o.Store,
+		log: o.Logger.With("subsystem", "taskscaler", "owner", owner), m: o.Metrics,
+		kickCh: make(chan struct{}, 1), policies: pols,
+		instances: map[string]*instance{}, reservations: map[string]*reservation{},
+		acquisitions: map[string]*Acquisition{}, dirty: map[string]bool{},
+		bucket:  newBucket(o.ScaleThrottle.Limit, o.ScaleThrottle.Burst, now),
+		breaker: breaker{threshold: o.Breaker.Threshold, backoff: o.Breaker.Backoff, maxBackoff: o.Breaker.MaxBackoff},
+	}
+	snap, err := o.Store.Load(ctx, owner)
+	if err != nil {
+		return nil, fmt.Errorf("load instance inventory: %w", err)
+	}
+	for _, rec := range snap.Instances {
+		in := s.newInstance(rec.ID, now)
+		in.phase, in.cause, in.restored = phaseRestoring, rec.Cause, true
+		in.used, in.restoredJobs = rec.UseCount, rec.InFlight
+		in.state = provider.State(rec.State)
+		if !rec.CreatedAt.IsZero() {
+			in.firstSeen = rec.CreatedAt
+		}
+		if rec.Removing {
+			in.removeReason = rec.RemoveReason
+		}
+		in.event(now, "restored", fmt.Sprintf("found in the inventory (cause %s, used %d, %d jobs in flight)", rec.Cause, rec.UseCount, rec.InFlight))
+		s.instances[rec.ID] = in
+	}
+	s.requested, s.pendingSince = snap.Pending.Count, snap.Pending.Since
+	if s.requested > 0 && s.pendingSince.IsZero() {
+		s.pendingSince = now
+	}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if !o.Manual {
+		s.wg.Add(1)
+		go s.loop()
+	}
+	return s, nil
+}
+
+// Info returns the group's ProviderInfo.
+func (s *Scaler) Info() provider.ProviderInfo { return s.info }
+
+// Owner returns the scaler's key in the inventory.
+func (s *Scaler) Owner() string { return s.owner }
+
+// ConfigureSchedule replaces the policies (a config reload); it takes effect at once.
+func (s *Scaler) ConfigureSchedule(ps []Policy) error {
+	for i, p := range ps {
+		if p.IdleCount < 0 || p.IdleTime < 0 || p.ScaleFactor < 0 || p.ScaleFactorLimit < 0 {
+			return fmt.Errorf("policy[%d]: idle_count, idle_time, scale_factor and scale_factor_limit must not be negative", i)
+		}
+	}
+	pols, err := compilePolicies(ps)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.policies = pols
+	s.mu.Unlock()
+	s.scaleUp("schedule")
+	s.kick()
+	return nil
+}
+
+func (s *Scaler) newInstance(id string, now time.Time) *instance {
+	return &instance{id: id, slots: make([]slot, s.opts.CapacityPerInstance), firstSeen: now, idleSince: now,
+		acqs: map[string]*Acquisition{}}
+}
+
+const historyLimit = 32
+
+// Event is one entry of an instance's lifecycle history.
+type Event struct {
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+func (in *instance) event(now time.Time, kind, reason string) {
+	e := Event{Time: now, Kind: kind, Reason: reason}
+	if len(in.history) < historyLimit {
+		in.history = append(in.history, e)
+		return
+	}
+	in.history[in.historyCursor] = e
+	in.historyCursor = (in.historyCursor + 1) % historyLimit
+}
+
+func (in *instance) orderedHistory() []Event {
+	out := make([]Event, 0, len(in.history))
+	out = append(out, in.history[in.historyCursor:]...)
+	return append(out, in.history[:in.historyCursor]...)
+}
+
+func (s *Scaler) kick() {
+	select {
+	case s.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Scaler) loop() {
+	defer s.wg.Done()
+	for {
+		if err := s.Reconcile(s.ctx); err != nil && s.ctx.Err() == nil {
+			s.log.Warn("reconcile", "err", err)
+		}
+		t := s.clock.NewTimer(s.nextInterval())
+		select {
+		case <-t.C():
+		case <-s.kickCh:
+			t.Stop()
+		case <-s.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// nextInterval is update_interval_when_expecting while a state change is expected
+// (instances requested, creating, booting or being removed, or jobs waiting), else
+// update_interval.
+func (s *Scaler) nextInterval() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.expectingLocked() {
+		return s.opts.UpdateIntervalWhenExpecting
+	}
+	return s.opts.UpdateInterval
+}
+
+func (s *Scaler) expectingLocked() bool {
+	if s.requested > 0 || len(s.waiters) > 0 || s.throttled {
+		return true
+	}
+	for _, in := range s.instances {
+		switch in.phase {
+		case phaseCreating, phaseBooting, phaseRemoving, phaseRestoring:
+			return true
+		}
+	}
+	return false
+}
+
+// NextInterval tells a driver (a simulator in Manual mode) when the loop would run
+// Reconcile next.
+func (s *Scaler) NextInterval() time.Duration { return s.nextInterval() }
+
+func (s *Scaler) opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.ctx, s.opts.OperationTimeout)
+}
+
+type observed struct {
+	id    string
+	state provider.State
+}
+
+// Reconcile runs one cycle: Update, apply what it reports, health checks, removals,
+// deletion retries, scale-up, and gauges. A failed Update changes nothing: cloud
+// errors are not deaths.
+func (s *Scaler) Reconcile(ctx context.Context) error {
+	if s.ctx.Err() != nil {
+		return ErrShutdown
+	}
+	s.mu.Lock()
+	seen := make([]observed, 0, len(s.instances)+8)
+	s.mu.Unlock()
+	uctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+	err := s.group.Update(uctx, func(id string, st provider.State) { seen = append(seen, observed{id, st}) })
+	cancel()
+	now := s.clock.Now()
+	if err != nil {
+		s.m.InternalOperation("update_failure")
+		s.m.MissedUpdate()
+		s.mu.Lock()
+		s.lastUpdErr = fmt.Sprintf("%s: %v", now.UTC().Format(time.RFC3339), err)
+		s.publishLocked(now)
+		s.mu.Unlock()
+		return fmt.Errorf("update instances of %s: %w", s.info.ID, err)
+	}
+	s.m.InternalOperation("update")
+
+	s.mu.Lock()
+	s.lastUpdate, s.lastUpdErr = now, ""
+	s.applyLocked(now, seen)
+	hb := s.heartbeatDueLocked(now)
+	s.mu.Unlock()
+
+	s.runHeartbeats(ctx, hb)
+	s.runReadyQueue()
+
+	s.mu.Lock()
+	ids := s.planRemovalsLocked(s.clock.Now())
+	s.mu.Unlock()
+	s.decrease(ctx, ids)
+	s.scaleUp("update")
+
+	s.mu.Lock()
+	s.publishLocked(s.clock.Now())
+	s.flushLocked()
+	s.mu.Unlock()
+	return nil
+}
+
+// applyLocked folds one Update listing into the inventory.
+func (s *Scaler) applyLocked(now time.Time, seen []observed) {
+	// A generation number marks the listed instances without allocating a set.
+	s.gen++
+	for _, o := range seen {
+		in, ok := s.instances[o.id]
+		if !ok {
+			s.discoverLocked(now, o)
+			if in, ok = s.instances[o.id]; ok {
+				in.gen = s.gen
+			}
+			continue
+		}
+		in.gen = s.gen
+		s.transitionLocked(now, in, o.state)
+	}
+	for _, in := range s.instances {
+		if in.gen == s.gen {
+			continue
+		}
+		switch in.phase {
+		case phaseRestoring:
+			in.event(now, "gone", "not in the group after restart: deleted while the host was down")
+			s.forgetLocked(now, in, "gone while the host was down")
+		case phaseUnvouched:
+			in.event(now, "gone", "disappeared before its grace period ended")
+			s.forgetLocked(now, in, "not ours; disappeared")
+		case phaseRemoving:
+			s.m.InstanceOperation("delete")
+			if !in.decreasedAt.IsZero() {
+				s.m.ObserveInstance("deletion", now.Sub(in.decreasedAt))
+			}
+			in.event(now, "gone", "deleted: "+in.removeReason)
+			s.forgetLocked(now, in, in.removeReason)
+		default:
+			s.unexpectedLocked(now, in, "no longer listed by the plugin")
+		}
+	}
+	if s.requested > 0 && now.Sub(s.pendingSince) >= s.opts.PendingCreationTimeout {
+		reason := fmt.Sprintf("%d requested instances did not appear within %s", s.requested, s.opts.PendingCreationTimeout)
+		s.log.Warn("pending creations expired", "count", s.requested)
+		s.breaker.failure(now, reason)
+		s.requested, s.pendingSince, s.pendingDirty = 0, time.Time{}, true
+		s.createWhy = nil
+	}
+}
+
+// discoverLocked handles an instance the scaler did not know.
+func (s *Scaler) discoverLocked(now time.Time, o observed) {
+	switch o.state {
+	case provider.StateDeleting, provider.StateDeleted, provider.StateTimeout:
+		return // on its way out; nothing to own
+	}
+	in := s.newInstance(o.id, now)
+	in.state = o.state
+	if s.requested > 0 {
+		s.requested--
+		s.pendingSince, s.pendingDirty = now, true
+		in.cause = CauseCreated
+		why := "requested by a scale-up of this scaler before a restart (intent recorded before Increase)"
+		if len(s.createWhy) > 0 {
+			why = s.createWhy[0]
+			s.createWhy = s.createWhy[1:]
+		}
+		in.event(now, "created", why)
+		s.m.ObserveInstance("creation", now.Sub(s.lastIncreaseOr(now)))
+	} else {
+		in.cause, in.phase = CauseUnknown, phaseUnvouched
+		in.removeAt = now.Add(s.opts.UnknownInstanceGrace)
+		in.event(now, "unvouched", fmt.Sprintf("in the group but not in this scaler's inventory and no creation pending; deleted after %s unless it disappears", s.opts.UnknownInstanceGrace))
+		s.instances[o.id] = in
+		s.log.Warn("instance not in inventory", "instance", o.id, "grace", s.opts.UnknownInstanceGrace)
+		return
+	}
+	s.instances[o.id] = in
+	s.dirty[o.id] = true
+	s.enterStateLocked(now, in, o.state)
+}
+
+func (s *Scaler) lastIncreaseOr(now time.Time) time.Time {
+	if s.pendingSince.IsZero() {
+		return now
+	}
+	return s.pendingSince
+}
+
+// enterStateLocked moves a newly confirmed instance into the phase for its state.
+func (s *Scaler) enterStateLocked(now time.Time, in *instance, st provider.State) {
+	switch st {
+	case provider.StateCreating, provider.StateResuming:
+		in.phase = phaseCreating
+	case provider.StateRunning:
+		s.startBootLocked(now, in)
+	case provider.StateSuspending, provider.StateSuspended:
+		in.phase = phaseCreating
+	}
+}
+
+func (s *Scaler) startBootLocked(now time.Time, in *instance) {
+	in.phase = phaseBooting
+	in.runningAt = now
+	if in.cause == CauseCreated && !in.restored {
+		s.m.ObserveInstance("is_running", now.Sub(in.firstSeen))
+	}
+	in.event(now, "running", "plugin reports running; readiness check started")
+	s.readyQueue = append(s.readyQueue, in)
+}
+
+// transitionLocked applies a reported state to a known instance.
+func (s *Scaler) transitionLocked(now time.Time, in *instance, st provider.State) {
+	prev := in.state
+	in.state = st
+	if prev != st {
+		s.dirty[in.id] = true
+	}
+	switch in.phase {
+	case phaseRestoring:
+		switch {
+		case in.removeReason != "":
+			in.phase = phaseRemoving
+			in.event(now, "removing", "removal was in progress when the host stopped: "+in.removeReason)
+		case st == provider.StateDeleting || st == provider.StateDeleted:
+			in.phase, in.removeReason = phaseRemoving, "deleting when the host restarted"
+			in.decreasedAt = now
+		case st == provider.StateTimeout:
+			in.event(now, "timeout", "plugin gave up on the instance")
+			s.forgetLocked(now, in, "timeout")
+		case in.restoredJobs > 0 && !s.opts.KeepInstanceWithAcquisitions:
+			in.cause = CauseAdopted
+			s.beginRemovalLocked(now, in, fmt.Sprintf("pre-existing instance had %d jobs in flight when the host stopped; removing for safety", in.restoredJobs))
+		default:
+			in.cause = CauseAdopted
+			in.event(now, "adopted", "owned and recorded by this scaler before the restart; kept")
+			s.dirty[in.id] = true
+			s.enterStateLocked(now, in, st)
+		}
+		return
+	case phaseUnvouched:
+		if st == provider.StateDeleting || st == provider.StateDeleted || st == provider.StateTimeout {
+			delete(s.instances, in.id)
+		}
+		return
+	case phaseRemoving:
+		switch st {
+		case provider.StateTimeout:
+			s.forgetLocked(now, in, in.removeReason)
+		case provider.StateDeleted:
+			s.m.InstanceOperation("delete")
+			if !in.decreasedAt.IsZero() {
+				s.m.ObserveInstance("deletion", now.Sub(in.decreasedAt))
+			}
+			in.event(now, "gone", "deleted: "+in.removeReason)
+			s.forgetLocked(now, in, in.removeReason)
+		}
+		return
+	}
+	switch st {
+	case provider.StateRunning:
+		if in.phase == phaseCreating {
+			s.startBootLocked(now, in)
+		}
+	case provider.StateDeleting, provider.StateDeleted:
+		s.unexpectedLocked(now, in, "plugin reports "+string(st))
+	case provider.StateTimeout:
+		if in.phase != phaseReady {
+			s.breaker.failure(now, fmt.Sprintf("instance %s timed out before becoming ready", in.id))
+		}
+		in.event(now, "timeout", "plugin gave up on the instance; forgotten without Decrease")
+		s.cancelAcquisitionsLocked(in)
+		s.forgetLocked(now, in, "timeout")
+	case provider.StateSuspending, provider.StateSuspended:
+		// Suspend is not driven by this scaler yet; treat as not usable.
+	}
+}
+
+// unexpectedLocked handles an instance that vanished or started deleting without the
+// scaler asking: its acquisitions are cancelled, reservations on it become unbound.
+func (s *Scaler) unexpectedLocked(now time.Time, in *instance, why string) {
+	s.log.Warn("instance unexpectedly removed", "instance", in.id, "max-use-count", s.opts.MaxUseCount,
+		"slots", len(in.slots), "used", in.used, "why", why)
+	if in.phase == phaseCreating || in.phase == phaseBooting {
+		s.breaker.failure(now, fmt.Sprintf("instance %s removed before becoming ready (%s)", in.id, why))
+	}
+	in.event(now, "unexpectedly-removed", why)
+	s.cancelAcquisitionsLocked(in)
+	for _, r := range s.reservations {
+		if r.inst == in {
+			r.inst = nil
+		}
+	}
+	in.reserved = 0
+	if in.state == provider.StateDeleting {
+		in.phase, in.removeReason = phaseRemoving, "unexpectedly removed: "+why
+		in.decreasedAt = now
+		s.dirty[in.id] = true
+		return
+	}
+	s.forgetLocked(now, in, "unexpectedly removed: "+why)
+}
+
+func (s *Scaler) cancelAcquisitionsLocked(in *instance) {
+	for key, a := range in.acqs {
+		a.cancel(fmt.Errorf("%w: %s", ErrInstanceUnexpectedlyRemoved, in.id))
+		delete(s.acquisitions, key)
+	}
+	clear(in.acqs)
+	in.acquired = 0
+}
+
+func (s *Scaler) forgetLocked(now time.Time, in *instance, reason string) {
+	if !in.firstSeen.IsZero() && in.phase != phaseRestoring {
+		s.m.ObserveInstance("life", now.Sub(in.firstSeen))
+	}
+	in.phase = phaseGone
+	delete(s.instances, in.id)
+	delete(s.dirty, in.id)
+	s.deleted = append(s.deleted, in.id)
+	st := s.instanceStatusLocked(now, in)
+	st.RemoveReason = reason
+	s.gone = append(s.gone, st)
+	if len(s.gone) > 100 {
+		s.gone = s.gone[len(s.gone)-100:]
+	}
+}
+
+// beginRemovalLocked marks an instance for deletion; the caller passes its ID to
+// decrease. Instances holding reservations or acquisitions are never passed here.
+func (s *Scaler) beginRemovalLocked(now time.Time, in *instance, reason string) {
+	in.phase, in.removeReason = phaseRemoving, reason
+	in.decreasedAt = time.Time{}
+	in.event(now, "removing", reason)
+	s.dirty[in.id] = true
+	s.log.Info("removing instance", "instance", in.id, "reason", reason)
+}
+
+// planRemovalsLocked decides which instances to delete now and which deletions to
+// retry, and returns their IDs.
+func (s *Scaler) planRemovalsLocked(now time.Time) []string {
+	var ids []string
+	c := s.countLocked(now)
+	surplus := c.current - c.required
+	var idle []*instance
+	for _, in := range s.instances {
+		switch in.phase {
+		case phaseUnvouched:
+			if !now.Before(in.removeAt) {
+				s.beginRemovalLocked(now, in, fmt.Sprintf("not in this scaler's inventory after a grace period of %s: cannot vouch for it", s.opts.UnknownInstanceGrace))
+			}
+		case phaseReady, phaseBooting:
+			if in.busy() > 0 {
+				continue
+			}
+			switch {
+			case s.opts.MaxUseCount > 0 && in.used >= s.opts.MaxUseCount:
+				s.beginRemovalLocked(now, in, fmt.Sprintf("max_use_count %d reached and drained", s.opts.MaxUseCount))
+				surplus--
+			case in.failures >= s.opts.FailureThreshold:
+				s.beginRemovalLocked(now, in, fmt.Sprintf("%d consecutive health check failures (failure_threshold %d): %s", in.failures, s.opts.FailureThreshold, in.lastHealthErr))
+				surplus--
+			case in.phase == phaseReady && !in.unhealthy && now.Sub(in.idleSince) >= c.policy.IdleTime:
+				idle = append(idle, in)
+			}
+		}
+	}
+	if surplus > 0 && len(idle) > 0 {
+		sort.Slice(idle, func(i, j int) bool {
+			if !idle[i].idleSince.Equal(idle[j].idleSince) {
+				return idle[i].idleSince.Before(idle[j].idleSince)
+			}
+			return idle[i].id < idle[j].id
+		})
+		n := min(surplus, len(idle))
+		for _, in := range idle[:n] {
+			s.beginRemovalLocked(now, in, fmt.Sprintf("idle for %s (idle_time %s) and not needed: %d instances for %d required",
+				now.Sub(in.idleSince).Round(time.Second), c.policy.IdleTime, c.current, c.required))
+		}
+		s.m.ScaleOperation("down")
+	}
+	for _, in := range s.instances {
+		if in.phase != phaseRemoving || in.busy() > 0 {
+			continue
+		}
+		if in.state == provider.StateDeleting || in.state == provider.StateDeleted {
+			if !in.decreasedAt.IsZero() && now.Sub(in.decreasedAt) < s.opts.DeletionRetryInterval {
+				continue
+			}
+			if in.decreasedAt.IsZero() {
+				in.decreasedAt = now
+			}
+			continue
+		}
+		if in.decreasedAt.IsZero() || now.Sub(in.decreasedAt) >= s.opts.DeletionRetryInterval {
+			ids = append(ids, in.id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// decrease calls Decrease for ids; accepted or not, the next attempt waits
+// deletion_retry_interval.
+func (s *Scaler) decrease(ctx context.Context, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+	done, err := s.group.Decrease(dctx, ids)
+	cancel()
+	now := s.clock.Now()
+	if err != nil {
+		s.m.InternalOperation("decrease_failure")
+		s.log.Warn("decrease", "instances", ids, "accepted", done, "err", err)
+	} else {
+		s.m.InternalOperation("decrease")
+	}
+	ok := make(map[string]bool, len(done))
+	for _, id := range done {
+		ok[id] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		in, exists := s.instances[id]
+		if !exists {
+			continue
+		}
+		retry := in.decreasedAt.IsZero()
+		in.decreasedAt = now
+		if ok[id] {
+			if !retry {
+				in.event(now, "decrease-retried", "still not deleting after deletion_retry_interval")
+			} else {
+				in.event(now, "decrease", "deletion requested")
+			}
+		} else {
+			s.m.InstanceOperation("delete_failure")
+			in.event(now, "decrease-failed", fmt.Sprintf("%v; retried after %s", err, s.opts.DeletionRetryInterval))
+		}
+	}
+}
+
+// counts are the inputs of a scaling decision.
+type counts struct {
+	tasks    TaskCounts
+	inst     InstanceCounts
+	policy   compiledPolicy
+	current  int // instances that will serve: creating, booting, ready, restoring + requested
+	total    int // every instance not gone, including removing and unvouched, + requested
+	target   int // idle target in slots
+	required int
+	desired  int
+}
+
+// TaskCounts are the slot states of fleeting_taskscaler_tasks.
+type TaskCounts struct {
+	Idle        int `json:"idle"`
+	Pending     int `json:"pending"`
+	Reserved    int `json:"reserved"`
+	Acquired    int `json:"acquired"`
+	Unavailable int `json:"unavailable"`
+	Unhealthy   int `json:"unhealthy"`
+	// Unready counts slots on instances requested, creating or booting.
+	Unready int `json:"unready"`
+}
+
+// InstanceCounts are the instance states of fleeting_provisioner_instances.
+type InstanceCounts struct {
+	Requested int `json:"requested"`
+	Creating  int `json:"creating"`
+	Booting   int `json:"booting"`
+	Running   int `json:"running"`
+	Deleting  int `json:"deleting"`
+	Unvouched int `json:"unvouched"`
+}
+
+func (s *Scaler) countLocked(now time.Time) counts {
+	c := counts{policy: activePolicy(s.policies, now)}
+	capa, maxUse := s.opts.CapacityPerInstance, s.opts.MaxUseCount
+	c.inst.Requested = s.requested
+	c.tasks.Unready = s.requested * capa
+	for _, in := range s.instances {
+		c.tasks.Acquired += in.acquired
+		switch in.phase {
+		case phaseRestoring, phaseCreating:
+			c.inst.Creating++
+			c.tasks.Unready += capa
+			c.current++
+		case phaseBooting:
+			c.inst.Booting++
+			c.tasks.Unready += capa - in.busy()
+			c.current++
+		case phaseReady:
+			c.inst.Running++
+			c.current++
+			free := capa - in.busy()
+			switch {
+			case in.unhealthy:
+				c.tasks.Unhealthy += free
+			default:
+				u := in.usable(capa, maxUse)
+				c.tasks.Idle += u
+				if in.acquired > 0 {
+					c.tasks.Unavailable += free - u
+				}
+			}
+		case phaseRemoving:
+			c.inst.Deleting++
+		case phaseUnvouched:
+			c.inst.Unvouched++
+		}
+	}
+	c.tasks.Reserved = len(s.reservations)
+	c.tasks.Pending = len(s.waiters)
+	c.current += s.requested
+	c.total = len(s.instances) + s.requested
+
+	p := c.policy
+	c.target = p.IdleCount
+	if p.ScaleFactor > 0 {
+		sf := int(math.Ceil(float64(c.tasks.Acquired) * p.ScaleFactor))
+		if p.ScaleFactorLimit > 0 {
+			sf = min(sf, p.ScaleFactorLimit)
+		}
+		c.target = max(c.target, sf)
+	}
+	need := c.tasks.Acquired + c.tasks.Reserved + c.tasks.Pending + c.target + c.tasks.Unavailable + c.tasks.Unhealthy
+	c.required = (need + capa - 1) / capa
+	c.desired = c.required
+	if s.opts.MaxInstances > 0 {
+		c.desired = min(c.desired, s.opts.MaxInstances)
+	}
+	if s.info.MaxSize > 0 {
+		c.desired = min(c.desired, s.info.MaxSize)
+	}
+	return c
+}
+
+// maxSlots is the potential capacity: max_instances × capacity (−1 = unbounded).
+func (s *Scaler) maxSlots() int {
+	limit := -1
+	if s.opts.MaxInstances > 0 {
+		limit = s.opts.MaxInstances
+	}
+	if s.info.MaxSize > 0 && (limit < 0 || s.info.MaxSize < limit) {
+		limit = s.info.MaxSize
+	}
+	if limit < 0 {
+		return -1
+	}
+	return limit * s.opts.CapacityPerInstance
+}
+
+// Decision is one scaling decision with its inputs, kept for Status.
+type Decision struct {
+	Time    time.Time  `json:"time"`
+	Trigger string     `json:"trigger"`
+	Policy  int        `json:"policy"`
+	Tasks   TaskCounts `json:"tasks"`
+	// IdleTarget is idle_count raised by scale_factor, in slots.
+	IdleTarget          int     `json:"idle_target"`
+	IdleCount           int     `json:"idle_count"`
+	ScaleFactor         float64 `json:"scale_factor"`
+	ScaleFactorLimit    int     `json:"scale_factor_limit"`
+	CapacityPerInstance int     `json:"capacity_per_instance"`
+	MaxInstances        int     `json:"max_instances"`
+	ProviderMaxSize     int     `json:"provider_max_size"`
+	// Required is instances needed before limits; Desired after max_instances and the
+	// provider's max size; Current counts creating, booting, ready and requested.
+	Required int `json:"required"`
+	Desired  int `json:"desired"`
+	Current  int `json:"current"`
+	// Wanted is how many instances the decision wanted to create, Requested how many
+	// it asked Increase for, Accepted how many the plugin accepted.
+	Wanted    int `json:"wanted"`
+	Requested int `json:"requested"`
+	Accepted  int `json:"accepted"`
+	// Reason explains the outcome, in particular why fewer instances than wanted (or
+	// none) were requested.
+	Reason string `json:"reason"`
+	Error  string `json:"error,omitempty"`
+}
+
+// decideLocked computes how many instances to request now, consuming throttle tokens.
+func (s *Scaler) decideLocked(now time.Time, trigger string) Decision {
+	c := s.countLocked(now)
+	d := Decision{Time: now, Trigger: trigger, Policy: c.policy.index, Tasks: c.tasks, IdleTarget: c.target,
+		IdleCount: c.policy.IdleCount, ScaleFactor: c.policy.ScaleFactor, ScaleFactorLimit: c.policy.ScaleFactorLimit,
+		CapacityPerInstance: s.opts.CapacityPerInstance, MaxInstances: s.opts.MaxInstances, ProviderMaxSize: s.info.MaxSize,
+		Required: c.required, Desired: c.desired, Current: c.current}
+	d.Wanted = max(c.required-c.current, 0)
+	n := max(c.desired-c.current, 0)
+	var why []string
+	if n < d.Wanted {
+		if s.opts.MaxInstances > 0 && c.desired == s.opts.MaxInstances {
+			why = append(why, fmt.Sprintf("max_instances %d reached: %d instances required", s.opts.MaxInstances, c.required))
+		} else {
+			why = append(why, fmt.Sprintf("provider max size %d reached: %d instances required", s.info.MaxSize, c.required))
+		}
+	}
+	// max_instances counts instances in any state, deleting ones included.
+	if s.opts.MaxInstances > 0 {
+		if room := s.opts.MaxInstances - c.total; room < n {
+			n = max(room, 0)
+			why = append(why, fmt.Sprintf("max_instances %d reached counting %d instances in any state (deleting included)", s.opts.MaxInstances, c.total))
+		}
+	}
+	if s.info.MaxSize > 0 {
+		if room := s.info.MaxSize - c.total; room < n {
+			n = max(room, 0)
+			why = append(why, fmt.Sprintf("provider max size %d reached", s.info.MaxSize))
+		}
+	}
+	if n > 0 {
+		if allow, reason := s.breaker.allowance(now); allow >= 0 {
+			inflight := c.inst.Requested + c.inst.Creating + c.inst.Booting
+			if allow == 0 || inflight > 0 {
+				n = 0
+			} else {
+				n = min(n, allow)
+			}
+			why = append(why, reason)
+		}
+	}
+	s.throttled = false
+	if n > 0 {
+		if tok := s.bucket.available(now); tok < n {
+			s.throttled = true
+			n = tok
+			why = append(why, fmt.Sprintf("scale_throttle: %d tokens available (limit %d/s, burst %d)", tok, s.opts.ScaleThrottle.Limit, s.opts.ScaleThrottle.Burst))
+		}
+		s.bucket.take(n)
+	}
+	d.Requested = n
+	switch {
+	case d.Wanted == 0 && c.required > 0:
+		d.Reason = fmt.Sprintf("enough capacity: %d instances (ready, booting, creating or requested) for %d required", c.current, c.required)
+	case d.Wanted == 0:
+		d.Reason = "no demand and no idle target"
+	case n == d.Wanted:
+		d.Reason = fmt.Sprintf("requesting %d instances: %d required, %d present", n, c.required, c.current)
+	default:
+		d.Reason = fmt.Sprintf("requesting %d of %d wanted: %s", n, d.Wanted, joinReasons(why))
+	}
+	return d
+}
+
+func joinReasons(r []string) string {
+	out := ""
+	for i, x := range r {
+		if i > 0 {
+			out += "; "
+		}
+		out += x
+	}
+	return out
+}
+
+// scaleUp decides and, if needed, calls Increase. Concurrent triggers coalesce: one
+// caller runs the decision loop while others only ask it to look again.
+func (s *Scaler) scaleUp(trigger string) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	if !s.provMu.TryLock() {
+		s.rescan.Store(true)
+		return
+	}
+	defer s.provMu.Unlock()
+	for {
+		s.rescan.Store(false)
+		now := s.clock.Now()
+		s.mu.Lock()
+		d := s.decideLocked(now, trigger)
+		n := d.Requested
+		if n > 0 {
+			// The intent is durable before the call: a crash after Increase leaves a
+			// pending count that the next scaler uses to adopt what appears. If it
+			// cannot be recorded, nothing is created: an unrecorded instance could leak.
+			s.requested += n
+			s.pendingSince, s.pendingDirty = now, true
+			if err := s.flushLocked(); err != nil {
+				s.requested -= n
+				d.Requested, n = 0, 0
+				d.Reason = "nothing requested: the intent to create could not be recorded: " + err.Error()
+			}
+		}
+		if d.Wanted > 0 || trigger != "update" {
+			s.recordDecisionLocked(d)
+		}
+		s.mu.Unlock()
+		if n > 0 {
+			s.log.Info("required scaling change", "trigger", d.Trigger, "instance_count", d.Current, "max_instance_count", s.opts.MaxInstances,
+				"acquired", d.Tasks.Acquired, "unavailable_capacity", d.Tasks.Unavailable, "pending", d.Tasks.Pending,
+				"reserved", d.Tasks.Reserved, "idle_count", d.IdleCount, "scale_factor", d.ScaleFactor,
+				"scale_factor_limit", d.ScaleFactorLimit, "capacity_per_instance", d.CapacityPerInstance, "required", d.Required, "increase", n)
+			s.m.ScaleOperation("up")
+			ictx, cancel := s.opCtx()
+			accepted, err := s.group.Increase(ictx, n)
+			cancel()
+			now = s.clock.Now()
+			s.mu.Lock()
+			accepted = min(max(accepted, 0), n)
+			s.requested -= n - accepted
+			why := fmt.Sprintf("requested by a scale-up at %s (trigger %s): %s", d.Time.UTC().Format(time.RFC3339), d.Trigger, d.Reason)
+			for range accepted {
+				s.createWhy = append(s.createWhy, why)
+			}
+			if extra := len(s.createWhy) - s.requested; extra > 0 {
+				s.createWhy = s.createWhy[extra:]
+			}
+			s.pendingDirty = true
+			d.Accepted = accepted
+			for range accepted {
+				s.m.InstanceOperation("create")
+			}
+			if err != nil {
+				s.m.InternalOperation("increase_failure")
+				for range n - accepted {
+					s.m.InstanceOperation("create_failure")
+				}
+				d.Error = err.Error()
+				d.Reason += fmt.Sprintf("; plugin accepted %d: %v", accepted, err)
+				s.breaker.failure(now, fmt.Sprintf("increase by %d: %v", n, err))
+				s.log.Warn("increase", "requested", n, "accepted", accepted, "err", err)
+			} else {
+				s.m.InternalOperation("increase")
+			}
+			s.recordDecisionLocked(d)
+			s.flushLocked()
+			s.mu.Unlock()
+			s.kick()
+			if err != nil {
+				return
+			}
+		}
+		if !s.rescan.Load() {
+			return
+		}
+	}
+}
+
+func (s *Scaler) recordDecisionLocked(d Decision) {
+	s.lastDecision = d
+	if d.Wanted > 0 && d.Accepted < d.Wanted {
+		dd := d
+		s.lastNoCreate = &dd
+	}
+}
+
+// runReadyQueue runs the readiness of instances that became running: inline in
+// Manual mode, else in the background.
+func (s *Scaler) runReadyQueue() {
+	s.mu.Lock()
+	q := s.readyQueue
+	s.readyQueue = nil
+	for _, in := range q {
+		in.readyStarted = true
+	}
+	s.mu.Unlock()
+	for _, in := range q {
+		if s.opts.Manual {
+			s.ready(in)
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.ready(in)
+		}()
+	}
+}
+
+func (s *Scaler) ready(in *instance) {
+	var err error
+	if s.opts.Ready != nil {
+		ctx, cancel := context.WithTimeout(s.ctx, s.opts.ReadyTimeout)
+		var info InstanceInfo
+		info, err = s.instanceInfo(ctx, in)
+		if err == nil {
+			err = s.opts.Ready(ctx, info)
+		}
+		cancel()
+	}
+	now := s.clock.Now()
+	s.mu.Lock()
+	if in.phase != phaseBooting {
+		s.mu.Unlock()
+		return
+	}
+	if err != nil {
+		s.breaker.failure(now, fmt.Sprintf("instance %s: ready: %v", in.id, err))
+		s.beginRemovalLocked(now, in, fmt.Sprintf("ready: %v", err))
+		s.flushLocked()
+		s.mu.Unlock()
+		s.kick()
+		return
+	}
+	in.phase, in.readyAt, in.idleSince, in.lastHeartbeat = phaseReady, now, now, now
+	s.m.ObserveInstance("readiness", now.Sub(in.runningAt))
+	s.breaker.success()
+	in.event(now, "ready", "readiness passed; serving slots")
+	s.dirty[in.id] = true
+	s.dispatchLocked(now)
+	s.flushLocked()
+	s.mu.Unlock()
+}
+
+func (s *Scaler) instanceInfo(ctx context.Context, in *instance) (InstanceInfo, error) {
+	s.mu.Lock()
+	info := InstanceInfo{ID: in.id, Cause: in.cause, Restored: in.restored, UseCount: in.used}
+	s.mu.Unlock()
+	ci, err := s.group.ConnectInfo(ctx, in.id)
+	if err != nil {
+		s.m.InternalOperation("connect_info_failure")
+		return info, fmt.Errorf("connect info of %s: %w", in.id, err)
+	}
+	s.m.InternalOperation("connect_info")
+	info.ConnectInfo = ci
+	return info, nil
+}
+
+// heartbeatDueLocked lists idle ready instances whose heartbeat is older than the
+// interval, and unhealthy ones (rechecked every cycle until they recover or reach
+// failure_threshold).
+func (s *Scaler) heartbeatDueLocked(now time.Time) []*instance {
+	var due []*instance
+	for _, in := range s.instances {
+		if in.phase != phaseReady || in.busy() > 0 {
+			continue
+		}
+		if in.unhealthy || now.Sub(in.lastHeartbeat) >= s.opts.HeartbeatInterval {
+			due = append(due, in)
+		}
+	}
+	sort.Slice(due, func(i, j int) bool { return due[i].id < due[j].id })
+	return due
+}
+
+func (s *Scaler) runHeartbeats(ctx context.Context, due []*instance) {
+	if len(due) == 0 {
+		return
+	}
+	errs := make([]error, len(due))
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i, in := range due {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = s.heartbeat(ctx, in, false)
+		}()
+	}
+	wg.Wait()
+	now := s.clock.Now()
+	s.mu.Lock()
+	for i, in := range due {
+		s.healthResultLocked(now, in, errs[i])
+	}
+	s.dispatchLocked(now) // recovered instances can serve waiting jobs
+	s.mu.Unlock()
+}
+
+// heartbeat calls the plugin's Heartbeat (ErrNotSupported counts as healthy) and,
+// when probe is set, the host's probe command.
+func (s *Scaler) heartbeat(ctx context.Context, in *instance, probe bool) error {
+	hctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+	defer cancel()
+	if err := s.group.Heartbeat(hctx, in.id); err != nil && !errors.Is(err, provider.ErrNotSupported) {
+		s.m.InternalOperation("heartbeat_failure")
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	s.m.InternalOperation("heartbeat")
+	if probe && s.opts.Probe != nil {
+		info, err := s.instanceInfo(hctx, in)
+		if err == nil {
+			err = s.opts.Probe(hctx, info)
+		}
+		if err != nil {
+			return fmt.Errorf("probe: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Scaler) healthResultLocked(now time.Time, in *instance, err error) {
+	in.lastHeartbeat = now
+	if err == nil {
+		if in.unhealthy {
+			in.event(now, "healthy", "health check passed again")
+		}
+		in.unhealthy, in.failures, in.lastHealthErr = false, 0, ""
+		return
+	}
+	in.unhealthy = true
+	in.failures++
+	in.lastHealthErr = err.Error()
+	in.event(now, "unhealthy", fmt.Sprintf("health check failure %d of %d: %v", in.failures, s.opts.FailureThreshold, err))
+}
+
+// flushLocked writes the dirty records and the pending count in one batch. On error
+// everything stays dirty for the next attempt.
+func (s *Scaler) flushLocked() error {
+	if len(s.dirty) == 0 && len(s.deleted) == 0 && !s.pendingDirty {
+		return nil
+	}
+	now := s.clock.Now()
+	var b state.Batch
+	for id := range s.dirty {
+		in, ok := s.instances[id]
+		if !ok || in.phase == phaseUnvouched {
+			continue
+		}
+		b.Put = append(b.Put, state.Instance{ID: in.id, Owner: s.owner, Cause: in.cause, State: string(in.state),
+			UseCount: in.used, InFlight: in.acquired, Removing: in.phase == phaseRemoving, RemoveReason: in.removeReason,
+			CreatedAt: in.firstSeen, ReadyAt: in.readyAt, UpdatedAt: now})
+	}
+	b.Delete = s.deleted
+	if s.pendingDirty {
+		b.Pending = &state.Pending{Count: s.requested, Since: s.pendingSince}
+	}
+	if err := s.store.Apply(s.ctx, s.owner, b); err != nil {
+		s.lastStoreErr = err.Error()
+		s.log.Error("write instance inventory", "err", err)
+		return err
+	}
+	s.lastStoreErr = ""
+	clear(s.dirty)
+	s.deleted = nil
+	s.pendingDirty = false
+	return nil
+}
+
+func (s *Scaler) publishLocked(now time.Time) {
+	c := s.countLocked(now)
+	s.m.SetGauges(Gauges{Tasks: c.tasks, Instances: c.inst, Desired: c.desired, MaxInstances: s.opts.MaxInstances,
+		MaxTasksPerInstance: s.opts.CapacityPerInstance, MaxUseCount: s.opts.MaxUseCount})
+}
+
+// Shutdown stops the loop, waits for background readiness checks, and, with
+// delete_instances_on_shutdown, deletes every instance in up to
+// shutdown_deletion_retries rounds shutdown_deletion_interval apart. Without it the
+// instances stay and the next start adopts them. It then shuts the plugin down.
+func (s *Scaler) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	var errs []error
+	if s.opts.DeleteInstancesOnShutdown {
+		if err := s.deleteAll(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.mu.Lock()
+	for _, w := range s.waiters {
+		close(w.ch)
+	}
+	s.waiters = nil
+	s.flushLocked()
+	s.mu.Unlock()
+	if err := s.group.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("shut down plugin: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Scaler) deleteAll(ctx context.Context) error {
+	for round := 0; ; round++ {
+		var listed []observed
+		err := s.group.Update(ctx, func(id string, st provider.State) { listed = append(listed, observed{id, st}) })
+		if err != nil {
+			return fmt.Errorf("delete instances on shutdown: update: %w", err)
+		}
+		now := s.clock.Now()
+		var ids []string
+		s.mu.Lock()
+		s.applyLocked(now, listed)
+		for _, in := range s.instances {
+			if in.state == provider.StateDeleting || in.state == provider.StateDeleted {
+				continue
+			}
+			if in.phase != phaseRemoving {
+				s.cancelAcquisitionsLocked(in)
+				s.beginRemovalLocked(now, in, "delete_instances_on_shutdown")
+			}
+			ids = append(ids, in.id)
+		}
+		remaining := len(s.instances)
+		s.flushLocked()
+		s.mu.Unlock()
+		slices.Sort(ids)
+		if remaining == 0 {
+			return nil
+		}
+		if round >= s.opts.ShutdownDeletionRetries {
+			return fmt.Errorf("delete instances on shutdown: %d instances remain after %d rounds", remaining, round)
+		}
+		if len(ids) > 0 {
+			if _, err := s.group.Decrease(ctx, ids); err != nil {
+				s.log.Warn("decrease on shutdown", "err", err)
+			}
+		}
+		t := s.clock.NewTimer(s.opts.ShutdownDeletionInterval)
+		select {
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("delete instances on shutdown: %w", ctx.Err())
+		}
+	}
+}

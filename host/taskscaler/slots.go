@@ -1,0 +1,430 @@
+package taskscaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// Acquisition is one job's slot on one instance, from Acquire until Release.
+type Acquisition struct {
+	s      *Scaler
+	key    string
+	id     string
+	slot   int
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// Key returns the key the acquisition was made with.
+func (a *Acquisition) Key() string { return a.key }
+
+// InstanceID returns the instance the slot is on.
+func (a *Acquisition) InstanceID() string { return a.id }
+
+// Slot returns the 0-based slot index on the instance; it names the nesting VM slot
+// and the slot's cgroup.
+func (a *Acquisition) Slot() int { return a.slot }
+
+// ConnectInfo asks the plugin how to reach the instance now (never cached, since an
+// address may change across a stop/start).
+func (a *Acquisition) ConnectInfo(ctx context.Context) (provider.ConnectInfo, error) {
+	ci, err := a.s.group.ConnectInfo(ctx, a.id)
+	if err != nil {
+		a.s.m.InternalOperation("connect_info_failure")
+		return ci, fmt.Errorf("connect info of instance %s: %w", a.id, err)
+	}
+	a.s.m.InternalOperation("connect_info")
+	return ci, nil
+}
+
+// Context is cancelled when the acquisition is released or its instance disappears;
+// context.Cause tells which (ErrReleased, ErrInstanceUnexpectedlyRemoved).
+func (a *Acquisition) Context() context.Context { return a.ctx }
+
+// WithContext returns a child of ctx that is also cancelled, with the same cause, when
+// the acquisition's context is; the build uses it so that a vanished instance aborts
+// the job and bounds dialing.
+func (a *Acquisition) WithContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	child, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(a.ctx, func() { cancel(context.Cause(a.ctx)) })
+	return child, func() { stop(); cancel(context.Canceled) }
+}
+
+// String formats the counts as GitLab's no-capacity message does:
+// "idle:0,acquired:0,unavailable:0,unhealthy:0,unready:1".
+func (c TaskCounts) String() string {
+	return fmt.Sprintf("idle:%d,acquired:%d,unavailable:%d,unhealthy:%d,unready:%d", c.Idle, c.Acquired, c.Unavailable, c.Unhealthy, c.Unready)
+}
+
+func (s *Scaler) reservationThrottling() bool {
+	return s.opts.ReservationThrottling == nil || *s.opts.ReservationThrottling
+}
+
+// pickLocked returns the ready, healthy instance with a usable slot that is already
+// the busiest (packing jobs lets the others go idle and be removed), and the slot.
+func (s *Scaler) pickLocked() (*instance, int) {
+	var best *instance
+	capa, maxUse := s.opts.CapacityPerInstance, s.opts.MaxUseCount
+	for _, in := range s.instances {
+		if in.phase != phaseReady || in.unhealthy || in.usable(capa, maxUse) == 0 {
+			continue
+		}
+		if best == nil || in.busy() > best.busy() || (in.busy() == best.busy() && in.id < best.id) {
+			best = in
+		}
+	}
+	if best == nil {
+		return nil, -1
+	}
+	for i, sl := range best.slots {
+		if sl.state == slotFree {
+			return best, i
+		}
+	}
+	return nil, -1
+}
+
+// Reserve promises a slot to key before the runner asks for a job. In preemptive mode
+// it succeeds only with an idle, ready slot; otherwise also whenever capacity could be
+// created, and then it triggers a scale-up at once. Failure wraps ErrNoCapacity.
+func (s *Scaler) Reserve(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.clock.Now()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrShutdown
+	}
+	if _, dup := s.reservations[key]; dup {
+		s.mu.Unlock()
+		return fmt.Errorf("reserve %q: already reserved", key)
+	}
+	c := s.countLocked(now)
+	if s.reservationThrottling() && c.tasks.Idle > 0 {
+		bound := 0
+		for _, r := range s.reservations {
+			if r.inst != nil {
+				bound++
+			}
+		}
+		if limit := max(c.tasks.Idle+bound-s.opts.CapacityPerInstance, 1); len(s.reservations) >= limit {
+			s.mu.Unlock()
+			s.m.TaskOperation("reserve_available_capacity_failure")
+			return fmt.Errorf("%w: reservation throttled: %d reservations on %d idle slots (%s)", ErrNoCapacity, len(s.reservations), c.tasks.Idle, c.tasks)
+		}
+	}
+	if in, sl := s.pickLocked(); in != nil {
+		in.slots[sl] = slot{state: slotReserved, key: key}
+		in.reserved++
+		s.reservations[key] = &reservation{key: key, inst: in, slot: sl, at: now}
+		s.dirty[in.id] = true
+		s.mu.Unlock()
+		s.m.TaskOperation("reserve")
+		s.scaleUp("reserve") // an idle slot was consumed: restore the idle target now
+		return nil
+	}
+	if c.policy.preemptive() {
+		s.mu.Unlock()
+		s.m.TaskOperation("reserve_available_capacity_failure")
+		s.scaleUp("reserve")
+		return fmt.Errorf("%w: no immediately available capacity (%s)", ErrNoCapacity, c.tasks)
+	}
+	if ms := s.maxSlots(); ms >= 0 && c.tasks.Acquired+c.tasks.Reserved+c.tasks.Pending+c.tasks.Unavailable+c.tasks.Unhealthy >= ms {
+		s.mu.Unlock()
+		s.m.TaskOperation("reserve_iop_capacity_failure")
+		return fmt.Errorf("%w: no potential capacity: all %d slots of max_instances × capacity_per_instance are in use (%s)", ErrNoCapacity, ms, c.tasks)
+	}
+	s.reservations[key] = &reservation{key: key, slot: -1, at: now}
+	s.mu.Unlock()
+	s.m.TaskOperation("reserve")
+	s.scaleUp("reserve")
+	return nil
+}
+
+// Unreserve gives back a reservation for which no job came.
+func (s *Scaler) Unreserve(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.reservations[key]
+	if !ok {
+		return
+	}
+	delete(s.reservations, key)
+	s.m.TaskOperation("unreserve")
+	if r.inst != nil {
+		s.freeSlotLocked(r.inst, r.slot, slotReserved)
+		s.dispatchLocked(s.clock.Now())
+	}
+}
+
+func (s *Scaler) freeSlotLocked(in *instance, sl int, was slotState) {
+	if sl < 0 || sl >= len(in.slots) || in.slots[sl].state != was {
+		return
+	}
+	in.slots[sl] = slot{}
+	switch was {
+	case slotReserved:
+		in.reserved--
+	case slotAcquired:
+		in.acquired--
+	}
+	if in.busy() == 0 {
+		in.idleSince = s.clock.Now()
+	}
+	s.dirty[in.id] = true
+}
+
+// takeLocked turns a free or reserved slot into an acquired one and counts a use.
+func (s *Scaler) takeLocked(in *instance, sl int, key string) {
+	if in.slots[sl].state == slotReserved {
+		in.reserved--
+	}
+	in.slots[sl] = slot{state: slotAcquired, key: key}
+	in.acquired++
+	in.used++
+	s.dirty[in.id] = true
+}
+
+// dispatchLocked hands free slots to waiting Acquire calls, oldest first, then binds
+// unbound reservations to what is left, so that idle counts only unpromised slots.
+func (s *Scaler) dispatchLocked(now time.Time) {
+	for len(s.waiters) > 0 {
+		in, sl := s.pickLocked()
+		if in == nil {
+			return
+		}
+		w := s.waiters[0]
+		s.waiters = s.waiters[1:]
+		s.takeLocked(in, sl, w.key)
+		w.granted = true
+		w.ch <- grant{inst: in, slot: sl}
+	}
+	var unbound []*reservation
+	for _, r := range s.reservations {
+		if r.inst == nil {
+			unbound = append(unbound, r)
+		}
+	}
+	if len(unbound) == 0 {
+		return
+	}
+	slices.SortFunc(unbound, func(a, b *reservation) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return strings.Compare(a.key, b.key)
+	})
+	for _, r := range unbound {
+		in, sl := s.pickLocked()
+		if in == nil {
+			return
+		}
+		in.slots[sl] = slot{state: slotReserved, key: r.key}
+		in.reserved++
+		r.inst, r.slot = in, sl
+		s.dirty[in.id] = true
+	}
+}
+
+// Acquire gives key a slot, blocking (counted as pending) until one is ready, for at
+// most instance_acquire_timeout. A bound reservation is used directly. Before the slot
+// is handed out the instance gets a Heartbeat (and the probe, if any); a failure
+// counts toward failure_threshold and another slot is tried.
+func (s *Scaler) Acquire(ctx context.Context, key string) (*Acquisition, error) {
+	return s.acquire(ctx, key, true)
+}
+
+// TryAcquire is Acquire without waiting: it fails at once, wrapping ErrNoCapacity, when
+// no ready slot is free, and then leaves key's unbound reservation in place so that
+// its demand keeps counting. A simulator driving virtual time uses it instead of
+// parking a goroutine per job.
+func (s *Scaler) TryAcquire(ctx context.Context, key string) (*Acquisition, error) {
+	return s.acquire(ctx, key, false)
+}
+
+func (s *Scaler) acquire(ctx context.Context, key string, wait bool) (*Acquisition, error) {
+	timeout := s.opts.InstanceAcquireTimeout
+	var timerC <-chan time.Time
+	if wait {
+		timer := s.clock.NewTimer(timeout)
+		defer timer.Stop()
+		timerC = timer.C()
+	}
+	var lastErr error
+	for {
+		in, sl, w, err := s.claim(key, wait)
+		if err != nil {
+			s.m.TaskOperation("acquire_failure")
+			if !wait {
+				s.scaleUp("acquire")
+			}
+			return nil, fmt.Errorf("unable to acquire instance: %w", err)
+		}
+		if w != nil {
+			s.scaleUp("acquire")
+			select {
+			case g, ok := <-w.ch:
+				if !ok {
+					s.m.TaskOperation("acquire_failure")
+					return nil, fmt.Errorf("unable to acquire instance: %w", ErrShutdown)
+				}
+				in, sl = g.inst, g.slot
+			case <-timerC:
+				s.abandon(w)
+				s.m.TaskOperation("acquire_failure")
+				cause := s.noCapacityError()
+				if lastErr != nil {
+					cause = errors.Join(cause, lastErr)
+				}
+				return nil, fmt.Errorf("unable to acquire instance within the configured timeout of %s: %w", timeout, cause)
+			case <-ctx.Done():
+				s.abandon(w)
+				s.m.TaskOperation("acquire_failure")
+				return nil, fmt.Errorf("unable to acquire instance: %w", context.Cause(ctx))
+			}
+		}
+		herr := s.heartbeat(ctx, in, true)
+		now := s.clock.Now()
+		s.mu.Lock()
+		s.healthResultLocked(now, in, herr)
+		if herr != nil || in.phase != phaseReady {
+			if in.slots[sl].state == slotAcquired && in.slots[sl].key == key {
+				s.freeSlotLocked(in, sl, slotAcquired)
+				in.used--
+			}
+			if herr == nil {
+				herr = fmt.Errorf("instance %s left service while being acquired", in.id)
+			}
+			lastErr = fmt.Errorf("instance %s: %w", in.id, herr)
+			s.dispatchLocked(now)
+			s.mu.Unlock()
+			s.kick()
+			if ctx.Err() != nil {
+				s.m.TaskOperation("acquire_failure")
+				return nil, fmt.Errorf("unable to acquire instance: %w", context.Cause(ctx))
+			}
+			continue
+		}
+		actx, cancel := context.WithCancelCause(context.WithoutCancel(s.ctx))
+		a := &Acquisition{s: s, key: key, id: in.id, slot: sl, ctx: actx, cancel: cancel}
+		s.acquisitions[key] = a
+		in.acqs[key] = a
+		in.event(now, "acquired", fmt.Sprintf("slot %d to %s (use %d)", sl, key, in.used))
+		s.flushLocked()
+		s.mu.Unlock()
+		s.m.TaskOperation("acquire")
+		s.scaleUp("acquire") // an idle slot was consumed: restore the idle target now
+		return a, nil
+	}
+}
+
+// claim takes key's bound reservation or a free slot, or (when wait is set) registers
+// a waiter.
+func (s *Scaler) claim(key string, wait bool) (*instance, int, *waiter, error) {
+	now := s.clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, 0, nil, ErrShutdown
+	}
+	if _, dup := s.acquisitions[key]; dup {
+		return nil, 0, nil, fmt.Errorf("key %q already holds an acquisition", key)
+	}
+	r, reserved := s.reservations[key]
+	if reserved && r.inst != nil {
+		delete(s.reservations, key)
+		in := r.inst
+		if in.slots[r.slot].state == slotReserved && in.slots[r.slot].key == key {
+			if in.phase == phaseReady {
+				s.takeLocked(in, r.slot, key)
+				return in, r.slot, nil, nil
+			}
+			s.freeSlotLocked(in, r.slot, slotReserved)
+		}
+	}
+	if in, sl := s.pickLocked(); in != nil {
+		if reserved {
+			delete(s.reservations, key)
+		}
+		s.takeLocked(in, sl, key)
+		return in, sl, nil, nil
+	}
+	if !wait {
+		// The unbound reservation (if any) stays: its demand keeps counting.
+		c := s.countLocked(now)
+		return nil, 0, nil, fmt.Errorf("%w: no immediately available capacity (%s)", ErrNoCapacity, c.tasks)
+	}
+	delete(s.reservations, key)
+	w := &waiter{key: key, ch: make(chan grant, 1), at: now}
+	s.waiters = append(s.waiters, w)
+	return nil, 0, w, nil
+}
+
+// abandon removes a waiter that gave up; a slot granted in the meantime goes back.
+func (s *Scaler) abandon(w *waiter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, x := range s.waiters {
+		if x == w {
+			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
+			return
+		}
+	}
+	if w.granted {
+		select {
+		case g := <-w.ch:
+			s.freeSlotLocked(g.inst, g.slot, slotAcquired)
+			g.inst.used--
+			s.dispatchLocked(s.clock.Now())
+		default:
+		}
+	}
+}
+
+func (s *Scaler) noCapacityError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.countLocked(s.clock.Now())
+	reason := ""
+	if s.lastNoCreate != nil {
+		reason = "; last scale-up: " + s.lastNoCreate.Reason
+	}
+	return fmt.Errorf("%w: no immediately available capacity (%s)%s", ErrNoCapacity, c.tasks, reason)
+}
+
+// Release ends key's acquisition: the slot becomes free, and an instance that reached
+// max_use_count is removed once its last job is released.
+func (s *Scaler) Release(key string) {
+	now := s.clock.Now()
+	s.mu.Lock()
+	a, ok := s.acquisitions[key]
+	if !ok {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.acquisitions, key)
+	a.cancel(ErrReleased)
+	in, exists := s.instances[a.id]
+	retire := false
+	if exists {
+		delete(in.acqs, key)
+		s.freeSlotLocked(in, a.slot, slotAcquired)
+		in.event(now, "released", fmt.Sprintf("slot %d from %s", a.slot, key))
+		retire = s.opts.MaxUseCount > 0 && in.used >= s.opts.MaxUseCount && in.busy() == 0
+		s.dispatchLocked(now)
+	}
+	s.flushLocked()
+	s.mu.Unlock()
+	s.m.TaskOperation("release")
+	if retire {
+		s.kick()
+	}
+}
