@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/host/config"
@@ -22,6 +24,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors/dockerautoscaler"
 	"github.com/flotilla-ci/flotilla/host/executors/instance"
 	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/metrics"
 	"github.com/flotilla-ci/flotilla/host/pipelinerun"
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/state"
@@ -50,6 +53,9 @@ type Options struct {
 	DeleteOnShutdown bool
 	// Resolve overrides plugin discovery options (tests).
 	Resolve plugins.Options
+	// Metrics, if set, gets the pool's fleeting_taskscaler_* and fleeting_provisioner_*
+	// collectors, labelled with the runner's name and short token; Shutdown removes them.
+	Metrics prometheus.Registerer
 }
 
 // Manager is a running pool.
@@ -150,6 +156,18 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
 		Store:                        m.store, Logger: log,
 	}
+	if opts.Metrics != nil {
+		col := metrics.New(prometheus.Labels{"runner": shortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{
+			Operation: a.InstanceOperationTimeBuckets, Creation: a.InstanceCreationTimeBuckets,
+			IsRunning: a.InstanceIsRunningTimeBuckets, Deletion: a.InstanceDeletionTimeBuckets,
+			Readiness: a.InstanceReadinessTimeBuckets, Life: a.InstanceLifeDurationBuckets,
+		})
+		if err := opts.Metrics.Register(col); err != nil {
+			return nil, fmt.Errorf("register metrics of runner %q: %w", r.Name, err)
+		}
+		m.closers = append(m.closers, func() { opts.Metrics.Unregister(col) })
+		topts.Metrics = col
+	}
 	if cmd := a.InstanceReadyCommand; cmd != "" {
 		topts.Ready = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
 			var out limitedBuffer
@@ -164,6 +182,15 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		return nil, fmt.Errorf("creating taskscaler: %w", err)
 	}
 	return m, nil
+}
+
+// shortToken is the token's identifying prefix, as GitLab shows it (the first 8
+// characters after a known prefix), so metrics and logs never carry a whole token.
+func shortToken(token string) string {
+	for _, p := range []string{"glrt-", "glrtr-", "GR1348941"} {
+		token = strings.TrimPrefix(token, p)
+	}
+	return token[:min(8, len(token))]
 }
 
 // Policies maps [[runners.autoscaler.policy]] to taskscaler policies; a config reload

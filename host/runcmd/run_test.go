@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net/http"
@@ -98,7 +99,7 @@ func startWith(t *testing.T, cfg func(url, root string) string) *env {
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	svc, err := New(Options{ConfigPath: e.cfgPath, Logger: logger, CheckInterval: 100 * time.Millisecond,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, TraceInterval: 100 * time.Millisecond,
-		ForceSendInterval: 300 * time.Millisecond, ReloadPoll: -1, StateDir: filepath.Join(dir, "state")})
+		ForceSendInterval: 300 * time.Millisecond, ReloadPoll: -1, StateDir: filepath.Join(dir, "state"), Metrics: prometheus.DefaultRegisterer})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flotilla-ci/flotilla/host/config"
@@ -63,6 +64,9 @@ type Options struct {
 	Resolve plugins.Options
 	// HTTP replaces the HTTP client used to talk to GitLab (tests).
 	HTTP *http.Client
+	// Metrics receives each pool's fleeting_* collectors (nil: none); /metrics serves
+	// the default registry, so the runner passes prometheus.DefaultRegisterer.
+	Metrics prometheus.Registerer
 }
 
 // Service is a running `runner run`.
@@ -383,7 +387,7 @@ func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 	s.mu.Lock()
 	cfg := s.cfg
 	s.mu.Unlock()
-	m, err := manager.Start(ctx, cfg, r, manager.Options{Logger: s.log, PluginLog: s.opts.PluginLog, StateDir: s.opts.StateDir, Resolve: s.opts.Resolve})
+	m, err := manager.Start(ctx, cfg, r, manager.Options{Logger: s.log, PluginLog: s.opts.PluginLog, StateDir: s.opts.StateDir, Resolve: s.opts.Resolve, Metrics: s.opts.Metrics})
 	if err != nil {
 		return fmt.Errorf("runner %q: %w", r.Name, err)
 	}

@@ -102,7 +102,7 @@ func TestEndpointsAndLimit(t *testing.T) {
 	}
 	base := "http://" + e.svc.Addr()
 	_, metrics := get(t, base+"/metrics")
-	for _, want := range []string{`flotilla_gitlab_jobs_total{failure_reason="",runner="e2e",state="success"}`, "flotilla_gitlab_job_requests_total"} {
+	for _, want := range []string{`flotilla_gitlab_jobs_total{failure_reason="",runner="e2e",state="success"}`, "flotilla_gitlab_job_requests_total", `fleeting_taskscaler_tasks{runner=`, "fleeting_provisioner_instances{", "fleeting_taskscaler_desired_instances"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -449,3 +449,31 @@ func TestUpdateIntervals(t *testing.T) {
 		})
 	}
 }
+
+func TestPeriodicHeartbeat(t *testing.T) {
+	e := newEnv(t, fake.Options{}, Options{FailureThreshold: 2, HeartbeatInterval: 5 * time.Minute,
+		Policies: []Policy{{IdleCount: 1, IdleTime: time.Hour}}})
+	e.reconcile(2)
+	id := e.live()[0]
+	e.g.SetUnhealthy(id, true)
+	before := e.g.CallCount("Heartbeat")
+	e.clk.Advance(4 * time.Minute)
+	e.reconcile(1)
+	if n := e.g.CallCount("Heartbeat"); n != before {
+		t.Fatalf("heartbeat before the interval: %d calls", n-before)
+	}
+	e.clk.Advance(time.Minute)
+	e.reconcile(1) // first failure: unhealthy, its slot no longer idle; a replacement is ordered
+	st := e.s.Status()
+	if st.Tasks.Unhealthy != 1 || st.Tasks.Idle != 0 {
+		t.Fatalf("after one failure: %+v", st.Tasks)
+	}
+	e.reconcile(1) // rechecked at once: second failure reaches failure_threshold
+	if in, _ := e.s.Explain(id); in.Phase != "removing" && in.Phase != "gone" {
+		t.Fatalf("unhealthy instance kept: %+v", in)
+	}
+	e.reconcile(2)
+	if st := e.s.Status(); st.Tasks.Idle != 1 {
+		t.Fatalf("idle target not restored by a healthy replacement: %+v", st.Tasks)
+	}
+}

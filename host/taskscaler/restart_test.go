@@ -1,8 +1,10 @@
 package taskscaler
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -231,5 +233,59 @@ func TestNoCreationWithoutRecordedIntent(t *testing.T) {
 	st := e.s.Status()
 	if !strings.Contains(st.LastShortfall.Reason, "intent to create could not be recorded") || !strings.Contains(st.LastStoreError, "no space left") {
 		t.Fatalf("status: %+v / %q", st.LastShortfall, st.LastStoreError)
+	}
+}
+
+// secretGroup hands out connect info with credentials.
+type secretGroup struct{ *fake.Group }
+
+func (g secretGroup) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
+	ci, err := g.Group.ConnectInfo(ctx, id)
+	ci.Username, ci.Password, ci.Key = "ci", "s3cret-password", []byte("-----BEGIN OPENSSH PRIVATE KEY-----")
+	return ci, err
+}
+
+func TestInventoryHoldsNoCredentials(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := state.OpenBolt(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := secretGroup{fake.New(fake.Options{})}
+	sawPassword := false
+	s, err := New(context.Background(), g, Options{Manual: true, Clock: clock.NewFake(t0), Store: db, Logger: quiet(),
+		Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}},
+		Ready: func(ctx context.Context, in InstanceInfo) error {
+			sawPassword = in.ConnectInfo.Password == "s3cret-password"
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := s.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := s.Acquire(context.Background(), "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci, _ := a.ConnectInfo(context.Background()); ci.Password != "s3cret-password" || !sawPassword {
+		t.Fatal("the test group did not hand out credentials")
+	}
+	s.cancel()
+	db.Close()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"s3cret-password", "OPENSSH PRIVATE KEY", "127.0.0.1"} {
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Errorf("state file contains %q", secret)
+		}
+	}
+	if !bytes.Contains(raw, []byte(a.InstanceID())) {
+		t.Error("state file does not record the instance at all")
 	}
 }

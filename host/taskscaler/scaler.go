@@ -617,9 +617,12 @@ func (s *Scaler) cancelAcquisitionsLocked(in *instance) {
 	for key, a := range in.acqs {
 		a.cancel(fmt.Errorf("%w: %s", ErrInstanceUnexpectedlyRemoved, in.id))
 		delete(s.acquisitions, key)
+		if a.slot >= 0 && a.slot < len(in.slots) && in.slots[a.slot].state == slotAcquired {
+			in.slots[a.slot] = slot{}
+			in.acquired--
+		}
 	}
 	clear(in.acqs)
-	in.acquired = 0
 }
 
 func (s *Scaler) forgetLocked(now time.Time, in *instance, reason string) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"os"
 	"time"
@@ -27,7 +28,7 @@ func init() {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			svc, err := runcmd.New(runcmd.Options{ConfigPath: cfgPath, Logger: log, ReloadPoll: 3 * time.Second})
+			svc, err := runcmd.New(runcmd.Options{ConfigPath: cfgPath, Logger: log, ReloadPoll: 3 * time.Second, Metrics: prometheus.DefaultRegisterer})
 			if err != nil {
 				return err
 			}
