@@ -115,10 +115,10 @@ func (s *Scaler) Reserve(ctx context.Context, key string) error {
 				bound++
 			}
 		}
-		if limit := max(c.tasks.Idle+bound-s.opts.CapacityPerInstance, 1); len(s.reservations) >= limit {
+		if limit, n := max(c.tasks.Idle+bound-s.opts.CapacityPerInstance, 1), len(s.reservations); n >= limit {
 			s.mu.Unlock()
 			s.m.TaskOperation("reserve_available_capacity_failure")
-			return fmt.Errorf("%w: reservation throttled: %d reservations on %d idle slots (%s)", ErrNoCapacity, len(s.reservations), c.tasks.Idle, c.tasks)
+			return fmt.Errorf("%w: reservation throttled: %d reservations on %d idle slots (%s)", ErrNoCapacity, n, c.tasks.Idle, c.tasks)
 		}
 	}
 	if in, sl := s.pickLocked(); in != nil {
