@@ -27,6 +27,9 @@ type Config struct {
 	SessionServer map[string]any `toml:"session_server"`
 	// Runners is one entry per [[runners]] table, in file order.
 	Runners []Runner `toml:"runners"`
+	// Fleeting is where plugins come from and whom to trust (a Flotilla addition; see
+	// docs/plugins-install.md).
+	Fleeting Fleeting `toml:"fleeting"`
 
 	// Path is the file the configuration was loaded from ("" when parsed from bytes).
 	Path string `toml:"-"`
@@ -295,6 +298,17 @@ type MachineAutoscaling struct {
 	IdleScaleFactor float64  `toml:"IdleScaleFactor"`
 	IdleCountMin    int      `toml:"IdleCountMin"`
 	IdleTime        int      `toml:"IdleTime"`
+}
+
+// Fleeting is the [fleeting] table: the defaults that complete short plugin references
+// and the public keys whose signatures `runner fleeting install` accepts.
+type Fleeting struct {
+	// Registry and Repository complete references such as "aws" or "team/aws"; empty
+	// means $FLOTILLA_PLUGIN_REGISTRY / $FLOTILLA_PLUGIN_REPOSITORY, then GitLab's.
+	Registry   string `toml:"registry"`
+	Repository string `toml:"repository"`
+	// PublicKeys are PEM files (or inline PEM) of trusted plugin signers.
+	PublicKeys []string `toml:"public_keys"`
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string ("20m0s", "1h").

@@ -101,7 +101,11 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	if err != nil {
 		return nil, err
 	}
-	resolved, err := plugins.Resolve(a.Plugin, opts.Resolve)
+	ropts := opts.Resolve
+	if ropts.Defaults == (plugins.Defaults{}) {
+		ropts.Defaults = plugins.Defaults{Registry: cfg.Fleeting.Registry, Repository: cfg.Fleeting.Repository}
+	}
+	resolved, err := plugins.Resolve(a.Plugin, ropts)
 	if err != nil {
 		return nil, fmt.Errorf("initializing taskscaler: running autoscaler plugin: loading fleeting plugin: %w", err)
 	}
