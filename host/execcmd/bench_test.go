@@ -3,6 +3,8 @@ package execcmd
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -43,7 +45,8 @@ func BenchmarkB6TrivialJob(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	m, err := manager.Start(ctx, cfg, &cfg.Runners[0], manager.Options{StateDir: filepath.Join(state, "state"), DeleteOnShutdown: true})
+	m, err := manager.Start(ctx, cfg, &cfg.Runners[0], manager.Options{StateDir: filepath.Join(state, "state"), DeleteOnShutdown: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}
