@@ -15,9 +15,6 @@ package aws
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -38,10 +35,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
 	"github.com/aws/smithy-go"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/crypto/ssh"
 
+	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/sshkey"
 )
 
 // Version identifies this build of the plugin. Set its fields with -ldflags.
@@ -140,34 +138,14 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 	if err != nil {
 		return provider.ProviderInfo{}, err
 	}
-	findings := g.doctor(ctx, grp)
-	var errs []error
-	for _, f := range findings {
-		switch f.Severity {
-		case SeverityError:
-			errs = append(errs, fmt.Errorf("doctor %s: %s (fix: %s): %w", f.Check, f.Message, f.Fix, provider.ErrInvalidConfig))
-		case SeverityWarning:
-			logger.Warn("group check", "check", f.Check, "problem", f.Message, "fix", f.Fix)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := doctor.Apply(logger, g.doctor(ctx, grp)); err != nil {
 		return provider.ProviderInfo{}, fmt.Errorf("auto scaling group %s: %w", g.Name, err)
 	}
 	if !settings.UseStaticCredentials {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return provider.ProviderInfo{}, fmt.Errorf("generate the Instance Connect key: %w", err)
+		var err error
+		if g.keyPEM, g.pubKey, err = sshkey.Generate("flotilla instance connect"); err != nil {
+			return provider.ProviderInfo{}, err
 		}
-		block, err := ssh.MarshalPrivateKey(priv, "flotilla instance connect")
-		if err != nil {
-			return provider.ProviderInfo{}, fmt.Errorf("encode the Instance Connect key: %w", err)
-		}
-		signer, err := ssh.NewSignerFromKey(priv)
-		if err != nil {
-			return provider.ProviderInfo{}, fmt.Errorf("Instance Connect key signer: %w", err)
-		}
-		g.keyPEM = pem.EncodeToMemory(block)
-		g.pubKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
 	}
 	return provider.ProviderInfo{
 		ID:        "aws/" + g.region + "/" + g.Name,

@@ -2,13 +2,14 @@ package azure
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
 	"strings"
+
+	"github.com/flotilla-ci/flotilla/sdk/doctor"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
@@ -18,23 +19,18 @@ import (
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
-// Severity grades a doctor Finding.
-type Severity string
+// Finding and Severity are the SDK's doctor vocabulary (sdk/doctor).
+type (
+	Finding  = doctor.Finding
+	Severity = doctor.Severity
+)
 
 // The severities: an error fails Init, a warning is logged.
 const (
-	SeverityOK      Severity = "ok"
-	SeverityWarning Severity = "warning"
-	SeverityError   Severity = "error"
+	SeverityOK      = doctor.OK
+	SeverityWarning = doctor.Warning
+	SeverityError   = doctor.Error
 )
-
-// Finding is the result of one doctor check.
-type Finding struct {
-	Check    string   `json:"check"`
-	Severity Severity `json:"severity"`
-	Message  string   `json:"message"`
-	Fix      string   `json:"fix,omitempty"`
-}
 
 // API versions of the two ARM calls made without a generated client.
 const (
@@ -271,31 +267,5 @@ func (g *InstanceGroup) runDoctor(ctx context.Context, args []string, stdout io.
 		return err
 	}
 	findings, err := g.Doctor(ctx)
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if e := enc.Encode(findings); e != nil {
-			return e
-		}
-	} else {
-		for _, f := range findings {
-			fmt.Fprintf(stdout, "%-7s %-60s %s\n", strings.ToUpper(string(f.Severity)), f.Check, f.Message)
-			if f.Fix != "" {
-				fmt.Fprintf(stdout, "        fix: %s\n", f.Fix)
-			}
-		}
-	}
-	if err != nil {
-		return err
-	}
-	var bad []string
-	for _, f := range findings {
-		if f.Severity == SeverityError {
-			bad = append(bad, f.Check)
-		}
-	}
-	if len(bad) > 0 {
-		return fmt.Errorf("%d check(s) failed: %s", len(bad), strings.Join(bad, ", "))
-	}
-	return nil
+	return doctor.Report(stdout, findings, *asJSON, err)
 }

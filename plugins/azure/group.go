@@ -33,6 +33,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v7"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -159,16 +160,7 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 	if err != nil {
 		return provider.ProviderInfo{}, err
 	}
-	var errs []error
-	for _, f := range g.doctor(ctx, ss) {
-		switch f.Severity {
-		case SeverityError:
-			errs = append(errs, fmt.Errorf("doctor %s: %s (fix: %s): %w", f.Check, f.Message, f.Fix, provider.ErrInvalidConfig))
-		case SeverityWarning:
-			logger.Warn("scale set check", "check", f.Check, "problem", f.Message, "fix", f.Fix)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := doctor.Apply(logger, g.doctor(ctx, ss)); err != nil {
 		return provider.ProviderInfo{}, fmt.Errorf("scale set %s: %w", g.Name, err)
 	}
 	if !settings.UseStaticCredentials {

@@ -17,9 +17,6 @@ package googlecloud
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -36,14 +33,15 @@ import (
 	compute "cloud.google.com/go/compute/apiv1"
 	"cloud.google.com/go/compute/apiv1/computepb"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/crypto/ssh"
 	"google.golang.org/api/cloudresourcemanager/v1"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/iterator"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/sshkey"
 )
 
 // Version identifies this build of the plugin. Set its fields with -ldflags.
@@ -178,33 +176,14 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 	if err != nil {
 		return provider.ProviderInfo{}, err
 	}
-	var errs []error
-	for _, f := range g.doctor(ctx, m) {
-		switch f.Severity {
-		case SeverityError:
-			errs = append(errs, fmt.Errorf("doctor %s: %s (fix: %s): %w", f.Check, f.Message, f.Fix, provider.ErrInvalidConfig))
-		case SeverityWarning:
-			logger.Warn("group check", "check", f.Check, "problem", f.Message, "fix", f.Fix)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := doctor.Apply(logger, g.doctor(ctx, m)); err != nil {
 		return provider.ProviderInfo{}, fmt.Errorf("managed instance group %s: %w", g.Name, err)
 	}
 	if !settings.UseStaticCredentials {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return provider.ProviderInfo{}, fmt.Errorf("generate the ephemeral ssh key: %w", err)
+		var err error
+		if g.keyPEM, g.pubKey, err = sshkey.Generate("flotilla ephemeral"); err != nil {
+			return provider.ProviderInfo{}, err
 		}
-		block, err := ssh.MarshalPrivateKey(priv, "flotilla ephemeral")
-		if err != nil {
-			return provider.ProviderInfo{}, fmt.Errorf("encode the ephemeral ssh key: %w", err)
-		}
-		signer, err := ssh.NewSignerFromKey(priv)
-		if err != nil {
-			return provider.ProviderInfo{}, fmt.Errorf("ephemeral ssh key signer: %w", err)
-		}
-		g.keyPEM = pem.EncodeToMemory(block)
-		g.pubKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
 	}
 	return provider.ProviderInfo{
 		ID:        "googlecloud/" + g.Project + "/" + g.Zone + "/" + g.Name,
