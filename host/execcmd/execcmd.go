@@ -21,7 +21,6 @@ import (
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 	"github.com/flotilla-ci/flotilla/host/manager"
 	"github.com/flotilla-ci/flotilla/host/pipelinerun"
-	"github.com/flotilla-ci/flotilla/plugins/local"
 )
 
 // Options are the command's flags.
@@ -250,7 +249,3 @@ func loadRunner(o Options, state string) (*config.Config, *config.Runner, error)
 	}
 	return nil, nil, errors.New(cfg.Path + ": no [[runners]] entry has [runners.autoscaler]; runner exec needs an autoscaled runner (or no config at all, for the built-in local pool)")
 }
-
-// EmbeddedPluginCommand is re-exported so tests can serve the local plugin from their
-// own binary.
-const EmbeddedPluginCommand = local.EmbeddedCommand
