@@ -73,7 +73,9 @@ func newHarness(t *testing.T, newEnv func(EnvFactory) EnvFactory) *harness {
 		if err != nil {
 			return nil, err
 		}
-		return instance.New(c, job, instance.Options{BuildsDir: builds, Slot: slot.Slot()})
+		// Every fake instance is the same sshd: give each its own builds directory, as
+		// separate machines would have.
+		return instance.New(c, job, instance.Options{BuildsDir: filepath.Join(builds, slot.InstanceID()), Slot: slot.Slot()})
 	}
 	if newEnv != nil {
 		factory = newEnv(factory)
@@ -151,9 +153,10 @@ func TestDAGPipelineRunsConcurrently(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for job, st := range states(sum) {
-		if st != StatePassed {
-			t.Errorf("%s = %s", job, st)
+	for _, j := range sum.Jobs {
+		if j.State != StatePassed {
+			log, _ := os.ReadFile(j.LogPath)
+			t.Errorf("%s = %s; log:\n%s", j.Name, j.State, log)
 		}
 	}
 	if !sum.Passed {
