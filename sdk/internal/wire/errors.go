@@ -124,12 +124,6 @@ func FromStatus(ctx context.Context, method string, err error) error {
 	if err == nil {
 		return nil
 	}
-	// The plugin sees the deadline too (gRPC propagates it) and may reset the stream a
-	// moment before the caller's own timer fires: a call that ended after its deadline
-	// is reported as the deadline, not as whatever the transport said.
-	if dl, ok := ctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(dl) {
-		<-ctx.Done()
-	}
 	st, ok := status.FromError(err)
 	if !ok {
 		if ctx.Err() != nil {
@@ -137,18 +131,37 @@ func FromStatus(ctx context.Context, method string, err error) error {
 		}
 		return fmt.Errorf("%s: %w", method, err)
 	}
+	switch st.Code() {
+	case codes.Canceled, codes.DeadlineExceeded:
+		// gRPC gives the plugin the caller's deadline, rounded: the plugin may give up
+		// (or reset the stream) a moment before the caller's own timer fires. A call
+		// that ended at its deadline is reported as the caller's context error.
+		if dl, ok := ctx.Deadline(); ok && ctx.Err() == nil && time.Until(dl) < deadlineSlack {
+			<-ctx.Done()
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", method, context.Cause(ctx))
+		}
+		if st.Code() == codes.DeadlineExceeded {
+			return fmt.Errorf("%s: plugin: %w", method, context.DeadlineExceeded)
+		}
+		return fmt.Errorf("%s: plugin: %w", method, context.Canceled)
+	case codes.Unavailable:
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", method, context.Cause(ctx))
+		}
+	}
 	for _, d := range st.Details() {
 		if detail, ok := d.(*pb.ErrorDetail); ok && len(detail.GetErrors()) > 0 {
 			return ErrorFromDetail(detail)
 		}
 	}
-	switch st.Code() {
-	case codes.Unimplemented:
+	if st.Code() == codes.Unimplemented {
 		return fmt.Errorf("%s: %w", method, provider.ErrNotSupported)
-	case codes.Canceled, codes.DeadlineExceeded:
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", method, context.Cause(ctx))
-		}
 	}
 	return fmt.Errorf("%s: %s", method, st.Message())
 }
+
+// deadlineSlack is how close to the caller's deadline a plugin-side deadline error
+// counts as the caller's own.
+const deadlineSlack = 50 * time.Millisecond
