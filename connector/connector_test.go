@@ -256,8 +256,10 @@ func TestDialGivesUpAtTimeoutOrCancel(t *testing.T) {
 				t.Fatal("dial succeeded")
 			}
 			e := asError(t, err)
-			if e.Stage != connector.StageTCP || e.Attempts < 2 {
-				t.Errorf("stage %q after %d attempts, want tcp after several: %v", e.Stage, e.Attempts, err)
+			// Retrying itself is TestDialWaitsForLateServer's subject; here a slow machine
+			// (or -race) may fit only one attempt into the budget.
+			if e.Stage != connector.StageTCP || e.Attempts < 1 {
+				t.Errorf("stage %q after %d attempts, want tcp: %v", e.Stage, e.Attempts, err)
 			}
 			for _, s := range []string{tt.want, "refused", "dial ssh 127.0.0.1:" + strconv.Itoa(port) + " as ci (auth: publickey)"} {
 				if !strings.Contains(err.Error(), s) {

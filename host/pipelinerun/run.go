@@ -57,7 +57,8 @@ const (
 	StateCancelled State = "canceled"
 )
 
-// Progress receives job state changes as they happen.
+// Progress receives job state changes as they happen, from the jobs' goroutines:
+// implementations must be safe for concurrent use.
 type Progress interface {
 	JobState(job string, state State, detail string)
 }

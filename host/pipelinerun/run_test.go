@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,12 +85,13 @@ func newHarness(t *testing.T, newEnv func(EnvFactory) EnvFactory) *harness {
 }
 
 type recorder struct {
-	mu     atomic.Int32
+	mu     sync.Mutex
 	states []string
 }
 
 func (r *recorder) JobState(job string, s State, detail string) {
-	r.mu.Add(1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.states = append(r.states, job+":"+string(s))
 }
 
