@@ -131,6 +131,9 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if o.Capacity <= 0 {
 		o.Capacity = 2
 	}
+	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
+		return 1, fmt.Errorf("no pipeline file %s: run runner exec in a project with a .gitlab-ci.yml, or name one with -C DIR or -f FILE", file)
+	}
 	p, err := pipeline.Load(file)
 	if err != nil {
 		return 1, err
