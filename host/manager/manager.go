@@ -76,7 +76,7 @@ var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
 
 // Start launches the runner entry's plugin and taskscaler. On error nothing is left
 // running.
-func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Options) (m *Manager, err error) {
+func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Options) (_ *Manager, err error) {
 	if r.Autoscaler == nil {
 		return nil, fmt.Errorf("runner %q: executor requires autoscaler config", r.Name)
 	}
@@ -86,10 +86,10 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		log = slog.Default()
 	}
 	log = log.With("runner", r.Name)
-	m = &Manager{Runner: r, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
+	m := &Manager{Runner: r, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
 	defer func() {
 		if err != nil {
-			m.close()
+			m.close() // whatever was started so far: nothing is left running
 		}
 	}()
 

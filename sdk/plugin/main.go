@@ -129,6 +129,8 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 		os.Exit(0)
 	}()
 
+	go exitWithHost(logger, once, time.Second)
+
 	goplugin.Serve(serveConfig(impl, logger, once))
 	// Serve returns when the host stopped us (Kill). Shutdown is idempotent, so it is
 	// safe to make sure the plugin's resources are freed even if the host did not ask.
@@ -139,6 +141,30 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 		return 1
 	}
 	return 0
+}
+
+// exitWithHost ends the plugin soon after the process that launched it is gone. A host
+// killed with SIGKILL cannot stop its plugins, and an orphaned plugin would hold its
+// resources (locks, cloud sessions) forever. The plugin's Shutdown runs first; its
+// instances are left alone, for the next host to adopt or delete.
+func exitWithHost(logger hclog.Logger, once *shutdownOnce, every time.Duration) {
+	host := os.Getppid()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for range t.C {
+		if os.Getppid() == host {
+			continue
+		}
+		logger.Warn("the host process is gone; shutting down", "host_pid", host)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := once.do(ctx)
+		cancel()
+		if err != nil {
+			logger.Error("shutdown failed", "error", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 }
 
 func runCommand(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, stderr io.Writer) int {

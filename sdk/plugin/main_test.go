@@ -187,3 +187,54 @@ func TestDecodeConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestPluginExitsWhenItsHostDies kills the plugin's host with SIGKILL, as a crash or an
+// OOM kill would: the orphaned plugin must run its Shutdown and exit by itself rather
+// than hold its resources forever.
+func TestPluginExitsWhenItsHostDies(t *testing.T) {
+	bin := conformance.Build(t, testPlugin)
+	marker := filepath.Join(t.TempDir(), "marker")
+	// The "host" is a shell that starts the plugin, prints its PID, and waits.
+	host := exec.Command("sh", "-c", `"$0" & echo "pid $!"; read wait`, bin)
+	host.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
+		fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker)
+	stdin, err := host.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	out, err := host.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid, serving := 0, false
+	r := bufio.NewReader(out)
+	for pid == 0 || !serving {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the host's output: %v", err)
+		}
+		if strings.HasPrefix(line, "pid ") {
+			fmt.Sscanf(line, "pid %d", &pid)
+		}
+		serving = serving || strings.Contains(line, "|grpc")
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	if err := host.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	host.Wait()
+	deadline := time.Now().Add(15 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("plugin %d still running 15s after its host was killed", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if data, _ := os.ReadFile(marker); strings.Count(string(data), "shutdown") != 1 {
+		t.Fatalf("marker file %q: want Shutdown called exactly once before exiting", data)
+	}
+}
