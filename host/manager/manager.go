@@ -172,6 +172,18 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		m.closers = append(m.closers, func() { opts.Metrics.Unregister(col) })
 		topts.Metrics = col
 	}
+	// Before a slot is handed out, its instance must answer over SSH: a job is never
+	// given to an instance that cannot be reached (GitLab has this behind
+	// FF_USE_FLEETING_ACQUIRE_HEARTBEATS, off by default; here it is on unless that flag
+	// is set to false). It costs one channel on the pooled connection.
+	if on, set := r.FeatureFlags["FF_USE_FLEETING_ACQUIRE_HEARTBEATS"]; on || !set {
+		topts.Probe = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
+			if err := m.Conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: "exit 0"}); err != nil {
+				return fmt.Errorf("acquire heartbeat: %w", err)
+			}
+			return nil
+		}
+	}
 	if cmd := a.InstanceReadyCommand; cmd != "" {
 		topts.Ready = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
 			var out limitedBuffer
