@@ -37,7 +37,7 @@ test-go: ## Run the Go tests only (starts dockerd for the Docker tests when it c
 
 # Benchmarks that replay a whole scenario per iteration (cloud ramps, trace replays)
 # run once; the rest take 100 samples, enough for their p50/p99 figures.
-SCENARIO_BENCH_PKGS := ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate
+SCENARIO_BENCH_PKGS := ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench
 BENCH_PKGS = $(filter-out $(SCENARIO_BENCH_PKGS:./%=github.com/flotilla-ci/flotilla/%),$(shell $(GO) list ./...))
 
 bench: ## Run the benchmarks (B1-B7 of the reference) and print their reports into bench.out
