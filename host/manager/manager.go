@@ -141,7 +141,13 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	}
 	m.closers = append(m.closers, func() { m.store.Close() })
 
-	m.Conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log})
+	// Host keys first seen (for plugins that report none) are pinned next to the
+	// inventory, so a restarted host still refuses a changed key.
+	pins, err := connector.OpenFileHostKeyStore(filepath.Join(dir, unsafeName.ReplaceAllString(owner, "_")+".known_hosts"))
+	if err != nil {
+		return nil, fmt.Errorf("creating state storage: %w", err)
+	}
+	m.Conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log, HostKeys: pins})
 	m.closers = append(m.closers, m.Conns.Shutdown)
 
 	limit, unlimited := a.ScaleThrottleLimit()
@@ -159,6 +165,8 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		ReservationThrottling: a.ReservationThrottling, Policies: Policies(a),
 		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
 		Store:                        m.store, Logger: log,
+		// A forgotten instance's connection and host-key pin go with it.
+		OnGone: func(id string) { _ = m.Conns.Close(id) },
 	}
 	if opts.Metrics != nil {
 		col := metrics.New(prometheus.Labels{"runner": shortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{

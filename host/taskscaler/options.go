@@ -168,6 +168,10 @@ type Options struct {
 	Ready ReadyFunc
 	// Probe is an optional health command run before a slot is handed out.
 	Probe ProbeFunc
+	// OnGone, if set, is called in its own goroutine with the ID of every instance the
+	// scaler forgets (deleted, timed out, vanished), so that the host can close its
+	// connection and drop its host-key pin.
+	OnGone func(id string)
 
 	// HeartbeatInterval is how often idle and unhealthy instances get a Heartbeat.
 	HeartbeatInterval time.Duration

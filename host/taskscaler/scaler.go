@@ -639,6 +639,9 @@ func (s *Scaler) forgetLocked(now time.Time, in *instance, reason string) {
 	if len(s.gone) > 100 {
 		s.gone = s.gone[len(s.gone)-100:]
 	}
+	if s.opts.OnGone != nil {
+		go s.opts.OnGone(in.id)
+	}
 }
 
 // beginRemovalLocked marks an instance for deletion; the caller passes its ID to
