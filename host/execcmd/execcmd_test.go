@@ -92,8 +92,14 @@ build:
 after-build:
   needs: [build]
   image: `+dockertest.Image+`
+  variables:
+    GREETING: from the pipeline
+  services:
+    - name: `+dockertest.Image+`
+      alias: web
+      command: ["sh", "-c", "mkdir -p /srv && echo \"$GREETING\" > /srv/index.html && exec httpd -f -p 8080 -h /srv"]
   script:
-    - echo in a container
+    - (for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://web:8080/ && exit 0; sleep 0.3; done; exit 1)
 `), 0o644)
 	code, out, errOut := run(t, dir, Options{Executor: "docker-autoscaler", Image: dockertest.Image})
 	if code != 0 {
@@ -101,6 +107,13 @@ after-build:
 	}
 	if !strings.Contains(out, "Pipeline PASSED") {
 		t.Fatalf("output:\n%s", out)
+	}
+	logs, _ := filepath.Glob(filepath.Join(os.Getenv("XDG_STATE_HOME"), "flotilla", "exec-logs", "*", "after-build.log"))
+	if len(logs) != 1 {
+		t.Fatalf("after-build log: %v", logs)
+	}
+	if b, _ := os.ReadFile(logs[0]); !strings.Contains(string(b), "from the pipeline") {
+		t.Errorf("the job did not reach its service:\n%s", b)
 	}
 }
 

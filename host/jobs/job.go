@@ -56,8 +56,10 @@ const DefaultAfterScriptTimeout = 5 * time.Minute
 type Image struct {
 	Name       string
 	Entrypoint []string
-	// Alias is the service's host name (services only).
-	Alias string
+	// Alias and Command are for services: the extra host name the job reaches the
+	// service by, and the command the service container runs.
+	Alias   string
+	Command []string
 }
 
 // Variable is one CI/CD variable.

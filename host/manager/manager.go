@@ -262,7 +262,8 @@ func (m *Manager) NewEnv(ctx context.Context, job *jobs.Job, slot pipelinerun.Sl
 			return nil, err
 		}
 		return dockerautoscaler.New(cli, job, dockerautoscaler.Options{Image: d.Image, Host: d.Host, Volumes: d.Volumes,
-			Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages, AllowedPullPolicies: d.AllowedPullPolicies})
+			Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages, AllowedPullPolicies: d.AllowedPullPolicies,
+			AllowedServices: d.AllowedServices})
 	case ExecutorInstance, "":
 		return instance.New(conn, job, instance.Options{Shell: m.Runner.ShellOrDefault(), BuildsDir: m.Runner.BuildsDir, Slot: slot.Slot()})
 	}

@@ -59,6 +59,8 @@ type Options struct {
 	PullPolicy          []string
 	AllowedImages       []string
 	AllowedPullPolicies []string
+	// AllowedServices limits service images like AllowedImages limits job images.
+	AllowedServices []string
 }
 
 // NewClient returns a Docker API client whose every connection goes through tunnel to
@@ -93,6 +95,9 @@ type Env struct {
 	image  string
 	volume string
 	paths  executors.Paths
+	// network is the job's own bridge network when it has services ("" otherwise):
+	// the job's containers reach each service there by its aliases.
+	network string
 
 	mu         sync.Mutex
 	containers []string
@@ -138,8 +143,11 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if err != nil {
 		return errors.Join(executors.ErrImagePull, err)
 	}
-	if err := e.ensureImage(ctx, policies, log); err != nil {
+	if err := e.ensureImage(ctx, e.image, policies, log); err != nil {
 		return errors.Join(executors.ErrImagePull, err)
+	}
+	if err := e.startServices(ctx, policies, log); err != nil {
+		return err
 	}
 	if _, err := e.docker.VolumeCreate(ctx, volume.CreateOptions{Name: e.volume, Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
 		return fmt.Errorf("create builds volume: %w", err)
@@ -177,21 +185,21 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	return nil
 }
 
-func (e *Env) ensureImage(ctx context.Context, policies []string, log io.Writer) error {
+func (e *Env) ensureImage(ctx context.Context, img string, policies []string, log io.Writer) error {
 	var errs []error
 	for _, p := range policies {
 		if p != PullAlways {
-			if _, err := e.docker.ImageInspect(ctx, e.image); err == nil {
-				fmt.Fprintf(log, "Using locally present image %s (pull_policy %s)\n", e.image, p)
+			if _, err := e.docker.ImageInspect(ctx, img); err == nil {
+				fmt.Fprintf(log, "Using locally present image %s (pull_policy %s)\n", img, p)
 				return nil
 			}
 			if p == PullNever {
-				errs = append(errs, fmt.Errorf("image %s is not present on the instance and pull_policy is never", e.image))
+				errs = append(errs, fmt.Errorf("image %s is not present on the instance and pull_policy is never", img))
 				continue
 			}
 		}
-		fmt.Fprintf(log, "Pulling image %s ...\n", e.image)
-		rc, err := e.docker.ImagePull(ctx, e.image, image.PullOptions{})
+		fmt.Fprintf(log, "Pulling image %s ...\n", img)
+		rc, err := e.docker.ImagePull(ctx, img, image.PullOptions{})
 		if err == nil {
 			_, err = io.Copy(io.Discard, rc)
 			rc.Close()
@@ -199,7 +207,7 @@ func (e *Env) ensureImage(ctx context.Context, policies []string, log io.Writer)
 		if err == nil {
 			return nil
 		}
-		errs = append(errs, fmt.Errorf("pull %s (pull_policy %s): %w", e.image, p, err))
+		errs = append(errs, fmt.Errorf("pull %s (pull_policy %s): %w", img, p, err))
 	}
 	return errors.Join(errs...)
 }
@@ -216,6 +224,9 @@ func (e *Env) create(ctx context.Context, cmd []string) (string, error) {
 	host := &container.HostConfig{
 		Binds:      append([]string{e.volume + ":" + e.paths.BuildsDir}, e.opts.Volumes...),
 		Privileged: e.opts.Privileged,
+	}
+	if e.network != "" {
+		host.NetworkMode = container.NetworkMode(e.network)
 	}
 	resp, err := e.docker.ContainerCreate(ctx, cfg, host, nil, nil, "")
 	if err != nil {
@@ -282,6 +293,11 @@ func (e *Env) Cleanup(ctx context.Context) error {
 	}
 	if err := e.docker.VolumeRemove(ctx, e.volume, true); err != nil && !isNotFound(err) {
 		errs = append(errs, fmt.Errorf("remove volume %s: %w", e.volume, err))
+	}
+	if e.network != "" {
+		if err := e.docker.NetworkRemove(ctx, e.network); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove network %s: %w", e.network, err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -5,11 +5,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 
 	"github.com/flotilla-ci/flotilla/connector"
@@ -161,5 +163,66 @@ func TestImageAllowed(t *testing.T) {
 		if err := imageAllowed(tt.image, tt.allowed); (err == nil) != tt.ok {
 			t.Errorf("imageAllowed(%q, %q) = %v, want ok=%v", tt.image, tt.allowed, err, tt.ok)
 		}
+	}
+}
+
+func TestServicesReachableByAlias(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The service serves a file written from a job variable: services get the job's
+	// variables, and the job reaches them by their aliases on the job's network.
+	svc := jobs.Image{Name: dockertest.Image, Alias: "web",
+		Command: []string{"sh", "-c", `mkdir -p /srv && echo "greeting=$GREETING" > /srv/index.html && exec httpd -f -p 8080 -h /srv`}}
+	fetch := func(host string) string {
+		return `(for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://` + host + `:8080/ && exit 0; sleep 0.3; done; exit 1)`
+	}
+	job := jobs.Job{ID: "svc-1", Services: []jobs.Image{svc}, Variables: jobs.Variables{{Key: "GREETING", Value: "hello from the job"}},
+		Script: []string{fetch("web"), fetch("flotilla-test__busybox"), fetch("flotilla-test-busybox")},
+		Source: jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}}
+	env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
+	if res.Status != executors.StatusSuccess {
+		t.Fatalf("result %+v\n%s", res, log.String())
+	}
+	if got := strings.Count(log.String(), "greeting=hello from the job"); got != 3 {
+		t.Errorf("service answered %d times by alias, want 3 (web, __ and - forms):\n%s", got, log.String())
+	}
+	assertNothingLeft(t, local, job.ID)
+	nets, err := local.NetworkList(context.Background(), network.ListOptions{Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+job.ID))})
+	if err != nil || len(nets) != 0 {
+		t.Errorf("networks left for the job: %d (%v)", len(nets), err)
+	}
+
+	// A service image outside allowed_services is refused before anything starts.
+	job.ID = "svc-2"
+	env, _ = New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}, AllowedServices: []string{"postgres:*"}})
+	res = executors.Run(context.Background(), &job, env, &log, executors.RunOptions{})
+	if res.FailureReason != executors.ImagePullFailure || !strings.Contains(log.String(), "allowed_services") {
+		t.Errorf("disallowed service: %+v", res)
+	}
+	assertNothingLeft(t, local, job.ID)
+}
+
+func TestServiceAliases(t *testing.T) {
+	tests := map[string][]string{
+		"postgres:15": {"postgres"},
+		"team/db:1":   {"team__db", "team-db"},
+		"registry.example.com:5000/a/b@sha256:abc": {"registry.example.com:5000__a__b", "registry.example.com:5000-a-b"},
+	}
+	for img, want := range tests {
+		if got := serviceAliases(jobs.Image{Name: img}); !slices.Equal(got, want) {
+			t.Errorf("serviceAliases(%s) = %v, want %v", img, got, want)
+		}
+	}
+	if got := serviceAliases(jobs.Image{Name: "redis", Alias: "cache, kv"}); !slices.Equal(got, []string{"redis", "cache", "kv"}) {
+		t.Errorf("aliases = %v", got)
 	}
 }

@@ -78,6 +78,9 @@ func projectName(job *jobs.Job) string {
 
 // Prepare finds the builds directory and puts the source in place.
 func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
+	if len(e.job.Services) > 0 {
+		fmt.Fprintf(log, "WARNING: the instance executor does not start services (%d declared); use docker-autoscaler for jobs that need them\n", len(e.job.Services))
+	}
 	builds := e.opts.BuildsDir
 	if builds == "" {
 		home, err := e.run(ctx, `printf '%s' "$HOME"`, nil)

@@ -158,7 +158,7 @@ func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
 	}
 	j.Image = jobs.Image{Name: r.Image.Name, Entrypoint: r.Image.Entrypoint}
 	for _, s := range r.Services {
-		j.Services = append(j.Services, jobs.Image{Name: s.Name, Entrypoint: s.Entrypoint, Alias: s.Alias})
+		j.Services = append(j.Services, jobs.Image{Name: s.Name, Entrypoint: s.Entrypoint, Alias: s.Alias, Command: s.Command})
 	}
 	if r.GitInfo.RepoURL != "" {
 		u, err := url.Parse(r.GitInfo.RepoURL)

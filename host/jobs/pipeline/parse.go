@@ -90,7 +90,7 @@ var ignoredJobKeys = map[string]string{
 	"cache": "caches are not kept between runner exec runs", "retry": "jobs are not retried, except once after a system failure",
 	"interruptible": "", "environment": "", "coverage": "", "dependencies": "all artifacts stay in the working tree",
 	"resource_group": "", "release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
-	"identity": "", "dast_configuration": "", "start_in": "", "manual_confirmation": "", "services": "services are not started by runner exec yet",
+	"identity": "", "dast_configuration": "", "start_in": "", "manual_confirmation": "",
 }
 
 // failingJobKeys change what runs; silently ignoring them would mislead.
@@ -489,7 +489,9 @@ func image(d *diags, n node, path string) jobs.Image {
 			img.Entrypoint = script(d, kv.value, path+".entrypoint")
 		case "alias":
 			img.Alias = scalar(d, kv.value, path+".alias")
-		case "pull_policy", "docker", "kubernetes", "command", "variables":
+		case "command":
+			img.Command = script(d, kv.value, path+".command")
+		case "pull_policy", "docker", "kubernetes", "variables":
 			d.warnf(kv.key, path+"."+kv.key.Value, "ignored by runner exec")
 		default:
 			d.errorf(kv.key, path+"."+kv.key.Value, "unknown image keyword (allowed: name, entrypoint)")
@@ -582,7 +584,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 			default:
 				d.errorHint(kv.value, path, "use on_success, on_failure, always, manual or never", "unknown when %q", w)
 			}
-		case "before_script", "after_script", "image", "timeout", "extends", "artifacts":
+		case "before_script", "after_script", "image", "services", "timeout", "extends", "artifacts":
 			// read below, together with their defaults
 		default:
 			if hint, ok := failingJobKeys[key]; ok {
@@ -606,6 +608,11 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 	}
 	if v := get("image"); v != nil {
 		j.Image = image(d, v, name+".image")
+	}
+	if v := get("services"); v != nil {
+		for i, sv := range seq(d, v, name+".services") {
+			j.Services = append(j.Services, image(d, sv, fmt.Sprintf("%s.services[%d]", name, i)))
+		}
 	}
 	if v := get("timeout"); v != nil {
 		t, err := ParseTimeout(scalar(d, v, name+".timeout"))

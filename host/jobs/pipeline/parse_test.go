@@ -138,6 +138,37 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+func TestParseServices(t *testing.T) {
+	p, err := Parse("ci.yml", []byte(`
+default:
+  services: [redis:7]
+a:
+  script: [x]
+b:
+  services:
+    - postgres:15
+    - name: team/api:2
+      alias: api, backend
+      entrypoint: [/bin/sh, -c]
+      command: [serve --port 80]
+  script: [y]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Job("a").Services; len(s) != 1 || s[0].Name != "redis:7" {
+		t.Errorf("a.services = %+v, want the default", s)
+	}
+	s := p.Job("b").Services
+	if len(s) != 2 || s[0].Name != "postgres:15" || s[1].Alias != "api, backend" ||
+		!slices.Equal(s[1].Entrypoint, []string{"/bin/sh", "-c"}) || !slices.Equal(s[1].Command, []string{"serve --port 80"}) {
+		t.Errorf("b.services = %+v", s)
+	}
+	if len(p.Warnings) != 0 {
+		t.Errorf("warnings: %v", p.Warnings)
+	}
+}
+
 func TestParseTimeout(t *testing.T) {
 	tests := []struct {
 		in   string
