@@ -45,6 +45,8 @@ type Options struct {
 	Jobs []string
 	// Verbose streams plugin and host logs to Stderr.
 	Verbose bool
+	// Follow streams every job's log to Stdout as it runs, prefixed with the job's name.
+	Follow bool
 	// StateDir overrides where the pool keeps its state (default config or user state).
 	StateDir string
 
@@ -196,6 +198,9 @@ func Run(ctx context.Context, o Options) (int, error) {
 		Pool: m.Pool(), NewEnv: m.NewEnv, Concurrent: cfg.ConcurrentOrDefault(), LogDir: logDir,
 		Progress: pipelinerun.NewTextProgress(o.Stdout, width),
 		Options:  executors.RunOptions{RunnerName: r.Name, RunnerVersion: o.Version, Executor: r.Executor},
+	}
+	if o.Follow {
+		runner.Follow = o.Stdout
 	}
 	sum, err := runner.Run(ctx, plan)
 	if err != nil {

@@ -2,6 +2,7 @@ package pipelinerun
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -92,11 +93,8 @@ func tail(path string, n int) []string {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
-		l := sc.Text()
-		if len(l) > 31 && l[27:31] == " 00O" {
-			l = l[32:]
-		}
-		if strings.HasPrefix(l, "section_") {
+		l, ok := readable(sc.Text())
+		if !ok {
 			continue
 		}
 		lines = append(lines, l)
@@ -105,4 +103,61 @@ func tail(path string, n int) []string {
 		}
 	}
 	return lines
+}
+
+// readable turns a raw job-log line into what a person wants on a terminal: without
+// the timestamp prefix, a section start as its header, and nothing for a section end.
+func readable(l string) (string, bool) {
+	if len(l) > 31 && l[27:31] == " 00O" {
+		l = l[32:]
+	}
+	switch {
+	case strings.HasPrefix(l, "section_end:"):
+		return "", false
+	case strings.HasPrefix(l, "section_start:"):
+		if i := strings.LastIndex(l, ansiClearLine); i >= 0 {
+			return l[i+len(ansiClearLine):], true
+		}
+		return "", false
+	}
+	return l, true
+}
+
+const ansiClearLine = "\x1b[0K"
+
+// followWriter streams a job's log to a shared terminal as readable lines, each
+// prefixed with the job's name; lines of concurrent jobs interleave whole.
+type followWriter struct {
+	mu     *sync.Mutex
+	out    io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (w *followWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.emit(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+}
+
+func (w *followWriter) emit(line string) {
+	if l, ok := readable(strings.TrimRight(line, "\r")); ok {
+		w.mu.Lock()
+		fmt.Fprintf(w.out, "%s%s\n", w.prefix, l)
+		w.mu.Unlock()
+	}
+}
+
+// flush writes an unterminated last line.
+func (w *followWriter) flush() {
+	if len(w.buf) > 0 {
+		w.emit(string(w.buf))
+		w.buf = nil
+	}
 }

@@ -76,6 +76,12 @@ type Runner struct {
 	Progress Progress
 	// Options are passed to the job runtime.
 	Options executors.RunOptions
+	// Follow, if set, also receives every job's log as it runs, in readable lines
+	// prefixed with the job's name.
+	Follow io.Writer
+
+	followMu    sync.Mutex
+	followWidth int // the longest job name of the plan, to align the prefixes
 }
 
 // JobResult is how one job of the pipeline ended.
@@ -105,6 +111,9 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 		return Summary{}, fmt.Errorf("create log directory: %w", err)
 	}
 	start := time.Now()
+	for _, j := range plan.Jobs {
+		r.followWidth = max(r.followWidth, len(j.Name))
+	}
 	done := map[string]chan struct{}{}
 	results := map[string]*JobResult{}
 	for _, j := range plan.Jobs {
@@ -198,13 +207,19 @@ func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *J
 		return
 	}
 	defer logFile.Close()
+	var log io.Writer = logFile
+	if r.Follow != nil {
+		fw := &followWriter{mu: &r.followMu, out: r.Follow, prefix: fmt.Sprintf("%-*s │ ", r.followWidth, pj.Name)}
+		defer fw.flush()
+		log = io.MultiWriter(logFile, fw)
+	}
 	for attempt := 1; attempt <= maxAttempts; attempt++ {
 		res.Attempts = attempt
-		result, instance, waited := r.attempt(ctx, &job, attempt, logFile)
+		result, instance, waited := r.attempt(ctx, &job, attempt, log)
 		res.Result, res.InstanceID, res.Waited = result, instance, res.Waited+waited
 		if result.SystemFailure() && attempt < maxAttempts && ctx.Err() == nil {
 			r.report(pj.Name, StateRetrying, fmt.Sprintf("system failure on %s: %v; retrying on a new slot", instance, result.Err))
-			fmt.Fprintf(logFile, "\n--- system failure; retrying the job on a new slot (attempt %d of %d) ---\n\n", attempt+1, maxAttempts)
+			fmt.Fprintf(log, "\n--- system failure; retrying the job on a new slot (attempt %d of %d) ---\n\n", attempt+1, maxAttempts)
 			continue
 		}
 		break

@@ -51,5 +51,6 @@ pipeline failed.`,
 	f.IntVar(&o.Capacity, "capacity", 2, "built-in pool: jobs per instance (capacity_per_instance)")
 	f.StringVar(&o.LogDir, "log-dir", "", "where job logs go (default: under ~/.local/state/flotilla/exec-logs)")
 	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
+	f.BoolVarP(&o.Follow, "follow", "F", false, "stream every job's log as it runs, each line prefixed with the job's name")
 	root.AddCommand(cmd)
 }
