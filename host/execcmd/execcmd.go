@@ -197,7 +197,9 @@ func Run(ctx context.Context, o Options) (int, error) {
 	runner := &pipelinerun.Runner{
 		Pool: m.Pool(), NewEnv: m.NewEnv, Concurrent: cfg.ConcurrentOrDefault(), LogDir: logDir,
 		Progress: pipelinerun.NewTextProgress(o.Stdout, width),
-		Options:  executors.RunOptions{RunnerName: r.Name, RunnerVersion: o.Version, Executor: r.Executor},
+		Options: executors.RunOptions{RunnerName: r.Name, RunnerVersion: o.Version, Executor: r.Executor,
+			// Caches outlive the pool: they are kept per project on this machine.
+			CacheDir: filepath.Join(state, "exec-cache", filepath.Base(dir))},
 	}
 	if o.Follow {
 		runner.Follow = o.Stdout

@@ -125,3 +125,32 @@ func TestExecBadPipelineFile(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestExecCacheAcrossRuns: a cache written by one `runner exec` is restored by the
+// next, although every instance of the first run was deleted.
+func TestExecCacheAcrossRuns(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ".gitlab-ci.yml"), []byte(`
+build:
+  cache:
+    key: deps
+    paths: [.deps/]
+  script:
+    - if [ -f .deps/stamp ]; then echo "restored $(cat .deps/stamp)"; else mkdir -p .deps && echo first-run > .deps/stamp; fi
+`), 0o644)
+	state := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", state)
+	for i, want := range []string{"first", "restored first-run"} {
+		var stdout, stderr bytes.Buffer
+		code, err := Run(context.Background(), Options{Dir: dir, Stdout: &stdout, Stderr: &stderr, LogDir: filepath.Join(state, "logs", want)})
+		if err != nil || code != 0 {
+			t.Fatalf("run %d: %d %v\n%s%s", i, code, err, stdout.String(), stderr.String())
+		}
+		if i == 1 {
+			b, _ := os.ReadFile(filepath.Join(state, "logs", want, "build.log"))
+			if !strings.Contains(string(b), want) {
+				t.Fatalf("second run did not find the cache:\n%s", b)
+			}
+		}
+	}
+}

@@ -32,6 +32,11 @@ type Env interface {
 	Cleanup(ctx context.Context) error
 	// Paths returns where the project and file variables live in the environment.
 	Paths() Paths
+	// Pack writes a gzip tar of paths (relative to the project directory; shell globs
+	// allowed; missing ones skipped) to w. It writes nothing when none exists.
+	Pack(ctx context.Context, paths []string, w io.Writer) error
+	// Unpack extracts a gzip tar into the project directory.
+	Unpack(ctx context.Context, r io.Reader) error
 }
 
 // Paths are the directories of a job inside its environment.
@@ -97,6 +102,9 @@ type RunOptions struct {
 	InstanceID string
 	// DefaultTimeout applies when the job sets none (1h when zero).
 	DefaultTimeout time.Duration
+	// CacheDir holds the job caches on the runner host, one archive per key; "" turns
+	// caching off.
+	CacheDir string
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -188,6 +196,13 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 	paths := env.Paths()
 	vars := append(PredefinedVariables(job, paths, opts, timeout), job.Variables...).Expanded()
 	script := Script{Dir: paths.ProjectDir, FileVarDir: paths.TmpDir, Variables: vars, Commands: job.Script}
+	caches := newCacheStore(opts.CacheDir, job, vars)
+	if caches.wanted(func(c jobs.Cache) bool { return c.Pulls() }) {
+		_ = trace.Section("restore_cache", "Restoring cache", true, func() error {
+			caches.restore(jobCtx, env, trace)
+			return nil
+		})
+	}
 	_ = trace.Section("step_script", "Executing \"step_script\" stage of the job script", false, func() error {
 		code, err := env.Exec(jobCtx, script, trace)
 		res = classify(ctx, jobCtx, code, err)
@@ -214,6 +229,14 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 			case code != 0:
 				trace.Warnf("after_script failed with exit code %d", code)
 			}
+			return nil
+		})
+	}
+	if caches.wanted(func(c jobs.Cache) bool { return c.Pushes(res.Status == StatusSuccess) }) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), jobs.DefaultAfterScriptTimeout)
+		defer cancel()
+		_ = trace.Section("archive_cache", "Saving cache", true, func() error {
+			caches.save(cctx, env, res.Status == StatusSuccess, trace)
 			return nil
 		})
 	}

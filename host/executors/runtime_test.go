@@ -59,6 +59,22 @@ func (e *localEnv) Cleanup(context.Context) error {
 	return nil
 }
 
+func (e *localEnv) Pack(ctx context.Context, paths []string, w io.Writer) error {
+	script, err := PackScript(e.dir, paths)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	cmd.Stdout = w
+	return cmd.Run()
+}
+
+func (e *localEnv) Unpack(ctx context.Context, r io.Reader) error {
+	cmd := exec.CommandContext(ctx, "sh", "-c", UnpackScript(e.dir))
+	cmd.Stdin = r
+	return cmd.Run()
+}
+
 func (e *localEnv) Paths() Paths {
 	return Paths{BuildsDir: e.dir, ProjectDir: e.dir, TmpDir: e.dir + "/tmp"}
 }

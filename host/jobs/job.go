@@ -47,6 +47,38 @@ type Job struct {
 
 	// Artifacts are the paths to collect after the job (GitLab jobs upload them).
 	Artifacts []Artifact
+
+	// Caches are restored into the project before the script and saved after the job,
+	// on the runner host, so they survive the instances.
+	Caches []Cache
+}
+
+// Cache is one cache declaration.
+type Cache struct {
+	// Key names the cache; "$VAR" references are expanded with the job's variables.
+	Key   string
+	Paths []string
+	// Policy is pull-push (default), pull or push.
+	Policy string
+	// When is on_success (default), on_failure or always.
+	When string
+}
+
+// Pulls reports whether the cache is restored before the job.
+func (c Cache) Pulls() bool { return c.Policy != "push" }
+
+// Pushes reports whether the cache is saved after a job that ended with success.
+func (c Cache) Pushes(success bool) bool {
+	if c.Policy == "pull" {
+		return false
+	}
+	switch c.When {
+	case "always":
+		return true
+	case "on_failure":
+		return !success
+	}
+	return success
 }
 
 // DefaultAfterScriptTimeout is used when Job.AfterScriptTimeout is zero.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -35,6 +37,28 @@ var (
 )
 
 func init() { prometheus.MustRegister(requestsTotal, jobsTotal, jobsRunning) }
+
+// cacheDir is where a runner entry's caches live on this host: its cache_dir (relative
+// to config.toml), else cache/<runner name> next to config.toml.
+func cacheDir(configPath string, r *config.Runner) string {
+	base := filepath.Dir(configPath)
+	if r.CacheDir != "" {
+		if filepath.IsAbs(r.CacheDir) {
+			return r.CacheDir
+		}
+		return filepath.Join(base, r.CacheDir)
+	}
+	name := r.Name
+	if name == "" {
+		name = "runner"
+	}
+	return filepath.Join(base, "cache", strings.Map(func(c rune) rune {
+		if c == '/' || c == os.PathSeparator {
+			return '_'
+		}
+		return c
+	}, name))
+}
 
 // JobCanceledReason is sent as failure_reason for a job GitLab canceled (servers that
 // do not list it get unknown_failure).
@@ -71,9 +95,6 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 		res = executors.Result{Status: executors.StatusFailed, FailureReason: "runner_unsupported", ExitCode: -1, Err: convErr}
 	} else {
 		job.Variables = append(environment(cfg.Environment), job.Variables...)
-		if len(job.Caches) > 0 {
-			fmt.Fprintf(tr, "\x1b[0;33mWARNING: cache is not supported by this runner yet: %d cache declaration(s) are neither restored nor saved\x1b[0;m\n", len(job.Caches))
-		}
 		newEnv := func(ctx context.Context, j *jobs.Job, slot pipelinerun.Slot) (executors.Env, error) {
 			env, err := rs.m.NewEnv(ctx, j, slot)
 			if err != nil || len(job.Artifacts) == 0 {
@@ -81,7 +102,8 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 			}
 			return &gitlab.ArtifactsEnv{Env: env, Client: rs.client, Job: job, Log: tr}, nil
 		}
-		opts := executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor}
+		opts := executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
+			CacheDir: cacheDir(s.opts.ConfigPath, cfg)}
 		res, _ = pipelinerun.RunOnSlot(jobCtx, rs.m.Pool(), newEnv, &job.Job, key, tr, opts, nil)
 	}
 

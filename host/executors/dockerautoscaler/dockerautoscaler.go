@@ -241,7 +241,13 @@ func (e *Env) create(ctx context.Context, cmd []string) (string, error) {
 // Exec runs the script in a new container of the job's image, the script on stdin.
 func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int, error) {
 	s.Shell = executors.ShellSh
-	id, err := e.create(ctx, []string{"sh", "-s"})
+	return e.runContainer(ctx, []string{"sh", "-s"}, strings.NewReader(s.String()), out, out)
+}
+
+// runContainer runs cmd in a new container of the job's image with stdin, and returns
+// its exit code.
+func (e *Env) runContainer(ctx context.Context, cmd []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	id, err := e.create(ctx, cmd)
 	if err != nil {
 		return -1, err
 	}
@@ -256,14 +262,16 @@ func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int,
 	}
 	copied := make(chan error, 1)
 	go func() {
-		_, err := stdcopy.StdCopy(out, out, att.Reader)
+		_, err := stdcopy.StdCopy(stdout, stderr, att.Reader)
 		copied <- err
 	}()
-	if _, err := io.WriteString(att.Conn, s.String()); err != nil {
-		return -1, fmt.Errorf("send script to container: %w", err)
+	if stdin != nil {
+		if _, err := io.Copy(att.Conn, stdin); err != nil {
+			return -1, fmt.Errorf("send input to container: %w", err)
+		}
 	}
 	if err := att.CloseWrite(); err != nil {
-		return -1, fmt.Errorf("close script input: %w", err)
+		return -1, fmt.Errorf("close container input: %w", err)
 	}
 	select {
 	case w := <-waitCh:
@@ -277,6 +285,30 @@ func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int,
 	case <-ctx.Done():
 		return -1, context.Cause(ctx)
 	}
+}
+
+// Pack writes a gzip tar of paths in the project directory to w, from a container of
+// the job's image (which needs sh, tar, gzip and xargs, as GitLab's helper image has).
+func (e *Env) Pack(ctx context.Context, paths []string, w io.Writer) error {
+	script, err := executors.PackScript(e.paths.ProjectDir, paths)
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	if code, err := e.runContainer(ctx, []string{"sh", "-c", script}, nil, w, &stderr); err != nil || code != 0 {
+		return fmt.Errorf("pack %s (exit %d): %v %s", strings.Join(paths, " "), code, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Unpack extracts a gzip tar into the project directory, in a container of the job's
+// image.
+func (e *Env) Unpack(ctx context.Context, r io.Reader) error {
+	var stderr strings.Builder
+	if code, err := e.runContainer(ctx, []string{"sh", "-c", executors.UnpackScript(e.paths.ProjectDir)}, r, io.Discard, &stderr); err != nil || code != 0 {
+		return fmt.Errorf("unpack (exit %d): %v %s", code, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }
 
 // Cleanup removes every container of the job and its builds volume.

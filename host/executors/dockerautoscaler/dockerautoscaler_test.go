@@ -226,3 +226,34 @@ func TestServiceAliases(t *testing.T) {
 		t.Errorf("aliases = %v", got)
 	}
 }
+
+func TestCacheThroughContainers(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cacheDir := t.TempDir()
+	run := func(id string, script ...string) string {
+		job := jobs.Job{ID: id, Script: script, Caches: []jobs.Cache{{Key: "c", Paths: []string{"vendor/"}}},
+			Source: jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}}
+		env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{CacheDir: cacheDir})
+		if res.Status != executors.StatusSuccess {
+			t.Fatalf("job %s: %+v\n%s", id, res, log.String())
+		}
+		assertNothingLeft(t, local, id)
+		return log.String()
+	}
+	if log := run("cache-1", "mkdir -p vendor", "echo cached-bytes > vendor/lib"); !strings.Contains(log, `Saved cache "c"`) {
+		t.Fatalf("not saved:\n%s", log)
+	}
+	if log := run("cache-2", "cat vendor/lib"); !strings.Contains(log, "cached-bytes") {
+		t.Fatalf("not restored in a new volume:\n%s", log)
+	}
+}

@@ -16,7 +16,7 @@ import (
 )
 
 // Image is the name of the test image: busybox and its applets on a bare rootfs.
-const Image = "flotilla-test/busybox:2"
+const Image = "flotilla-test/busybox:3"
 
 // Socket is the Docker Engine socket the tests use.
 const Socket = "/var/run/docker.sock"
@@ -63,7 +63,7 @@ func EnsureImage(t testing.TB, cli *client.Client) {
 	tw.Write(bb)
 	for _, applet := range []string{"sh", "echo", "cat", "ls", "sleep", "true", "false", "env", "mkdir", "rm", "tar",
 		"printf", "test", "pwd", "id", "grep", "wc", "head", "touch", "cp", "mv", "sed", "awk", "uname", "date", "kill",
-		"httpd", "wget", "nc", "hostname"} {
+		"httpd", "wget", "nc", "hostname", "xargs", "gzip", "gunzip", "zcat"} {
 		tw.WriteHeader(&tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
 	}
 	tw.WriteHeader(&tar.Header{Name: "etc/passwd", Mode: 0o644, Size: int64(len("root:x:0:0:root:/root:/bin/sh\n"))})

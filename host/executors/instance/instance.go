@@ -161,5 +161,24 @@ func (e *Env) Cleanup(ctx context.Context) error {
 	return err
 }
 
+// Pack writes a gzip tar of paths in the project directory to w.
+func (e *Env) Pack(ctx context.Context, paths []string, w io.Writer) error {
+	script, err := executors.PackScript(e.paths.ProjectDir, paths)
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	if err := e.conn.Run(ctx, connector.RunOptions{Command: script, Stdout: w, Stderr: &stderr}); err != nil {
+		return fmt.Errorf("pack %s: %w: %s", strings.Join(paths, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Unpack extracts a gzip tar into the project directory.
+func (e *Env) Unpack(ctx context.Context, r io.Reader) error {
+	_, err := e.run(ctx, executors.UnpackScript(e.paths.ProjectDir), r)
+	return err
+}
+
 // Paths returns the job's directories on the instance.
 func (e *Env) Paths() executors.Paths { return e.paths }

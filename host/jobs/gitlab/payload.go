@@ -92,8 +92,7 @@ type Artifact struct {
 	ExpireIn       string   `json:"expire_in"`
 }
 
-// Cache is one cache declaration of the job. Flotilla decodes it so the job log can
-// say that caches are not restored or saved yet.
+// Cache is one cache declaration of the job.
 type Cache struct {
 	Key       string   `json:"key"`
 	Untracked bool     `json:"untracked"`
@@ -117,8 +116,6 @@ type Job struct {
 	// authenticates trace, update and artifact calls and the clone.
 	GitLabID int64
 	Token    string
-	// Caches are the job's cache declarations (not acted on yet).
-	Caches []Cache
 	// ArtifactUploads keeps each artifact declaration's type, format and expiry, in
 	// the order of Job.Artifacts.
 	ArtifactUploads []Artifact
@@ -129,7 +126,10 @@ type Job struct {
 // ToJob turns a job payload into the shared job model. cloneURL, when set, replaces the
 // scheme and host of the repository URL (config clone_url).
 func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
-	j := &Job{GitLabID: r.ID, Token: r.Token, Caches: r.Cache, FailureReasons: r.Features.FailureReasons}
+	j := &Job{GitLabID: r.ID, Token: r.Token, FailureReasons: r.Features.FailureReasons}
+	for _, c := range r.Cache {
+		j.Caches = append(j.Caches, jobs.Cache{Key: c.Key, Paths: c.Paths, Policy: c.Policy, When: c.When})
+	}
 	j.ID = strconv.FormatInt(r.ID, 10)
 	j.Name, j.Stage = r.JobInfo.Name, r.JobInfo.Stage
 	for _, v := range r.Variables {

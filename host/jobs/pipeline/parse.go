@@ -87,7 +87,7 @@ var jobKeys = []string{"stage", "script", "before_script", "after_script", "imag
 var ignoredJobKeys = map[string]string{
 	"tags": "runner exec runs every job on the configured pool", "rules": "rules are not evaluated; the job runs",
 	"only": "only/except are not evaluated; the job runs", "except": "only/except are not evaluated; the job runs",
-	"cache": "caches are not kept between runner exec runs", "retry": "jobs are not retried, except once after a system failure",
+	"retry":         "jobs are not retried, except once after a system failure",
 	"interruptible": "", "environment": "", "coverage": "", "dependencies": "all artifacts stay in the working tree",
 	"resource_group": "", "release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
 	"identity": "", "dast_configuration": "", "start_in": "", "manual_confirmation": "",
@@ -503,6 +503,65 @@ func image(d *diags, n node, path string) jobs.Image {
 	return img
 }
 
+// caches reads a cache declaration: one mapping or a list of them.
+func caches(d *diags, n node, path string) []jobs.Cache {
+	n = resolve(n)
+	items := []node{n}
+	if n.Kind == yaml.SequenceNode {
+		items = n.Content
+	}
+	var out []jobs.Cache
+	for i, it := range items {
+		p := path
+		if n.Kind == yaml.SequenceNode {
+			p = fmt.Sprintf("%s[%d]", path, i)
+		}
+		m := mapping(d, it, p)
+		if m == nil {
+			continue
+		}
+		c := jobs.Cache{Key: "default", Policy: "pull-push", When: WhenOnSuccess}
+		for _, f := range pairs(m) {
+			fp := p + "." + f.key.Value
+			switch f.key.Value {
+			case "key":
+				if resolve(f.value).Kind == yaml.MappingNode {
+					d.warnf(f.key, fp, "key: files/prefix is not supported by runner exec; the key is the prefix, or \"default\"")
+					for _, kf := range pairs(resolve(f.value)) {
+						if kf.key.Value == "prefix" {
+							c.Key = scalar(d, kf.value, fp+".prefix")
+						}
+					}
+					continue
+				}
+				c.Key = scalar(d, f.value, fp)
+			case "paths":
+				c.Paths = script(d, f.value, fp)
+			case "policy":
+				switch v := scalar(d, f.value, fp); v {
+				case "pull", "push", "pull-push":
+					c.Policy = v
+				default:
+					d.errorHint(f.value, fp, "use pull, push or pull-push", "unknown cache policy %q", v)
+				}
+			case "when":
+				switch v := scalar(d, f.value, fp); v {
+				case WhenOnSuccess, WhenOnFailure, WhenAlways:
+					c.When = v
+				default:
+					d.errorHint(f.value, fp, "use on_success, on_failure or always", "unknown cache when %q", v)
+				}
+			case "untracked", "unprotect", "fallback_keys":
+				d.warnf(f.key, fp, "not supported by runner exec; ignored")
+			default:
+				d.errorHint(f.key, fp, "allowed: key, paths, policy, when", "unknown cache keyword %q", f.key.Value)
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *mappingNode, globalVars jobs.Variables) *Job {
 	errsBefore := len(d.errs)
 	j := &Job{Job: jobs.Job{Name: name, Stage: "test"}, When: WhenOnSuccess, Line: 0}
@@ -584,7 +643,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 			default:
 				d.errorHint(kv.value, path, "use on_success, on_failure, always, manual or never", "unknown when %q", w)
 			}
-		case "before_script", "after_script", "image", "services", "timeout", "extends", "artifacts":
+		case "before_script", "after_script", "image", "services", "cache", "timeout", "extends", "artifacts":
 			// read below, together with their defaults
 		default:
 			if hint, ok := failingJobKeys[key]; ok {
@@ -608,6 +667,9 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 	}
 	if v := get("image"); v != nil {
 		j.Image = image(d, v, name+".image")
+	}
+	if v := get("cache"); v != nil {
+		j.Caches = caches(d, v, name+".cache")
 	}
 	if v := get("services"); v != nil {
 		for i, sv := range seq(d, v, name+".services") {

@@ -169,6 +169,40 @@ b:
 	}
 }
 
+func TestParseCache(t *testing.T) {
+	p, err := Parse("ci.yml", []byte(`
+default:
+  cache: {key: common, paths: [.cache/]}
+a:
+  script: [x]
+b:
+  cache:
+    - key: $CI_COMMIT_REF_SLUG
+      paths: [node_modules/]
+      policy: pull
+    - paths: [dist/]
+      when: always
+  script: [y]
+c:
+  cache: {key: k, paths: [x], policy: sometimes}
+  script: [z]
+`))
+	if err == nil || !strings.Contains(err.Error(), `c.cache.policy: unknown cache policy "sometimes"`) {
+		t.Fatalf("err = %v", err)
+	}
+	p, err = Parse("ci.yml", []byte("default:\n  cache: {key: common, paths: [.cache/]}\na:\n  script: [x]\nb:\n  cache:\n    - key: $CI_COMMIT_REF_SLUG\n      paths: [node_modules/]\n      policy: pull\n    - paths: [dist/]\n      when: always\n  script: [y]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := p.Job("a").Caches; len(c) != 1 || c[0].Key != "common" || !c[0].Pulls() || !c[0].Pushes(true) || c[0].Pushes(false) {
+		t.Errorf("a.cache = %+v", c)
+	}
+	c := p.Job("b").Caches
+	if len(c) != 2 || c[0].Key != "$CI_COMMIT_REF_SLUG" || c[0].Pushes(true) || c[1].Key != "default" || !c[1].Pushes(false) {
+		t.Errorf("b.cache = %+v", c)
+	}
+}
+
 func TestParseTimeout(t *testing.T) {
 	tests := []struct {
 		in   string

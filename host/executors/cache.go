@@ -1,0 +1,134 @@
+package executors
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/flotilla-ci/flotilla/host/jobs"
+)
+
+// cacheStore keeps job caches on the runner host, one gzip tar per key, so that they
+// outlive the instances that made them. Cache problems never fail a job: they are
+// warnings in its log, as in GitLab.
+type cacheStore struct {
+	dir    string
+	caches []jobs.Cache
+	keys   []string // expanded and made safe, per cache
+}
+
+var unsafeKey = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+func newCacheStore(dir string, job *jobs.Job, vars jobs.Variables) *cacheStore {
+	c := &cacheStore{dir: dir}
+	if dir == "" {
+		return c
+	}
+	for _, jc := range job.Caches {
+		if len(jc.Paths) == 0 {
+			continue
+		}
+		if key := unsafeKey.ReplaceAllString(strings.Trim(os.Expand(jc.Key, func(n string) string {
+			v, _ := vars.Get(n)
+			return v
+		}), "/"), "_"); key != "" && key != "." && key != ".." {
+			c.keys = append(c.keys, key)
+		} else {
+			c.keys = append(c.keys, "default")
+		}
+		c.caches = append(c.caches, jc)
+	}
+	return c
+}
+
+func (c *cacheStore) wanted(pred func(jobs.Cache) bool) bool {
+	for _, jc := range c.caches {
+		if pred(jc) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *cacheStore) path(i int) string { return filepath.Join(c.dir, c.keys[i]+".tar.gz") }
+
+func (c *cacheStore) restore(ctx context.Context, env Env, log *Trace) {
+	for i, jc := range c.caches {
+		if !jc.Pulls() {
+			continue
+		}
+		f, err := os.Open(c.path(i))
+		if os.IsNotExist(err) {
+			fmt.Fprintf(log, "No cache for key %q yet\n", c.keys[i])
+			continue
+		}
+		if err != nil {
+			log.Warnf("cache %q: %v", c.keys[i], err)
+			continue
+		}
+		err = env.Unpack(ctx, f)
+		f.Close()
+		if err != nil {
+			log.Warnf("restoring cache %q: %v", c.keys[i], err)
+			continue
+		}
+		fmt.Fprintf(log, "Restored cache %q\n", c.keys[i])
+	}
+}
+
+func (c *cacheStore) save(ctx context.Context, env Env, success bool, log *Trace) {
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		log.Warnf("cache directory: %v", err)
+		return
+	}
+	for i, jc := range c.caches {
+		if !jc.Pushes(success) {
+			continue
+		}
+		tmp, err := os.CreateTemp(c.dir, ".save-*")
+		if err != nil {
+			log.Warnf("saving cache %q: %v", c.keys[i], err)
+			continue
+		}
+		err = env.Pack(ctx, jc.Paths, tmp)
+		info, _ := tmp.Stat()
+		tmp.Close()
+		switch {
+		case err != nil:
+			log.Warnf("saving cache %q: %v", c.keys[i], err)
+		case info == nil || info.Size() == 0:
+			fmt.Fprintf(log, "Cache %q not saved: none of %s exists\n", c.keys[i], strings.Join(jc.Paths, ", "))
+		default:
+			// Renaming into place keeps a concurrent job from reading half an archive.
+			if err = os.Rename(tmp.Name(), c.path(i)); err == nil {
+				fmt.Fprintf(log, "Saved cache %q (%d bytes)\n", c.keys[i], info.Size())
+				continue
+			}
+			log.Warnf("saving cache %q: %v", c.keys[i], err)
+		}
+		os.Remove(tmp.Name())
+	}
+}
+
+var safeCachePath = regexp.MustCompile(`^[A-Za-z0-9._/*?@+-]+$`)
+
+// PackScript is the shell command that writes a gzip tar of paths (globs expanded by
+// the shell, missing ones skipped) from dir to stdout, and nothing if none exists.
+// Paths are restricted to characters that need no quoting besides the glob ones.
+func PackScript(dir string, paths []string) (string, error) {
+	for _, p := range paths {
+		if !safeCachePath.MatchString(p) || strings.HasPrefix(p, "/") || strings.Contains(p, "..") {
+			return "", fmt.Errorf("cache path %q: use a relative path of letters, digits and ._/-*?@+", p)
+		}
+	}
+	return fmt.Sprintf(`cd %s && for p in %s; do [ -e "$p" ] && printf '%%s\0' "$p"; done | xargs -0 -r tar -czf - --`,
+		quote(dir), strings.Join(paths, " ")), nil
+}
+
+// UnpackScript is the shell command that extracts a gzip tar from stdin into dir.
+func UnpackScript(dir string) string {
+	return fmt.Sprintf("mkdir -p %s && tar -xzf - -C %s", quote(dir), quote(dir))
+}
