@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/flotilla-ci/flotilla/host/jobs"
@@ -93,7 +94,7 @@ func (c *cacheStore) save(ctx context.Context, env Env, success bool, log *Trace
 			log.Warnf("saving cache %q: %v", c.keys[i], err)
 			continue
 		}
-		err = env.Pack(ctx, jc.Paths, tmp)
+		err = env.Pack(ctx, jc.Paths, tmp, log)
 		info, _ := tmp.Stat()
 		tmp.Close()
 		switch {
@@ -113,19 +114,38 @@ func (c *cacheStore) save(ctx context.Context, env Env, success bool, log *Trace
 	}
 }
 
-var safeCachePath = regexp.MustCompile(`^[A-Za-z0-9._/*?@+-]+$`)
-
 // PackScript is the shell command that writes a gzip tar of paths (globs expanded by
-// the shell, missing ones skipped) from dir to stdout, and nothing if none exists.
-// Paths are restricted to characters that need no quoting besides the glob ones.
+// the shell) from dir to stdout, nothing if no path matches, and "<path>: no matching
+// files" on stderr for each one that does not. A path may not leave dir.
 func PackScript(dir string, paths []string) (string, error) {
-	for _, p := range paths {
-		if !safeCachePath.MatchString(p) || strings.HasPrefix(p, "/") || strings.Contains(p, "..") {
-			return "", fmt.Errorf("cache path %q: use a relative path of letters, digits and ._/-*?@+", p)
+	words := make([]string, len(paths))
+	for i, p := range paths {
+		if strings.HasPrefix(p, "/") || slices.Contains(strings.Split(p, "/"), "..") {
+			return "", fmt.Errorf("path %q: use a path inside the project directory", p)
+		}
+		words[i] = GlobWord(p)
+	}
+	return fmt.Sprintf(`cd %s && set -- && for p in %s; do if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; `+
+		`else echo "$p: no matching files" >&2; fi; done && if [ $# -gt 0 ]; then tar -czf - -- "$@"; fi`,
+		quote(dir), strings.Join(words, " ")), nil
+}
+
+// GlobWord escapes every shell-special character of p except the glob characters, so
+// the shell expands the pattern and nothing else.
+func GlobWord(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		switch {
+		case r == '*' || r == '?' || r == '[' || r == ']':
+			b.WriteRune(r)
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("/._-+=@%,", r):
+			b.WriteRune(r)
+		default:
+			b.WriteByte('\\')
+			b.WriteRune(r)
 		}
 	}
-	return fmt.Sprintf(`cd %s && for p in %s; do [ -e "$p" ] && printf '%%s\0' "$p"; done | xargs -0 -r tar -czf - --`,
-		quote(dir), strings.Join(paths, " ")), nil
+	return b.String()
 }
 
 // UnpackScript is the shell command that extracts a gzip tar from stdin into dir.

@@ -64,8 +64,13 @@ func TestCacheOutlivesTheInstance(t *testing.T) {
 
 func TestCacheProblemsAreWarnings(t *testing.T) {
 	cacheDir := t.TempDir()
-	res, log := runIn(t, cacheDir, jobs.Job{Caches: []jobs.Cache{{Key: "x", Paths: []string{"$(rm -rf /)"}}}, Script: []string{"true"}})
-	if res.Status != StatusSuccess || !strings.Contains(log, "WARNING: saving cache \"x\": cache path") {
+	res, log := runIn(t, cacheDir, jobs.Job{Caches: []jobs.Cache{{Key: "x", Paths: []string{"/etc"}}}, Script: []string{"true"}})
+	if res.Status != StatusSuccess || !strings.Contains(log, `WARNING: saving cache "x": path "/etc": use a path inside the project directory`) {
+		t.Fatalf("%+v\n%s", res, log)
+	}
+	// Shell syntax in a path is a name, never a command.
+	res, log = runIn(t, cacheDir, jobs.Job{Caches: []jobs.Cache{{Key: "y", Paths: []string{"$(touch pwned)"}}}, Script: []string{"true"}})
+	if res.Status != StatusSuccess || !strings.Contains(log, "$(touch pwned): no matching files") || strings.Contains(log, "Saved cache") {
 		t.Fatalf("%+v\n%s", res, log)
 	}
 	if err := os.WriteFile(filepath.Join(cacheDir, "bad.tar.gz"), []byte("not a tarball"), 0o600); err != nil {
@@ -81,5 +86,20 @@ func TestCachingOffWithoutDir(t *testing.T) {
 	res, log := runIn(t, "", jobs.Job{Caches: []jobs.Cache{{Key: "k", Paths: []string{"f"}}}, Script: []string{"touch f"}})
 	if res.Status != StatusSuccess || strings.Contains(log, "cache") {
 		t.Fatalf("%+v\n%s", res, log)
+	}
+}
+
+func TestPackScriptQuoting(t *testing.T) {
+	s, err := PackScript("/builds/p", []string{"out/", "*.log", "it's; rm -rf /"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s, `out/ *.log it\'s\;\ rm\ -rf\ /`) {
+		t.Errorf("script does not escape all but globs: %s", s)
+	}
+	for _, bad := range []string{"/etc/passwd", "../x", "a/../../b"} {
+		if _, err := PackScript("/builds/p", []string{bad}); err == nil {
+			t.Errorf("PackScript accepted %q, which leaves the project", bad)
+		}
 	}
 }

@@ -33,8 +33,9 @@ type Env interface {
 	// Paths returns where the project and file variables live in the environment.
 	Paths() Paths
 	// Pack writes a gzip tar of paths (relative to the project directory; shell globs
-	// allowed; missing ones skipped) to w. It writes nothing when none exists.
-	Pack(ctx context.Context, paths []string, w io.Writer) error
+	// allowed) to archive, and a line for each path that matches nothing to messages.
+	// It writes no archive when nothing matches.
+	Pack(ctx context.Context, paths []string, archive, messages io.Writer) error
 	// Unpack extracts a gzip tar into the project directory.
 	Unpack(ctx context.Context, r io.Reader) error
 }

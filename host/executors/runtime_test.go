@@ -59,13 +59,13 @@ func (e *localEnv) Cleanup(context.Context) error {
 	return nil
 }
 
-func (e *localEnv) Pack(ctx context.Context, paths []string, w io.Writer) error {
+func (e *localEnv) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
 	script, err := PackScript(e.dir, paths)
 	if err != nil {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
-	cmd.Stdout = w
+	cmd.Stdout, cmd.Stderr = archive, messages
 	return cmd.Run()
 }
 

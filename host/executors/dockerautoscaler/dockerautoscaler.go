@@ -287,16 +287,15 @@ func (e *Env) runContainer(ctx context.Context, cmd []string, stdin io.Reader, s
 	}
 }
 
-// Pack writes a gzip tar of paths in the project directory to w, from a container of
-// the job's image (which needs sh, tar, gzip and xargs, as GitLab's helper image has).
-func (e *Env) Pack(ctx context.Context, paths []string, w io.Writer) error {
+// Pack writes a gzip tar of paths in the project directory to archive, from a
+// container of the job's image (which needs sh, tar and gzip).
+func (e *Env) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
 	script, err := executors.PackScript(e.paths.ProjectDir, paths)
 	if err != nil {
 		return err
 	}
-	var stderr strings.Builder
-	if code, err := e.runContainer(ctx, []string{"sh", "-c", script}, nil, w, &stderr); err != nil || code != 0 {
-		return fmt.Errorf("pack %s (exit %d): %v %s", strings.Join(paths, " "), code, err, strings.TrimSpace(stderr.String()))
+	if code, err := e.runContainer(ctx, []string{"sh", "-c", script}, nil, archive, messages); err != nil || code != 0 {
+		return fmt.Errorf("pack %s (exit %d): %v", strings.Join(paths, " "), code, err)
 	}
 	return nil
 }

@@ -161,15 +161,14 @@ func (e *Env) Cleanup(ctx context.Context) error {
 	return err
 }
 
-// Pack writes a gzip tar of paths in the project directory to w.
-func (e *Env) Pack(ctx context.Context, paths []string, w io.Writer) error {
+// Pack writes a gzip tar of paths in the project directory to archive.
+func (e *Env) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
 	script, err := executors.PackScript(e.paths.ProjectDir, paths)
 	if err != nil {
 		return err
 	}
-	var stderr strings.Builder
-	if err := e.conn.Run(ctx, connector.RunOptions{Command: script, Stdout: w, Stderr: &stderr}); err != nil {
-		return fmt.Errorf("pack %s: %w: %s", strings.Join(paths, " "), err, strings.TrimSpace(stderr.String()))
+	if err := e.conn.Run(ctx, connector.RunOptions{Command: script, Stdout: archive, Stderr: messages}); err != nil {
+		return fmt.Errorf("pack %s: %w", strings.Join(paths, " "), err)
 	}
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -14,13 +13,6 @@ import (
 	"sync"
 
 	"github.com/flotilla-ci/flotilla/host/executors"
-)
-
-// Markers around the base64 tar stream in the collection script's output: the shell
-// echoes commands and may print warnings, so the archive is cut out between them.
-const (
-	beginMarker = "---FLOTILLA-ARTIFACTS-BEGIN---"
-	endMarker   = "---FLOTILLA-ARTIFACTS-END---"
 )
 
 // ArtifactsEnv wraps a job's executor environment so that, before the environment is
@@ -37,7 +29,6 @@ type ArtifactsEnv struct {
 	mu     sync.Mutex
 	first  bool
 	passed bool
-	last   executors.Script
 }
 
 // Exec runs a script and remembers whether the job's main script passed, which
@@ -48,7 +39,6 @@ func (e *ArtifactsEnv) Exec(ctx context.Context, s executors.Script, out io.Writ
 	if !e.first {
 		e.first = true
 		e.passed = code == 0 && err == nil && ctx.Err() == nil
-		e.last = s
 	}
 	e.mu.Unlock()
 	return code, err
@@ -57,7 +47,7 @@ func (e *ArtifactsEnv) Exec(ctx context.Context, s executors.Script, out io.Writ
 // Cleanup collects and uploads the artifacts, then cleans up.
 func (e *ArtifactsEnv) Cleanup(ctx context.Context) error {
 	e.mu.Lock()
-	ran, passed, script := e.first, e.passed, e.last
+	ran, passed := e.first, e.passed
 	e.mu.Unlock()
 	if ran {
 		for i, a := range e.Job.Artifacts {
@@ -65,7 +55,7 @@ func (e *ArtifactsEnv) Cleanup(ctx context.Context) error {
 				continue
 			}
 			fmt.Fprintf(e.Log, "\x1b[32;1mUploading artifacts...\x1b[0;m\n")
-			if err := e.upload(ctx, script, i); err != nil {
+			if err := e.upload(ctx, i); err != nil {
 				fmt.Fprintf(e.Log, "\x1b[0;33mWARNING: Uploading artifacts failed: %v\x1b[0;m\n", err)
 				continue
 			}
@@ -84,26 +74,17 @@ func wanted(when string, passed bool) bool {
 	return passed
 }
 
-func (e *ArtifactsEnv) upload(ctx context.Context, base executors.Script, i int) error {
+func (e *ArtifactsEnv) upload(ctx context.Context, i int) error {
 	a := e.Job.Artifacts[i]
-	var out bytes.Buffer
-	s := executors.Script{Shell: base.Shell, Dir: base.Dir, Commands: []string{CollectScript(a.Paths)}}
-	code, err := e.Env.Exec(ctx, s, &out)
-	if err != nil {
+	var tgz bytes.Buffer
+	if err := e.Env.Pack(ctx, a.Paths, &tgz, &warnings{w: e.Log}); err != nil {
 		return fmt.Errorf("collect %v: %w", a.Paths, err)
 	}
-	warnings, tgz, found := cutArchive(out.String())
-	for _, w := range warnings {
-		fmt.Fprintf(e.Log, "\x1b[0;33mWARNING: %s\x1b[0;m\n", w)
-	}
-	if code != 0 {
-		return fmt.Errorf("collect %v: exit code %d", a.Paths, code)
-	}
-	if !found {
+	if tgz.Len() == 0 {
 		fmt.Fprintf(e.Log, "\x1b[0;33mWARNING: no files to upload\x1b[0;m\n")
 		return nil
 	}
-	archive, n, err := TarGzToZip(tgz)
+	archive, n, err := TarGzToZip(tgz.Bytes())
 	if err != nil {
 		return err
 	}
@@ -116,54 +97,22 @@ func (e *ArtifactsEnv) upload(ctx context.Context, base executors.Script, i int)
 	return nil
 }
 
-// CollectScript returns a shell command that writes the files matching paths (shell
-// globs, relative to the project directory) as a base64 gzip tar stream between
-// markers, warning about patterns that match nothing.
-func CollectScript(paths []string) string {
-	var pats []string
-	for _, p := range paths {
-		pats = append(pats, globWord(p))
-	}
-	return "set --; for p in " + strings.Join(pats, " ") + `; do if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; ` +
-		`else echo "$p: no matching files"; fi; done; ` +
-		`if [ $# -gt 0 ]; then echo ` + beginMarker + `; tar -czf - -- "$@" | base64; echo ` + endMarker + `; fi`
+// warnings writes each line it is given as a job-log warning.
+type warnings struct {
+	w   io.Writer
+	buf []byte
 }
 
-// globWord escapes every shell-special character of p except the glob characters,
-// so the shell expands the pattern and nothing else.
-func globWord(p string) string {
-	var b strings.Builder
-	for _, r := range p {
-		switch {
-		case r == '*' || r == '?' || r == '[' || r == ']':
-			b.WriteRune(r)
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("/._-+=@%,", r):
-			b.WriteRune(r)
-		default:
-			b.WriteByte('\\')
-			b.WriteRune(r)
+func (w *warnings) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
 		}
+		fmt.Fprintf(w.w, "\x1b[0;33mWARNING: %s\x1b[0;m\n", w.buf[:i])
+		w.buf = w.buf[i+1:]
 	}
-	return b.String()
-}
-
-// cutArchive splits the collection output into warning lines and the decoded archive.
-func cutArchive(out string) (warnings []string, tgz []byte, found bool) {
-	before, rest, ok := strings.Cut(out, beginMarker+"\n")
-	for _, l := range strings.Split(before, "\n") {
-		if strings.HasSuffix(l, ": no matching files") {
-			warnings = append(warnings, strings.TrimSpace(l))
-		}
-	}
-	if !ok {
-		return warnings, nil, false
-	}
-	body, _, _ := strings.Cut(rest, endMarker)
-	b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(body), ""))
-	if err != nil {
-		return append(warnings, "artifact stream corrupt: "+err.Error()), nil, false
-	}
-	return warnings, b, true
 }
 
 // TarGzToZip converts a gzip tar stream into a zip archive and counts its entries.
