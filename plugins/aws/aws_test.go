@@ -18,6 +18,7 @@ import (
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/awsfake"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -84,52 +85,16 @@ func TestConformance(t *testing.T) {
 }
 
 func TestLifecycleStates(t *testing.T) {
-	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	env := awsfake.Start(t, awsfake.EnvOptions{Cloud: cloudsim.Options{Clock: clock,
-		BootDelay: cloudsim.Fixed(40 * time.Second), StopDelay: cloudsim.Fixed(20 * time.Second)}})
+	opts, clock := cloudtest.LifecycleCloud()
+	env := awsfake.Start(t, awsfake.EnvOptions{Cloud: opts})
 	g := start(t, env, static)
 	ctx := context.Background()
 	if n, err := g.Increase(ctx, 3); n != 3 || err != nil {
 		t.Fatalf("Increase(3) = %d, %v", n, err)
 	}
-	steps := []struct {
-		advance time.Duration
-		want    provider.State
-	}{
-		{0, provider.StateCreating},
-		{39 * time.Second, provider.StateCreating},
-		{time.Second, provider.StateRunning},
-	}
-	for _, s := range steps {
-		clock.Advance(s.advance)
-		got := list(t, g)
-		if len(got) != 3 {
-			t.Fatalf("after %v: %d instances, want 3", s.advance, len(got))
-		}
-		for id, st := range got {
-			if st != s.want {
-				t.Errorf("after +%v: %s is %s, want %s", s.advance, id, st, s.want)
-			}
-		}
-	}
-	all := ids(list(t, g))
-	done, err := g.Decrease(ctx, all[:1])
-	if err != nil || !slices.Equal(done, all[:1]) {
-		t.Fatalf("Decrease = %v, %v", done, err)
-	}
-	if st := list(t, g)[all[0]]; st != provider.StateDeleting {
-		t.Errorf("terminating instance is %s, want deleting", st)
-	}
-	clock.Advance(20 * time.Second)
-	got := list(t, g)
-	if _, ok := got[all[0]]; ok || len(got) != 2 {
-		t.Errorf("after termination: %v, want the other two only", got)
-	}
+	cloudtest.CheckLifecycle(t, g, clock, env.Cloud)
 	if grp, _ := env.Cloud.GetGroup(env.Group); grp.Desired != 2 {
 		t.Errorf("desired = %d, want 2 (Decrease decrements)", grp.Desired)
-	}
-	if err := env.Cloud.Check(); err != nil {
-		t.Error(err)
 	}
 }
 

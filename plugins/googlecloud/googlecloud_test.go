@@ -15,6 +15,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/gcpfake"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
@@ -109,9 +110,8 @@ func TestConformanceInProcess(t *testing.T) {
 }
 
 func TestLifecycleStates(t *testing.T) {
-	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	env := gcpfake.Start(t, gcpfake.EnvOptions{Cloud: cloudsim.Options{Clock: clock,
-		BootDelay: cloudsim.Fixed(40 * time.Second), StopDelay: cloudsim.Fixed(20 * time.Second)}})
+	opts, clock := cloudtest.LifecycleCloud()
+	env := gcpfake.Start(t, gcpfake.EnvOptions{Cloud: opts})
 	env.Fake.OperationPolls = 2 // operations are RUNNING for two polls: the plugin waits
 	g := start(t, env, static)
 	ctx := context.Background()
@@ -121,44 +121,9 @@ func TestLifecycleStates(t *testing.T) {
 	if c := env.Cloud.Calls()[gcpfake.OpWait]; c != 3 {
 		t.Errorf("zoneOperations.wait called %d times for the resize, want 3 (two RUNNING answers, then DONE)", c)
 	}
-	steps := []struct {
-		advance time.Duration
-		want    provider.State
-	}{
-		{0, provider.StateCreating},
-		{39 * time.Second, provider.StateCreating},
-		{time.Second, provider.StateRunning},
-	}
-	for _, s := range steps {
-		clock.Advance(s.advance)
-		got := list(t, g)
-		if len(got) != 3 {
-			t.Fatalf("after %v: %d instances, want 3", s.advance, len(got))
-		}
-		for id, st := range got {
-			if st != s.want {
-				t.Errorf("after +%v: %s is %s, want %s", s.advance, id, st, s.want)
-			}
-		}
-	}
-	all := ids(list(t, g))
-	done, err := g.Decrease(ctx, all[:1])
-	if err != nil || !slices.Equal(done, all[:1]) {
-		t.Fatalf("Decrease = %v, %v", done, err)
-	}
-	if st := list(t, g)[all[0]]; st != provider.StateDeleting {
-		t.Errorf("deleting instance is %s, want deleting", st)
-	}
-	clock.Advance(20 * time.Second)
-	got := list(t, g)
-	if _, ok := got[all[0]]; ok || len(got) != 2 {
-		t.Errorf("after deletion: %v, want the other two only", got)
-	}
+	cloudtest.CheckLifecycle(t, g, clock, env.Cloud)
 	if grp, _ := env.Cloud.GetGroup(env.Group); grp.Desired != 2 {
 		t.Errorf("targetSize = %d, want 2 (deleteInstances shrinks it)", grp.Desired)
-	}
-	if err := env.Cloud.Check(); err != nil {
-		t.Error(err)
 	}
 	// Every call was authenticated with the credentials_file's service account.
 	if bearer, anonymous := env.Fake.Requests(); bearer == 0 || anonymous != 0 {
