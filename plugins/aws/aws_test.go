@@ -1,7 +1,6 @@
 package aws
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +14,6 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/awsfake"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
@@ -66,22 +64,14 @@ func TestConformance(t *testing.T) {
 		t.Skip("builds the plugin binary")
 	}
 	env := awsfake.Start(t, awsfake.EnvOptions{SSH: true})
-	conformance.Run(t, conformance.Config{
+	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
 		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-aws"),
 		PluginConfig:  env.PluginConfig,
 		Connector:     provider.ConnectorConfig{Username: "ec2-user"},
 		L1:            true,
 		BadConfig:     json.RawMessage(`{"name": 5, "regoin": "us-east-1"}`),
 		BadConfigWant: []string{"plugin_config.name", `plugin_config.regoin: unknown key`},
-		Timeout:       30 * time.Second,
-		PollInterval:  20 * time.Millisecond,
 	})
-	if err := env.Cloud.Check(); err != nil {
-		t.Errorf("cloud accounting after the kit: %v", err)
-	}
-	if vms, _ := env.Cloud.VMs(env.Group); len(vms) != 0 {
-		t.Errorf("VMs left behind: %v", vms)
-	}
 }
 
 func TestLifecycleStates(t *testing.T) {
@@ -188,75 +178,18 @@ func TestUpdatePaginates(t *testing.T) {
 // retries, Update reports an error (not fewer instances), Decrease terminates nothing it
 // did not report, and no running instance is deleted.
 func TestFailingAPINeverForgets(t *testing.T) {
-	throttle := func(op string) error {
-		return &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "Rate exceeded for " + op}
-	}
-	cases := []struct {
-		name string
-		op   string
-		err  func(string) error
-	}{
-		{"groups throttled", "DescribeAutoScalingGroups", throttle},
-		{"instances throttled", "DescribeInstances", throttle},
-		{"instances failing", "DescribeInstances", func(string) error { return &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"} }},
-		{"terminate throttled", "TerminateInstanceInAutoScalingGroup", throttle},
-		{"set desired throttled", "SetDesiredCapacity", throttle},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			env := awsfake.Start(t, awsfake.EnvOptions{})
-			g := start(t, env, static)
-			ctx := context.Background()
-			if _, err := g.Increase(ctx, 4); err != nil {
-				t.Fatal(err)
-			}
-			before := list(t, g)
-			env.Cloud.Inject(c.op, -1, c.err(c.op))
-
-			var seen []string
-			uerr := g.Update(ctx, func(id string, _ provider.State) { seen = append(seen, id) })
-			listing := c.op == "DescribeAutoScalingGroups" || c.op == "DescribeInstances"
-			if listing && (uerr == nil || len(seen) != 0) {
-				t.Errorf("Update with a failing %s = %v after reporting %v; want an error and nothing reported", c.op, uerr, seen)
-			}
-			if !listing && (uerr != nil || len(seen) != 4) {
-				t.Errorf("Update = %v with %d instances, want all 4", uerr, len(seen))
-			}
-			victim := ids(before)[0]
-			done, derr := g.Decrease(ctx, []string{victim})
-			if c.op == "DescribeAutoScalingGroups" || c.op == "TerminateInstanceInAutoScalingGroup" {
-				if derr == nil || len(done) != 0 {
-					t.Errorf("Decrease with a failing %s = %v, %v; want nothing done and an error", c.op, done, derr)
-				}
-			}
-			if n, err := g.Increase(ctx, 1); c.op == "SetDesiredCapacity" && (n != 0 || err == nil) {
-				t.Errorf("Increase with a failing SetDesiredCapacity = %d, %v", n, err)
-			}
-			if c.op == "DescribeInstances" && env.Cloud.ThrottledCalls()[c.op] == 0 && c.err(c.op).(*cloudsim.Error).Kind == cloudsim.KindThrottled {
-				t.Errorf("no throttled call recorded")
-			}
-			// The SDK retried the throttled calls before giving up.
-			if c.err(c.op).(*cloudsim.Error).Kind == cloudsim.KindThrottled && env.Cloud.Calls()[c.op] < defaultRetryMaxAttempts {
-				t.Errorf("%s called %d times, want at least %d (retries)", c.op, env.Cloud.Calls()[c.op], defaultRetryMaxAttempts)
-			}
-
-			env.Cloud.ClearFaults()
-			after := list(t, g)
-			for id := range before {
-				if _, ok := after[id]; !ok && (derr != nil || id != victim) {
-					t.Errorf("instance %s was lost", id)
-				}
-			}
-			for _, vm := range env.Cloud.AllVMs() {
-				if vm.TermReason != "" && vm.TermReason != "TerminateInstanceInAutoScalingGroup" {
-					t.Errorf("VM %s terminated by %q", vm.ID, vm.TermReason)
-				}
-			}
-			if err := env.Cloud.Check(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
+	throttled := &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "Rate exceeded"}
+	retried := defaultRetryMaxAttempts // the SDK retried before giving up
+	cloudtest.Faults(t, func(t *testing.T) (provider.InstanceGroup, *cloudsim.Cloud) {
+		env := awsfake.Start(t, awsfake.EnvOptions{})
+		return start(t, env, static), env.Cloud
+	}, "TerminateInstanceInAutoScalingGroup", []cloudtest.Fault{
+		{Name: "groups throttled", Op: "DescribeAutoScalingGroups", Err: throttled, Listing: true, Decrease: true, MinCalls: retried},
+		{Name: "instances throttled", Op: "DescribeInstances", Err: throttled, Listing: true, MinCalls: retried},
+		{Name: "instances failing", Op: "DescribeInstances", Err: &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"}, Listing: true},
+		{Name: "terminate throttled", Op: "TerminateInstanceInAutoScalingGroup", Err: throttled, Decrease: true, MinCalls: retried},
+		{Name: "set desired throttled", Op: "SetDesiredCapacity", Err: throttled, Increase: true, MinCalls: retried},
+	})
 }
 
 func TestIncreaseCapsAtMaxSize(t *testing.T) {
@@ -334,38 +267,11 @@ func TestJobOverSSH(t *testing.T) {
 	if len(info.Key) == 0 || len(info.HostKey) == 0 || !strings.HasPrefix(info.InternalAddr, "127.0.0.1:") {
 		t.Fatalf("ConnectInfo = %+v; want a pushed key, a host key and a loopback address with port", info)
 	}
-	c, err := connector.Dial(ctx, info, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()})
-	if err != nil {
-		t.Fatalf("dial %s: %v", info.InternalAddr, err)
-	}
-	defer c.Close()
-	var out bytes.Buffer
-	if err := c.Run(ctx, connector.RunOptions{Command: `echo "job on $JOB_NAME in $(pwd)"; exit 3`, Stdout: &out,
-		Env: map[string]string{"JOB_NAME": "build"}}); err == nil || !strings.Contains(err.Error(), "3") {
-		t.Errorf("Run = %v, want exit status 3", err)
-	}
-	if !strings.Contains(out.String(), "job on build in ") || !strings.Contains(out.String(), id) {
-		t.Errorf("output = %q", out.String())
-	}
-
 	// A stranger's key is refused: only the pushed (or static) keys log in.
 	stranger := info
 	_, stranger.Key, _ = cloudsim.NewClientKey()
 	stranger.Timeout = 2 * time.Second
-	if c2, err := connector.Dial(ctx, stranger, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()}); err == nil {
-		c2.Close()
-		t.Error("an unpushed key logged in")
-	}
-
-	// Terminating the instance closes its server and the session.
-	if _, err := g.Decrease(ctx, []string{id}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-c.Done():
-	case <-ctx.Done():
-		t.Error("connection survived the termination of its instance")
-	}
+	cloudtest.CheckJobOverSSH(ctx, t, g, id, info, stranger, false)
 }
 
 func astypesLifecycle(s string) astypes.LifecycleState { return astypes.LifecycleState(s) }
@@ -432,17 +338,12 @@ func TestExternalRemoval(t *testing.T) {
 // TestConformanceInProcess runs the kit in process as well, which adds L0.panic.
 func TestConformanceInProcess(t *testing.T) {
 	env := awsfake.Start(t, awsfake.EnvOptions{SSH: true})
-	conformance.Run(t, conformance.Config{
+	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
 		New:          func() provider.InstanceGroup { return New() },
 		PluginConfig: env.PluginConfig,
 		Connector:    provider.ConnectorConfig{Username: "ec2-user"},
 		L1:           true,
-		Timeout:      30 * time.Second,
-		PollInterval: 20 * time.Millisecond,
 	})
-	if err := env.Cloud.Check(); err != nil {
-		t.Errorf("cloud accounting after the kit: %v", err)
-	}
 }
 
 // TestEventualConsistency: an instance the group lists before EC2 does is reported as

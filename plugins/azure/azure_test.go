@@ -17,9 +17,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/azurefake"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -72,38 +72,25 @@ func TestConformance(t *testing.T) {
 		t.Skip("builds the plugin binary")
 	}
 	env := azurefake.Start(t, azurefake.EnvOptions{SSH: true})
-	conformance.Run(t, conformance.Config{
+	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
 		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-azure"),
 		PluginConfig:  env.PluginConfig,
 		Connector:     static,
 		L1:            true,
 		BadConfig:     json.RawMessage(`{"name": 5, "subscripton_id": "x"}`),
 		BadConfigWant: []string{"plugin_config.name", `plugin_config.subscripton_id: unknown key`},
-		Timeout:       30 * time.Second,
-		PollInterval:  20 * time.Millisecond,
 	})
-	if err := env.Cloud.Check(); err != nil {
-		t.Errorf("cloud accounting after the kit: %v", err)
-	}
-	if vms, _ := env.Cloud.VMs(env.Group); len(vms) != 0 {
-		t.Errorf("VMs left behind: %v", vms)
-	}
 }
 
 // TestConformanceInProcess runs the kit in process as well, which adds L0.panic.
 func TestConformanceInProcess(t *testing.T) {
 	env := azurefake.Start(t, azurefake.EnvOptions{SSH: true})
-	conformance.Run(t, conformance.Config{
+	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
 		New:          func() provider.InstanceGroup { return New() },
 		PluginConfig: env.PluginConfig,
 		Connector:    static,
 		L1:           true,
-		Timeout:      30 * time.Second,
-		PollInterval: 20 * time.Millisecond,
 	})
-	if err := env.Cloud.Check(); err != nil {
-		t.Errorf("cloud accounting after the kit: %v", err)
-	}
 }
 
 func TestLifecycleStates(t *testing.T) {
@@ -284,79 +271,21 @@ func TestDecreaseBatches(t *testing.T) {
 // Update reports an error (not fewer instances), Decrease deletes nothing it was not
 // asked to, and no running instance is deleted.
 func TestFailingAPINeverForgets(t *testing.T) {
-	throttle := func() error { return &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "too many requests"} }
-	internal := func() error { return &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"} }
-	cases := []struct {
-		name     string
-		op       string
-		err      func() error
-		retried  bool // azcore retries it (429, 5xx)
-		listing  bool // Update fails
-		decrease bool // Decrease fails
-		increase bool // Increase fails
-	}{
-		{"list throttled", "VirtualMachineScaleSetVMs.List", throttle, true, true, true, false},
-		{"list failing", "VirtualMachineScaleSetVMs.List", internal, true, true, true, false},
-		{"get scale set throttled", "VirtualMachineScaleSets.Get", throttle, true, false, false, true},
-		{"update throttled", "VirtualMachineScaleSets.Update", throttle, true, false, false, true},
-		{"delete throttled", "VirtualMachineScaleSets.DeleteInstances", throttle, true, false, true, false},
-		{"delete denied", "VirtualMachineScaleSets.DeleteInstances", func() error {
-			return &cloudsim.Error{Kind: cloudsim.KindDenied, Message: "no"}
-		}, false, false, true, false},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			env := azurefake.Start(t, azurefake.EnvOptions{})
-			g := start(t, env, static)
-			ctx := context.Background()
-			if _, err := g.Increase(ctx, 4); err != nil {
-				t.Fatal(err)
-			}
-			before := list(t, g)
-			env.Cloud.ResetCalls()
-			env.Cloud.Inject(c.op, -1, c.err())
-
-			var seen []string
-			uerr := g.Update(ctx, func(id string, _ provider.State) { seen = append(seen, id) })
-			if c.listing && (uerr == nil || len(seen) != 0) {
-				t.Errorf("Update with a failing %s = %v after reporting %v; want an error and nothing reported", c.op, uerr, seen)
-			}
-			if !c.listing && (uerr != nil || len(seen) != 4) {
-				t.Errorf("Update = %v with %d instances, want all 4", uerr, len(seen))
-			}
-			victim := ids(before)[0]
-			done, derr := g.Decrease(ctx, []string{victim})
-			if c.decrease && (derr == nil || len(done) != 0) {
-				t.Errorf("Decrease with a failing %s = %v, %v; want nothing done and an error", c.op, done, derr)
-			}
-			n, ierr := g.Increase(ctx, 1)
-			if c.increase && (n != 0 || ierr == nil) {
-				t.Errorf("Increase with a failing %s = %d, %v; want 0 and an error", c.op, n, ierr)
-			}
-			if got := env.Cloud.Calls()[c.op]; c.retried && got < defaultRetryMax+1 {
-				t.Errorf("%s called %d times, want at least %d (retries)", c.op, got, defaultRetryMax+1)
-			}
-			if !c.retried && env.Cloud.Calls()[c.op] != 1 {
-				t.Errorf("%s called %d times, want 1 (a refusal is not retried)", c.op, env.Cloud.Calls()[c.op])
-			}
-
-			env.Cloud.ClearFaults()
-			after := list(t, g)
-			for id := range before {
-				if _, ok := after[id]; !ok && (derr != nil || id != victim) {
-					t.Errorf("instance %s was lost", id)
-				}
-			}
-			for _, vm := range env.Cloud.AllVMs() {
-				if vm.TermReason != "" && vm.TermReason != "VirtualMachineScaleSets.DeleteInstances" {
-					t.Errorf("VM %s deleted by %q", vm.ID, vm.TermReason)
-				}
-			}
-			if err := env.Cloud.Check(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
+	throttled := &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "too many requests"}
+	internal := &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"}
+	retried := defaultRetryMax + 1 // azcore retries 429 and 5xx
+	cloudtest.Faults(t, func(t *testing.T) (provider.InstanceGroup, *cloudsim.Cloud) {
+		env := azurefake.Start(t, azurefake.EnvOptions{})
+		return start(t, env, static), env.Cloud
+	}, "VirtualMachineScaleSets.DeleteInstances", []cloudtest.Fault{
+		{Name: "list throttled", Op: "VirtualMachineScaleSetVMs.List", Err: throttled, Listing: true, Decrease: true, MinCalls: retried},
+		{Name: "list failing", Op: "VirtualMachineScaleSetVMs.List", Err: internal, Listing: true, Decrease: true, MinCalls: retried},
+		{Name: "get scale set throttled", Op: "VirtualMachineScaleSets.Get", Err: throttled, Increase: true, MinCalls: retried},
+		{Name: "update throttled", Op: "VirtualMachineScaleSets.Update", Err: throttled, Increase: true, MinCalls: retried},
+		{Name: "delete throttled", Op: "VirtualMachineScaleSets.DeleteInstances", Err: throttled, Decrease: true, MinCalls: retried},
+		{Name: "delete denied", Op: "VirtualMachineScaleSets.DeleteInstances", Err: &cloudsim.Error{Kind: cloudsim.KindDenied, Message: "no"},
+			Decrease: true, MinCalls: 1, MaxCalls: 1}, // a refusal is not retried
+	})
 }
 
 // TestThrottledThenRecovers: a few 429s are absorbed by the retry policy and the call
@@ -475,38 +404,10 @@ func TestJobOverSSH(t *testing.T) {
 		!strings.HasPrefix(info.InternalAddr, "127.0.0.1:") || !strings.HasPrefix(info.ExternalAddr, "127.0.0.1:") {
 		t.Fatalf("ConnectInfo = %+v; want the static password, a host key and loopback addresses with the SSH port", info)
 	}
-	external, _ := info.Addr(true)
-	c, err := connector.Dial(ctx, info, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore(), UseExternalAddr: true})
-	if err != nil {
-		t.Fatalf("dial %s: %v", external, err)
-	}
-	defer c.Close()
-	var out bytes.Buffer
-	if err := c.Run(ctx, connector.RunOptions{Command: `echo "job on $JOB_NAME in $(pwd)"; exit 3`, Stdout: &out,
-		Env: map[string]string{"JOB_NAME": "build"}}); err == nil || !strings.Contains(err.Error(), "3") {
-		t.Errorf("Run = %v, want exit status 3", err)
-	}
-	if !strings.Contains(out.String(), "job on build in ") || !strings.HasSuffix(strings.TrimSpace(out.String()), "/"+id) {
-		t.Errorf("output = %q", out.String())
-	}
-
 	// A wrong password is refused.
 	wrong := info
 	wrong.Password, wrong.Timeout = "not-the-password", 2*time.Second
-	if c2, err := connector.Dial(ctx, wrong, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()}); err == nil {
-		c2.Close()
-		t.Error("a wrong password logged in")
-	}
-
-	// Deleting the instance closes its server and the session.
-	if _, err := g.Decrease(ctx, []string{id}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-c.Done():
-	case <-ctx.Done():
-		t.Error("connection survived the deletion of its instance")
-	}
+	cloudtest.CheckJobOverSSH(ctx, t, g, id, info, wrong, true)
 	if _, err := g.ConnectInfo(ctx, id); !errors.Is(err, provider.ErrNotFound) && !errors.Is(err, provider.ErrInstanceUnhealthy) {
 		t.Errorf("ConnectInfo of a deleted instance = %v", err)
 	}

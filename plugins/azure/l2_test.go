@@ -1,15 +1,11 @@
 package azure
 
 import (
-	"context"
-	"encoding/json"
-	"net"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -31,53 +27,11 @@ func TestL2RealSubscription(t *testing.T) {
 		}
 		cfg[key] = v
 	}
-	raw, _ := json.Marshal(cfg)
 	cc := provider.ConnectorConfig{Username: os.Getenv("FLOTILLA_AZURE_L2_USERNAME"), Password: os.Getenv("FLOTILLA_AZURE_L2_PASSWORD"),
 		UseStaticCredentials: true}
 	if cc.Username == "" {
 		cc.Username = "azureuser"
 	}
-	if kf := os.Getenv("FLOTILLA_AZURE_L2_KEY_FILE"); kf != "" {
-		key, err := os.ReadFile(kf)
-		if err != nil {
-			t.Fatalf("FLOTILLA_AZURE_L2_KEY_FILE: %v", err)
-		}
-		cc.Key = key
-	}
-	maxSize := 0
-	if v := os.Getenv("FLOTILLA_AZURE_L2_MAX"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatalf("FLOTILLA_AZURE_L2_MAX: %v", err)
-		}
-		maxSize = n
-	}
-	external := os.Getenv("FLOTILLA_AZURE_L2_EXTERNAL") == "1"
-	conformance.Run(t, conformance.Config{
-		Binary:       conformance.Build(t, "./cmd/fleeting-plugin-azure"),
-		PluginConfig: raw,
-		Connector:    cc,
-		L1:           true,
-		MaxSize:      maxSize,
-		Timeout:      15 * time.Minute,
-		PollInterval: 10 * time.Second,
-		Dial: func(ctx context.Context, info provider.ConnectInfo) error {
-			addr, err := info.Addr(external)
-			if err != nil {
-				return err
-			}
-			// A VM reports running before its sshd listens: retry until the kit's timeout.
-			for {
-				c, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", addr)
-				if err == nil {
-					return c.Close()
-				}
-				select {
-				case <-ctx.Done():
-					return err
-				case <-time.After(5 * time.Second):
-				}
-			}
-		},
-	})
+	cloudtest.RunL2(t, cloudtest.L2{Prefix: "FLOTILLA_AZURE_L2", PluginPkg: "./cmd/fleeting-plugin-azure", PluginConfig: cfg,
+		Connector: cc, Timeout: 15 * time.Minute})
 }

@@ -75,38 +75,25 @@ func TestConformance(t *testing.T) {
 	_ = json.Unmarshal(env.PluginConfig, &m)
 	m["max_size"] = 4 // small enough for the kit's L1.max-size clause
 	env.PluginConfig, _ = json.Marshal(m)
-	conformance.Run(t, conformance.Config{
+	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
 		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-googlecloud"),
 		PluginConfig:  env.PluginConfig,
 		Connector:     provider.ConnectorConfig{Username: "runner"},
 		L1:            true,
 		BadConfig:     json.RawMessage(`{"name": 5, "zoen": "europe-west1-b"}`),
 		BadConfigWant: []string{"plugin_config.name", `plugin_config.zoen: unknown key`},
-		Timeout:       30 * time.Second,
-		PollInterval:  20 * time.Millisecond,
 	})
-	if err := env.Cloud.Check(); err != nil {
-		t.Errorf("cloud accounting after the kit: %v", err)
-	}
-	if vms, _ := env.Cloud.VMs(env.Group); len(vms) != 0 {
-		t.Errorf("VMs left behind: %v", vms)
-	}
 }
 
 // TestConformanceInProcess runs the kit in process as well, which adds L0.panic.
 func TestConformanceInProcess(t *testing.T) {
 	env := gcpfake.Start(t, gcpfake.EnvOptions{SSH: true})
-	conformance.Run(t, conformance.Config{
+	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
 		New:          func() provider.InstanceGroup { return New() },
 		PluginConfig: env.PluginConfig,
 		Connector:    provider.ConnectorConfig{Username: "runner"},
 		L1:           true,
-		Timeout:      30 * time.Second,
-		PollInterval: 20 * time.Millisecond,
 	})
-	if err := env.Cloud.Check(); err != nil {
-		t.Errorf("cloud accounting after the kit: %v", err)
-	}
 }
 
 func TestLifecycleStates(t *testing.T) {
@@ -243,92 +230,37 @@ func TestUpdatePaginates(t *testing.T) {
 // fails inside its operation, Update reports an error (not fewer instances), Decrease
 // deletes nothing it does not report, and no running instance is deleted.
 func TestFailingAPINeverForgets(t *testing.T) {
-	throttle := func(op string) *cloudsim.Error {
-		return &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "Rate Limit Exceeded for " + op}
+	throttled := &cloudsim.Error{Kind: cloudsim.KindThrottled, Message: "Rate Limit Exceeded"}
+	boom := &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"}
+	exhausted := &cloudsim.Error{Kind: cloudsim.KindCapacity, Code: "ZONE_RESOURCE_POOL_EXHAUSTED", Message: "The zone does not have enough resources"}
+	retried := defaultRetryMaxAttempts
+	var env *gcpfake.Env
+	// failOperation makes the operation started by op fail after the call was accepted.
+	failOperation := func(op string, err *cloudsim.Error) (func(), func()) {
+		return func() { env.Fake.FailOperations(op, -1, err) }, func() { env.Fake.ClearFaults() }
 	}
-	boom := func(string) *cloudsim.Error { return &cloudsim.Error{Kind: cloudsim.KindInternal, Message: "boom"} }
-	exhausted := func(string) *cloudsim.Error {
-		return &cloudsim.Error{Kind: cloudsim.KindCapacity, Code: "ZONE_RESOURCE_POOL_EXHAUSTED", Message: "The zone does not have enough resources"}
-	}
-	cases := []struct {
-		name      string
-		op        string
-		err       func(string) *cloudsim.Error
-		operation bool // fail inside the operation instead of at the call
-	}{
-		{"list throttled", gcpfake.OpListManaged, throttle, false},
-		{"list failing", gcpfake.OpListManaged, boom, false},
-		{"get group throttled", gcpfake.OpGetIGM, throttle, false},
-		{"delete throttled", gcpfake.OpDeleteInstances, throttle, false},
-		{"resize throttled", gcpfake.OpResize, throttle, false},
-		{"operation wait throttled", gcpfake.OpWait, throttle, false},
-		{"delete operation fails", gcpfake.OpDeleteInstances, boom, true},
-		{"resize operation fails", gcpfake.OpResize, exhausted, true},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			env := gcpfake.Start(t, gcpfake.EnvOptions{})
-			g := start(t, env, static)
-			ctx := context.Background()
-			if _, err := g.Increase(ctx, 4); err != nil {
-				t.Fatal(err)
-			}
-			before := list(t, g)
-			env.Cloud.ResetCalls()
-			if c.operation {
-				env.Fake.FailOperations(c.op, -1, c.err(c.op))
-			} else {
-				env.Cloud.Inject(c.op, -1, c.err(c.op))
-			}
-
-			var seen []string
-			uerr := g.Update(ctx, func(id string, _ provider.State) { seen = append(seen, id) })
-			if c.op == gcpfake.OpListManaged && (uerr == nil || len(seen) != 0) {
-				t.Errorf("Update with a failing %s = %v after reporting %v; want an error and nothing reported", c.op, uerr, seen)
-			}
-			if c.op != gcpfake.OpListManaged && (uerr != nil || len(seen) != 4) {
-				t.Errorf("Update = %v with %d instances, want all 4", uerr, len(seen))
-			}
-			victim := ids(before)[0]
-			done, derr := g.Decrease(ctx, []string{victim})
-			if c.op == gcpfake.OpDeleteInstances || c.op == gcpfake.OpWait {
-				if derr == nil || len(done) != 0 {
-					t.Errorf("Decrease with a failing %s = %v, %v; want nothing done and an error", c.op, done, derr)
+	deleteInject, deleteClear := failOperation(gcpfake.OpDeleteInstances, boom)
+	resizeInject, resizeClear := failOperation(gcpfake.OpResize, exhausted)
+	cloudtest.Faults(t, func(t *testing.T) (provider.InstanceGroup, *cloudsim.Cloud) {
+		env = gcpfake.Start(t, gcpfake.EnvOptions{})
+		return start(t, env, static), env.Cloud
+	}, gcpfake.OpDeleteInstances, []cloudtest.Fault{
+		{Name: "list throttled", Op: gcpfake.OpListManaged, Err: throttled, Listing: true, MinCalls: retried},
+		{Name: "list failing", Op: gcpfake.OpListManaged, Err: boom, Listing: true},
+		{Name: "get group throttled", Op: gcpfake.OpGetIGM, Err: throttled, Increase: true, MinCalls: retried},
+		{Name: "delete throttled", Op: gcpfake.OpDeleteInstances, Err: throttled, Decrease: true, MinCalls: retried},
+		{Name: "resize throttled", Op: gcpfake.OpResize, Err: throttled, Increase: true, MinCalls: retried},
+		// When only the wait for the deletion failed, the deletion may have happened:
+		// the victim was asked for, so its going is no loss.
+		{Name: "operation wait throttled", Op: gcpfake.OpWait, Err: throttled, Decrease: true, Increase: true, MinCalls: retried, VictimMayGo: true},
+		{Name: "delete operation fails", Op: gcpfake.OpDeleteInstances, Inject: deleteInject, Clear: deleteClear, Decrease: true},
+		{Name: "resize operation fails", Op: gcpfake.OpResize, Inject: resizeInject, Clear: resizeClear, Increase: true,
+			Check: func(t *testing.T, _ int, err error) {
+				if err == nil || !strings.Contains(err.Error(), "ZONE_RESOURCE_POOL_EXHAUSTED") {
+					t.Errorf("Increase error %v does not carry the operation's error code", err)
 				}
-			}
-			n, ierr := g.Increase(ctx, 1)
-			if (c.op == gcpfake.OpResize || c.op == gcpfake.OpGetIGM || c.op == gcpfake.OpWait) && (n != 0 || ierr == nil) {
-				t.Errorf("Increase with a failing %s = %d, %v; want 0 and an error", c.op, n, ierr)
-			}
-			if c.operation && ierr != nil && c.op == gcpfake.OpResize && !strings.Contains(ierr.Error(), "ZONE_RESOURCE_POOL_EXHAUSTED") {
-				t.Errorf("Increase error %v does not carry the operation's error code", ierr)
-			}
-			// Retries: a throttled call was tried retry_max_attempts times.
-			if !c.operation && c.err(c.op).Kind == cloudsim.KindThrottled && env.Cloud.Calls()[c.op] < defaultRetryMaxAttempts {
-				t.Errorf("%s called %d times, want at least %d (retries)", c.op, env.Cloud.Calls()[c.op], defaultRetryMaxAttempts)
-			}
-
-			env.Cloud.ClearFaults()
-			env.Fake.ClearFaults()
-			after := list(t, g)
-			for id := range before {
-				// When only the wait for the deletion failed, the deletion may have
-				// happened: the victim was asked for, so its going is no loss.
-				mayBeGone := id == victim && (derr == nil || c.op == gcpfake.OpWait)
-				if _, ok := after[id]; !ok && !mayBeGone {
-					t.Errorf("instance %s was lost", id)
-				}
-			}
-			for _, vm := range env.Cloud.AllVMs() {
-				if vm.TermReason != "" && vm.TermReason != gcpfake.OpDeleteInstances {
-					t.Errorf("VM %s terminated by %q", vm.ID, vm.TermReason)
-				}
-			}
-			if err := env.Cloud.Check(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
+			}},
+	})
 }
 
 func TestIncreaseCapsAtMaxSize(t *testing.T) {
@@ -445,38 +377,11 @@ func TestJobOverSSH(t *testing.T) {
 	if c := env.Cloud.Calls(); c[gcpfake.OpSetMetadata] != 1 || c[gcpfake.OpGetInstance] != 2 {
 		t.Errorf("calls for two ConnectInfo = %v, want 2 instances.get and 1 setMetadata", c)
 	}
-	c, err := connector.Dial(ctx, info, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()})
-	if err != nil {
-		t.Fatalf("dial %s: %v", info.InternalAddr, err)
-	}
-	defer c.Close()
-	var out bytes.Buffer
-	if err := c.Run(ctx, connector.RunOptions{Command: `echo "job on $JOB_NAME in $(pwd)"; exit 3`, Stdout: &out,
-		Env: map[string]string{"JOB_NAME": "build"}}); err == nil || !strings.Contains(err.Error(), "3") {
-		t.Errorf("Run = %v, want exit status 3", err)
-	}
-	if !strings.Contains(out.String(), "job on build in ") || !strings.Contains(out.String(), id) {
-		t.Errorf("output = %q", out.String())
-	}
-
 	// A stranger's key is refused: only the metadata (or static) keys log in.
 	stranger := info
 	_, stranger.Key, _ = cloudsim.NewClientKey()
 	stranger.Timeout = 2 * time.Second
-	if c2, err := connector.Dial(ctx, stranger, connector.DialOptions{HostKeys: connector.NewMemoryHostKeyStore()}); err == nil {
-		c2.Close()
-		t.Error("a key not in the instance metadata logged in")
-	}
-
-	// Deleting the instance closes its server and the session.
-	if _, err := g.Decrease(ctx, []string{id}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-c.Done():
-	case <-ctx.Done():
-		t.Error("connection survived the deletion of its instance")
-	}
+	cloudtest.CheckJobOverSSH(ctx, t, g, id, info, stranger, false)
 	if _, err := g.ConnectInfo(ctx, id); err == nil {
 		t.Error("ConnectInfo of a deleted instance succeeded")
 	}

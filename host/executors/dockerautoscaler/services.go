@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/docker/docker/api/types/container"
@@ -29,7 +30,7 @@ func serviceAliases(svc jobs.Image) []string {
 	}
 	var out []string
 	add := func(a string) {
-		if a != "" && !strings.ContainsAny(a, " ,") && !containsString(out, a) {
+		if a != "" && !strings.ContainsAny(a, " ,") && !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}
@@ -39,15 +40,6 @@ func serviceAliases(svc jobs.Image) []string {
 		add(a)
 	}
 	return out
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 var invalidHostChars = regexp.MustCompile(`[^a-zA-Z0-9_.-]`)

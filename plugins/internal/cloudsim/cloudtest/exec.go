@@ -131,3 +131,23 @@ func RunnerExecJob(t *testing.T, j ExecJob) {
 		t.Error(err)
 	}
 }
+
+// RunConformance runs the conformance kit on a plugin over the simulated cloud (bounded
+// waits suited to it), then checks the cloud's accounting and that the kit left no VM
+// in the group.
+func RunConformance(t *testing.T, cloud *cloudsim.Cloud, group string, cfg conformance.Config) {
+	t.Helper()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 20 * time.Millisecond
+	}
+	conformance.Run(t, cfg)
+	if err := cloud.Check(); err != nil {
+		t.Errorf("cloud accounting after the kit: %v", err)
+	}
+	if vms, _ := cloud.VMs(group); len(vms) != 0 {
+		t.Errorf("VMs left behind: %v", vms)
+	}
+}
