@@ -150,24 +150,12 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	m.Conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log, HostKeys: pins})
 	m.closers = append(m.closers, m.Conns.Shutdown)
 
-	limit, unlimited := a.ScaleThrottleLimit()
-	if unlimited {
-		limit = -1
-	}
-	topts := taskscaler.Options{
-		Owner: owner, Settings: provider.Settings{ConnectorConfig: settings}, PluginLogger: plog,
-		CapacityPerInstance: a.CapacityPerInstanceOrDefault(), MaxUseCount: a.MaxUseCount, MaxInstances: a.MaxInstances,
-		DeleteInstancesOnShutdown: a.DeleteInstancesOnShutdown || opts.DeleteOnShutdown,
-		InstanceAcquireTimeout:    a.InstanceAcquireTimeoutOrDefault(), UpdateInterval: a.UpdateIntervalOrDefault(),
-		UpdateIntervalWhenExpecting: a.UpdateIntervalWhenExpectingOrDefault(), DeletionRetryInterval: a.DeletionRetryIntervalOrDefault(),
-		ShutdownDeletionInterval: a.ShutdownDeletionIntervalOrDefault(), ShutdownDeletionRetries: a.ShutdownDeletionRetriesOrDefault(),
-		FailureThreshold: a.FailureThresholdOrDefault(), ScaleThrottle: taskscaler.ScaleThrottle{Limit: limit, Burst: a.ScaleThrottleBurst()},
-		ReservationThrottling: a.ReservationThrottling, Policies: Policies(a),
-		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
-		Store:                        m.store, Logger: log,
-		// A forgotten instance's connection and host-key pin go with it.
-		OnGone: func(id string) { _ = m.Conns.Close(id) },
-	}
+	topts := ScalerOptions(a)
+	topts.Owner, topts.Settings, topts.PluginLogger = owner, provider.Settings{ConnectorConfig: settings}, plog
+	topts.DeleteInstancesOnShutdown = a.DeleteInstancesOnShutdown || opts.DeleteOnShutdown
+	topts.Store, topts.Logger = m.store, log
+	// A forgotten instance's connection and host-key pin go with it.
+	topts.OnGone = func(id string) { _ = m.Conns.Close(id) }
 	if opts.Metrics != nil {
 		col := metrics.New(prometheus.Labels{"runner": shortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{
 			Operation: a.InstanceOperationTimeBuckets, Creation: a.InstanceCreationTimeBuckets,
@@ -215,6 +203,33 @@ func shortToken(token string) string {
 		token = strings.TrimPrefix(token, p)
 	}
 	return token[:min(8, len(token))]
+}
+
+// ScalerOptions maps every key of a [runners.autoscaler] table to taskscaler options;
+// the runner's pools and `runner simulate` both use it, so a simulated policy is the
+// policy that runs. The caller adds what is not configuration (owner, store, hooks).
+func ScalerOptions(a *config.Autoscaler) taskscaler.Options {
+	limit, unlimited := a.ScaleThrottleLimit()
+	if unlimited {
+		limit = -1
+	}
+	return taskscaler.Options{
+		CapacityPerInstance:          a.CapacityPerInstanceOrDefault(),
+		MaxUseCount:                  a.MaxUseCount,
+		MaxInstances:                 a.MaxInstances,
+		DeleteInstancesOnShutdown:    a.DeleteInstancesOnShutdown,
+		InstanceAcquireTimeout:       a.InstanceAcquireTimeoutOrDefault(),
+		UpdateInterval:               a.UpdateIntervalOrDefault(),
+		UpdateIntervalWhenExpecting:  a.UpdateIntervalWhenExpectingOrDefault(),
+		DeletionRetryInterval:        a.DeletionRetryIntervalOrDefault(),
+		ShutdownDeletionInterval:     a.ShutdownDeletionIntervalOrDefault(),
+		ShutdownDeletionRetries:      a.ShutdownDeletionRetriesOrDefault(),
+		FailureThreshold:             a.FailureThresholdOrDefault(),
+		ScaleThrottle:                taskscaler.ScaleThrottle{Limit: limit, Burst: a.ScaleThrottleBurst()},
+		ReservationThrottling:        a.ReservationThrottling,
+		Policies:                     Policies(a),
+		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
+	}
 }
 
 // Policies maps [[runners.autoscaler.policy]] to taskscaler policies; a config reload

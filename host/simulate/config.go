@@ -11,7 +11,6 @@ import (
 
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/manager"
-	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
 // Table is the [simulate] table of config.toml. The runner ignores it; only
@@ -91,7 +90,7 @@ func LoadParams(path string, ov Overrides) (Params, []string, error) {
 		}
 		return p, warns, fmt.Errorf("%s: no [[runners]] entry has a [runners.autoscaler] table: nothing to simulate", path)
 	}
-	p.Scaler = ScalerOptions(r.Autoscaler)
+	p.Scaler = manager.ScalerOptions(r.Autoscaler)
 
 	dur := func(key, v string) (time.Duration, error) {
 		if v == "" {
@@ -147,20 +146,4 @@ func LoadParams(path string, ov Overrides) (Params, []string, error) {
 		p.Start = st
 	}
 	return p, warns, nil
-}
-
-// ScalerOptions maps a [runners.autoscaler] table to taskscaler options, as the
-// runner's manager does.
-func ScalerOptions(a *config.Autoscaler) taskscaler.Options {
-	limit, unlimited := a.ScaleThrottleLimit()
-	if unlimited {
-		limit = -1
-	}
-	return taskscaler.Options{
-		CapacityPerInstance: a.CapacityPerInstanceOrDefault(), MaxUseCount: a.MaxUseCount, MaxInstances: a.MaxInstances,
-		InstanceAcquireTimeout: a.InstanceAcquireTimeoutOrDefault(), UpdateInterval: a.UpdateIntervalOrDefault(),
-		UpdateIntervalWhenExpecting: a.UpdateIntervalWhenExpectingOrDefault(), DeletionRetryInterval: a.DeletionRetryIntervalOrDefault(),
-		FailureThreshold: a.FailureThresholdOrDefault(), ScaleThrottle: taskscaler.ScaleThrottle{Limit: limit, Burst: a.ScaleThrottleBurst()},
-		ReservationThrottling: a.ReservationThrottling, Policies: manager.Policies(a),
-	}
 }
