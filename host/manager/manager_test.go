@@ -19,9 +19,7 @@ import (
 
 // TestMain lets this test binary serve the embedded local plugin, as the runner does.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == local.EmbeddedCommand {
-		local.Main([]string{local.EmbeddedCommand}, os.Args[2:])
-	}
+	local.ServeIfAsked(os.Args)
 	os.Exit(m.Run())
 }
 

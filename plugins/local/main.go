@@ -37,6 +37,16 @@ func Main(prefix, args []string) {
 	plugin.MainArgs(New(self), Version, args)
 }
 
+// ServeIfAsked serves the plugin, and never returns, when args (os.Args) select it
+// with EmbeddedCommand; otherwise it returns at once. A test binary calls it first
+// thing in TestMain, so that LaunchEmbedded, which re-executes the running program,
+// works from tests as it does from the runner.
+func ServeIfAsked(args []string) {
+	if len(args) > 1 && args[1] == EmbeddedCommand {
+		Main([]string{EmbeddedCommand}, args[2:])
+	}
+}
+
 // LaunchEmbedded starts the running program (the runner) as the local plugin, out of
 // process, through pluginclient.Launch. The program must serve the plugin on
 // EmbeddedCommand by calling Main.

@@ -10,9 +10,7 @@ import (
 // launch os.Args[0] with that argument to exercise the real out-of-process paths
 // without building a binary.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == EmbeddedCommand {
-		Main([]string{EmbeddedCommand}, os.Args[2:])
-	}
+	ServeIfAsked(os.Args)
 	os.Exit(m.Run())
 }
 

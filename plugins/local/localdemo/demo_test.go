@@ -13,9 +13,7 @@ import (
 // TestMain makes the test binary serve the local plugin on "plugin-local", as the
 // runner does, so that Run's default launch (this executable re-executed) works.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == local.EmbeddedCommand {
-		local.Main([]string{local.EmbeddedCommand}, os.Args[2:])
-	}
+	local.ServeIfAsked(os.Args)
 	os.Exit(m.Run())
 }
 
