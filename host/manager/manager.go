@@ -64,7 +64,7 @@ type Manager struct {
 	Scaler *taskscaler.Scaler
 	Conns  *connector.Pool
 
-	plugin  *pluginclient.Plugin
+	plugin  *pluginclient.Supervised
 	store   *state.Bolt
 	cfgDir  string
 	log     *slog.Logger
@@ -114,11 +114,15 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		plog = hclog.New(&hclog.LoggerOptions{Name: "fleeting-plugin", Output: opts.PluginLog, Level: hclog.Info})
 	}
 	popts := pluginclient.Options{Logger: plog}
-	if resolved.Embedded {
-		m.plugin, err = local.LaunchEmbedded(ctx, pluginJSON, popts)
-	} else {
-		m.plugin, err = pluginclient.Launch(ctx, resolved.Path, pluginJSON, popts)
+	launch := func(ctx context.Context) (*pluginclient.Plugin, error) {
+		if resolved.Embedded {
+			return local.LaunchEmbedded(ctx, pluginJSON, popts)
+		}
+		return pluginclient.Launch(ctx, resolved.Path, pluginJSON, popts)
 	}
+	// A plugin process that dies is relaunched (with backoff) and initialised again
+	// with the same settings; meanwhile calls fail fast saying so.
+	m.plugin, err = pluginclient.Supervise(ctx, launch, pluginclient.SuperviseOptions{Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("initializing taskscaler: running autoscaler plugin: %w", err)
 	}

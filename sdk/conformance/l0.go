@@ -2,11 +2,8 @@ package conformance
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -171,21 +168,10 @@ func (c *checker) checkVersion(ctx context.Context) outcome {
 	}
 	ctx, cancel := c.call(ctx)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.cfg.Binary, append(slices.Clone(c.cfg.Args), "version", "--json")...)
-	cmd.Env = append(os.Environ(), c.cfg.Env...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	// Bounded: a binary that prints without end must not fill the checker's memory.
+	v, err := pluginclient.ReadVersion(ctx, c.cfg.Binary, pluginclient.Options{Args: c.cfg.Args, Env: c.cfg.Env})
 	if err != nil {
-		return fail("%s version --json: %v\n%s", c.cfg.Binary, err, stderr.String())
-	}
-	var v struct {
-		Name      string `json:"name"`
-		Version   string `json:"version"`
-		Protocols []int  `json:"protocol_versions"`
-	}
-	if err := json.Unmarshal(out, &v); err != nil {
-		return fail("version --json printed no JSON object: %v\n%s", err, out)
+		return fail("%v", err)
 	}
 	var problems []string
 	if v.Name == "" || v.Version == "" {

@@ -6,7 +6,8 @@
 // Main serves the fleeting protocol over hashicorp/go-plugin (gRPC) when the host
 // launches the binary, decodes the host's plugin_config JSON into the struct before
 // Init (rejecting unknown keys, listing every problem), answers `version [--json]`
-// without the handshake, turns SIGTERM into Shutdown, turns a panic in a call into an
+// without the handshake, leaves the signals its host handles to the host (see
+// lifecycle) and otherwise turns SIGTERM into Shutdown, turns a panic in a call into an
 // error, and logs JSON on stderr for the host to re-emit. Stdout belongs to the
 // handshake: a plugin must never print to it.
 package plugin
@@ -21,6 +22,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -114,26 +116,141 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 	}
 	logger := newLogger(info.Name, stderr)
 	once := &shutdownOnce{impl: impl}
+	srv := &server{impl: impl, logger: logger, shutdown: once}
+	lc := &lifecycle{logger: logger, once: once, srv: srv, host: os.Getppid(), grace: signalGrace(logger)}
+	srv.afterShutdown = lc.hostShutDown
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	go func() {
-		<-sig
-		logger.Info("received SIGTERM, shutting down")
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := once.do(ctx); err != nil {
-			logger.Error("shutdown failed", "error", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}()
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+	go lc.handleSignals(sig)
 
-	go exitWithHost(logger, once, time.Second)
+	go exitWithHost(logger, once, lc.host, time.Second)
 
-	goplugin.Serve(serveConfig(impl, logger, once))
+	goplugin.Serve(serveConfig(srv))
 	// Serve returns when the host stopped us (Kill). Shutdown is idempotent, so it is
 	// safe to make sure the plugin's resources are freed even if the host did not ask.
+	return shutdownCode(logger, once)
+}
+
+// SignalGraceEnv names the environment variable that sets how long a plugin keeps
+// serving its host after SIGTERM or SIGINT (a Go duration such as "90s"); 0 makes it
+// shut down at once. Default DefaultSignalGrace.
+const SignalGraceEnv = "FLEETING_PLUGIN_SIGNAL_GRACE"
+
+// DefaultSignalGrace bounds how long a plugin that got SIGTERM or SIGINT while its host
+// is alive keeps serving, waiting for the host to stop it. A service manager that
+// stops the whole service (systemd signals every process of its cgroup) kills what is
+// left after its own timeout anyway; the bound is for a host that never stops.
+const DefaultSignalGrace = 5 * time.Minute
+
+// shutdownLinger is how long a plugin that deferred a signal waits, after the host's
+// Shutdown call, for the host to disconnect before it exits by itself.
+const shutdownLinger = 5 * time.Second
+
+func signalGrace(logger hclog.Logger) time.Duration {
+	v := os.Getenv(SignalGraceEnv)
+	if v == "" {
+		return DefaultSignalGrace
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		logger.Warn(fmt.Sprintf("%s=%q is not a duration such as \"90s\"; using %s", SignalGraceEnv, v, DefaultSignalGrace))
+		return DefaultSignalGrace
+	}
+	return d
+}
+
+// lifecycle decides what a signal does to a serving plugin. The contract (see
+// docs/write-a-plugin.md): a plugin ignores the signals its host handles. A host starts
+// its plugin in a process group of its own, so group signals reach only the host; but a
+// service manager stopping a whole service (systemd's cgroup stop) signals every
+// process. If the plugin shut down then, the host, stopping at the same moment, could
+// no longer delete its instances. So while a host that has initialised the plugin is
+// alive:
+//
+//   - SIGTERM and SIGINT: keep serving; exit when the host stops the plugin (Kill, or 5s
+//     after its Shutdown call), when the host exits, or after the grace period;
+//   - SIGHUP and SIGQUIT: ignored; the host reloads or drains and stops the plugin when
+//     it is done.
+//
+// A plugin with no such host (never initialised, or its host is gone) runs Shutdown and
+// exits on any of them.
+type lifecycle struct {
+	logger hclog.Logger
+	once   *shutdownOnce
+	srv    *server
+	host   int // the process that launched the plugin
+	grace  time.Duration
+
+	mu       sync.Mutex
+	deferred bool // a SIGTERM or SIGINT waits for the host
+	shutDown bool // the host's Shutdown call succeeded
+}
+
+// hosted reports whether a host depends on this plugin: it has initialised it and is
+// still its parent.
+func (l *lifecycle) hosted() bool {
+	return l.srv.inUse.Load() && os.Getppid() == l.host
+}
+
+func (l *lifecycle) handleSignals(sig <-chan os.Signal) {
+	for s := range sig {
+		name := signalName(s)
+		l.mu.Lock()
+		done := l.shutDown
+		l.mu.Unlock()
+		switch {
+		case !l.hosted() || l.grace == 0:
+			l.logger.Info(fmt.Sprintf("received %s, shutting down", name))
+			os.Exit(shutdownCode(l.logger, l.once))
+		case done:
+			l.logger.Info(fmt.Sprintf("received %s after the host's Shutdown, exiting", name))
+			os.Exit(shutdownCode(l.logger, l.once))
+		case s == syscall.SIGTERM || s == syscall.SIGINT:
+			l.deferToHost(name)
+		default:
+			l.logger.Info(fmt.Sprintf("received %s; ignored: the host (pid %d) handles it and stops the plugin when it is done", name, l.host))
+		}
+	}
+}
+
+// deferToHost keeps the plugin serving after SIGTERM or SIGINT, for at most the grace
+// period.
+func (l *lifecycle) deferToHost(name string) {
+	l.mu.Lock()
+	first := !l.deferred
+	l.deferred = true
+	l.mu.Unlock()
+	if !first {
+		l.logger.Info(fmt.Sprintf("received %s again; still serving the host (pid %d) until it stops the plugin", name, l.host))
+		return
+	}
+	l.logger.Warn(fmt.Sprintf("received %s while the host (pid %d) is alive: serving on so that the host can delete its instances; "+
+		"exiting when the host stops the plugin or exits, or in %s at the latest", name, l.host, l.grace))
+	time.AfterFunc(l.grace, func() {
+		l.logger.Warn(fmt.Sprintf("the host did not stop the plugin within %s of %s; shutting down", l.grace, name))
+		os.Exit(shutdownCode(l.logger, l.once))
+	})
+}
+
+// hostShutDown runs after the host's Shutdown call: a plugin that deferred a signal is
+// now done, and exits soon if the host does not disconnect first.
+func (l *lifecycle) hostShutDown() {
+	l.mu.Lock()
+	l.shutDown = true
+	deferred := l.deferred
+	l.mu.Unlock()
+	if deferred {
+		time.AfterFunc(shutdownLinger, func() {
+			l.logger.Info("the host shut the plugin down after a signal; exiting")
+			os.Exit(shutdownCode(l.logger, l.once))
+		})
+	}
+}
+
+// shutdownCode runs the plugin's Shutdown (once, however many ask) and returns the
+// process's exit code.
+func shutdownCode(logger hclog.Logger, once *shutdownOnce) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := once.do(ctx); err != nil {
@@ -143,12 +260,21 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 	return 0
 }
 
+var signalNames = map[os.Signal]string{syscall.SIGTERM: "SIGTERM", syscall.SIGINT: "SIGINT",
+	syscall.SIGHUP: "SIGHUP", syscall.SIGQUIT: "SIGQUIT"}
+
+func signalName(s os.Signal) string {
+	if n, ok := signalNames[s]; ok {
+		return n
+	}
+	return s.String()
+}
+
 // exitWithHost ends the plugin soon after the process that launched it is gone. A host
 // killed with SIGKILL cannot stop its plugins, and an orphaned plugin would hold its
 // resources (locks, cloud sessions) forever. The plugin's Shutdown runs first; its
 // instances are left alone, for the next host to adopt or delete.
-func exitWithHost(logger hclog.Logger, once *shutdownOnce, every time.Duration) {
-	host := os.Getppid()
+func exitWithHost(logger hclog.Logger, once *shutdownOnce, host int, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for range t.C {
@@ -156,14 +282,7 @@ func exitWithHost(logger hclog.Logger, once *shutdownOnce, every time.Duration) 
 			continue
 		}
 		logger.Warn("the host process is gone; shutting down", "host_pid", host)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := once.do(ctx)
-		cancel()
-		if err != nil {
-			logger.Error("shutdown failed", "error", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+		os.Exit(shutdownCode(logger, once))
 	}
 }
 
@@ -229,7 +348,7 @@ func ServeInProcess(ctx context.Context, impl provider.InstanceGroup, info Versi
 	if logOutput == nil {
 		logOutput = io.Discard
 	}
-	cfg := serveConfig(impl, newLogger(info.Name, logOutput), &shutdownOnce{impl: impl})
+	cfg := serveConfig(&server{impl: impl, logger: newLogger(info.Name, logOutput), shutdown: &shutdownOnce{impl: impl}})
 	reattach := make(chan *goplugin.ReattachConfig, 1)
 	closed := make(chan struct{})
 	cfg.Test = &goplugin.ServeTestConfig{Context: ctx, ReattachConfigCh: reattach, CloseCh: closed}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
@@ -26,6 +27,13 @@ type server struct {
 	mu          sync.Mutex
 	initialized bool
 	shutdown    *shutdownOnce
+
+	// inUse is set once Init has succeeded: from then on a host depends on this
+	// plugin. It is read by the signal handler, which must not wait for an Init in
+	// progress (mu).
+	inUse atomic.Bool
+	// afterShutdown, if set, runs after a Shutdown call of the host has succeeded.
+	afterShutdown func()
 }
 
 // shutdownOnce makes the plugin's Shutdown run once, however many of the RPC, SIGTERM
@@ -64,6 +72,7 @@ func (s *server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitRespons
 		return nil, wire.ToStatus(err)
 	}
 	s.initialized = true
+	s.inUse.Store(true)
 	return &pb.InitResponse{Info: wire.InfoToPB(info)}, nil
 }
 
@@ -173,6 +182,9 @@ func (s *server) Shutdown(ctx context.Context, _ *pb.ShutdownRequest) (*pb.Shutd
 	if err := s.shutdown.do(ctx); err != nil {
 		return nil, wire.ToStatus(err)
 	}
+	if s.afterShutdown != nil {
+		s.afterShutdown()
+	}
 	return &pb.ShutdownResponse{}, nil
 }
 
@@ -206,8 +218,8 @@ func (p *grpcPlugin) GRPCClient(context.Context, *goplugin.GRPCBroker, *grpc.Cli
 }
 
 // serveConfig builds the go-plugin configuration shared by Main and ServeInProcess.
-func serveConfig(impl provider.InstanceGroup, logger hclog.Logger, once *shutdownOnce) *goplugin.ServeConfig {
-	srv := &server{impl: impl, logger: logger, shutdown: once}
+func serveConfig(srv *server) *goplugin.ServeConfig {
+	logger := srv.logger
 	return &goplugin.ServeConfig{
 		HandshakeConfig: wire.Handshake,
 		VersionedPlugins: map[int]goplugin.PluginSet{

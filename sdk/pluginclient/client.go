@@ -55,6 +55,7 @@ type Plugin struct {
 	name   string
 	config []byte
 	client *goplugin.Client
+	cmd    *exec.Cmd // nil for Attach
 	rpc    pb.InstanceGroupClient
 	stderr *tail
 	proto  int
@@ -65,37 +66,84 @@ type Plugin struct {
 
 var _ provider.InstanceGroup = (*Plugin)(nil)
 
-// tail keeps the last lines a plugin wrote to stderr, to explain a crash.
+// tail keeps what a plugin wrote to stderr that explains its end: the last lines, and
+// the Go runtime's crash report. Go prints the cause first ("panic: …", "fatal error: …")
+// and a stack trace of any length after it, so the last lines alone would lose the one
+// that matters. Everything it holds is bounded, however much the plugin writes.
 type tail struct {
-	mu    sync.Mutex
-	lines []string
-	buf   bytes.Buffer
+	mu      sync.Mutex
+	lines   []string // the last tailKeep complete lines
+	partial []byte   // the line being written, at most maxLineBytes
+	cut     bool     // partial was cut: the rest of that line is dropped
+	crash   []string // the first crash line and up to crashLines-1 lines after it
 }
+
+const (
+	tailKeep     = 20   // lines kept
+	tailShow     = 5    // lines quoted in errors when there is no crash report
+	crashLines   = 8    // lines of a crash report quoted: the cause and the top frames
+	maxLineBytes = 4096 // longer lines are cut
+)
 
 func (t *tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.buf.Write(p)
-	for {
-		line, err := t.buf.ReadString('\n')
-		if err != nil {
-			t.buf.WriteString(line) // keep the partial line for the next write
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+		}
+		if room := maxLineBytes - len(t.partial); len(chunk) > room {
+			chunk, t.cut = chunk[:room], true
+		}
+		t.partial = append(t.partial, chunk...)
+		if i < 0 {
 			break
 		}
-		t.lines = append(t.lines, strings.TrimRight(line, "\n"))
-		if len(t.lines) > 20 {
-			t.lines = t.lines[len(t.lines)-20:]
-		}
+		t.endLine()
+		p = p[i+1:]
 	}
-	return len(p), nil
+	return n, nil
 }
 
+// endLine files the partial line.
+func (t *tail) endLine() {
+	line := strings.TrimRight(string(t.partial), "\r")
+	if t.cut {
+		line += " …(cut)"
+	}
+	t.partial, t.cut = t.partial[:0], false
+	t.lines = append(t.lines, line)
+	if len(t.lines) > tailKeep {
+		t.lines = t.lines[len(t.lines)-tailKeep:]
+	}
+	switch {
+	case t.crash == nil && (strings.HasPrefix(line, "panic: ") || strings.HasPrefix(line, "fatal error: ")):
+		t.crash = []string{line}
+	case t.crash != nil && len(t.crash) < crashLines:
+		t.crash = append(t.crash, line)
+	}
+}
+
+// crashed reports whether the plugin wrote a Go crash report.
+func (t *tail) crashed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.crash != nil
+}
+
+// String is what errors quote: the crash report if there is one, else the last lines.
 func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.crash != nil {
+		return strings.Join(t.crash, "\n")
+	}
 	last := t.lines
-	if len(last) > 5 {
-		last = last[len(last)-5:]
+	if len(last) > tailShow {
+		last = last[len(last)-tailShow:]
 	}
 	return strings.Join(last, "\n")
 }
@@ -131,6 +179,7 @@ func Launch(ctx context.Context, binary string, configJSON []byte, opts Options)
 	}
 	cmd := exec.Command(binary, opts.Args...)
 	cmd.Env = append(os.Environ(), opts.Env...)
+	ownProcessGroup(cmd)
 	stderr := &tail{}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  wire.Handshake,
@@ -145,6 +194,7 @@ func Launch(ctx context.Context, binary string, configJSON []byte, opts Options)
 	if err != nil {
 		return nil, fmt.Errorf("launch plugin %s: %w", binary, err)
 	}
+	p.cmd = cmd
 	return p, nil
 }
 
@@ -195,11 +245,13 @@ func connect(ctx context.Context, client *goplugin.Client, name string, configJS
 		return nil, ctx.Err()
 	case r := <-done:
 		if r.err != nil {
-			client.Kill()
-			if s := stderr.String(); s != "" {
-				return nil, fmt.Errorf("%w; plugin stderr:\n%s", r.err, s)
+			client.Kill() // returns once the plugin's stderr is read to its end
+			if stderr.crashed() {
+				// The crash report is the cause; go-plugin's guesses about
+				// architectures and permissions would mislead.
+				return nil, withStderr(errors.New("the plugin crashed before completing the handshake"), stderr)
 			}
-			return nil, r.err
+			return nil, withStderr(r.err, stderr)
 		}
 		return &Plugin{name: name, config: configJSON, client: client, rpc: r.raw.(pb.InstanceGroupClient),
 			stderr: stderr, proto: client.NegotiatedVersion()}, nil
@@ -218,6 +270,35 @@ func (p *Plugin) ProtocolVersion() int { return p.proto }
 
 // Exited reports whether the plugin process has exited.
 func (p *Plugin) Exited() bool { return p.client.Exited() }
+
+// Pid is the plugin process's ID; 0 for an attached plugin.
+func (p *Plugin) Pid() int {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// ExitStatus describes how the plugin process ended ("signal: killed", "exit status
+// 2"), with the crash report or last lines of its stderr when it wrote any; "" while
+// it runs.
+func (p *Plugin) ExitStatus() string {
+	if !p.client.Exited() {
+		return ""
+	}
+	status := "exited"
+	// go-plugin sets exited only after cmd.Wait returned, so ProcessState is set.
+	if p.cmd != nil && p.cmd.ProcessState != nil {
+		status = p.cmd.ProcessState.String()
+	}
+	if s := p.stderr.String(); s != "" {
+		status += stderrLines + s
+	}
+	return status
+}
+
+// stderrLines introduces the plugin's stderr in messages.
+const stderrLines = "; last stderr lines:\n"
 
 // Kill stops the plugin: go-plugin asks it to stop gracefully (the plugin then runs its
 // Shutdown if nobody did), and kills the process if it does not exit in time. For an
@@ -243,7 +324,7 @@ func (p *Plugin) fail(ctx context.Context, method string, err error) error {
 	if p.client.Exited() || status.Code(err) == codes.Unavailable && ctx.Err() == nil && p.exitedSoon() {
 		msg := fmt.Sprintf("%s: plugin %s: %v", method, p.name, ErrPluginExited)
 		if s := p.stderr.String(); s != "" {
-			msg += "; last stderr lines:\n" + s
+			msg += stderrLines + s
 		}
 		return &exitedError{msg: msg}
 	}
@@ -274,7 +355,11 @@ func (p *Plugin) Init(ctx context.Context, _ hclog.Logger, settings provider.Set
 	if err != nil {
 		return provider.ProviderInfo{}, p.fail(ctx, "init", err)
 	}
-	return wire.InfoFromPB(resp.GetInfo()), nil
+	info, err := wire.InfoFromInitPB(resp)
+	if err != nil {
+		return info, fmt.Errorf("init: plugin %s: %w", p.name, err)
+	}
+	return info, nil
 }
 
 // Update lists the group's instances into fn.
@@ -283,17 +368,13 @@ func (p *Plugin) Update(ctx context.Context, fn func(string, provider.State)) er
 	if err != nil {
 		return p.fail(ctx, "update", err)
 	}
-	// Check every state before reporting any, so that a bad answer changes nothing.
-	states := make([]provider.State, len(resp.GetInstances()))
-	for i, in := range resp.GetInstances() {
-		s, ok := wire.StateFromPB(in.GetState())
-		if !ok {
-			return fmt.Errorf("update: plugin %s reported instance %q in invalid state %v", p.name, in.GetId(), in.GetState())
-		}
-		states[i] = s
+	// Check every instance before reporting any, so that a bad answer changes nothing.
+	instances, err := wire.InstancesFromPB(resp)
+	if err != nil {
+		return fmt.Errorf("update: plugin %s: %w", p.name, err)
 	}
-	for i, in := range resp.GetInstances() {
-		fn(in.GetId(), states[i])
+	for _, in := range instances {
+		fn(in.ID, in.State)
 	}
 	return nil
 }
@@ -304,7 +385,7 @@ func (p *Plugin) Increase(ctx context.Context, delta int) (int, error) {
 	if err != nil {
 		return 0, p.fail(ctx, "increase", err)
 	}
-	return int(resp.GetSucceeded()), wire.ErrorFromDetail(resp.GetFailures())
+	return wire.IncreaseFromPB(resp, delta)
 }
 
 // Decrease deletes instances.
@@ -313,7 +394,7 @@ func (p *Plugin) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	if err != nil {
 		return nil, p.fail(ctx, "decrease", err)
 	}
-	return resp.GetSucceeded(), wire.ErrorFromDetail(resp.GetFailures())
+	return wire.BatchFromPB(ids, resp.GetSucceeded(), resp.GetFailures())
 }
 
 // Suspend suspends instances.
@@ -322,7 +403,7 @@ func (p *Plugin) Suspend(ctx context.Context, ids []string) ([]string, error) {
 	if err != nil {
 		return nil, p.fail(ctx, "suspend", err)
 	}
-	return resp.GetSucceeded(), wire.ErrorFromDetail(resp.GetFailures())
+	return wire.BatchFromPB(ids, resp.GetSucceeded(), resp.GetFailures())
 }
 
 // Resume resumes instances.
@@ -331,7 +412,7 @@ func (p *Plugin) Resume(ctx context.Context, ids []string) ([]string, error) {
 	if err != nil {
 		return nil, p.fail(ctx, "resume", err)
 	}
-	return resp.GetSucceeded(), wire.ErrorFromDetail(resp.GetFailures())
+	return wire.BatchFromPB(ids, resp.GetSucceeded(), resp.GetFailures())
 }
 
 // ConnectInfo asks how to reach an instance.

@@ -127,3 +127,29 @@ func TestPluginCheckJSONAndErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestPluginCheckBoundsVersionOutput checks a "plugin" that answers version --json
+// with 100 MB: the check reads a bounded amount, says why it stopped, and the report
+// does not carry what it printed.
+func TestPluginCheckBoundsVersionOutput(t *testing.T) {
+	flood := filepath.Join(t.TempDir(), "fleeting-plugin-flood")
+	script := "#!/bin/sh\n" +
+		"if [ \"$1\" = version ]; then head -c 104857600 /dev/zero | tr '\\0' x; exit 0; fi\n" +
+		"echo 'not a plugin' >&2; exit 1\n"
+	if err := os.WriteFile(flood, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := runPluginCheck(t.Context(), &out, flood, pluginCheckOptions{timeout: 20 * time.Second})
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("runPluginCheck = %v; want exit status 1", err)
+	}
+	want := regexp.MustCompile(`(?m)^FAIL L0\.version(.*\n)+.*printed more than 65536 bytes for version --json`)
+	if !want.MatchString(out.String()) {
+		t.Errorf("the report does not say the output was cut:\n%.2000s", out.String())
+	}
+	if out.Len() > 64<<10 {
+		t.Errorf("the report is %d bytes: it carries the plugin's output", out.Len())
+	}
+}

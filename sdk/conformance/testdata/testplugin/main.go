@@ -4,11 +4,15 @@
 //
 //   - plugin_config "fault": "decrease-all" makes Decrease delete every instance, not
 //     just the ones asked for: the broken plugin `runner plugin check` must catch;
+//     "crash-init" makes Init crash the process with a panic no handler can recover
+//     (the way a plugin bug in a goroutine it starts would);
 //   - plugin_config "synthetic": N makes Update list N extra in-memory instances (for
 //     the B5 benchmark's large listing);
-//   - Heartbeat of the IDs "panic", "exit", "block", "hang" and "log" panics, exits the
-//     process mid-call, blocks until cancelled, blocks ignoring cancellation, and logs one
-//     line at each level;
+//   - Heartbeat of the IDs "panic", "exit", "crash", "block", "hang" and "log" panics,
+//     exits the process mid-call, crashes the process with an unrecovered panic, blocks
+//     until cancelled, blocks ignoring cancellation, and logs one line at each level;
+//   - the environment variable TESTPLUGIN_CRASH_AT_START makes the process crash with a
+//     panic before the handshake;
 //   - the environment variable TESTPLUGIN_MARKER names a file that gets one line per
 //     Init ("init pid=N") and Shutdown ("shutdown").
 package main
@@ -45,8 +49,8 @@ func (g *group) Validate() error {
 	if g.Dir == "" {
 		errs = append(errs, errors.New("plugin_config.dir: required"))
 	}
-	if g.Fault != "" && g.Fault != "decrease-all" {
-		errs = append(errs, fmt.Errorf("plugin_config.fault: unknown fault %q (known: decrease-all)", g.Fault))
+	if g.Fault != "" && g.Fault != "decrease-all" && g.Fault != "crash-init" {
+		errs = append(errs, fmt.Errorf("plugin_config.fault: unknown fault %q (known: decrease-all, crash-init)", g.Fault))
 	}
 	return errors.Join(errs...)
 }
@@ -64,6 +68,9 @@ func mark(line string) {
 func (g *group) Init(_ context.Context, logger hclog.Logger, s provider.Settings) (provider.ProviderInfo, error) {
 	g.settings, g.logger = s, logger
 	mark(fmt.Sprintf("init pid=%d", os.Getpid()))
+	if g.Fault == "crash-init" {
+		crash("crash in Init requested")
+	}
 	return provider.ProviderInfo{ID: "testplugin/" + g.Dir, MaxSize: g.MaxSize, Version: "0.0.1"}, os.MkdirAll(g.Dir, 0o755)
 }
 
@@ -128,6 +135,8 @@ func (g *group) Heartbeat(ctx context.Context, id string) error {
 		panic("testplugin: panic requested")
 	case "exit":
 		os.Exit(3)
+	case "crash":
+		crash("crash requested")
 	case "block":
 		<-ctx.Done()
 		return ctx.Err()
@@ -151,4 +160,20 @@ func (g *group) Shutdown(context.Context) error {
 	return nil
 }
 
-func main() { plugin.Main(&group{}, plugin.VersionInfo{Name: "testplugin", Version: "0.0.1"}) }
+// crash panics in a goroutine of its own, where the SDK's recovery cannot reach: the
+// process dies with "panic: testplugin: <why>" and a stack trace on stderr.
+func crash(why string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		panic("testplugin: " + why)
+	}()
+	<-done
+}
+
+func main() {
+	if os.Getenv("TESTPLUGIN_CRASH_AT_START") != "" {
+		crash("crash at start requested") // before the handshake
+	}
+	plugin.Main(&group{}, plugin.VersionInfo{Name: "testplugin", Version: "0.0.1"})
+}

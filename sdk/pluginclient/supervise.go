@@ -1,0 +1,467 @@
+package pluginclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/flotilla-ci/flotilla/sdk/provider"
+)
+
+// LaunchFunc starts one plugin process, ready for Init: Launch or Attach with the
+// plugin's binary, configuration and options bound.
+type LaunchFunc func(ctx context.Context) (*Plugin, error)
+
+// SuperviseOptions tune a Supervised plugin. Zero values take the defaults.
+type SuperviseOptions struct {
+	// Logger receives one line per exit, relaunch and failed relaunch. Default: discarded.
+	Logger *slog.Logger
+	// MinBackoff is the wait before the first relaunch after an exit; each failed or
+	// short-lived relaunch doubles it (with ±20% jitter) up to MaxBackoff. Defaults:
+	// 500ms and 1 minute.
+	MinBackoff, MaxBackoff time.Duration
+	// StableAfter is how long a plugin must have run for its exit to count as a new
+	// incident, starting again at MinBackoff. Default: MaxBackoff.
+	StableAfter time.Duration
+	// InitTimeout bounds the Init sent to a relaunched plugin. Default 1 minute.
+	InitTimeout time.Duration
+	// CheckInterval is how often an idle plugin is checked for an exit; a call that
+	// finds it gone is noticed at once. Default 250ms.
+	CheckInterval time.Duration
+}
+
+func (o SuperviseOptions) withDefaults() SuperviseOptions {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 500 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Minute
+	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	if o.StableAfter <= 0 {
+		o.StableAfter = o.MaxBackoff
+	}
+	if o.InitTimeout <= 0 {
+		o.InitTimeout = time.Minute
+	}
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = 250 * time.Millisecond
+	}
+	return o
+}
+
+// Supervised is a provider.InstanceGroup over a plugin process that is relaunched when
+// it exits. It re-sends Init with the settings of the first successful Init, so the
+// group carries on with the same configuration; a plugin's instances survive its
+// process (the contract: a relaunched plugin lists the same instances under the same
+// IDs), so the next Update lists them again.
+//
+// While the plugin is down, calls fail at once with an error wrapping ErrPluginExited
+// that says how it ended and when the next relaunch is; they never start a process
+// themselves. Relaunches happen in the background with exponential backoff (MinBackoff
+// doubling to MaxBackoff, with jitter); a relaunch whose Init fails with
+// ErrInvalidConfig, or that reports another group ID, waits MaxBackoff before the next
+// attempt, since retrying will not help until the plugin or its environment changes.
+// After Shutdown or Kill nothing is relaunched.
+type Supervised struct {
+	launch LaunchFunc
+	opts   SuperviseOptions
+	log    *slog.Logger
+	name   string
+
+	wake   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+	kill   sync.Once
+
+	mu       sync.Mutex
+	cur      *Plugin // nil while down
+	since    time.Time
+	attempts int // relaunches since the plugin last ran for StableAfter
+	down     *outage
+	settings *provider.Settings // of the first successful Init
+	info     provider.ProviderInfo
+	stopping bool // Shutdown or Kill was called
+}
+
+var _ provider.InstanceGroup = (*Supervised)(nil)
+
+// outage is the time between a plugin's exit and a successful relaunch.
+type outage struct {
+	status      string    // how the process ended, with its last stderr
+	began       time.Time // when the exit was noticed
+	attempt     int       // the next relaunch attempt, 1-based
+	at          time.Time // when it is due
+	lastErr     error     // why the previous attempt failed
+	hopeless    bool      // lastErr will not go away by retrying
+	relaunching bool
+}
+
+// Supervise launches the plugin with launch and supervises it until Kill. An error of
+// the first launch is returned as is; only a plugin that ran is relaunched.
+func Supervise(ctx context.Context, launch LaunchFunc, opts SuperviseOptions) (*Supervised, error) {
+	p, err := launch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &Supervised{launch: launch, opts: opts, log: opts.Logger, name: p.name, wake: make(chan struct{}, 1),
+		cancel: cancel, done: make(chan struct{}), cur: p, since: time.Now()}
+	go s.supervise(sctx)
+	return s, nil
+}
+
+// Name is the plugin's name in errors and logs.
+func (s *Supervised) Name() string { return s.name }
+
+// Current is the running plugin process, or nil while it is down.
+func (s *Supervised) Current() *Plugin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// Kill stops supervising and stops the plugin process; nothing is relaunched after it
+// returns.
+func (s *Supervised) Kill() {
+	s.kill.Do(func() {
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		s.cancel()
+		<-s.done // a relaunch in progress has been undone
+		s.mu.Lock()
+		p := s.cur
+		s.cur = nil
+		s.mu.Unlock()
+		if p != nil {
+			p.Kill()
+		}
+	})
+}
+
+func (s *Supervised) supervise(ctx context.Context) {
+	defer close(s.done)
+	tick := time.NewTicker(s.opts.CheckInterval)
+	defer tick.Stop()
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
+	for {
+		s.mu.Lock()
+		gone := s.cur
+		if gone != nil && !gone.Exited() {
+			gone = nil
+		}
+		s.mu.Unlock()
+		if gone != nil {
+			s.exited(gone)
+		}
+		var dueC <-chan time.Time
+		s.mu.Lock()
+		if s.down != nil && !s.stopping {
+			due.Reset(time.Until(s.down.at))
+			dueC = due.C
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-tick.C:
+		case <-dueC:
+			s.relaunch(ctx)
+		}
+		due.Stop()
+	}
+}
+
+// exited records that p has exited, if it is the current plugin, and schedules its
+// relaunch.
+func (s *Supervised) exited(p *Plugin) {
+	s.mu.Lock()
+	if s.cur != p || s.stopping {
+		s.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if now.Sub(s.since) >= s.opts.StableAfter {
+		s.attempts = 0
+	}
+	s.attempts++
+	attempt, delay, status := s.attempts, s.backoff(s.attempts, false), p.ExitStatus()
+	s.cur = nil
+	s.down = &outage{status: status, began: now, attempt: attempt, at: now.Add(delay)}
+	s.mu.Unlock()
+	s.log.Warn(fmt.Sprintf("plugin %s exited (%s); relaunching in %s (attempt %d)", s.name, oneLine(status), round(delay), attempt),
+		"plugin", s.name, "pid", p.Pid(), "attempt", attempt)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	p.Kill() // releases go-plugin's side of the dead process
+}
+
+// backoff is the wait before relaunch attempt n: MinBackoff·2^(n-1) with ±20% jitter,
+// at most MaxBackoff; MaxBackoff for a failure retrying will not fix.
+func (s *Supervised) backoff(n int, hopeless bool) time.Duration {
+	if hopeless {
+		return s.opts.MaxBackoff
+	}
+	d := s.opts.MinBackoff
+	for i := 1; i < n && d < s.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return min(d, s.opts.MaxBackoff)
+}
+
+// relaunch makes the attempt that is due: launch, then Init with the saved settings.
+func (s *Supervised) relaunch(ctx context.Context) {
+	s.mu.Lock()
+	o := s.down
+	if o == nil || s.stopping || time.Now().Before(o.at) {
+		s.mu.Unlock()
+		return
+	}
+	o.relaunching = true
+	settings, want := s.settings, s.info.ID
+	s.mu.Unlock()
+
+	p, info, err := s.start(ctx, settings)
+	hopeless := errors.Is(err, provider.ErrInvalidConfig)
+	if err == nil && settings != nil && info.ID != want {
+		err, hopeless = fmt.Errorf("the relaunched plugin reports group %q, not %q as before: it is not the same group", info.ID, want), true
+		p.Kill()
+	}
+
+	s.mu.Lock()
+	if s.stopping || ctx.Err() != nil {
+		s.mu.Unlock()
+		if err == nil {
+			p.Kill()
+		}
+		return
+	}
+	if err != nil {
+		s.attempts++
+		delay := s.backoff(s.attempts, hopeless)
+		failed := s.attempts - 1
+		o.attempt, o.at, o.lastErr, o.hopeless, o.relaunching = s.attempts, time.Now().Add(delay), err, hopeless, false
+		s.mu.Unlock()
+		note := ""
+		if hopeless {
+			note = hopelessNote
+		}
+		s.log.Error(fmt.Sprintf("plugin %s: relaunch attempt %d failed%s; next attempt in %s", s.name, failed, note, round(delay)),
+			"plugin", s.name, "error", err.Error(), "attempt", failed)
+		return
+	}
+	s.cur, s.since, s.down = p, time.Now(), nil
+	attempt, began := o.attempt, o.began
+	s.mu.Unlock()
+	s.log.Info(fmt.Sprintf("plugin %s relaunched (attempt %d), %s after it exited", s.name, attempt, round(time.Since(began))),
+		"plugin", s.name, "pid", p.Pid(), "attempt", attempt)
+}
+
+// hopelessNote explains why a relaunch waits MaxBackoff.
+const hopelessNote = " (retrying will not help until the plugin or its configuration changes)"
+
+// start launches a plugin process and, when the group was initialised, initialises it
+// with the same settings.
+func (s *Supervised) start(ctx context.Context, settings *provider.Settings) (*Plugin, provider.ProviderInfo, error) {
+	p, err := s.launch(ctx)
+	if err != nil {
+		return nil, provider.ProviderInfo{}, err
+	}
+	if settings == nil {
+		return p, provider.ProviderInfo{}, nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, s.opts.InitTimeout)
+	defer cancel()
+	info, err := p.Init(ictx, nil, *settings)
+	if err != nil {
+		p.Kill()
+		return nil, info, fmt.Errorf("init of the relaunched plugin: %w", err)
+	}
+	return p, info, nil
+}
+
+// plugin returns the current plugin, or the error that says why there is none.
+func (s *Supervised) plugin(method string) (*Plugin, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != nil {
+		return s.cur, nil
+	}
+	return nil, s.downErrorLocked(method)
+}
+
+// check passes a call's error on; if the plugin exited, it schedules the relaunch and
+// says so.
+func (s *Supervised) check(p *Plugin, method string, err error) error {
+	if err == nil || !errors.Is(err, ErrPluginExited) || !p.Exited() {
+		return err
+	}
+	s.exited(p)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.down == nil || s.cur != nil {
+		return err // relaunched meanwhile, or not relaunching: the call's own error
+	}
+	return s.downErrorLocked(method)
+}
+
+func (s *Supervised) downErrorLocked(method string) error {
+	o := s.down
+	if o == nil {
+		return &exitedError{msg: fmt.Sprintf("%s: plugin %s: %v; it was stopped", method, s.name, ErrPluginExited)}
+	}
+	status, stderr, _ := strings.Cut(o.status, stderrLines)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: plugin %s exited (%s)", method, s.name, status)
+	if o.lastErr != nil {
+		fmt.Fprintf(&b, "; relaunch attempt %d failed: %v", o.attempt-1, o.lastErr)
+		if o.hopeless {
+			b.WriteString(hopelessNote)
+		}
+	}
+	switch {
+	case s.stopping:
+		b.WriteString("; not relaunched: the plugin is being stopped")
+	case o.relaunching || !time.Now().Before(o.at):
+		fmt.Fprintf(&b, "; relaunching now (attempt %d)", o.attempt)
+	default:
+		fmt.Fprintf(&b, "; relaunching in %s (attempt %d)", round(time.Until(o.at)), o.attempt)
+	}
+	if stderr != "" {
+		b.WriteString(stderrLines + stderr)
+	}
+	return &exitedError{msg: b.String()}
+}
+
+// round shortens a duration for messages.
+func round(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(10 * time.Millisecond)
+}
+
+// oneLine puts an exit status with its stderr lines on one line for a log message.
+func oneLine(status string) string {
+	status, stderr, ok := strings.Cut(status, stderrLines)
+	if !ok {
+		return status
+	}
+	return status + "; last stderr: " + strings.ReplaceAll(stderr, "\n", " | ")
+}
+
+// Init initialises the group; a relaunched plugin gets the same settings.
+func (s *Supervised) Init(ctx context.Context, logger hclog.Logger, settings provider.Settings) (provider.ProviderInfo, error) {
+	p, err := s.plugin("init")
+	if err != nil {
+		return provider.ProviderInfo{}, err
+	}
+	info, err := p.Init(ctx, logger, settings)
+	if err != nil {
+		return info, s.check(p, "init", err)
+	}
+	s.mu.Lock()
+	if s.settings == nil {
+		s.settings, s.info = &settings, info
+	}
+	s.mu.Unlock()
+	return info, nil
+}
+
+// Update lists the group's instances into fn.
+func (s *Supervised) Update(ctx context.Context, fn func(string, provider.State)) error {
+	p, err := s.plugin("update")
+	if err != nil {
+		return err
+	}
+	return s.check(p, "update", p.Update(ctx, fn))
+}
+
+// Increase requests delta instances.
+func (s *Supervised) Increase(ctx context.Context, delta int) (int, error) {
+	p, err := s.plugin("increase")
+	if err != nil {
+		return 0, err
+	}
+	n, err := p.Increase(ctx, delta)
+	return n, s.check(p, "increase", err)
+}
+
+// Decrease deletes instances.
+func (s *Supervised) Decrease(ctx context.Context, ids []string) ([]string, error) {
+	p, err := s.plugin("decrease")
+	if err != nil {
+		return nil, err
+	}
+	done, err := p.Decrease(ctx, ids)
+	return done, s.check(p, "decrease", err)
+}
+
+// Suspend suspends instances.
+func (s *Supervised) Suspend(ctx context.Context, ids []string) ([]string, error) {
+	p, err := s.plugin("suspend")
+	if err != nil {
+		return nil, err
+	}
+	done, err := p.Suspend(ctx, ids)
+	return done, s.check(p, "suspend", err)
+}
+
+// Resume resumes instances.
+func (s *Supervised) Resume(ctx context.Context, ids []string) ([]string, error) {
+	p, err := s.plugin("resume")
+	if err != nil {
+		return nil, err
+	}
+	done, err := p.Resume(ctx, ids)
+	return done, s.check(p, "resume", err)
+}
+
+// ConnectInfo asks how to reach an instance.
+func (s *Supervised) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
+	p, err := s.plugin("connect info")
+	if err != nil {
+		return provider.ConnectInfo{}, err
+	}
+	info, err := p.ConnectInfo(ctx, id)
+	return info, s.check(p, "connect info", err)
+}
+
+// Heartbeat checks an instance's health.
+func (s *Supervised) Heartbeat(ctx context.Context, id string) error {
+	p, err := s.plugin("heartbeat")
+	if err != nil {
+		return err
+	}
+	return s.check(p, "heartbeat", p.Heartbeat(ctx, id))
+}
+
+// Shutdown asks the plugin to free its resources. From now on an exit is final: a
+// plugin is not relaunched to be stopped.
+func (s *Supervised) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	p, err := s.plugin("shutdown")
+	if err != nil {
+		return err
+	}
+	return p.Shutdown(ctx)
+}
