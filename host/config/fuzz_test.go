@@ -20,6 +20,11 @@ func FuzzLoad(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(okRunner + "    [[runners.autoscaler.policy]]\n      periods = [\"* 25 * * *\"]\n      idle_time = 5\n"))
+	// Values at and beyond the bounds, which used to load and then overflow or spin.
+	f.Add([]byte(okRunner + "    capacity_per_instance = 9223372036854775807\n    max_instances = 100000\n"))
+	f.Add([]byte("concurrent = -9223372036854775808\n" + okRunner + "    max_instances = 4611686018427387904\n    capacity_per_instance = 4\n"))
+	f.Add([]byte(okRunner + "    update_interval = \"1ns\"\n    [[runners.autoscaler.policy]]\n      idle_count = 9223372036854775807\n      scale_factor = nan\n"))
+	f.Add([]byte(okRunner + "    [[runners.autoscaler.policy]]\n      scale_factor = 1e308\n      scale_factor_limit = 1000000\n    [runners.autoscaler.connector_config]\n      keepalive = \"10ms\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, diags, err := Parse("fuzz.toml", data)
 		if (cfg != nil) == diags.HasErrors() || (err != nil) != diags.HasErrors() {
@@ -33,6 +38,30 @@ func FuzzLoad(f *testing.F) {
 		}
 		if cfg == nil {
 			return
+		}
+		// What loads is within the bounds the autoscaler relies on.
+		for i, r := range cfg.Runners {
+			a := r.Autoscaler
+			if r.OutputLimit > MaxOutputLimit {
+				t.Fatalf("runners[%d].output_limit %d loaded", i, r.OutputLimit)
+			}
+			if a == nil {
+				continue
+			}
+			if a.CapacityPerInstance > MaxCapacityPerInstance || a.MaxInstances > MaxInstancesBound {
+				t.Fatalf("runners[%d]: capacity %d, max_instances %d loaded", i, a.CapacityPerInstance, a.MaxInstances)
+			}
+			for _, d := range []Duration{a.UpdateInterval, a.UpdateIntervalWhenExpecting, a.DeletionRetryInterval,
+				a.ShutdownDeletionInterval, a.ConnectorConfig.Keepalive, a.VMIsolation.ConnectorConfig.Keepalive} {
+				if d.Duration > 0 && d.Duration < MinLoopInterval {
+					t.Fatalf("runners[%d]: interval %s loaded", i, d.Duration)
+				}
+			}
+			for _, p := range a.Policy {
+				if p.IdleCount > MaxIdleSlots || p.ScaleFactorLimit > MaxIdleSlots || !(p.ScaleFactor >= 0 && p.ScaleFactor <= MaxScaleFactor) {
+					t.Fatalf("runners[%d]: policy %+v loaded", i, p)
+				}
+			}
 		}
 		// Migration of whatever loaded must not panic, and its output must load.
 		if res, err := Migrate("fuzz.toml", data); err == nil {

@@ -185,7 +185,8 @@ type Policy struct {
 	Timezone string `toml:"timezone"`
 	// IdleCount is the idle capacity to keep, in job slots (not instances).
 	IdleCount int `toml:"idle_count"`
-	// IdleTime is how long an unneeded idle instance is kept; at least 1s when set.
+	// IdleTime is how long an unneeded idle instance is kept: 0s (not at all) or at
+	// least 1s.
 	IdleTime         Duration `toml:"idle_time"`
 	ScaleFactor      float64  `toml:"scale_factor"`
 	ScaleFactorLimit int      `toml:"scale_factor_limit"`

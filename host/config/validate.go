@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"slices"
@@ -24,6 +25,27 @@ var knownPullPolicies = []string{"always", "if-not-present", "never"}
 var knownLogLevels = []string{"debug", "info", "warn", "warning", "error", "fatal", "panic"}
 
 var knownProtocols = []string{"ssh", "winrm", "winrm+https"}
+
+// Bounds on the counts and intervals of [runners.autoscaler]. GitLab Runner sets none;
+// these are far above any real fleet, and low enough that the autoscaler's arithmetic
+// cannot overflow (max_instances × capacity_per_instance ≤ 10⁸, idle capacity ≤ 10⁶
+// slots, scale_factor × busy slots ≤ 10¹¹) and that no loop spins.
+const (
+	// MaxCapacityPerInstance bounds capacity_per_instance: job slots on one instance.
+	MaxCapacityPerInstance = 1000
+	// MaxInstancesBound bounds max_instances.
+	MaxInstancesBound = 100_000
+	// MaxIdleSlots bounds idle_count and scale_factor_limit, which count job slots.
+	MaxIdleSlots = 1_000_000
+	// MaxScaleFactor bounds scale_factor, idle slots kept per busy slot.
+	MaxScaleFactor = 1000
+	// MinLoopInterval is the shortest interval of a loop: update_interval,
+	// update_interval_when_expecting, deletion_retry_interval,
+	// shutdown_deletion_interval and connector keepalive.
+	MinLoopInterval = 10 * time.Millisecond
+	// MaxOutputLimit bounds output_limit (kilobytes): 1 TiB of log.
+	MaxOutputLimit = 1 << 30
+)
 
 // cronParser reads the 5-field periods of autoscaler policies.
 var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow)
@@ -77,6 +99,45 @@ func (v *validator) nonNegative(path string, n int) {
 	}
 }
 
+// count checks a count that must be 0 (the default) up to limit; what says what it
+// counts, for the hint.
+func (v *validator) count(path string, n, limit int, what string) {
+	switch {
+	case n < 0:
+		v.nonNegative(path, n)
+	case n > limit:
+		v.errorf(path, fmt.Sprintf("use at most %d %s", limit, what),
+			"%s = %d is out of range (at most %d)", lastKey(path), n, limit)
+	}
+}
+
+// interval checks a duration that drives a loop: when set, at least MinLoopInterval.
+func (v *validator) interval(path string, d Duration) {
+	if d.Duration > 0 && d.Duration < MinLoopInterval {
+		v.errorf(path, fmt.Sprintf("use at least %s, or leave it unset for the default", MinLoopInterval),
+			"%s = %s would make the runner busy-loop (minimum %s)", lastKey(path), d.Duration, MinLoopInterval)
+	}
+}
+
+// mulSat and addSat are n × m and n + m for non-negative ints, saturating at
+// math.MaxInt instead of wrapping around.
+func mulSat(n, m int) int {
+	if n == 0 || m == 0 {
+		return 0
+	}
+	if n > math.MaxInt/m {
+		return math.MaxInt
+	}
+	return n * m
+}
+
+func addSat(n, m int) int {
+	if n > math.MaxInt-m {
+		return math.MaxInt
+	}
+	return n + m
+}
+
 func (v *validator) validate() {
 	c := v.cfg
 	v.nonNegative("concurrent", c.Concurrent)
@@ -100,16 +161,20 @@ func (v *validator) validate() {
 		if n > 0 && first == "" {
 			first = indexPath("runners", i) + ".autoscaler.max_instances"
 		}
-		want += n
+		want = addSat(want, n)
 	}
 	if want > 0 && c.ConcurrentOrDefault() < want {
 		at := "concurrent"
 		if !v.set(at) {
 			at = first // point at what asks for more than the default allows
 		}
-		v.add(Warning, v.at(at), "concurrent",
-			fmt.Sprintf("concurrent = %d caps the jobs below what the autoscaled runners can run (%d)", c.ConcurrentOrDefault(), want),
-			fmt.Sprintf("set concurrent = %d (max_instances × capacity_per_instance, summed over runners)", want))
+		msg := fmt.Sprintf("concurrent = %d caps the jobs below what the autoscaled runners can run (%d)", c.ConcurrentOrDefault(), want)
+		hint := fmt.Sprintf("set concurrent = %d (max_instances × capacity_per_instance, summed over runners)", want)
+		if want == math.MaxInt {
+			msg = fmt.Sprintf("concurrent = %d caps the jobs below what the autoscaled runners can run (max_instances × capacity_per_instance, summed over runners, is too large to count)", c.ConcurrentOrDefault())
+			hint = "lower max_instances and capacity_per_instance to what the fleet can run, then set concurrent to their product"
+		}
+		v.add(Warning, v.at(at), "concurrent", msg, hint)
 	}
 }
 
@@ -118,7 +183,7 @@ func (v *validator) validate() {
 func (v *validator) runner(path string, r *Runner) int {
 	v.nonNegative(path+".limit", r.Limit)
 	v.nonNegative(path+".request_concurrency", r.RequestConcurrency)
-	v.nonNegative(path+".output_limit", r.OutputLimit)
+	v.count(path+".output_limit", r.OutputLimit, MaxOutputLimit, "kilobytes")
 	if r.URL != "" {
 		if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			v.errorf(path+".url", "write the GitLab address, e.g. \"https://gitlab.com\"", "invalid url %q", r.URL)
@@ -187,9 +252,13 @@ func (v *validator) autoscaler(path string, a *Autoscaler, r *Runner) int {
 		v.errorf(path, "set plugin = \"local\", \"aws\", \"googlecloud\", \"azure\" or a plugin binary name",
 			"autoscaler plugin is not set")
 	}
-	v.nonNegative(path+".capacity_per_instance", a.CapacityPerInstance)
+	v.count(path+".capacity_per_instance", a.CapacityPerInstance, MaxCapacityPerInstance, "job slots per instance")
 	v.nonNegative(path+".max_use_count", a.MaxUseCount)
-	v.nonNegative(path+".max_instances", a.MaxInstances)
+	v.count(path+".max_instances", a.MaxInstances, MaxInstancesBound, "instances")
+	v.interval(path+".update_interval", a.UpdateInterval)
+	v.interval(path+".update_interval_when_expecting", a.UpdateIntervalWhenExpecting)
+	v.interval(path+".deletion_retry_interval", a.DeletionRetryInterval)
+	v.interval(path+".shutdown_deletion_interval", a.ShutdownDeletionInterval)
 	v.nonNegative(path+".shutdown_deletion_retries", a.ShutdownDeletionRetries)
 	v.nonNegative(path+".failure_threshold", a.FailureThreshold)
 	if a.ScaleThrottle.Limit < -1 {
@@ -205,13 +274,14 @@ func (v *validator) autoscaler(path string, a *Autoscaler, r *Runner) int {
 		v.warnf(path+".vm_isolation.enabled", "use executor \"instance\" for nesting VMs",
 			"vm_isolation applies to the instance executor only")
 	}
-	for i := range a.Policy {
-		v.policy(indexPath(path+".policy", i), &a.Policy[i])
-	}
+	slots := 0 // job slots of the whole group; 0 = unbounded
 	if a.MaxInstances > 0 {
-		return a.MaxInstances * a.CapacityPerInstanceOrDefault()
+		slots = mulSat(a.MaxInstances, a.CapacityPerInstanceOrDefault())
 	}
-	return 0
+	for i := range a.Policy {
+		v.policy(indexPath(path+".policy", i), &a.Policy[i], slots)
+	}
+	return slots
 }
 
 func (v *validator) connector(path string, cc *ConnectorConfig) {
@@ -222,16 +292,33 @@ func (v *validator) connector(path string, cc *ConnectorConfig) {
 		v.errorf(path+".protocol_port", "a TCP port 1-65535, or 0 for the protocol's default",
 			"protocol_port %d is out of range", cc.ProtocolPort)
 	}
+	v.interval(path+".keepalive", cc.Keepalive)
 }
 
-func (v *validator) policy(path string, p *Policy) {
-	v.nonNegative(path+".idle_count", p.IdleCount)
-	v.nonNegative(path+".scale_factor_limit", p.ScaleFactorLimit)
-	if p.ScaleFactor < 0 {
-		v.errorf(path+".scale_factor", "use 0 (off) or a positive factor", "scale_factor must not be negative, got %g", p.ScaleFactor)
+// policy checks one policy; slots is the job slots of the group (0 = unbounded), which
+// idle capacity cannot exceed.
+func (v *validator) policy(path string, p *Policy, slots int) {
+	v.count(path+".idle_count", p.IdleCount, MaxIdleSlots, "job slots")
+	v.count(path+".scale_factor_limit", p.ScaleFactorLimit, MaxIdleSlots, "job slots")
+	switch sf := p.ScaleFactor; {
+	case math.IsNaN(sf) || math.IsInf(sf, 0):
+		v.errorf(path+".scale_factor", fmt.Sprintf("use 0 (off) or a factor up to %d, e.g. 0.5", MaxScaleFactor),
+			"scale_factor must be a number, got %g", sf)
+	case sf < 0:
+		v.errorf(path+".scale_factor", "use 0 (off) or a positive factor", "scale_factor must not be negative, got %g", sf)
+	case sf > MaxScaleFactor:
+		v.errorf(path+".scale_factor", fmt.Sprintf("use at most %d idle slots per busy slot; 0.5 to 2 is usual", MaxScaleFactor),
+			"scale_factor = %g is out of range (at most %d)", sf, MaxScaleFactor)
 	}
-	if v.set(path+".idle_time") && p.IdleTime.Duration < time.Second {
-		v.errorf(path+".idle_time", "idle_time must be at least 1s, e.g. \"20m0s\"",
+	if slots > 0 && p.IdleCount > slots && p.IdleCount <= MaxIdleSlots {
+		v.warnf(path+".idle_count", fmt.Sprintf("lower idle_count to %d or raise max_instances", slots),
+			"idle_count = %d is more than the %d job slots of max_instances × capacity_per_instance; at most %d are kept idle",
+			p.IdleCount, slots, slots)
+	}
+	// "0s" is accepted, as GitLab Runner does (its plugins' examples use it for "remove
+	// idle instances at once"); other values below 1s are mistakes.
+	if v.set(path+".idle_time") && p.IdleTime.Duration > 0 && p.IdleTime.Duration < time.Second {
+		v.errorf(path+".idle_time", "idle_time must be at least 1s, e.g. \"20m0s\", or \"0s\" to remove idle instances at once",
 			"idle_time %s is below the minimum of 1s", p.IdleTime.Duration)
 	}
 	for i, expr := range p.Periods {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -168,5 +170,46 @@ func TestValidShell(t *testing.T) {
 	}
 	if err := ValidShell("pwsh"); !strings.Contains(err.Error(), "require a script file") {
 		t.Errorf("pwsh error = %v", err)
+	}
+}
+
+// TestFileVariablesArePrivate: a file variable is written readable by the job's user
+// only, also over a file left from before, and the job's own umask is unchanged.
+func TestFileVariablesArePrivate(t *testing.T) {
+	for _, shell := range []string{ShellBash, ShellSh} {
+		t.Run(shell, func(t *testing.T) {
+			dir := t.TempDir()
+			varDir := filepath.Join(dir, "tmp")
+			if err := os.MkdirAll(varDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			// A file from an earlier job, world-readable.
+			if err := os.WriteFile(filepath.Join(varDir, "OLD"), []byte("stale"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s := Script{Shell: shell, Dir: dir, FileVarDir: varDir, Commands: []string{"touch job-file"},
+				Variables: jobs.Variables{{Key: "KEY", Value: "-----BEGIN KEY-----", File: true}, {Key: "OLD", Value: "fresh", File: true}}}
+			cmd := exec.Command(shell, "-s")
+			cmd.Stdin = strings.NewReader("umask 022\n" + s.String())
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			for name, content := range map[string]string{"KEY": "-----BEGIN KEY-----", "OLD": "fresh"} {
+				p := filepath.Join(varDir, name)
+				fi, err := os.Stat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s has mode %v, want 0600", name, fi.Mode().Perm())
+				}
+				if b, _ := os.ReadFile(p); string(b) != content {
+					t.Errorf("%s = %q, want %q", name, b, content)
+				}
+			}
+			if fi, err := os.Stat(filepath.Join(dir, "job-file")); err != nil || fi.Mode().Perm() != 0o644 {
+				t.Errorf("a file the job creates: %v, %v; the job's umask must stay 022", fi.Mode(), err)
+			}
+		})
 	}
 }

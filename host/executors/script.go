@@ -54,9 +54,14 @@ func (s Script) String() string {
 	b.WriteString("set +o noclobber\n")
 	for _, v := range s.Variables.Effective() {
 		if v.File {
+			// A file variable often holds a key or a token: only the job's user may
+			// read it. umask makes the file 0600 from its creation (no window in
+			// which it is readable), the subshell keeps the umask from the job's
+			// commands, and rm makes sure a file left from before is not reused
+			// with its old mode.
 			path := strings.TrimRight(s.FileVarDir, "/") + "/" + v.Key
-			fmt.Fprintf(&b, "mkdir -p %s && printf '%%s' %s > %s\nexport %s=%s\n",
-				quote(s.FileVarDir), quote(v.Value), quote(path), v.Key, quote(path))
+			fmt.Fprintf(&b, "(umask 077 && mkdir -p %s && rm -f %s && printf '%%s' %s > %s)\nexport %s=%s\n",
+				quote(s.FileVarDir), quote(path), quote(v.Value), quote(path), v.Key, quote(path))
 			continue
 		}
 		fmt.Fprintf(&b, "export %s=%s\n", v.Key, quote(v.Value))

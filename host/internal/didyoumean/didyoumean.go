@@ -4,7 +4,7 @@
 package didyoumean
 
 import (
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -12,28 +12,65 @@ import (
 // and underscores (IdleCount vs idle_count), else one within a small edit distance (1
 // for words of up to 4 letters, 2 otherwise). It returns "" when nothing is close.
 func Closest(word string, known []string) string {
-	norm := func(s string) string {
-		return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(s))
+	if best := Nearest(word, known, 1); len(best) > 0 {
+		return best[0]
 	}
-	for _, c := range known {
-		if norm(c) == norm(word) {
-			return c
-		}
+	return ""
+}
+
+// Nearest returns up to n known words close to word, closest first: those equal to it
+// ignoring case, dashes and underscores, then those within Closest's edit distance,
+// ties in alphabetical order. A hint built from it stays short however many words are
+// known.
+func Nearest(word string, known []string, n int) []string {
+	if n <= 0 {
+		return nil
+	}
+	type cand struct {
+		word string
+		dist int // -1 for a match ignoring case, dashes and underscores
 	}
 	limit := 2
 	if len(word) <= 4 {
 		limit = 1
 	}
-	best, bestD := "", 0
-	sorted := append([]string(nil), known...)
-	sort.Strings(sorted)
-	for _, c := range sorted {
-		d := editDistance(strings.ToLower(word), strings.ToLower(c))
-		if d <= limit && (best == "" || d < bestD) {
-			best, bestD = c, d
+	nw, lw := norm(word), strings.ToLower(word)
+	var cands []cand
+	for _, c := range known {
+		if norm(c) == nw {
+			cands = append(cands, cand{c, -1})
+			continue
+		}
+		// The distance is at least the length difference: skip the O(len²) work when
+		// that alone is too far.
+		lc := strings.ToLower(c)
+		if d := len(lc) - len(lw); d > limit || -d > limit {
+			continue
+		}
+		if d := editDistance(lw, lc); d <= limit {
+			cands = append(cands, cand{c, d})
 		}
 	}
-	return best
+	slices.SortFunc(cands, func(a, b cand) int {
+		if a.dist != b.dist {
+			return a.dist - b.dist
+		}
+		return strings.Compare(a.word, b.word)
+	})
+	out := make([]string, 0, min(n, len(cands)))
+	for _, c := range cands {
+		if len(out) == n {
+			break
+		}
+		if !slices.Contains(out, c.word) {
+			out = append(out, c.word)
+		}
+	}
+	return out
+}
+
+func norm(s string) string {
+	return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(s))
 }
 
 // editDistance is the Levenshtein distance between a and b.

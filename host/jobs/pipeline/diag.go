@@ -42,6 +42,11 @@ type diags struct {
 	file     string
 	errs     []error
 	warnings []Diagnostic
+	// steps counts expansion work against MaxExpansionSteps; job and jobNode name the
+	// job being expanded, for the message when the budget runs out.
+	steps   int
+	job     string
+	jobNode node
 }
 
 func (d *diags) at(n node, path, format string, args ...any) Diagnostic {

@@ -44,6 +44,8 @@ type Job struct {
 	When  string
 	// Line is where the job is defined, for messages.
 	Line int
+	// needAt is where each of Needs is written, for messages.
+	needAt []node
 }
 
 // Pipeline is a parsed .gitlab-ci.yml.
@@ -102,8 +104,18 @@ var failingJobKeys = map[string]string{
 
 // Parse parses pipeline data; file names it in messages. The error, if any, joins a
 // Diagnostic per problem; warnings are in the returned pipeline.
+//
+// Parse returns in bounded time and memory whatever the input: it refuses files larger
+// than MaxFileSize, aliases that contain themselves, documents whose aliases expand
+// beyond MaxExpandedSize or MaxDepth (GitLab's defaults), and pipelines whose extends:,
+// default: and merge keys take more than MaxExpansionSteps to expand.
 func Parse(file string, data []byte) (*Pipeline, error) {
 	d := &diags{file: file}
+	if len(data) > MaxFileSize {
+		d.errorHint(nil, "", "GitLab refuses CI files over 1 MiB of keys and values; split the pipeline",
+			"the file is %d bytes, more than runner exec reads (%d)", len(data), MaxFileSize)
+		return nil, d.err()
+	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		d.errs = append(d.errs, yamlError(file, err))
@@ -113,18 +125,35 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 		d.errorHint(nil, "", "add at least one job with a script", "the file is empty")
 		return nil, d.err()
 	}
-	root := resolve(doc.Content[0])
+	if !checkAliases(d, doc.Content[0]) {
+		return nil, d.err()
+	}
+	return parse(d, file, doc.Content[0])
+}
+
+// parse reads a document that checkAliases accepted.
+func parse(d *diags, file string, top node) (p *Pipeline, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(budgetExceeded); !ok {
+				panic(r)
+			}
+			d.budgetError()
+			p, err = nil, d.err()
+		}
+	}()
+	root := resolve(top)
 	if root.Kind != yaml.MappingNode {
 		d.errorf(root, "", "the top level must be a mapping of keywords and jobs, not a %s", kindName(root))
 		return nil, d.err()
 	}
-	p := &Pipeline{File: file}
-	top := pairs(root)
+	p = &Pipeline{File: file}
+	topPairs := d.pairs(root)
 	defs := map[string]node{} // every job and hidden template, by name
 	var names []string
 	defaults := &mappingNode{}
 	var globalVars jobs.Variables
-	for _, kv := range top {
+	for _, kv := range topPairs {
 		key, val := kv.key.Value, kv.value
 		switch key {
 		case "stages":
@@ -137,7 +166,7 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 			globalVars = variables(d, val, "variables")
 		case "default":
 			if m := mapping(d, val, "default"); m != nil {
-				for _, dkv := range pairs(m) {
+				for _, dkv := range d.pairs(m) {
 					switch dkv.key.Value {
 					case "image", "before_script", "after_script", "timeout", "services", "tags", "cache",
 						"artifacts", "retry", "interruptible", "hooks", "id_tokens":
@@ -159,7 +188,12 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 		case "spec":
 			d.warnf(kv.key, "spec", "spec inputs are not supported by runner exec; ignored")
 		default:
-			if val.Kind != yaml.MappingNode && resolve(val).Kind != yaml.MappingNode {
+			if strings.HasPrefix(key, ".") && resolve(val).Kind != yaml.MappingNode {
+				// A hidden key that is not a job template: GitLab ignores it, and it is
+				// where anchors for lists and values live (.scripts: &scripts [...]).
+				continue
+			}
+			if resolve(val).Kind != yaml.MappingNode {
 				hint := "a job is a mapping with at least a script"
 				if s := suggest(key, globalKeys); s != "" {
 					hint = s
@@ -181,11 +215,13 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 		// .pre and .post always exist, first and last.
 		p.Stages = append(append([]string{".pre"}, slices.DeleteFunc(p.Stages, func(s string) bool { return s == ".pre" || s == ".post" })...), ".post")
 	}
+	x := &expander{d: d, defs: defs, done: map[string]expanded{}}
 	for _, name := range names {
 		if strings.HasPrefix(name, ".") {
 			continue // hidden job: a template for extends
 		}
-		merged := expand(d, name, defs, nil)
+		d.job, d.jobNode = name, defs[name]
+		merged := x.expand(name, nil)
 		if merged == nil {
 			continue
 		}
@@ -193,6 +229,7 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 			p.Jobs = append(p.Jobs, j)
 		}
 	}
+	d.job, d.jobNode = "", nil
 	if len(p.Jobs) == 0 && len(d.errs) == 0 {
 		d.errorHint(root, "", "add a job: a top-level key whose value has a script", "the pipeline has no jobs")
 	}
@@ -241,8 +278,9 @@ func resolve(n node) node {
 type pair struct{ key, value node }
 
 // pairs returns a mapping's entries with YAML merge keys (<<: *anchor) applied:
-// explicit keys win over merged ones.
-func pairs(m node) []pair {
+// explicit keys win over merged ones, and of several merged mappings (<<: [*a, *b]) the
+// first that has a key wins.
+func (d *diags) pairs(m node) []pair {
 	var out []pair
 	var merged []pair
 	for i := 0; i+1 < len(m.Content); i += 2 {
@@ -255,15 +293,24 @@ func pairs(m node) []pair {
 			}
 			for _, s := range srcs {
 				if s = resolve(s); s.Kind == yaml.MappingNode {
-					merged = append(merged, pairs(s)...)
+					merged = append(merged, d.pairs(s)...)
 				}
 			}
 			continue
 		}
 		out = append(out, pair{k, v})
 	}
+	d.step(len(out) + len(merged))
+	if len(merged) == 0 {
+		return out
+	}
+	seen := make(map[string]bool, len(out)+len(merged))
+	for _, p := range out {
+		seen[p.key.Value] = true
+	}
 	for _, mp := range merged {
-		if !slices.ContainsFunc(out, func(p pair) bool { return p.key.Value == mp.key.Value }) {
+		if !seen[mp.key.Value] {
+			seen[mp.key.Value] = true
 			out = append(out, mp)
 		}
 	}
@@ -271,44 +318,79 @@ func pairs(m node) []pair {
 }
 
 // mappingNode is an ordered key → node map built while merging extends.
-type mappingNode struct{ entries []pair }
+type mappingNode struct {
+	entries []pair
+	index   map[string]int // key → position in entries
+}
 
 func (m *mappingNode) get(key string) node {
-	for _, e := range m.entries {
-		if e.key.Value == key {
-			return e.value
-		}
+	if i, ok := m.index[key]; ok {
+		return m.entries[i].value
 	}
 	return nil
 }
 
 func (m *mappingNode) set(k, v node) {
-	for i, e := range m.entries {
-		if e.key.Value == k.Value {
-			m.entries[i] = pair{k, v}
-			return
-		}
+	if i, ok := m.index[k.Value]; ok {
+		m.entries[i] = pair{k, v}
+		return
 	}
+	if m.index == nil {
+		m.index = map[string]int{}
+	}
+	m.index[k.Value] = len(m.entries)
 	m.entries = append(m.entries, pair{k, v})
 }
 
 // maxExtendsDepth is GitLab's limit on extends chains.
 const maxExtendsDepth = 11
 
+// expander resolves extends, each job or template once: a template named by many jobs,
+// or many times over at every level of a chain, costs one expansion.
+type expander struct {
+	d    *diags
+	defs map[string]node // every job and hidden template, by name
+	done map[string]expanded
+}
+
+// expanded is a finished expansion: m is nil when it failed (the error is reported
+// once); height is the length of the longest extends chain above it.
+type expanded struct {
+	m      *mappingNode
+	height int
+}
+
 // expand resolves extends for a job or template: parents are merged in order, then the
 // job's own keys; mappings merge deeply, everything else (lists included) is replaced.
-func expand(d *diags, name string, defs map[string]node, chain []string) *mappingNode {
+// chain is the jobs that extend this one, nearest last. The result is shared: callers
+// must not modify it.
+func (x *expander) expand(name string, chain []string) *mappingNode {
+	d := x.d
 	if slices.Contains(chain, name) {
-		d.errorf(defs[name], name+".extends", "extends cycle: %s", strings.Join(append(chain, name), " -> "))
+		d.errorf(x.defs[name], name+".extends", "extends cycle: %s", strings.Join(append(chain, name), " -> "))
 		return nil
+	}
+	if e, ok := x.done[name]; ok {
+		if e.m != nil && len(chain)+e.height >= maxExtendsDepth {
+			d.errorf(x.defs[name], name+".extends", "extends nests deeper than %d levels", maxExtendsDepth)
+			return nil
+		}
+		return e.m
 	}
 	if len(chain) >= maxExtendsDepth {
-		d.errorf(defs[name], name+".extends", "extends nests deeper than %d levels", maxExtendsDepth)
+		d.errorf(x.defs[name], name+".extends", "extends nests deeper than %d levels", maxExtendsDepth)
 		return nil
 	}
-	def := defs[name]
+	m, height := x.build(name, chain)
+	x.done[name] = expanded{m, height}
+	return m
+}
+
+func (x *expander) build(name string, chain []string) (*mappingNode, int) {
+	d := x.d
 	out := &mappingNode{}
-	own := pairs(def)
+	own := d.pairs(x.defs[name])
+	height := 0
 	for _, kv := range own {
 		if kv.key.Value != "extends" {
 			continue
@@ -329,38 +411,43 @@ func expand(d *diags, name string, defs map[string]node, chain []string) *mappin
 				d.errorf(pn, name+".extends", "!reference is not supported by runner exec")
 				continue
 			}
-			if _, ok := defs[pn.Value]; !ok {
-				known := make([]string, 0, len(defs))
-				for k := range defs {
+			if _, ok := x.defs[pn.Value]; !ok {
+				known := make([]string, 0, len(x.defs))
+				for k := range x.defs {
 					known = append(known, k)
 				}
 				d.errorHint(pn, name+".extends", suggest(pn.Value, known), "extends unknown job %q", pn.Value)
 				continue
 			}
-			parent := expand(d, pn.Value, defs, append(chain, name))
+			parent := x.expand(pn.Value, append(chain, name))
 			if parent == nil {
-				return nil
+				return nil, 0
 			}
+			height = max(height, 1+x.done[pn.Value].height)
 			for _, e := range parent.entries {
-				mergeInto(out, e)
+				d.mergeInto(out, e)
 			}
 		}
 	}
 	for _, kv := range own {
 		if kv.key.Value != "extends" {
-			mergeInto(out, kv)
+			d.mergeInto(out, kv)
 		}
 	}
-	return out
+	return out, height
 }
 
-func mergeInto(m *mappingNode, e pair) {
+func (d *diags) mergeInto(m *mappingNode, e pair) {
+	d.step(1)
 	old := m.get(e.key.Value)
 	nv := resolve(e.value)
 	if old != nil && resolve(old).Kind == yaml.MappingNode && nv.Kind == yaml.MappingNode {
-		merged := &mappingNode{entries: slices.Clone(pairs(resolve(old)))}
-		for _, c := range pairs(nv) {
-			mergeInto(merged, c)
+		merged := &mappingNode{}
+		for _, c := range d.pairs(resolve(old)) {
+			merged.set(c.key, c.value)
+		}
+		for _, c := range d.pairs(nv) {
+			d.mergeInto(merged, c)
 		}
 		out := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: nv.Line, Column: nv.Column}
 		for _, c := range merged.entries {
@@ -387,6 +474,7 @@ func seq(d *diags, n node, path string) []node {
 		d.errorf(n, path, "expected a list, got a %s", kindName(n))
 		return nil
 	}
+	d.step(len(n.Content))
 	return n.Content
 }
 
@@ -411,11 +499,17 @@ func script(d *diags, n node, path string) []string {
 	case yaml.ScalarNode:
 		return []string{scalar(d, n, path)}
 	case yaml.SequenceNode:
-		var out []string
+		d.step(len(n.Content))
+		out := make([]string, 0, len(n.Content))
 		for i, c := range n.Content {
 			c = resolve(c)
+			if plainScalar(c) {
+				out = append(out, c.Value) // the common case, without building a path
+				continue
+			}
 			p := fmt.Sprintf("%s[%d]", path, i)
 			if c.Kind == yaml.SequenceNode {
+				d.step(len(c.Content))
 				for j, cc := range c.Content {
 					out = append(out, scalar(d, cc, fmt.Sprintf("%s[%d]", p, j)))
 				}
@@ -433,6 +527,11 @@ func script(d *diags, n node, path string) []string {
 	return nil
 }
 
+// plainScalar reports whether scalar would accept n without a message.
+func plainScalar(n node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag != "!!null" && n.Tag != "!reference"
+}
+
 var varName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 func variables(d *diags, n node, path string) jobs.Variables {
@@ -441,7 +540,7 @@ func variables(d *diags, n node, path string) jobs.Variables {
 		return nil
 	}
 	var out jobs.Variables
-	for _, kv := range pairs(m) {
+	for _, kv := range d.pairs(m) {
 		p := path + "." + kv.key.Value
 		if !varName.MatchString(kv.key.Value) {
 			d.errorHint(kv.key, p, "use letters, digits and underscores, not starting with a digit", "invalid variable name %q", kv.key.Value)
@@ -450,7 +549,7 @@ func variables(d *diags, n node, path string) jobs.Variables {
 		v := resolve(kv.value)
 		if v.Kind == yaml.MappingNode {
 			val := ""
-			for _, f := range pairs(v) {
+			for _, f := range d.pairs(v) {
 				switch f.key.Value {
 				case "value":
 					val = scalar(d, f.value, p+".value")
@@ -481,7 +580,7 @@ func image(d *diags, n node, path string) jobs.Image {
 		return jobs.Image{}
 	}
 	var img jobs.Image
-	for _, kv := range pairs(m) {
+	for _, kv := range d.pairs(m) {
 		switch kv.key.Value {
 		case "name":
 			img.Name = scalar(d, kv.value, path+".name")
@@ -521,13 +620,13 @@ func caches(d *diags, n node, path string) []jobs.Cache {
 			continue
 		}
 		c := jobs.Cache{Key: "default", Policy: "pull-push", When: WhenOnSuccess}
-		for _, f := range pairs(m) {
+		for _, f := range d.pairs(m) {
 			fp := p + "." + f.key.Value
 			switch f.key.Value {
 			case "key":
 				if resolve(f.value).Kind == yaml.MappingNode {
 					d.warnf(f.key, fp, "key: files/prefix is not supported by runner exec; the key is the prefix, or \"default\"")
-					for _, kf := range pairs(resolve(f.value)) {
+					for _, kf := range d.pairs(resolve(f.value)) {
 						if kf.key.Value == "prefix" {
 							c.Key = scalar(d, kf.value, fp+".prefix")
 						}
@@ -565,6 +664,7 @@ func caches(d *diags, n node, path string) []jobs.Cache {
 func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *mappingNode, globalVars jobs.Variables) *Job {
 	errsBefore := len(d.errs)
 	j := &Job{Job: jobs.Job{Name: name, Stage: "test"}, When: WhenOnSuccess, Line: 0}
+	d.step(len(globalVars))
 	j.Variables = slices.Clone(globalVars)
 	if len(m.entries) > 0 {
 		j.Line = m.entries[0].key.Line
@@ -587,14 +687,15 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		case "variables":
 			j.Variables = append(j.Variables, variables(d, kv.value, path)...)
 		case "needs":
-			j.Needs = []string{}
+			j.Needs, j.needAt = []string{}, nil
 			for i, n := range seq(d, kv.value, path) {
 				n = resolve(n)
 				if n.Kind == yaml.MappingNode {
-					for _, f := range pairs(n) {
+					for _, f := range d.pairs(n) {
 						switch f.key.Value {
 						case "job":
 							j.Needs = append(j.Needs, scalar(d, f.value, fmt.Sprintf("%s[%d].job", path, i)))
+							j.needAt = append(j.needAt, resolve(f.value))
 						case "artifacts", "optional":
 						default:
 							d.errorf(f.key, fmt.Sprintf("%s[%d].%s", path, i, f.key.Value), "unsupported needs field (runner exec supports job, artifacts, optional)")
@@ -603,12 +704,13 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 					continue
 				}
 				j.Needs = append(j.Needs, scalar(d, n, fmt.Sprintf("%s[%d]", path, i)))
+				j.needAt = append(j.needAt, n)
 			}
 		case "allow_failure":
 			v := resolve(kv.value)
 			if v.Kind == yaml.MappingNode {
 				j.AllowFailure = true
-				for _, f := range pairs(v) {
+				for _, f := range d.pairs(v) {
 					if f.key.Value != "exit_codes" {
 						d.errorf(f.key, path+"."+f.key.Value, "unknown allow_failure field (allowed: exit_codes)")
 						continue
@@ -617,6 +719,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 					if codes[0].Kind == yaml.SequenceNode {
 						codes = codes[0].Content
 					}
+					d.step(len(codes))
 					for _, c := range codes {
 						n, err := strconv.Atoi(scalar(d, c, path+".exit_codes"))
 						if err != nil {
@@ -686,7 +789,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 	if v := m.get("artifacts"); v != nil {
 		if am := mapping(d, v, name+".artifacts"); am != nil {
 			a := jobs.Artifact{When: WhenOnSuccess}
-			for _, f := range pairs(am) {
+			for _, f := range d.pairs(am) {
 				switch f.key.Value {
 				case "paths":
 					a.Paths = script(d, f.value, name+".artifacts.paths")
@@ -723,27 +826,52 @@ func withPos(err error, n node) error {
 	return err
 }
 
+// suggestOr is a "did you mean" hint, else the known words: at most maxListed of them,
+// so that a hint stays one short line.
 func suggestOr(word string, known []string) string {
 	if s := suggest(word, known); s != "" {
 		return s
 	}
+	if len(known) > maxListed {
+		return fmt.Sprintf("%s, … (%d in all)", strings.Join(known[:maxListed], ", "), len(known))
+	}
 	return strings.Join(known, ", ")
 }
 
+// maxListed bounds the words a hint lists.
+const maxListed = 10
+
+// checkNeeds checks every need as GitLab does: the job must exist, and be in the same
+// stage or an earlier one.
 func checkNeeds(d *diags, p *Pipeline) {
+	stageIndex := make(map[string]int, len(p.Stages))
+	for i, s := range p.Stages {
+		stageIndex[s] = i
+	}
+	byName := make(map[string]*Job, len(p.Jobs))
+	names := make([]string, len(p.Jobs))
+	for i, j := range p.Jobs {
+		byName[j.Name] = j
+		names[i] = j.Name
+	}
 	for _, j := range p.Jobs {
-		for _, n := range j.Needs {
-			if n == j.Name {
-				d.errorf(nil, j.Name+".needs", "job %q needs itself", n)
-				continue
+		for i, n := range j.Needs {
+			path := fmt.Sprintf("%s.needs[%d]", j.Name, i)
+			var at node
+			if i < len(j.needAt) {
+				at = j.needAt[i]
 			}
-			if p.Job(n) == nil {
-				names := make([]string, len(p.Jobs))
-				for i, x := range p.Jobs {
-					names[i] = x.Name
-				}
-				d.errs = append(d.errs, Diagnostic{File: d.file, Line: j.Line, Col: 1, Path: j.Name + ".needs",
-					Msg: fmt.Sprintf("needs unknown job %q", n), Hint: suggest(n, names)})
+			dep := byName[n]
+			switch {
+			case n == j.Name:
+				d.errorf(at, path, "job %q needs itself", n)
+			case dep == nil:
+				d.errorHint(at, path, suggest(n, names), "needs unknown job %q", n)
+			case stageIndex[dep.Stage] > stageIndex[j.Stage]:
+				d.errorHint(at, path,
+					fmt.Sprintf("move %q to stage %s or earlier, or %q to stage %s or later", n, j.Stage, j.Name, dep.Stage),
+					"job %q (stage %s) needs %q of the later stage %s: GitLab rejects this (need %s is not defined in current or prior stages)",
+					j.Name, j.Stage, n, dep.Stage, n)
 			}
 		}
 	}

@@ -110,7 +110,7 @@ func TestParseErrors(t *testing.T) {
 		{"no script", "build:\n  stage: build\n", []string{".gitlab-ci.yml:2:3: build: job \"build\" has no script"}},
 		{"unknown keyword with hint", "build:\n  scrpit: make\n  script: make\n", []string{"2:3: build.scrpit: unknown job keyword \"scrpit\" (did you mean \"script\"?)"}},
 		{"undeclared stage", "stages: [build]\nt:\n  stage: tset\n  script: x\n", []string{"3:10: t.stage: stage \"tset\" is not declared"}},
-		{"unknown need", "a:\n  script: x\n  needs: [bb]\nb:\n  script: y\n", []string{"a.needs: needs unknown job \"bb\""}},
+		{"unknown need", "a:\n  script: x\n  needs: [bb]\nb:\n  script: y\n", []string{"3:11: a.needs[0]: needs unknown job \"bb\" (did you mean \"b\"?)"}},
 		{"extends cycle", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: x\n", []string{"extends cycle"}},
 		{"extends unknown", "j:\n  extends: .tmpl\n  script: x\n", []string{"2:12", "extends unknown job \".tmpl\""}},
 		{"include refused", "include: other.yml\nj:\n  script: x\n", []string{"1:1: include: include is not supported"}},
@@ -245,13 +245,28 @@ x: &x echo
 	}
 }
 
+// FuzzParse feeds arbitrary bytes to the pipeline parser and plans what parses. It
+// must never panic, overflow the stack or run away: the seeds include anchors, merge
+// keys, aliases that contain themselves and alias bombs.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(full))
 	f.Add([]byte("a:\n  script: x\n  needs: [a]\n"))
 	f.Add([]byte(".a: &a\n  script: [x]\nb:\n  <<: *a\n  extends: .a\n"))
+	f.Add([]byte(".a: &a\n  <<: *a\n  script: [x]\nj:\n  extends: .a\n"))
+	f.Add([]byte("j:\n  script: &s [echo, *s]\n"))
+	f.Add([]byte(".t: &t\n  variables:\n    V: {inner: *t}\nj:\n  script: [x]\n  <<: *t\n"))
+	f.Add([]byte(".s: &s [a, b]\n.m: &m {script: *s}\nj:\n  <<: [*m, *m]\n  after_script: *s\n"))
+	f.Add([]byte(bomb(9, 9, false)))
+	f.Add([]byte(bomb(9, 9, true)))
+	f.Add([]byte(bomb(2, 3, true)))
+	f.Add([]byte("stages: [a, b]\nx:\n  stage: a\n  needs: [y]\n  script: [1]\ny:\n  stage: b\n  script: [2]\n"))
+	f.Add([]byte(".t0: {script: [x]}\n.t1: {extends: [.t0, .t0]}\n.t2: {extends: [.t1, .t1]}\nj: {extends: [.t2, .t1], when: manual}\nk: {script: [y], needs: [j]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yml", data)
 		if err != nil {
+			if p != nil {
+				t.Fatal("a pipeline and an error")
+			}
 			return
 		}
 		// Whatever parses must plan or fail cleanly, and every job must have a script.
@@ -260,6 +275,36 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("bad job name %q", j.Name)
 			}
 		}
-		_, _ = p.Plan()
+		plan, err := p.Plan()
+		if err == nil {
+			seen := map[string]bool{}
+			for _, j := range plan.Jobs {
+				for _, d := range plan.Deps[j.Name] {
+					if !seen[d] {
+						t.Fatalf("%s comes before %s, which it waits for", j.Name, d)
+					}
+				}
+				seen[j.Name] = true
+			}
+		}
+		if len(p.Jobs) > 0 {
+			_, _ = p.Plan(p.Jobs[len(p.Jobs)-1].Name)
+		}
+		_, _ = p.Plan("no such job")
 	})
+}
+
+// TestHiddenKeysHoldAnchors: a hidden key may hold any value, as in GitLab's examples
+// of anchors for script lines; it is not a job.
+func TestHiddenKeysHoldAnchors(t *testing.T) {
+	p, err := Parse("ci.yml", []byte(".setup: &setup\n  - echo setup\n.image: &img alpine:3\nj:\n  image: *img\n  script:\n    - *setup\n    - echo run\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j := p.Job("j"); !slices.Equal(j.Script, []string{"echo setup", "echo run"}) || j.Image.Name != "alpine:3" {
+		t.Errorf("j = %q, %q", j.Script, j.Image.Name)
+	}
+	if len(p.Jobs) != 1 {
+		t.Errorf("jobs = %v", names(p.Jobs))
+	}
 }

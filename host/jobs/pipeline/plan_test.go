@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -95,5 +96,31 @@ func TestShouldRun(t *testing.T) {
 		if got := ShouldRun(&Job{When: tt.when}, tt.deps); got != tt.want {
 			t.Errorf("ShouldRun(%s, %v) = %v, want %v", tt.when, tt.deps, got, tt.want)
 		}
+	}
+}
+
+// TestPlanUnknownJob: naming a job that does not exist suggests at most a few close
+// names and counts the jobs, however many there are.
+func TestPlanUnknownJob(t *testing.T) {
+	var b strings.Builder
+	for i := range 3000 {
+		fmt.Fprintf(&b, "job-%04d: {script: [x]}\n", i)
+	}
+	b.WriteString(".hidden: {script: [x]}\n")
+	p := mustParse(t, b.String())
+	tests := []struct{ name, want string }{
+		{"job-000", `.gitlab-ci.yml: no job named "job-000"; did you mean "job-0000", "job-0001" or "job-0002"? (3000 jobs in the file)`},
+		{"nothing-like-it", `.gitlab-ci.yml: no job named "nothing-like-it" (3000 jobs in the file)`},
+		{".hidden", `.gitlab-ci.yml: no job named ".hidden" (3000 jobs in the file; a name starting with "." is a hidden job, a template for extends, and never runs)`},
+	}
+	for _, tt := range tests {
+		_, err := p.Plan(tt.name)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("Plan(%q) = %v\nwant %s", tt.name, err, tt.want)
+		}
+	}
+	small := mustParse(t, "a: {script: [x]}\nb: {script: [y]}\n")
+	if _, err := small.Plan("zzz"); err == nil || err.Error() != `.gitlab-ci.yml: no job named "zzz"; the jobs are "a" and "b" (2 jobs in the file)` {
+		t.Errorf("err = %v", err)
 	}
 }
