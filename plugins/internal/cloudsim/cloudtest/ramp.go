@@ -10,7 +10,7 @@ import (
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
-// The B4 ramp (../shared/reference/benchmarks.md): 0 → RampPeak → 0 instances on
+// The B4 ramp (README, Performance): 0 → RampPeak → 0 instances on
 // virtual time, decided every RampTick as a scheduler would, with ten idle minutes at
 // the peak (one listing per minute, taskscaler's update_interval).
 const (
