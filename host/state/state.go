@@ -41,17 +41,27 @@ type Instance struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Pending is the recorded intent to create instances: Count instances were (or were
-// about to be) requested with Increase and have not been seen in an Update yet.
-type Pending struct {
+// Intent is one recorded request to create instances, written before Increase is
+// called: Count instances were (or were about to be) requested by the scaler run Run
+// at At and have not been seen in an Update yet. Each intent keeps its own time, so a
+// later request never extends an earlier one, and the run tells a restarted scaler
+// that an intent belongs to a process that is gone.
+type Intent struct {
+	// ID is unique within the owner ("<run>/<sequence>").
+	ID string `json:"id"`
+	// Run identifies the scaler process that made the request; empty for an intent
+	// migrated from schema version 1, which did not record it.
+	Run   string    `json:"run"`
 	Count int       `json:"count"`
-	Since time.Time `json:"since,omitzero"`
+	At    time.Time `json:"at"`
+	// Why is the scaling decision that made the request, for explain.
+	Why string `json:"why,omitempty"`
 }
 
 // Snapshot is everything stored for one owner.
 type Snapshot struct {
 	Instances []Instance
-	Pending   Pending
+	Intents   []Intent
 }
 
 // Batch is one atomic change for one owner.
@@ -59,12 +69,13 @@ type Batch struct {
 	// Put adds or replaces records; Delete removes records by ID.
 	Put    []Instance
 	Delete []string
-	// Pending, when set, replaces the pending-creation record.
-	Pending *Pending
+	// SetIntents replaces every recorded intent of the owner with Intents.
+	SetIntents bool
+	Intents    []Intent
 }
 
 // Empty reports whether the batch changes nothing.
-func (b Batch) Empty() bool { return len(b.Put) == 0 && len(b.Delete) == 0 && b.Pending == nil }
+func (b Batch) Empty() bool { return len(b.Put) == 0 && len(b.Delete) == 0 && !b.SetIntents }
 
 // Store keeps the inventory. Implementations must apply a Batch atomically: after a
 // crash either all of it or none of it is visible.
@@ -91,7 +102,7 @@ type Memory struct {
 
 type memOwner struct {
 	instances map[string]Instance
-	pending   Pending
+	intents   []Intent
 }
 
 // NewMemory returns an empty in-memory store.
@@ -108,7 +119,7 @@ func (m *Memory) Load(_ context.Context, owner string) (Snapshot, error) {
 	if !ok {
 		return Snapshot{}, nil
 	}
-	out := Snapshot{Pending: o.pending}
+	out := Snapshot{Intents: slices.Clone(o.intents)}
 	for _, in := range o.instances {
 		out.Instances = append(out.Instances, in)
 	}
@@ -135,8 +146,8 @@ func (m *Memory) Apply(_ context.Context, owner string, b Batch) error {
 	for _, id := range b.Delete {
 		delete(o.instances, id)
 	}
-	if b.Pending != nil {
-		o.pending = *b.Pending
+	if b.SetIntents {
+		o.intents = slices.Clone(b.Intents)
 	}
 	return nil
 }

@@ -43,9 +43,9 @@ func TestStoreRoundTrip(t *testing.T) {
 				owner string
 				b     Batch
 			}{
-				{"a", Batch{Pending: &Pending{Count: 3, Since: at}}},
+				{"a", Batch{SetIntents: true, Intents: []Intent{{ID: "r1/1", Run: "r1", Count: 3, At: at}}}},
 				{"a", Batch{Put: []Instance{{ID: "i-2", Owner: "a", Cause: "created", UseCount: 1, CreatedAt: at}, {ID: "i-1", Owner: "a", InFlight: 2}},
-					Pending: &Pending{Count: 1, Since: at}}},
+					SetIntents: true, Intents: []Intent{{ID: "r1/1", Run: "r1", Count: 1, At: at, Why: "idle_count"}, {ID: "r1/2", Run: "r1", Count: 2, At: at.Add(time.Minute)}}}},
 				{"b", Batch{Put: []Instance{{ID: "i-9", Owner: "b"}}}},
 				{"a", Batch{Put: []Instance{{ID: "i-2", Owner: "a", Cause: "created", UseCount: 5, Removing: true, RemoveReason: "idle", CreatedAt: at}}}},
 				{"a", Batch{Delete: []string{"i-1", "i-unknown"}}},
@@ -67,12 +67,13 @@ func TestStoreRoundTrip(t *testing.T) {
 			if in.ID != "i-2" || in.UseCount != 5 || !in.Removing || in.RemoveReason != "idle" || !in.CreatedAt.Equal(at) {
 				t.Fatalf("record %+v", in)
 			}
-			if got.Pending.Count != 1 || !got.Pending.Since.Equal(at) {
-				t.Fatalf("pending %+v", got.Pending)
+			if len(got.Intents) != 2 || got.Intents[0].Count != 1 || got.Intents[0].Why != "idle_count" || !got.Intents[0].At.Equal(at) ||
+				got.Intents[1].ID != "r1/2" || !got.Intents[1].At.Equal(at.Add(time.Minute)) {
+				t.Fatalf("intents %+v", got.Intents)
 			}
 			other, _ := s.Load(ctx, "b")
 			none, _ := s.Load(ctx, "nobody")
-			if len(other.Instances) != 1 || len(none.Instances) != 0 || none.Pending.Count != 0 {
+			if len(other.Instances) != 1 || len(none.Instances) != 0 || len(none.Intents) != 0 {
 				t.Fatalf("owners mixed: b=%+v nobody=%+v", other, none)
 			}
 		})

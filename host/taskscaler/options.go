@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -36,6 +37,17 @@ const (
 	DefaultBreakerMaxBackoff           = 10 * time.Minute
 	// DefaultPeriod is the cron expression of a policy without periods: always.
 	DefaultPeriod = "* * * * *"
+)
+
+// Limits on Options. Whatever a configuration says, the scaler must not busy-loop on
+// the plugin or allocate without bound.
+const (
+	// MinUpdateInterval is the shortest update_interval and
+	// update_interval_when_expecting: each cycle calls the plugin's Update.
+	MinUpdateInterval = 10 * time.Millisecond
+	// MaxCapacityPerInstance is the largest capacity_per_instance (jobs on one
+	// instance).
+	MaxCapacityPerInstance = 10000
 )
 
 // InstanceInfo describes an instance to the host's ready and probe functions.
@@ -212,6 +224,30 @@ func orInt(v, def int) int {
 	return v
 }
 
+// validatePolicies checks policies for withDefaults and ConfigureSchedule, naming the
+// policy and key of each error.
+func validatePolicies(ps []Policy) []error {
+	var errs []error
+	for i, p := range ps {
+		if p.IdleCount < 0 {
+			errs = append(errs, fmt.Errorf("policy[%d].idle_count = %d: must not be negative", i, p.IdleCount))
+		}
+		if p.IdleTime < 0 {
+			errs = append(errs, fmt.Errorf("policy[%d].idle_time = %s: must not be negative", i, p.IdleTime))
+		}
+		switch f := p.ScaleFactor; {
+		case math.IsNaN(f) || math.IsInf(f, 0):
+			errs = append(errs, fmt.Errorf("policy[%d].scale_factor = %g: must be a finite number (0 turns it off)", i, f))
+		case f < 0:
+			errs = append(errs, fmt.Errorf("policy[%d].scale_factor = %g: must not be negative", i, f))
+		}
+		if p.ScaleFactorLimit < 0 {
+			errs = append(errs, fmt.Errorf("policy[%d].scale_factor_limit = %d: must not be negative", i, p.ScaleFactorLimit))
+		}
+	}
+	return errs
+}
+
 // withDefaults validates o and fills every zero with its default.
 func (o Options) withDefaults() (Options, error) {
 	var errs []error
@@ -234,25 +270,32 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ScaleThrottle.Limit < -1 {
 		errs = append(errs, fmt.Errorf("scale_throttle.limit = %d: use a positive rate, 0 for the default (100/s) or -1 for no limit", o.ScaleThrottle.Limit))
 	}
+	if o.CapacityPerInstance > MaxCapacityPerInstance {
+		errs = append(errs, fmt.Errorf("capacity_per_instance = %d: at most %d jobs per instance are supported", o.CapacityPerInstance, MaxCapacityPerInstance))
+	}
 	negD("instance_acquire_timeout", o.InstanceAcquireTimeout)
-	negD("update_interval", o.UpdateInterval)
-	negD("update_interval_when_expecting", o.UpdateIntervalWhenExpecting)
-	negD("deletion_retry_interval", o.DeletionRetryInterval)
-	negD("shutdown_deletion_interval", o.ShutdownDeletionInterval)
-	for i, p := range o.Policies {
-		if p.IdleCount < 0 {
-			errs = append(errs, fmt.Errorf("policy[%d].idle_count = %d: must not be negative", i, p.IdleCount))
-		}
-		if p.IdleTime < 0 {
-			errs = append(errs, fmt.Errorf("policy[%d].idle_time = %s: must not be negative", i, p.IdleTime))
-		}
-		if p.ScaleFactor < 0 {
-			errs = append(errs, fmt.Errorf("policy[%d].scale_factor = %g: must not be negative", i, p.ScaleFactor))
-		}
-		if p.ScaleFactorLimit < 0 {
-			errs = append(errs, fmt.Errorf("policy[%d].scale_factor_limit = %d: must not be negative", i, p.ScaleFactorLimit))
+	for _, iv := range []struct {
+		key string
+		v   time.Duration
+	}{{"update_interval", o.UpdateInterval}, {"update_interval_when_expecting", o.UpdateIntervalWhenExpecting}} {
+		switch {
+		case iv.v < 0:
+			negD(iv.key, iv.v)
+		case iv.v > 0 && iv.v < MinUpdateInterval:
+			errs = append(errs, fmt.Errorf("%s = %s: must be at least %s, since every interval calls the plugin's Update (0 means the default)",
+				iv.key, iv.v, MinUpdateInterval))
 		}
 	}
+	negD("deletion_retry_interval", o.DeletionRetryInterval)
+	negD("shutdown_deletion_interval", o.ShutdownDeletionInterval)
+	negD("HeartbeatInterval", o.HeartbeatInterval)
+	negD("ReadyTimeout", o.ReadyTimeout)
+	negD("PendingCreationTimeout", o.PendingCreationTimeout)
+	negD("UnknownInstanceGrace", o.UnknownInstanceGrace)
+	negD("OperationTimeout", o.OperationTimeout)
+	negD("Breaker.Backoff", o.Breaker.Backoff)
+	negD("Breaker.MaxBackoff", o.Breaker.MaxBackoff)
+	errs = append(errs, validatePolicies(o.Policies)...)
 	if err := errors.Join(errs...); err != nil {
 		return o, err
 	}

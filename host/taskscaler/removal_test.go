@@ -227,7 +227,9 @@ func TestHealthBeforeAcquire(t *testing.T) {
 	if st.Healthy || st.HealthFailures != 1 {
 		t.Fatalf("unhealthy instance status: %+v", st)
 	}
-	// The next cycle rechecks it: second failure reaches failure_threshold: replaced.
+	// The first cycle after the recheck backoff rechecks it: the second failure
+	// reaches failure_threshold: replaced.
+	e.clk.Advance(healthRecheckMin)
 	e.reconcile(1)
 	st, _ = e.s.Explain(ids[0])
 	if st.Phase != "removing" && st.Phase != "gone" {
@@ -468,7 +470,8 @@ func TestPeriodicHeartbeat(t *testing.T) {
 	if st.Tasks.Unhealthy != 1 || st.Tasks.Idle != 0 {
 		t.Fatalf("after one failure: %+v", st.Tasks)
 	}
-	e.reconcile(1) // rechecked at once: second failure reaches failure_threshold
+	e.clk.Advance(healthRecheckMin)
+	e.reconcile(1) // rechecked after the backoff: second failure reaches failure_threshold
 	if in, _ := e.s.Explain(id); in.Phase != "removing" && in.Phase != "gone" {
 		t.Fatalf("unhealthy instance kept: %+v", in)
 	}

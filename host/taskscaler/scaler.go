@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -94,6 +96,7 @@ type instance struct {
 	failures      int
 	lastHealthErr string
 	lastHeartbeat time.Time
+	nextCheck     time.Time // an unhealthy instance is checked again no earlier than this
 
 	firstSeen     time.Time
 	runningAt     time.Time
@@ -109,6 +112,23 @@ type instance struct {
 }
 
 func (in *instance) busy() int { return in.reserved + in.acquired }
+
+// slotAt returns slot i. Slots are allocated as they are first used, so that a large
+// capacity_per_instance costs nothing until jobs run.
+func (in *instance) slotAt(i int) slot {
+	if i < 0 || i >= len(in.slots) {
+		return slot{}
+	}
+	return in.slots[i]
+}
+
+// setSlot sets slot i, allocating the slots up to it.
+func (in *instance) setSlot(i int, sl slot) {
+	if i >= len(in.slots) {
+		in.slots = append(in.slots, make([]slot, i+1-len(in.slots))...)
+	}
+	in.slots[i] = sl
+}
 
 // usable is how many more slots the instance can hand out now.
 func (in *instance) usable(cap, maxUse int) int {
@@ -163,8 +183,6 @@ type Scaler struct {
 	reservations map[string]*reservation
 	acquisitions map[string]*Acquisition
 	waiters      []*waiter
-	requested    int
-	pendingSince time.Time
 	bucket       *bucket
 	breaker      breaker
 	lastDecision Decision
@@ -172,15 +190,34 @@ type Scaler struct {
 	lastUpdate   time.Time
 	lastUpdErr   string
 	lastStoreErr string
+	storeWarning string
 	gone         []InstanceStatus
 	dirty        map[string]bool
 	deleted      []string
-	pendingDirty bool
 	closed       bool
 	gen          uint64
-	createWhy    []string // why each still-pending requested instance was asked for, FIFO
-	throttled    bool     // the last decision was cut by scale_throttle: look again soon
+	throttled    bool // the last decision was cut by scale_throttle: look again soon
 	readyQueue   []*instance
+
+	// run identifies this scaler process in the intents it records.
+	run string
+	// intents are the recorded requests to create instances not seen yet, oldest
+	// first. requested counts what this run's intents still expect: capacity that is
+	// coming. unconfirmed counts what previous runs' intents still expect: their
+	// process died, so whether Increase ever reached the cloud is unknown, and it is
+	// not counted as capacity (see claimIntentLocked).
+	intents      []state.Intent
+	intentSeq    uint64
+	requested    int
+	unconfirmed  int
+	intentsDirty bool
+
+	// Consecutive failed Updates, since when, and the earliest next attempt: a failing
+	// plugin is retried with backoff, not on every kick.
+	updFailures     int
+	updFailingSince time.Time
+	updErr          error
+	nextUpdate      time.Time
 }
 
 // New initialises group (unless opts.Info is set), loads the inventory from
@@ -210,7 +247,7 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 	}
 	now := o.Clock.Now()
 	s := &Scaler{
-		group: group, info: info, opts: o, owner: owner, clock: o.Clock, store: o.Store,
+		group: group, info: info, opts: o, owner: owner, clock: o.Clock, store: o.Store, run: newRunID(now),
 		log: o.Logger.With("subsystem", "taskscaler", "owner", owner), m: o.Metrics,
 		kickCh: make(chan struct{}, 1), policies: pols,
 		instances: map[string]*instance{}, reservations: map[string]*reservation{},
@@ -236,9 +273,27 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 		in.event(now, "restored", fmt.Sprintf("found in the inventory (cause %s, used %d, %d jobs in flight)", rec.Cause, rec.UseCount, rec.InFlight))
 		s.instances[rec.ID] = in
 	}
-	s.requested, s.pendingSince = snap.Pending.Count, snap.Pending.Since
-	if s.requested > 0 && s.pendingSince.IsZero() {
-		s.pendingSince = now
+	// Every intent in the store was made by a process that is gone. They are kept as
+	// unconfirmed: instances that appear are claimed against them, but they do not
+	// count as capacity, so a crash mid-scale-up never blocks scale-up.
+	for _, it := range snap.Intents {
+		if it.Count <= 0 {
+			continue
+		}
+		if it.At.IsZero() {
+			it.At = now
+		}
+		s.intents = append(s.intents, it)
+		s.unconfirmed = satAdd(s.unconfirmed, it.Count)
+	}
+	slices.SortStableFunc(s.intents, func(a, b state.Intent) int { return a.At.Compare(b.At) })
+	if s.unconfirmed > 0 {
+		s.log.Info("creation intents of a previous run found; instances that appear are adopted as created, the rest is written off after pending_creation_timeout",
+			"instances", s.unconfirmed, "intents", len(s.intents))
+	}
+	if w, ok := o.Store.(interface{ Warning() string }); ok && w.Warning() != "" {
+		s.storeWarning = w.Warning()
+		s.log.Warn(s.storeWarning)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if !o.Manual {
@@ -256,10 +311,8 @@ func (s *Scaler) Owner() string { return s.owner }
 
 // ConfigureSchedule replaces the policies (a config reload); it takes effect at once.
 func (s *Scaler) ConfigureSchedule(ps []Policy) error {
-	for i, p := range ps {
-		if p.IdleCount < 0 || p.IdleTime < 0 || p.ScaleFactor < 0 || p.ScaleFactorLimit < 0 {
-			return fmt.Errorf("policy[%d]: idle_count, idle_time, scale_factor and scale_factor_limit must not be negative", i)
-		}
+	if err := errors.Join(validatePolicies(ps)...); err != nil {
+		return err
 	}
 	pols, err := compilePolicies(ps)
 	if err != nil {
@@ -274,8 +327,14 @@ func (s *Scaler) ConfigureSchedule(ps []Policy) error {
 }
 
 func (s *Scaler) newInstance(id string, now time.Time) *instance {
-	return &instance{id: id, slots: make([]slot, s.opts.CapacityPerInstance), firstSeen: now, idleSince: now,
-		acqs: map[string]*Acquisition{}}
+	return &instance{id: id, firstSeen: now, idleSince: now, acqs: map[string]*Acquisition{}}
+}
+
+// newRunID names this scaler process in the intents it records: its start time, pid
+// and a random suffix, so that a restarted host (same pid in a new container, or the
+// same second) still gets a new one.
+func newRunID(now time.Time) string {
+	return fmt.Sprintf("%s-%d-%04x", now.UTC().Format("20060102T150405Z"), os.Getpid(), rand.Uint32()&0xffff)
 }
 
 const historyLimit = 32
@@ -316,32 +375,79 @@ func (s *Scaler) loop() {
 		if err := s.Reconcile(s.ctx); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("reconcile", "err", err)
 		}
-		t := s.clock.NewTimer(s.nextInterval())
-		select {
-		case <-t.C():
-		case <-s.kickCh:
-			t.Stop()
-		case <-s.ctx.Done():
-			t.Stop()
-			return
+		for waiting := true; waiting; {
+			t := s.clock.NewTimer(s.nextInterval())
+			select {
+			case <-t.C():
+				waiting = false
+			case <-s.kickCh:
+				t.Stop()
+				// A kick (a job waiting, an instance to remove) cannot hurry a plugin
+				// whose Update keeps failing: the next attempt waits out the backoff.
+				waiting = s.updateBackoffLeft() > 0
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			}
 		}
 	}
 }
 
+// Update backoff: after consecutive failed Updates the next attempt waits
+// updateBackoffMin, doubling per failure up to updateBackoffMax, and at least the
+// normal interval.
+const (
+	updateBackoffMin = time.Second
+	updateBackoffMax = 30 * time.Second
+)
+
+// intentMergeWindow: scale-ups of one run this close together record one intent.
+const intentMergeWindow = time.Second
+
+// Health recheck backoff: an unhealthy instance is checked again (Heartbeat and probe)
+// after healthRecheckMin, doubling per consecutive failure up to healthRecheckMax;
+// until then it gets no job, so a broken instance is not re-dialled in a loop.
+const (
+	healthRecheckMin = 2 * time.Second
+	healthRecheckMax = time.Minute
+)
+
+// backoff returns base·2^(n−1), capped at limit.
+func backoff(n int, base, limit time.Duration) time.Duration {
+	d := base
+	for i := 1; i < n && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+func (s *Scaler) updateBackoffLeft() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.updFailures == 0 {
+		return 0
+	}
+	return max(s.nextUpdate.Sub(s.clock.Now()), 0)
+}
+
 // nextInterval is update_interval_when_expecting while a state change is expected
 // (instances requested, creating, booting or being removed, or jobs waiting), else
-// update_interval.
+// update_interval; while Update keeps failing, at least the backoff.
 func (s *Scaler) nextInterval() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	d := s.opts.UpdateInterval
 	if s.expectingLocked() {
-		return s.opts.UpdateIntervalWhenExpecting
+		d = s.opts.UpdateIntervalWhenExpecting
 	}
-	return s.opts.UpdateInterval
+	if s.updFailures > 0 {
+		d = max(d, s.nextUpdate.Sub(s.clock.Now()))
+	}
+	return d
 }
 
 func (s *Scaler) expectingLocked() bool {
-	if s.requested > 0 || len(s.waiters) > 0 || s.throttled {
+	if s.requested > 0 || s.unconfirmed > 0 || len(s.waiters) > 0 || s.throttled {
 		return true
 	}
 	for _, in := range s.instances {
@@ -381,23 +487,34 @@ func (s *Scaler) Reconcile(ctx context.Context) error {
 	cancel()
 	now := s.clock.Now()
 	if err != nil {
+		err = stepErr("update", "", err)
 		s.m.InternalOperation("update_failure")
 		s.m.MissedUpdate()
 		s.mu.Lock()
+		if s.updFailures == 0 {
+			s.updFailingSince = now
+		}
+		s.updFailures++
+		s.updErr = err
+		s.nextUpdate = now.Add(backoff(s.updFailures, updateBackoffMin, updateBackoffMax))
 		s.lastUpdErr = fmt.Sprintf("%s: %v", now.UTC().Format(time.RFC3339), err)
 		s.publishLocked(now)
 		s.mu.Unlock()
-		return fmt.Errorf("update instances of %s: %w", s.info.ID, err)
+		return fmt.Errorf("instance group %s: %w", s.info.ID, err)
 	}
 	s.m.InternalOperation("update")
 
 	s.mu.Lock()
+	if s.updFailures > 0 {
+		s.log.Info("plugin Update works again", "failures", s.updFailures, "failing_for", now.Sub(s.updFailingSince))
+	}
+	s.updFailures, s.updErr, s.nextUpdate = 0, nil, time.Time{}
 	s.lastUpdate, s.lastUpdErr = now, ""
 	s.applyLocked(now, seen)
-	hb := s.heartbeatDueLocked(now)
+	hb, probe := s.heartbeatDueLocked(now)
 	s.mu.Unlock()
 
-	s.runHeartbeats(ctx, hb)
+	s.runHeartbeats(ctx, hb, probe)
 	s.runReadyQueue()
 
 	s.mu.Lock()
@@ -451,13 +568,71 @@ func (s *Scaler) applyLocked(now time.Time, seen []observed) {
 			s.unexpectedLocked(now, in, "no longer listed by the plugin")
 		}
 	}
-	if s.requested > 0 && now.Sub(s.pendingSince) >= s.opts.PendingCreationTimeout {
-		reason := fmt.Sprintf("%d requested instances did not appear within %s", s.requested, s.opts.PendingCreationTimeout)
-		s.log.Warn("pending creations expired", "count", s.requested)
-		s.breaker.failure(now, reason)
-		s.requested, s.pendingSince, s.pendingDirty = 0, time.Time{}, true
-		s.createWhy = nil
+	s.expireIntentsLocked(now)
+}
+
+// expireIntentsLocked writes off intents older than pending_creation_timeout, each by
+// its own time. This run's count as a provisioning failure; a previous run's do not,
+// since its process may have died before Increase reached the cloud.
+func (s *Scaler) expireIntentsLocked(now time.Time) {
+	kept := s.intents[:0]
+	for _, it := range s.intents {
+		if now.Sub(it.At) < s.opts.PendingCreationTimeout {
+			kept = append(kept, it)
+			continue
+		}
+		s.intentsDirty = true
+		if it.Run == s.run {
+			s.requested -= it.Count
+			s.log.Warn("pending creations expired", "count", it.Count, "requested_at", it.At)
+			s.breaker.failure(now, fmt.Sprintf("%d requested instances did not appear within %s", it.Count, s.opts.PendingCreationTimeout))
+			continue
+		}
+		s.unconfirmed -= it.Count
+		s.log.Info("pending creations of a previous run written off", "count", it.Count, "requested_at", it.At, "run", it.Run)
 	}
+	clear(s.intents[len(kept):])
+	s.intents = kept
+}
+
+// claimIntentLocked takes one instance from the recorded intents for an instance that
+// appeared without a record. This run's intents go first: their Increase is known to
+// have been made. Then previous runs', oldest first.
+func (s *Scaler) claimIntentLocked() (state.Intent, bool) {
+	if len(s.intents) == 0 {
+		return state.Intent{}, false
+	}
+	i := slices.IndexFunc(s.intents, func(it state.Intent) bool { return it.Run == s.run })
+	if i < 0 {
+		i = 0
+	}
+	it := s.intents[i]
+	s.intents[i].Count--
+	if it.Run == s.run {
+		s.requested--
+	} else {
+		s.unconfirmed--
+	}
+	if s.intents[i].Count <= 0 {
+		s.intents = slices.Delete(s.intents, i, i+1)
+	}
+	s.intentsDirty = true
+	return it, true
+}
+
+// settleIntentLocked lowers intent id by the instances Increase did not accept.
+func (s *Scaler) settleIntentLocked(id string, unaccepted int) {
+	i := slices.IndexFunc(s.intents, func(it state.Intent) bool { return it.ID == id })
+	if i < 0 || unaccepted <= 0 {
+		return
+	}
+	dec := min(unaccepted, s.intents[i].Count)
+	s.intents[i].Count -= dec
+	s.requested -= dec
+	if s.intents[i].Count <= 0 {
+		s.intents = slices.Delete(s.intents, i, i+1)
+	}
+	s.intentsDirty = true
 }
 
 // discoverLocked handles an instance the scaler did not know.
@@ -468,17 +643,15 @@ func (s *Scaler) discoverLocked(now time.Time, o observed) {
 	}
 	in := s.newInstance(o.id, now)
 	in.state = o.state
-	if s.requested > 0 {
-		s.requested--
-		s.pendingSince, s.pendingDirty = now, true
+	if it, ok := s.claimIntentLocked(); ok {
 		in.cause = CauseCreated
-		why := "requested by a scale-up of this scaler before a restart (intent recorded before Increase)"
-		if len(s.createWhy) > 0 {
-			why = s.createWhy[0]
-			s.createWhy = s.createWhy[1:]
+		why := it.Why
+		if it.Run != s.run {
+			why = fmt.Sprintf("requested by a previous run (%s) at %s, before a restart (the intent was recorded before Increase): %s",
+				runName(it.Run), it.At.UTC().Format(time.RFC3339), it.Why)
 		}
 		in.event(now, "created", why)
-		s.m.ObserveInstance("creation", now.Sub(s.lastIncreaseOr(now)))
+		s.m.ObserveInstance("creation", now.Sub(it.At))
 	} else {
 		in.cause, in.phase = CauseUnknown, phaseUnvouched
 		in.removeAt = now.Add(s.opts.UnknownInstanceGrace)
@@ -492,11 +665,11 @@ func (s *Scaler) discoverLocked(now time.Time, o observed) {
 	s.enterStateLocked(now, in, o.state)
 }
 
-func (s *Scaler) lastIncreaseOr(now time.Time) time.Time {
-	if s.pendingSince.IsZero() {
-		return now
+func runName(run string) string {
+	if run == "" {
+		return "run unknown"
 	}
-	return s.pendingSince
+	return "run " + run
 }
 
 // enterStateLocked moves a newly confirmed instance into the phase for its state.
@@ -592,7 +765,7 @@ func (s *Scaler) transitionLocked(now time.Time, in *instance, st provider.State
 // scaler asking: its acquisitions are cancelled, reservations on it become unbound.
 func (s *Scaler) unexpectedLocked(now time.Time, in *instance, why string) {
 	s.log.Warn("instance unexpectedly removed", "instance", in.id, "max-use-count", s.opts.MaxUseCount,
-		"slots", len(in.slots), "used", in.used, "why", why)
+		"slots", s.opts.CapacityPerInstance, "used", in.used, "why", why)
 	if in.phase == phaseCreating || in.phase == phaseBooting {
 		s.breaker.failure(now, fmt.Sprintf("instance %s removed before becoming ready (%s)", in.id, why))
 	}
@@ -792,23 +965,27 @@ type InstanceCounts struct {
 	Running   int `json:"running"`
 	Deleting  int `json:"deleting"`
 	Unvouched int `json:"unvouched"`
+	// Unconfirmed counts instances requested by a previous run of the host that have
+	// not appeared: not counted as capacity, adopted as created if they appear.
+	Unconfirmed int `json:"unconfirmed"`
 }
 
 func (s *Scaler) countLocked(now time.Time) counts {
 	c := counts{policy: activePolicy(s.policies, now)}
 	capa, maxUse := s.opts.CapacityPerInstance, s.opts.MaxUseCount
-	c.inst.Requested = s.requested
-	c.tasks.Unready = s.requested * capa
+	c.inst.Requested, c.inst.Unconfirmed = s.requested, s.unconfirmed
+	// Sums saturate: a huge idle_count or capacity must not wrap around to "nothing".
+	c.tasks.Unready = satMul(s.requested, capa)
 	for _, in := range s.instances {
 		c.tasks.Acquired += in.acquired
 		switch in.phase {
 		case phaseRestoring, phaseCreating:
 			c.inst.Creating++
-			c.tasks.Unready += capa
+			c.tasks.Unready = satAdd(c.tasks.Unready, capa)
 			c.current++
 		case phaseBooting:
 			c.inst.Booting++
-			c.tasks.Unready += capa - in.busy()
+			c.tasks.Unready = satAdd(c.tasks.Unready, capa-in.busy())
 			c.current++
 		case phaseReady:
 			c.inst.Running++
@@ -816,12 +993,12 @@ func (s *Scaler) countLocked(now time.Time) counts {
 			free := capa - in.busy()
 			switch {
 			case in.unhealthy:
-				c.tasks.Unhealthy += free
+				c.tasks.Unhealthy = satAdd(c.tasks.Unhealthy, free)
 			default:
 				u := in.usable(capa, maxUse)
-				c.tasks.Idle += u
+				c.tasks.Idle = satAdd(c.tasks.Idle, u)
 				if in.acquired > 0 {
-					c.tasks.Unavailable += free - u
+					c.tasks.Unavailable = satAdd(c.tasks.Unavailable, free-u)
 				}
 			}
 		case phaseRemoving:
@@ -832,20 +1009,21 @@ func (s *Scaler) countLocked(now time.Time) counts {
 	}
 	c.tasks.Reserved = len(s.reservations)
 	c.tasks.Pending = len(s.waiters)
-	c.current += s.requested
-	c.total = len(s.instances) + s.requested
+	c.current = satAdd(c.current, s.requested)
+	c.total = satAdd(len(s.instances), s.requested)
 
 	p := c.policy
 	c.target = p.IdleCount
 	if p.ScaleFactor > 0 {
-		sf := int(math.Ceil(float64(c.tasks.Acquired) * p.ScaleFactor))
+		sf := floatToCount(math.Ceil(float64(c.tasks.Acquired) * p.ScaleFactor))
 		if p.ScaleFactorLimit > 0 {
 			sf = min(sf, p.ScaleFactorLimit)
 		}
 		c.target = max(c.target, sf)
 	}
-	need := c.tasks.Acquired + c.tasks.Reserved + c.tasks.Pending + c.target + c.tasks.Unavailable + c.tasks.Unhealthy
-	c.required = (need + capa - 1) / capa
+	need := satAdd(satAdd(satAdd(c.tasks.Acquired, c.tasks.Reserved), satAdd(c.tasks.Pending, c.target)),
+		satAdd(c.tasks.Unavailable, c.tasks.Unhealthy))
+	c.required = ceilDiv(need, capa)
 	c.desired = c.required
 	if s.opts.MaxInstances > 0 {
 		c.desired = min(c.desired, s.opts.MaxInstances)
@@ -868,7 +1046,7 @@ func (s *Scaler) maxSlots() int {
 	if limit < 0 {
 		return -1
 	}
-	return limit * s.opts.CapacityPerInstance
+	return satMul(limit, s.opts.CapacityPerInstance)
 }
 
 // Decision is one scaling decision with its inputs, kept for Status.
@@ -955,6 +1133,9 @@ func (s *Scaler) decideLocked(now time.Time, trigger string) Decision {
 	switch {
 	case d.Wanted == 0 && c.required > 0:
 		d.Reason = fmt.Sprintf("enough capacity: %d instances (ready, booting, creating or requested) for %d required", c.current, c.required)
+		if p := s.pendingSummaryLocked(now); p != "" {
+			d.Reason += "; " + p
+		}
 	case d.Wanted == 0:
 		d.Reason = "no demand and no idle target"
 	case n == d.Wanted:
@@ -993,19 +1174,34 @@ func (s *Scaler) scaleUp(trigger string) {
 		s.mu.Lock()
 		d := s.decideLocked(now, trigger)
 		n := d.Requested
+		var intentID string
 		if n > 0 {
-			// The intent is durable before the call: a crash after Increase leaves a
-			// pending count that the next scaler uses to adopt what appears. If it
-			// cannot be recorded, nothing is created: an unrecorded instance could leak.
-			s.requested += n
-			s.pendingSince, s.pendingDirty = now, true
+			// The intent is durable before the call: a crash after Increase leaves an
+			// intent that the next scaler uses to adopt what appears. If it cannot be
+			// recorded, nothing is created: an unrecorded instance could leak.
+			// A burst of scale-ups within intentMergeWindow shares one intent, so that
+			// the record (rewritten whole on every flush) stays small.
+			if last := len(s.intents) - 1; last >= 0 && s.intents[last].Run == s.run && now.Sub(s.intents[last].At) < intentMergeWindow {
+				intentID = s.intents[last].ID
+				s.intents[last].Count = satAdd(s.intents[last].Count, n)
+			} else {
+				s.intentSeq++
+				intentID = fmt.Sprintf("%s/%d", s.run, s.intentSeq)
+				why := fmt.Sprintf("requested by a scale-up at %s (trigger %s): %s", d.Time.UTC().Format(time.RFC3339), d.Trigger, d.Reason)
+				s.intents = append(s.intents, state.Intent{ID: intentID, Run: s.run, Count: n, At: now, Why: why})
+			}
+			s.requested = satAdd(s.requested, n)
+			s.intentsDirty = true
 			if err := s.flushLocked(); err != nil {
-				s.requested -= n
+				s.settleIntentLocked(intentID, n)
 				d.Requested, n = 0, 0
 				d.Reason = "nothing requested: the intent to create could not be recorded: " + err.Error()
 			}
 		}
-		if d.Wanted > 0 || trigger != "update" {
+		switch {
+		case n > 0:
+			s.lastDecision = d // recorded in full, with what was accepted, after Increase
+		case d.Wanted > 0 || trigger != "update":
 			s.recordDecisionLocked(d)
 		}
 		s.mu.Unlock()
@@ -1021,20 +1217,13 @@ func (s *Scaler) scaleUp(trigger string) {
 			now = s.clock.Now()
 			s.mu.Lock()
 			accepted = min(max(accepted, 0), n)
-			s.requested -= n - accepted
-			why := fmt.Sprintf("requested by a scale-up at %s (trigger %s): %s", d.Time.UTC().Format(time.RFC3339), d.Trigger, d.Reason)
-			for range accepted {
-				s.createWhy = append(s.createWhy, why)
-			}
-			if extra := len(s.createWhy) - s.requested; extra > 0 {
-				s.createWhy = s.createWhy[extra:]
-			}
-			s.pendingDirty = true
+			s.settleIntentLocked(intentID, n-accepted)
 			d.Accepted = accepted
 			for range accepted {
 				s.m.InstanceOperation("create")
 			}
 			if err != nil {
+				err = stepErr("increase", "", err)
 				s.m.InternalOperation("increase_failure")
 				for range n - accepted {
 					s.m.InstanceOperation("create_failure")
@@ -1091,14 +1280,23 @@ func (s *Scaler) runReadyQueue() {
 	}
 }
 
+// ready runs the readiness of a running instance: the host's ready command, then its
+// probe. An instance the host cannot reach is not ready: a fleet-wide cause (a wrong
+// client key) then counts toward the circuit breaker, instead of every new instance
+// failing its first acquire heartbeat and being replaced, forever.
 func (s *Scaler) ready(in *instance) {
 	var err error
-	if s.opts.Ready != nil {
+	if s.opts.Ready != nil || s.opts.Probe != nil {
 		ctx, cancel := context.WithTimeout(s.ctx, s.opts.ReadyTimeout)
 		var info InstanceInfo
 		info, err = s.instanceInfo(ctx, in)
-		if err == nil {
+		if err == nil && s.opts.Ready != nil {
 			err = s.opts.Ready(ctx, info)
+		}
+		if err == nil && s.opts.Probe != nil {
+			if err = s.opts.Probe(ctx, info); err != nil {
+				err = fmt.Errorf("probe: %w", err)
+			}
 		}
 		cancel()
 	}
@@ -1133,7 +1331,7 @@ func (s *Scaler) instanceInfo(ctx context.Context, in *instance) (InstanceInfo, 
 	ci, err := s.group.ConnectInfo(ctx, in.id)
 	if err != nil {
 		s.m.InternalOperation("connect_info_failure")
-		return info, fmt.Errorf("connect info of %s: %w", in.id, err)
+		return info, stepErr("connect info", in.id, err)
 	}
 	s.m.InternalOperation("connect_info")
 	info.ConnectInfo = ci
@@ -1141,23 +1339,36 @@ func (s *Scaler) instanceInfo(ctx context.Context, in *instance) (InstanceInfo, 
 }
 
 // heartbeatDueLocked lists idle ready instances whose heartbeat is older than the
-// interval, and unhealthy ones (rechecked every cycle until they recover or reach
-// failure_threshold).
-func (s *Scaler) heartbeatDueLocked(now time.Time) []*instance {
-	var due []*instance
+// interval, and unhealthy ones whose recheck is due (see healthRecheckMin) until they
+// recover or reach failure_threshold. probe[i] says whether due[i] also gets the probe:
+// an unhealthy instance recovers only by passing the same check that failed, so a
+// plugin Heartbeat that succeeds cannot reset the failures of a probe that does not.
+func (s *Scaler) heartbeatDueLocked(now time.Time) (due []*instance, probe []bool) {
 	for _, in := range s.instances {
 		if in.phase != phaseReady || in.busy() > 0 {
 			continue
 		}
-		if in.unhealthy || now.Sub(in.lastHeartbeat) >= s.opts.HeartbeatInterval {
+		if in.unhealthy {
+			if !now.Before(in.nextCheck) {
+				due = append(due, in)
+			}
+			continue
+		}
+		if now.Sub(in.lastHeartbeat) >= s.opts.HeartbeatInterval {
 			due = append(due, in)
 		}
 	}
 	sort.Slice(due, func(i, j int) bool { return due[i].id < due[j].id })
-	return due
+	if len(due) > 0 {
+		probe = make([]bool, len(due))
+		for i, in := range due {
+			probe[i] = in.unhealthy
+		}
+	}
+	return due, probe
 }
 
-func (s *Scaler) runHeartbeats(ctx context.Context, due []*instance) {
+func (s *Scaler) runHeartbeats(ctx context.Context, due []*instance, probe []bool) {
 	if len(due) == 0 {
 		return
 	}
@@ -1169,7 +1380,7 @@ func (s *Scaler) runHeartbeats(ctx context.Context, due []*instance) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			errs[i] = s.heartbeat(ctx, in, false)
+			errs[i] = s.heartbeat(ctx, in, probe[i])
 		}()
 	}
 	wg.Wait()
@@ -1189,7 +1400,7 @@ func (s *Scaler) heartbeat(ctx context.Context, in *instance, probe bool) error 
 	defer cancel()
 	if err := s.group.Heartbeat(hctx, in.id); err != nil && !errors.Is(err, provider.ErrNotSupported) {
 		s.m.InternalOperation("heartbeat_failure")
-		return fmt.Errorf("heartbeat: %w", err)
+		return stepErr("heartbeat", "", err)
 	}
 	s.m.InternalOperation("heartbeat")
 	if probe && s.opts.Probe != nil {
@@ -1204,6 +1415,7 @@ func (s *Scaler) heartbeat(ctx context.Context, in *instance, probe bool) error 
 	return nil
 }
 
+// healthResultLocked records a health check.
 func (s *Scaler) healthResultLocked(now time.Time, in *instance, err error) {
 	in.lastHeartbeat = now
 	if err == nil {
@@ -1216,13 +1428,15 @@ func (s *Scaler) healthResultLocked(now time.Time, in *instance, err error) {
 	in.unhealthy = true
 	in.failures++
 	in.lastHealthErr = err.Error()
-	in.event(now, "unhealthy", fmt.Sprintf("health check failure %d of %d: %v", in.failures, s.opts.FailureThreshold, err))
+	in.nextCheck = now.Add(backoff(in.failures, healthRecheckMin, healthRecheckMax))
+	in.event(now, "unhealthy", fmt.Sprintf("health check failure %d of %d (next check at %s): %v", in.failures, s.opts.FailureThreshold,
+		in.nextCheck.UTC().Format(time.RFC3339), err))
 }
 
 // flushLocked writes the dirty records and the pending count in one batch. On error
 // everything stays dirty for the next attempt.
 func (s *Scaler) flushLocked() error {
-	if len(s.dirty) == 0 && len(s.deleted) == 0 && !s.pendingDirty {
+	if len(s.dirty) == 0 && len(s.deleted) == 0 && !s.intentsDirty {
 		return nil
 	}
 	now := s.clock.Now()
@@ -1237,8 +1451,8 @@ func (s *Scaler) flushLocked() error {
 			CreatedAt: in.firstSeen, ReadyAt: in.readyAt, UpdatedAt: now})
 	}
 	b.Delete = s.deleted
-	if s.pendingDirty {
-		b.Pending = &state.Pending{Count: s.requested, Since: s.pendingSince}
+	if s.intentsDirty {
+		b.SetIntents, b.Intents = true, slices.Clone(s.intents)
 	}
 	if err := s.store.Apply(s.ctx, s.owner, b); err != nil {
 		s.lastStoreErr = err.Error()
@@ -1248,7 +1462,7 @@ func (s *Scaler) flushLocked() error {
 	s.lastStoreErr = ""
 	clear(s.dirty)
 	s.deleted = nil
-	s.pendingDirty = false
+	s.intentsDirty = false
 	return nil
 }
 
@@ -1296,7 +1510,7 @@ func (s *Scaler) deleteAll(ctx context.Context) error {
 		var listed []observed
 		err := s.group.Update(ctx, func(id string, st provider.State) { listed = append(listed, observed{id, st}) })
 		if err != nil {
-			return fmt.Errorf("delete instances on shutdown: update: %w", err)
+			return fmt.Errorf("delete instances on shutdown: %w", stepErr("update", "", err))
 		}
 		now := s.clock.Now()
 		var ids []string
@@ -1324,7 +1538,7 @@ func (s *Scaler) deleteAll(ctx context.Context) error {
 		}
 		if len(ids) > 0 {
 			if _, err := s.group.Decrease(ctx, ids); err != nil {
-				s.log.Warn("decrease on shutdown", "err", err)
+				s.log.Warn("delete instances on shutdown", "err", stepErr("decrease", "", err))
 			}
 		}
 		t := s.clock.NewTimer(s.opts.ShutdownDeletionInterval)

@@ -37,7 +37,7 @@ func (a *Acquisition) ConnectInfo(ctx context.Context) (provider.ConnectInfo, er
 	ci, err := a.s.group.ConnectInfo(ctx, a.id)
 	if err != nil {
 		a.s.m.InternalOperation("connect_info_failure")
-		return ci, fmt.Errorf("connect info of instance %s: %w", a.id, err)
+		return ci, stepErr("connect info", a.id, err)
 	}
 	a.s.m.InternalOperation("connect_info")
 	return ci, nil
@@ -87,6 +87,9 @@ func (s *Scaler) pickLocked() (*instance, int) {
 			return best, i
 		}
 	}
+	if len(best.slots) < capa {
+		return best, len(best.slots) // the next slot, allocated when it is set
+	}
 	return nil, -1
 }
 
@@ -122,7 +125,7 @@ func (s *Scaler) Reserve(ctx context.Context, key string) error {
 		}
 	}
 	if in, sl := s.pickLocked(); in != nil {
-		in.slots[sl] = slot{state: slotReserved, key: key}
+		in.setSlot(sl, slot{state: slotReserved, key: key})
 		in.reserved++
 		s.reservations[key] = &reservation{key: key, inst: in, slot: sl, at: now}
 		s.dirty[in.id] = true
@@ -166,7 +169,7 @@ func (s *Scaler) Unreserve(key string) {
 }
 
 func (s *Scaler) freeSlotLocked(in *instance, sl int, was slotState) {
-	if sl < 0 || sl >= len(in.slots) || in.slots[sl].state != was {
+	if sl < 0 || in.slotAt(sl).state != was {
 		return
 	}
 	in.slots[sl] = slot{}
@@ -184,10 +187,10 @@ func (s *Scaler) freeSlotLocked(in *instance, sl int, was slotState) {
 
 // takeLocked turns a free or reserved slot into an acquired one and counts a use.
 func (s *Scaler) takeLocked(in *instance, sl int, key string) {
-	if in.slots[sl].state == slotReserved {
+	if in.slotAt(sl).state == slotReserved {
 		in.reserved--
 	}
-	in.slots[sl] = slot{state: slotAcquired, key: key}
+	in.setSlot(sl, slot{state: slotAcquired, key: key})
 	in.acquired++
 	in.used++
 	s.dirty[in.id] = true
@@ -227,7 +230,7 @@ func (s *Scaler) dispatchLocked(now time.Time) {
 		if in == nil {
 			return
 		}
-		in.slots[sl] = slot{state: slotReserved, key: r.key}
+		in.setSlot(sl, slot{state: slotReserved, key: r.key})
 		in.reserved++
 		r.inst, r.slot = in, sl
 		s.dirty[in.id] = true
@@ -259,12 +262,16 @@ func (s *Scaler) acquire(ctx context.Context, key string, wait bool) (*Acquisiti
 		timerC = timer.C()
 	}
 	var lastErr error
+	var lastErrID string
 	for {
 		in, sl, w, err := s.claim(key, wait)
 		if err != nil {
 			s.m.TaskOperation("acquire_failure")
 			if !wait {
 				s.scaleUp("acquire")
+			}
+			if errors.Is(err, errNoSlot) {
+				err = s.noCapacityError(lastErr, lastErrID)
 			}
 			return nil, fmt.Errorf("unable to acquire instance: %w", err)
 		}
@@ -280,11 +287,7 @@ func (s *Scaler) acquire(ctx context.Context, key string, wait bool) (*Acquisiti
 			case <-timerC:
 				s.abandon(w)
 				s.m.TaskOperation("acquire_failure")
-				cause := s.noCapacityError()
-				if lastErr != nil {
-					cause = errors.Join(cause, lastErr)
-				}
-				return nil, fmt.Errorf("unable to acquire instance within the configured timeout of %s: %w", timeout, cause)
+				return nil, fmt.Errorf("unable to acquire instance within the configured timeout of %s: %w", timeout, s.noCapacityError(lastErr, lastErrID))
 			case <-ctx.Done():
 				s.abandon(w)
 				s.m.TaskOperation("acquire_failure")
@@ -296,14 +299,14 @@ func (s *Scaler) acquire(ctx context.Context, key string, wait bool) (*Acquisiti
 		s.mu.Lock()
 		s.healthResultLocked(now, in, herr)
 		if herr != nil || in.phase != phaseReady {
-			if in.slots[sl].state == slotAcquired && in.slots[sl].key == key {
+			if cur := in.slotAt(sl); cur.state == slotAcquired && cur.key == key {
 				s.freeSlotLocked(in, sl, slotAcquired)
 				in.used--
 			}
 			if herr == nil {
 				herr = fmt.Errorf("instance %s left service while being acquired", in.id)
 			}
-			lastErr = fmt.Errorf("instance %s: %w", in.id, herr)
+			lastErr, lastErrID = fmt.Errorf("instance %s: %w", in.id, herr), in.id
 			s.dispatchLocked(now)
 			s.mu.Unlock()
 			s.kick()
@@ -342,7 +345,7 @@ func (s *Scaler) claim(key string, wait bool) (*instance, int, *waiter, error) {
 	if reserved && r.inst != nil {
 		delete(s.reservations, key)
 		in := r.inst
-		if in.slots[r.slot].state == slotReserved && in.slots[r.slot].key == key {
+		if cur := in.slotAt(r.slot); cur.state == slotReserved && cur.key == key {
 			if in.phase == phaseReady {
 				s.takeLocked(in, r.slot, key)
 				return in, r.slot, nil, nil
@@ -359,8 +362,7 @@ func (s *Scaler) claim(key string, wait bool) (*instance, int, *waiter, error) {
 	}
 	if !wait {
 		// The unbound reservation (if any) stays: its demand keeps counting.
-		c := s.countLocked(now)
-		return nil, 0, nil, fmt.Errorf("%w: no immediately available capacity (%s)", ErrNoCapacity, c.tasks)
+		return nil, 0, nil, errNoSlot
 	}
 	delete(s.reservations, key)
 	w := &waiter{key: key, ch: make(chan grant, 1), at: now}
@@ -389,15 +391,70 @@ func (s *Scaler) abandon(w *waiter) {
 	}
 }
 
-func (s *Scaler) noCapacityError() error {
+// errNoSlot is claim's answer when no slot is ready and the caller does not wait.
+var errNoSlot = errors.New("no ready slot")
+
+// noCapacityError says why no slot could be had, most telling first: a plugin whose
+// Update keeps failing, then the slot counts, creations still pending, unhealthy
+// instances with their last health error (the probe's own words, e.g. a host key
+// mismatch), the last health failure seen by this call, and why the last scale-up
+// fell short.
+func (s *Scaler) noCapacityError(lastErr error, lastErrID string) error {
+	now := s.clock.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := s.countLocked(s.clock.Now())
-	reason := ""
-	if s.lastNoCreate != nil {
-		reason = "; last scale-up: " + s.lastNoCreate.Reason
+	c := s.countLocked(now)
+	err := fmt.Errorf("%w: no immediately available capacity (%s)", ErrNoCapacity, c.tasks)
+	var why []string
+	if p := s.pendingSummaryLocked(now); p != "" {
+		why = append(why, p)
 	}
-	return fmt.Errorf("%w: no immediately available capacity (%s)%s", ErrNoCapacity, c.tasks, reason)
+	unhealthy := s.unhealthyReasonsLocked(now, 3)
+	why = append(why, unhealthy...)
+	if lastErr != nil && !slices.ContainsFunc(unhealthy, func(r string) bool { return strings.HasPrefix(r, "instance "+lastErrID+" ") }) {
+		why = append(why, lastErr.Error())
+	}
+	if s.lastNoCreate != nil {
+		why = append(why, "last scale-up: "+s.lastNoCreate.Reason)
+	}
+	if len(why) > 0 {
+		err = fmt.Errorf("%w; %s", err, strings.Join(why, "; "))
+	}
+	if s.updFailures > 0 {
+		err = fmt.Errorf("%s; %w", s.updateFailingLocked(now), err)
+	}
+	return err
+}
+
+// updateFailingLocked describes a run of failed Updates.
+func (s *Scaler) updateFailingLocked(now time.Time) string {
+	return fmt.Sprintf("the plugin's Update has failed for %s (%d attempts in a row, retried with backoff): %v",
+		now.Sub(s.updFailingSince).Round(time.Second), s.updFailures, s.updErr)
+}
+
+// unhealthyReasonsLocked describes up to limit unhealthy instances, by ID.
+func (s *Scaler) unhealthyReasonsLocked(now time.Time, limit int) []string {
+	var ids []string
+	for id, in := range s.instances {
+		if in.unhealthy && in.phase == phaseReady {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	var out []string
+	for i, id := range ids {
+		if i == limit {
+			out = append(out, fmt.Sprintf("%d more unhealthy instances", len(ids)-limit))
+			break
+		}
+		in := s.instances[id]
+		out = append(out, fmt.Sprintf("instance %s unhealthy (%d of %d consecutive health check failures; next check in %s): %s",
+			id, in.failures, s.opts.FailureThreshold, max(in.nextCheck.Sub(now), 0).Round(time.Second), in.lastHealthErr))
+	}
+	return out
 }
 
 // Release ends key's acquisition: the slot becomes free, and an instance that reached

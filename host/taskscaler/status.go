@@ -19,19 +19,39 @@ type InstanceStatus struct {
 	Phase string `json:"phase"`
 	// Cause says why the instance exists: created (by a scale-up of this scaler),
 	// adopted (recorded before a restart), unknown (not ours; will be deleted).
-	Cause          string    `json:"cause"`
-	Restored       bool      `json:"restored,omitempty"`
-	UseCount       int       `json:"use_count"`
-	Slots          int       `json:"slots"`
-	Reserved       int       `json:"reserved"`
-	Acquired       int       `json:"acquired"`
-	Healthy        bool      `json:"healthy"`
-	HealthFailures int       `json:"health_failures,omitempty"`
-	FirstSeen      time.Time `json:"first_seen"`
-	ReadyAt        time.Time `json:"ready_at,omitzero"`
-	IdleSince      time.Time `json:"idle_since,omitzero"`
-	RemoveReason   string    `json:"remove_reason,omitempty"`
-	History        []Event   `json:"history"`
+	Cause          string `json:"cause"`
+	Restored       bool   `json:"restored,omitempty"`
+	UseCount       int    `json:"use_count"`
+	Slots          int    `json:"slots"`
+	Reserved       int    `json:"reserved"`
+	Acquired       int    `json:"acquired"`
+	Healthy        bool   `json:"healthy"`
+	HealthFailures int    `json:"health_failures,omitempty"`
+	// HealthError is the last failed health check's error (the plugin's Heartbeat or the
+	// host's probe, e.g. an SSH host key mismatch); NextHealthCheck is when an unhealthy
+	// instance is checked again.
+	HealthError     string    `json:"health_error,omitempty"`
+	NextHealthCheck time.Time `json:"next_health_check,omitzero"`
+	FirstSeen       time.Time `json:"first_seen"`
+	ReadyAt         time.Time `json:"ready_at,omitzero"`
+	IdleSince       time.Time `json:"idle_since,omitzero"`
+	RemoveReason    string    `json:"remove_reason,omitempty"`
+	History         []Event   `json:"history"`
+}
+
+// PendingCreation is a recorded intent to create instances that have not appeared yet.
+type PendingCreation struct {
+	Count       int       `json:"count"`
+	RequestedAt time.Time `json:"requested_at"`
+	// Run is the scaler process that made the request. ThisRun is false for a request
+	// of a previous run of the host: it does not count as capacity that is coming.
+	Run     string    `json:"run"`
+	ThisRun bool      `json:"this_run"`
+	Expires time.Time `json:"expires"`
+	Why     string    `json:"why,omitempty"`
+	// Summary says it in one line, for example "waiting for 3 instances requested 2m0s
+	// ago by a previous run (…)".
+	Summary string `json:"summary"`
 }
 
 // Status is a snapshot of the scaler, marshalled by the status endpoint.
@@ -39,6 +59,8 @@ type Status struct {
 	Owner    string    `json:"owner"`
 	Provider string    `json:"provider"`
 	Time     time.Time `json:"time"`
+	// Run identifies this scaler process in the intents it records.
+	Run string `json:"run"`
 	// Policy is the index of the active [[runners.autoscaler.policy]] (−1: none).
 	Policy     int            `json:"policy"`
 	IdleCount  int            `json:"idle_count"`
@@ -55,22 +77,32 @@ type Status struct {
 	MaxJobs             int `json:"max_jobs"`
 	// LastDecision is the most recent scaling decision; LastShortfall the most recent
 	// one that created fewer instances than wanted, with the reason.
-	LastDecision    Decision         `json:"last_decision"`
-	LastShortfall   *Decision        `json:"last_shortfall,omitempty"`
-	Breaker         BreakerStatus    `json:"breaker"`
-	LastUpdate      time.Time        `json:"last_update,omitzero"`
-	LastUpdateError string           `json:"last_update_error,omitempty"`
-	LastStoreError  string           `json:"last_store_error,omitempty"`
-	InstanceList    []InstanceStatus `json:"instances"`
+	LastDecision    Decision      `json:"last_decision"`
+	LastShortfall   *Decision     `json:"last_shortfall,omitempty"`
+	Breaker         BreakerStatus `json:"breaker"`
+	LastUpdate      time.Time     `json:"last_update,omitzero"`
+	LastUpdateError string        `json:"last_update_error,omitempty"`
+	// UpdateFailing describes a run of consecutive failed Updates (empty when the last
+	// one succeeded).
+	UpdateFailing  string `json:"update_failing,omitempty"`
+	LastStoreError string `json:"last_store_error,omitempty"`
+	// StoreWarning says the state file was found corrupt and moved aside at start.
+	StoreWarning string `json:"store_warning,omitempty"`
+	// Pending lists the creation intents not yet seen in an Update, oldest first.
+	Pending      []PendingCreation `json:"pending,omitempty"`
+	InstanceList []InstanceStatus  `json:"instances"`
 	// Gone lists recently removed instances with the reason.
 	Gone []InstanceStatus `json:"gone,omitempty"`
 }
 
 func (s *Scaler) instanceStatusLocked(now time.Time, in *instance) InstanceStatus {
 	st := InstanceStatus{ID: in.id, State: string(in.state), Phase: in.phase.String(), Cause: in.cause, Restored: in.restored,
-		UseCount: in.used, Slots: len(in.slots), Reserved: in.reserved, Acquired: in.acquired, Healthy: !in.unhealthy,
+		UseCount: in.used, Reserved: in.reserved, Acquired: in.acquired, Healthy: !in.unhealthy,
 		HealthFailures: in.failures, FirstSeen: in.firstSeen, ReadyAt: in.readyAt, RemoveReason: in.removeReason,
-		History: in.orderedHistory()}
+		History: in.orderedHistory(), Slots: s.opts.CapacityPerInstance}
+	if in.unhealthy {
+		st.HealthError, st.NextHealthCheck = in.lastHealthErr, in.nextCheck
+	}
 	if in.phase == phaseReady && in.busy() == 0 {
 		st.IdleSince = in.idleSince
 	}
@@ -86,15 +118,69 @@ func (s *Scaler) Status() Status {
 	st := Status{Owner: s.owner, Provider: s.info.ID, Time: now, Policy: c.policy.index, IdleCount: c.policy.IdleCount,
 		IdleTime: c.policy.IdleTime.String(), Preemptive: c.policy.preemptive(), Tasks: c.tasks, Instances: c.inst,
 		Required: c.required, Desired: c.desired, CapacityPerInstance: s.opts.CapacityPerInstance,
-		MaxInstances: s.opts.MaxInstances, MaxJobs: s.opts.MaxInstances * s.opts.CapacityPerInstance,
+		MaxInstances: s.opts.MaxInstances, MaxJobs: satMul(s.opts.MaxInstances, s.opts.CapacityPerInstance),
 		LastDecision: s.lastDecision, LastShortfall: s.lastNoCreate, Breaker: s.breaker.status(now),
 		LastUpdate: s.lastUpdate, LastUpdateError: s.lastUpdErr, LastStoreError: s.lastStoreErr,
+		StoreWarning: s.storeWarning, Run: s.run, Pending: s.pendingLocked(now),
 		Gone: slices.Clone(s.gone)}
+	if s.updFailures > 0 {
+		st.UpdateFailing = s.updateFailingLocked(now)
+	}
 	for _, in := range s.instances {
 		st.InstanceList = append(st.InstanceList, s.instanceStatusLocked(now, in))
 	}
 	slices.SortFunc(st.InstanceList, func(a, b InstanceStatus) int { return strings.Compare(a.ID, b.ID) })
 	return st
+}
+
+func (s *Scaler) pendingLocked(now time.Time) []PendingCreation {
+	var out []PendingCreation
+	for _, it := range s.intents {
+		p := PendingCreation{Count: it.Count, RequestedAt: it.At, Run: it.Run, ThisRun: it.Run == s.run,
+			Expires: it.At.Add(s.opts.PendingCreationTimeout), Why: it.Why}
+		ago := now.Sub(it.At).Round(time.Second)
+		if p.ThisRun {
+			p.Summary = fmt.Sprintf("waiting for %d instances requested %s ago by this run (written off at %s if they do not appear)",
+				it.Count, ago, p.Expires.UTC().Format(time.RFC3339))
+		} else {
+			p.Summary = fmt.Sprintf("waiting for %d instances requested %s ago by a previous run (%s): not counted as capacity, so scale-up "+
+				"goes on; adopted as created if they appear, written off at %s", it.Count, ago, runName(it.Run), p.Expires.UTC().Format(time.RFC3339))
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// pendingSummaryLocked says in one line what creations are pending, this run's and
+// previous runs' (Status.Pending has them one by one).
+func (s *Scaler) pendingSummaryLocked(now time.Time) string {
+	if len(s.intents) == 0 {
+		return ""
+	}
+	var mine, theirs int
+	var mineAt, theirsAt time.Time
+	for _, it := range s.intents { // oldest first
+		if it.Run == s.run {
+			if mine == 0 {
+				mineAt = it.At
+			}
+			mine += it.Count
+			continue
+		}
+		if theirs == 0 {
+			theirsAt = it.At
+		}
+		theirs += it.Count
+	}
+	var parts []string
+	if mine > 0 {
+		parts = append(parts, fmt.Sprintf("waiting for %d instances requested %s ago by this run", mine, now.Sub(mineAt).Round(time.Second)))
+	}
+	if theirs > 0 {
+		parts = append(parts, fmt.Sprintf("waiting for %d instances requested %s ago by a previous run (not counted as capacity)",
+			theirs, now.Sub(theirsAt).Round(time.Second)))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Explain answers "why does instance X exist" (or why it went): its cause, state and
@@ -183,8 +269,21 @@ func WriteReport(w io.Writer, rep Report) error {
 			st.CapacityPerInstance, maxJobs, st.Policy, st.IdleCount, ceilDiv(st.IdleCount, st.CapacityPerInstance), st.IdleTime, st.Preemptive)
 		fmt.Fprintf(&b, "  jobs: %s,pending:%d,reserved:%d\n", st.Tasks, st.Tasks.Pending, st.Tasks.Reserved)
 		in := st.Instances
-		fmt.Fprintf(&b, "  instances: required %d, desired %d; requested %d, creating %d, booting %d, running %d, deleting %d, unvouched %d\n",
+		fmt.Fprintf(&b, "  instances: required %d, desired %d; requested %d, creating %d, booting %d, running %d, deleting %d, unvouched %d",
 			st.Required, st.Desired, in.Requested, in.Creating, in.Booting, in.Running, in.Deleting, in.Unvouched)
+		if in.Unconfirmed > 0 {
+			fmt.Fprintf(&b, "; %d requested by a previous run, unconfirmed", in.Unconfirmed)
+		}
+		b.WriteString("\n")
+		if st.StoreWarning != "" {
+			fmt.Fprintf(&b, "  warning: %s\n", st.StoreWarning)
+		}
+		if st.UpdateFailing != "" {
+			fmt.Fprintf(&b, "  plugin failing: %s\n", st.UpdateFailing)
+		}
+		for _, p := range st.Pending {
+			fmt.Fprintf(&b, "  pending: %s\n", p.Summary)
+		}
 		fmt.Fprintf(&b, "  circuit breaker: %s", st.Breaker.State)
 		if st.Breaker.LastFailure != "" {
 			fmt.Fprintf(&b, " (%d consecutive failures; last: %s)", st.Breaker.ConsecutiveFailures, st.Breaker.LastFailure)
@@ -201,6 +300,9 @@ func WriteReport(w io.Writer, rep Report) error {
 		}
 		for _, x := range st.InstanceList {
 			fmt.Fprintf(&b, "  %-24s %-9s %-9s cause=%-8s used=%d jobs=%d/%d healthy=%v", x.ID, x.Phase, x.State, x.Cause, x.UseCount, x.Acquired, x.Slots, x.Healthy)
+			if x.HealthError != "" {
+				fmt.Fprintf(&b, " (%d health check failures: %s)", x.HealthFailures, x.HealthError)
+			}
 			if x.RemoveReason != "" {
 				fmt.Fprintf(&b, " removing: %s", x.RemoveReason)
 			}
@@ -219,6 +321,10 @@ func WriteInstance(w io.Writer, x InstanceStatus) error {
 		b.WriteString(", restored after a restart")
 	}
 	fmt.Fprintf(&b, "\n  used %d times, %d of %d slots acquired, %d reserved, healthy %v\n", x.UseCount, x.Acquired, x.Slots, x.Reserved, x.Healthy)
+	if x.HealthError != "" {
+		fmt.Fprintf(&b, "  health: %d consecutive failures, next check at %s: %s\n", x.HealthFailures,
+			x.NextHealthCheck.UTC().Format(time.RFC3339), x.HealthError)
+	}
 	if x.RemoveReason != "" {
 		fmt.Fprintf(&b, "  removal: %s\n", x.RemoveReason)
 	}
@@ -227,11 +333,4 @@ func WriteInstance(w io.Writer, x InstanceStatus) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-func ceilDiv(a, b int) int {
-	if b <= 0 {
-		return 0
-	}
-	return (a + b - 1) / b
 }

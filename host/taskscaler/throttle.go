@@ -2,6 +2,7 @@ package taskscaler
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -31,10 +32,10 @@ func (b *bucket) refill(now time.Time) {
 // available returns how many whole tokens are available now.
 func (b *bucket) available(now time.Time) int {
 	if b.limit < 0 {
-		return int(^uint(0) >> 1)
+		return math.MaxInt
 	}
 	b.refill(now)
-	return int(b.tokens)
+	return floatToCount(b.tokens)
 }
 
 // take consumes n tokens (callers checked available first).
@@ -77,12 +78,7 @@ func (b *breaker) failure(now time.Time, reason string) {
 		return
 	}
 	b.opens++
-	d := b.backoff
-	for i := 1; i < b.opens && d < b.maxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, b.maxBackoff)
-	b.openUntil = now.Add(d)
+	b.openUntil = now.Add(backoff(b.opens, b.backoff, b.maxBackoff))
 }
 
 func (b *breaker) success() {
