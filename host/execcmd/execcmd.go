@@ -55,8 +55,19 @@ type Options struct {
 	Version string
 }
 
-// ExitCode of a failed pipeline; 1 is kept for errors before the pipeline ran.
-const ExitPipelineFailed = 1
+// Exit codes of `runner exec` (docs/reliability.md, "Signal contract").
+const (
+	// ExitPipelineFailed: the pipeline failed, the pool's instances could not all be
+	// deleted at the end, or an error kept the pipeline from running.
+	ExitPipelineFailed = 1
+	// ExitSignal plus a signal's number: a stop signal ended the run (after the
+	// cleanup it allowed): 143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP.
+	ExitSignal = 128
+)
+
+// shutdownBound is how long the instances' deletion may take at the end of a run,
+// also after a second stop signal.
+const shutdownBound = 2 * time.Minute
 
 func stateHome() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
@@ -111,8 +122,14 @@ func indent(s, pre string) string {
 	return b.String()
 }
 
-// Run runs the pipeline and returns the process exit code.
+// Run runs the pipeline and returns the process exit code. Cancelling ctx cancels the
+// running jobs (their after_script still runs); the pool's instances are deleted in
+// any case before Run returns.
 func Run(ctx context.Context, o Options) (int, error) {
+	return runPipeline(ctx, o, pipelinerun.Stops{})
+}
+
+func runPipeline(ctx context.Context, o Options, stops pipelinerun.Stops) (code int, _ error) {
 	if o.Dir == "" {
 		o.Dir = "."
 	}
@@ -127,11 +144,8 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if !filepath.IsAbs(file) {
 		file = filepath.Join(dir, file)
 	}
-	if o.MaxInstances <= 0 {
-		o.MaxInstances = 2
-	}
-	if o.Capacity <= 0 {
-		o.Capacity = 2
+	if err := checkPoolSize(&o); err != nil {
+		return 1, err
 	}
 	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
 		return 1, fmt.Errorf("no pipeline file %s: run runner exec in a project with a .gitlab-ci.yml, or name one with -C DIR or -f FILE", file)
@@ -181,12 +195,12 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	// Whatever happens from here on, the pool's instances are deleted before Run
+	// returns; if they cannot all be, the run fails, whatever the pipeline's verdict,
+	// and says what is left and why.
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		defer cancel()
-		fmt.Fprintln(o.Stderr, "Deleting the pool's instances")
-		if err := m.Shutdown(sctx); err != nil {
-			fmt.Fprintln(o.Stderr, "warning: shutting the pool down:", err)
+		if err := shutdown(ctx, o, m); err != nil && code == 0 {
+			code = ExitPipelineFailed
 		}
 	}()
 
@@ -204,6 +218,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if o.Follow {
 		runner.Follow = o.Stdout
 	}
+	runner.Stops = stops
 	sum, err := runner.Run(ctx, plan)
 	if err != nil {
 		return 1, err
@@ -214,6 +229,50 @@ func Run(ctx context.Context, o Options) (int, error) {
 		return ExitPipelineFailed, nil
 	}
 	return 0, nil
+}
+
+// checkPoolSize validates the built-in pool's flags: 0 means the default, a negative
+// or huge value is a mistake to report, not to replace.
+func checkPoolSize(o *Options) error {
+	// The bounds are config.toml's for the same keys, so that their product (the
+	// pool's `concurrent`) cannot overflow.
+	for _, f := range []struct {
+		flag  string
+		v     *int
+		limit int
+	}{{"--max-instances", &o.MaxInstances, config.MaxInstancesBound}, {"--capacity", &o.Capacity, config.MaxCapacityPerInstance}} {
+		switch {
+		case *f.v == 0:
+			*f.v = 2
+		case *f.v < 0 || *f.v > f.limit:
+			return fmt.Errorf("%s %d: must be between 1 and %d", f.flag, *f.v, f.limit)
+		}
+	}
+	return nil
+}
+
+// shutdown deletes the pool's instances and stops its plugin, within shutdownBound.
+// If instances are left, it says which, why and what happens to them, and returns an
+// error; a failure that leaves none (the plugin did not stop cleanly) is a warning.
+func shutdown(ctx context.Context, o Options, m *manager.Manager) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBound)
+	defer cancel()
+	fmt.Fprintln(o.Stderr, "Deleting the pool's instances")
+	err := m.Shutdown(sctx)
+	if err == nil {
+		return nil
+	}
+	var left []string
+	for _, in := range m.Scaler.Status().InstanceList {
+		left = append(left, in.ID)
+	}
+	if len(left) == 0 {
+		fmt.Fprintln(o.Stderr, "warning: stopping the pool:", err)
+		return nil
+	}
+	fmt.Fprintf(o.Stderr, "runner exec: %d instance(s) could not be deleted: %s: %v\n"+
+		"The next `runner exec` on this pool deletes what is left when it ends.\n", len(left), strings.Join(left, ", "), err)
+	return err
 }
 
 func pluginLog(o Options) io.Writer {

@@ -152,3 +152,30 @@ build:
 		}
 	}
 }
+
+// TestExecPoolSizeFlags: a negative or huge --capacity or --max-instances is refused
+// with an error naming the flag; before, a negative value silently became the default.
+func TestExecPoolSizeFlags(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ".gitlab-ci.yml"), []byte("build:\n  script: [echo hi]\n"), 0o644)
+	tests := []struct {
+		name string
+		o    Options
+		want string
+	}{
+		{"negative capacity", Options{Capacity: -1}, "--capacity -1: must be between 1 and 1000"},
+		{"negative max instances", Options{MaxInstances: -3}, "--max-instances -3: must be between 1 and 100000"},
+		{"huge capacity", Options{Capacity: 1 << 62}, "--capacity 4611686018427387904: must be between 1 and 1000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("XDG_STATE_HOME", t.TempDir())
+			o := tt.o
+			o.Dir, o.Stdout, o.Stderr = dir, &bytes.Buffer{}, &bytes.Buffer{}
+			code, err := Run(context.Background(), o)
+			if err == nil || err.Error() != tt.want || code != ExitPipelineFailed {
+				t.Fatalf("Run = %d, %v; want 1, %q", code, err, tt.want)
+			}
+		})
+	}
+}

@@ -41,8 +41,10 @@ func (p *TextProgress) JobState(job string, s State, detail string) {
 	fmt.Fprintln(p.out, line)
 }
 
-// PrintSummary writes a table of every job and, for each job that failed, the end of
-// its log, so that the reason is on screen without opening a file.
+// PrintSummary writes a table of every job and, for each job that failed or was
+// canceled, why (its failure reason and the error behind it) and the end of its log,
+// so that the reason is on screen without opening a file. The last line is the
+// verdict, naming the jobs that made the pipeline fail.
 func PrintSummary(out io.Writer, s Summary) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "JOB\tSTAGE\tSTATUS\tDURATION\tWAITED\tINSTANCE\tLOG")
@@ -58,11 +60,19 @@ func PrintSummary(out io.Writer, s Summary) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, orDash(j.Stage), status, dur, waited, orDash(j.InstanceID), orDash(j.LogPath))
 	}
 	tw.Flush()
+	var blame []string
 	for _, j := range s.Jobs {
-		if j.State != StateFailed || j.LogPath == "" {
+		if j.State != StateFailed && j.State != StateCancelled {
 			continue
 		}
-		fmt.Fprintf(out, "\n--- last lines of %s (%s) ---\n", j.Name, j.LogPath)
+		why := j.Why()
+		blame = append(blame, fmt.Sprintf("%s %s (%s)", j.Name, j.State, short(why)))
+		fmt.Fprintf(out, "\n--- %s %s: %s ---\n", j.Name, j.State, orDash(why))
+		// A job that never got a slot has nothing in its log but the error above.
+		if j.State != StateFailed || j.LogPath == "" || j.InstanceID == "" {
+			continue
+		}
+		fmt.Fprintf(out, "last lines of %s:\n", j.LogPath)
 		for _, l := range tail(j.LogPath, 15) {
 			fmt.Fprintln(out, l)
 		}
@@ -71,7 +81,27 @@ func PrintSummary(out io.Writer, s Summary) {
 	if !s.Passed {
 		verdict = "FAILED"
 	}
-	fmt.Fprintf(out, "\nPipeline %s in %s\n", verdict, s.Duration.Round(10*time.Millisecond))
+	line := fmt.Sprintf("\nPipeline %s in %s", verdict, s.Duration.Round(10*time.Millisecond))
+	if len(blame) > 0 {
+		const most = 5
+		if len(blame) > most {
+			blame = append(blame[:most], fmt.Sprintf("and %d more", len(blame)-most))
+		}
+		line += ": " + strings.Join(blame, "; ")
+	}
+	fmt.Fprintln(out, line)
+}
+
+// short is a failure's reason without the error behind it ("runner_system_failure"),
+// or the first clause of an error without one.
+func short(why string) string {
+	if why == "" {
+		return "-"
+	}
+	if i := strings.Index(why, ": "); i > 0 {
+		return why[:i]
+	}
+	return why
 }
 
 func orDash(s string) string {

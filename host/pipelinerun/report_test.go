@@ -2,6 +2,7 @@ package pipelinerun
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -40,6 +41,32 @@ func TestFollowWriterStreamsReadableLines(t *testing.T) {
 	for _, never := range []string{"2026-01-02T03:04:05", "section_end", "section_start"} {
 		if strings.Contains(got, never) {
 			t.Errorf("followed output contains %q:\n%s", never, got)
+		}
+	}
+}
+
+// TestSummaryNamesWhyJobsFailed: every job that failed or was canceled gets its
+// failure reason and the error behind it, and the verdict names them; before, a
+// system failure showed only "failed" and "Pipeline FAILED".
+func TestSummaryNamesWhyJobsFailed(t *testing.T) {
+	sum := Summary{Jobs: []JobResult{
+		{Name: "build", State: StatePassed, Attempts: 1, Result: executors.Result{Status: executors.StatusSuccess}},
+		{Name: "test", State: StateFailed, Attempts: 2, Result: executors.Result{Status: executors.StatusFailed,
+			FailureReason: executors.RunnerSystemFailure, ExitCode: -1, Err: errors.New("unable to acquire instance: plugin local exited")}},
+		{Name: "lint", State: StateFailed, Attempts: 1, Result: executors.Result{Status: executors.StatusFailed,
+			FailureReason: executors.ScriptFailure, ExitCode: 2}},
+		{Name: "deploy", State: StateCancelled, Reason: ErrNotStarted.Error()},
+	}}
+	var out bytes.Buffer
+	PrintSummary(&out, sum)
+	for _, want := range []string{
+		"--- test failed: runner_system_failure: unable to acquire instance: plugin local exited ---",
+		"--- lint failed: script_failure: exit code 2 ---",
+		"--- deploy canceled: " + ErrNotStarted.Error() + " ---",
+		"Pipeline FAILED in 0s: test failed (runner_system_failure); lint failed (script_failure); deploy canceled (not started)\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}
 	}
 }

@@ -79,10 +79,33 @@ type Runner struct {
 	// Follow, if set, also receives every job's log as it runs, in readable lines
 	// prefixed with the job's name.
 	Follow io.Writer
+	// Stops, if set, end the pipeline early in the ways cancelling Run's ctx does not:
+	// a drain and an abort (see Stops).
+	Stops Stops
 
 	followMu    sync.Mutex
 	followWidth int // the longest job name of the plan, to align the prefixes
 }
+
+// Stops are the ways to end jobs early beyond cancelling their context, which
+// cancels a job but still runs its after_script and cleanup. A nil channel never
+// fires.
+type Stops struct {
+	// Drain, once closed, starts no more jobs: a job that has no slot yet (waiting
+	// for its dependencies, for `concurrent` or for an instance) ends as canceled
+	// without running, while the running ones go on to their end (SIGQUIT).
+	Drain <-chan struct{}
+	// Abort, once closed, cuts every remaining step of a running job short:
+	// after_script, the cache upload and the cleanup are not waited for (a second
+	// stop signal). The job ends canceled, or failed if it was not canceled.
+	Abort <-chan struct{}
+}
+
+// ErrNotStarted is the cause of a job that a drain kept from starting.
+var ErrNotStarted = errors.New("not started: the runner is stopping and starts no new jobs")
+
+// ErrAborted is the cause of a step cut short by Stops.Abort.
+var ErrAborted = errors.New("aborted: the runner is stopping without waiting for its jobs")
 
 // JobResult is how one job of the pipeline ended.
 type JobResult struct {
@@ -92,7 +115,7 @@ type JobResult struct {
 	InstanceID  string
 	Attempts    int
 	LogPath     string
-	Reason      string // why it was skipped
+	Reason      string // why it was skipped or not started
 	Waited      time.Duration
 }
 
@@ -142,6 +165,11 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 				r.report(j.Name, res.State, res.Reason)
 				return
 			}
+			if closed(r.Stops.Drain) {
+				res.State, res.Reason = StateCancelled, ErrNotStarted.Error()
+				r.report(j.Name, res.State, res.Reason)
+				return
+			}
 			if !pipeline.ShouldRun(j, outcomes) {
 				res.State, res.Reason = StateSkipped, "when: "+j.When+" and the jobs it depends on did not allow it"
 				r.report(j.Name, res.State, res.Reason)
@@ -152,8 +180,12 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 				case sem <- struct{}{}:
 					defer func() { <-sem }()
 				case <-ctx.Done():
-					res.State = StateCancelled
-					r.report(j.Name, res.State, "")
+					res.State, res.Reason = StateCancelled, "pipeline cancelled"
+					r.report(j.Name, res.State, res.Reason)
+					return
+				case <-r.Stops.Drain:
+					res.State, res.Reason = StateCancelled, ErrNotStarted.Error()
+					r.report(j.Name, res.State, res.Reason)
 					return
 				}
 			}
@@ -173,6 +205,16 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 		sum.Jobs = append(sum.Jobs, JobResult{Name: s.Name, State: StateSkipped, Reason: s.Reason})
 	}
 	return sum, nil
+}
+
+// closed reports whether ch is closed (false for nil).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func outcome(r *JobResult) pipeline.Outcome {
@@ -217,7 +259,10 @@ func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *J
 		res.Attempts = attempt
 		result, instance, waited := r.attempt(ctx, &job, attempt, log)
 		res.Result, res.InstanceID, res.Waited = result, instance, res.Waited+waited
-		if result.SystemFailure() && attempt < maxAttempts && ctx.Err() == nil {
+		// A retry is for a job whose instance failed under it. One that got no slot
+		// has already waited out instance_acquire_timeout for one: waiting as long
+		// again would only double the wait. And a drain or an abort hands out no slot.
+		if result.SystemFailure() && instance != "" && attempt < maxAttempts && ctx.Err() == nil && !closed(r.Stops.Drain) && !closed(r.Stops.Abort) {
 			r.report(pj.Name, StateRetrying, fmt.Sprintf("system failure on %s: %v; retrying on a new slot", instance, result.Err))
 			fmt.Fprintf(log, "\n--- system failure; retrying the job on a new slot (attempt %d of %d) ---\n\n", attempt+1, maxAttempts)
 			continue
@@ -249,7 +294,10 @@ func logName(job string) string {
 
 func describe(res *JobResult) string {
 	r := res.Result
-	d := fmt.Sprintf("%s on %s", r.Duration.Round(10*time.Millisecond), res.InstanceID)
+	d := r.Duration.Round(10 * time.Millisecond).String()
+	if res.InstanceID != "" {
+		d += " on " + res.InstanceID
+	}
 	switch {
 	case r.FailureReason == executors.ScriptFailure:
 		return fmt.Sprintf("exit code %d, %s", r.ExitCode, d)
@@ -263,13 +311,40 @@ func describe(res *JobResult) string {
 	return d
 }
 
+// Why says why a job that did not pass ended as it did: its failure reason (as
+// GitLab names it: script_failure, runner_system_failure, …) and the error behind it,
+// or why it was skipped or not started; "" for a passed job.
+func (j JobResult) Why() string {
+	switch j.State {
+	case StatePassed, StatePending, StateRunning, StateWaiting, StateRetrying:
+		return ""
+	case StateSkipped:
+		return j.Reason
+	}
+	if j.Attempts == 0 {
+		return j.Reason
+	}
+	r := j.Result
+	switch {
+	case r.FailureReason == executors.ScriptFailure:
+		return fmt.Sprintf("%s: exit code %d", r.FailureReason, r.ExitCode)
+	case r.FailureReason != "" && r.Err != nil:
+		return fmt.Sprintf("%s: %v", r.FailureReason, r.Err)
+	case r.FailureReason != "":
+		return string(r.FailureReason)
+	case r.Err != nil:
+		return r.Err.Error()
+	}
+	return j.Reason
+}
+
 // attempt gets a slot, runs the job once on it and releases it.
 func (r *Runner) attempt(ctx context.Context, job *jobs.Job, attempt int, log io.Writer) (executors.Result, string, time.Duration) {
 	key := fmt.Sprintf("exec-%s-%s-%d", job.ID, job.Name, attempt)
 	r.report(job.Name, StateWaiting, "")
 	waitStart := time.Now()
 	var waited time.Duration
-	res, inst := RunOnSlot(ctx, r.Pool, r.NewEnv, job, key, log, r.Options, func(slot Slot) {
+	res, inst := RunOnSlot(ctx, r.Stops, r.Pool, r.NewEnv, job, key, log, r.Options, func(slot Slot) {
 		waited = time.Since(waitStart)
 		r.report(job.Name, StateRunning, fmt.Sprintf("on %s slot %d (waited %s)", slot.InstanceID(), slot.Slot(), waited.Round(10*time.Millisecond)))
 	})
@@ -284,14 +359,27 @@ func (r *Runner) attempt(ctx context.Context, job *jobs.Job, attempt int, log io
 // result and the instance the job ran on ("" if no slot was acquired). onSlot, if set,
 // is called once the slot is held. A slot that cannot be had, an environment that
 // cannot be built, and an instance that vanishes under the job are system failures;
-// only ctx cancellation cancels the job. Both `runner exec` and `runner run` use it.
-func RunOnSlot(ctx context.Context, pool Pool, newEnv EnvFactory, job *jobs.Job, key string, log io.Writer,
+// only ctx cancellation cancels the job. stops.Drain ends the wait for a slot (the job
+// ends canceled, not started) and stops.Abort cuts the job's steps short. Both
+// `runner exec` and `runner run` use it.
+func RunOnSlot(ctx context.Context, stops Stops, pool Pool, newEnv EnvFactory, job *jobs.Job, key string, log io.Writer,
 	opts executors.RunOptions, onSlot func(Slot)) (executors.Result, string) {
-	slot, err := pool.Acquire(ctx, key)
+	actx, stopAcquire := context.WithCancelCause(ctx)
+	defer stopAcquire(nil)
+	for _, ch := range []<-chan struct{}{stops.Drain, stops.Abort} {
+		if ch != nil {
+			stop := afterClose(ch, func() { stopAcquire(ErrNotStarted) })
+			defer stop()
+		}
+	}
+	slot, err := pool.Acquire(actx, key)
 	if err != nil {
 		status := executors.StatusFailed
-		if ctx.Err() != nil {
+		if actx.Err() != nil {
 			status = executors.StatusCanceled
+			if cause := context.Cause(actx); errors.Is(cause, ErrNotStarted) {
+				err = cause
+			}
 		}
 		fmt.Fprintf(log, "ERROR: Preparation failed: %v\n", err)
 		return executors.Result{Status: status, FailureReason: executors.RunnerSystemFailure, ExitCode: -1, Err: err}, ""
@@ -300,9 +388,17 @@ func RunOnSlot(ctx context.Context, pool Pool, newEnv EnvFactory, job *jobs.Job,
 	if onSlot != nil {
 		onSlot(slot)
 	}
-	// The slot's context ends if the instance vanishes: that aborts the job as a
-	// system failure (not a cancellation, which only the user's ctx means).
-	slotCtx, cancel := slot.WithContext(context.WithoutCancel(ctx))
+	// The job's steps run to their end although ctx is cancelled (that is how
+	// after_script and the cleanup run after a cancel), unless the slot's instance
+	// vanishes (a system failure, not a cancellation, which only the user's ctx means)
+	// or the run is aborted.
+	base, abort := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer abort(nil)
+	if stops.Abort != nil {
+		stop := afterClose(stops.Abort, func() { abort(ErrAborted) })
+		defer stop()
+	}
+	slotCtx, cancel := slot.WithContext(base)
 	defer cancel()
 	env, err := newEnv(slotCtx, job, slot)
 	if err != nil {
@@ -313,7 +409,21 @@ func RunOnSlot(ctx context.Context, pool Pool, newEnv EnvFactory, job *jobs.Job,
 	return executors.Run(ctx, job, slotBound{env, slotCtx}, log, opts), slot.InstanceID()
 }
 
-// slotBound makes an environment's steps end when the slot's instance disappears.
+// afterClose calls f once ch is closed, unless the returned stop is called first.
+func afterClose(ch <-chan struct{}, f func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ch:
+			f()
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
+}
+
+// slotBound makes an environment's steps end when the slot's instance disappears or
+// the run is aborted.
 type slotBound struct {
 	executors.Env
 	slotCtx context.Context
@@ -321,8 +431,17 @@ type slotBound struct {
 
 func (s slotBound) bind(ctx context.Context) (context.Context, context.CancelFunc) {
 	child, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(s.slotCtx, func() { cancel(errors.Join(errors.New("instance lost"), context.Cause(s.slotCtx))) })
+	stop := context.AfterFunc(s.slotCtx, func() { cancel(s.cause()) })
 	return child, func() { stop(); cancel(context.Canceled) }
+}
+
+// cause says why the slot's context ended: an abort, or the instance was lost.
+func (s slotBound) cause() error {
+	cause := context.Cause(s.slotCtx)
+	if errors.Is(cause, ErrAborted) {
+		return cause
+	}
+	return errors.Join(errors.New("instance lost"), cause)
 }
 
 func (s slotBound) Prepare(ctx context.Context, log io.Writer) error {
@@ -336,7 +455,25 @@ func (s slotBound) Exec(ctx context.Context, script executors.Script, out io.Wri
 	defer cancel()
 	code, err := s.Env.Exec(ctx, script, out)
 	if err == nil && s.slotCtx.Err() != nil {
-		err = context.Cause(s.slotCtx)
+		err = s.cause()
 	}
 	return code, err
+}
+
+func (s slotBound) Cleanup(ctx context.Context) error {
+	ctx, cancel := s.bind(ctx)
+	defer cancel()
+	return s.Env.Cleanup(ctx)
+}
+
+func (s slotBound) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
+	ctx, cancel := s.bind(ctx)
+	defer cancel()
+	return s.Env.Pack(ctx, paths, archive, messages)
+}
+
+func (s slotBound) Unpack(ctx context.Context, r io.Reader) error {
+	ctx, cancel := s.bind(ctx)
+	defer cancel()
+	return s.Env.Unpack(ctx, r)
 }

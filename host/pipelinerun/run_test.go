@@ -264,3 +264,159 @@ func (r *removeOnRun) JobState(job string, s State, detail string) {
 		r.h.group.SetState(id, provider.StateDeleting)
 	}()
 }
+
+// onFirstRun calls f once, when the first job starts running.
+type onFirstRun struct {
+	once sync.Once
+	f    func(job string)
+}
+
+func (o *onFirstRun) JobState(job string, s State, _ string) {
+	if s == StateRunning {
+		o.once.Do(func() { o.f(job) })
+	}
+}
+
+// TestDrainStartsNoNewJobs is SIGQUIT for `runner exec`: the job running when the
+// drain begins runs to its end; the one waiting for `concurrent` and the one waiting
+// for its dependency never start, and say so.
+func TestDrainStartsNoNewJobs(t *testing.T) {
+	h := newHarness(t, nil)
+	drain := make(chan struct{})
+	var running string
+	h.runner.Concurrent = 1
+	h.runner.Stops.Drain = drain
+	h.runner.Progress = &onFirstRun{f: func(job string) { running = job; close(drain) }}
+	p, err := pipeline.Parse("ci.yml", []byte(`
+first:
+  script: [sleep 1, echo first-$((1+1))-done]
+parallel:
+  script: [sleep 1, echo parallel-$((1+1))-done]
+second:
+  needs: [first]
+  script: [echo second]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := p.Plan()
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Passed {
+		t.Error("a pipeline whose jobs were not all run passed")
+	}
+	for _, j := range sum.Jobs {
+		if j.Name == running {
+			b, _ := os.ReadFile(j.LogPath)
+			if j.State != StatePassed || !strings.Contains(string(b), running+"-2-done") {
+				t.Errorf("the running job %s = %s, want passed after running to its end:\n%s", j.Name, j.State, b)
+			}
+			continue
+		}
+		if j.State != StateCancelled || j.Why() != ErrNotStarted.Error() || j.Attempts != 0 {
+			t.Errorf("%s = %s (%q, %d attempts), want canceled, not started", j.Name, j.State, j.Why(), j.Attempts)
+		}
+	}
+}
+
+// TestAbortCutsStepsShort is a second stop signal: the job, already canceled, is
+// running its after_script; the abort ends it without waiting for it.
+func TestAbortCutsStepsShort(t *testing.T) {
+	h := newHarness(t, nil)
+	abort := make(chan struct{})
+	h.runner.Stops.Abort = abort
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := pipeline.Parse("ci.yml", []byte(`
+long:
+  script: [echo job-$((1+1))-started, sleep 600]
+  after_script: [echo after-$((1+1))-started, sleep 600, echo after-$((1+1))-done]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := p.Plan()
+	type result struct {
+		sum Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := h.runner.Run(ctx, pl)
+		done <- result{sum, err}
+	}()
+	logPath := filepath.Join(h.runner.LogDir, "long.log")
+	waitLog := func(s string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if b, _ := os.ReadFile(logPath); strings.Contains(string(b), s) {
+				return
+			}
+			if time.Now().After(deadline) {
+				b, _ := os.ReadFile(logPath)
+				t.Fatalf("the log never showed %q:\n%s", s, b)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLog("job-2-started")
+	cancel()
+	waitLog("after-2-started")
+	close(abort)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("Run still waits for the after_script after the abort")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	j := r.sum.Jobs[0]
+	b, _ := os.ReadFile(logPath)
+	if j.State != StateCancelled || strings.Contains(string(b), "after-2-done") || !strings.Contains(string(b), ErrAborted.Error()) {
+		t.Errorf("job = %s; want canceled with its after_script aborted; log:\n%s", j.State, b)
+	}
+}
+
+// noSlotPool never has a slot: every Acquire fails at once, as one does after
+// instance_acquire_timeout.
+type noSlotPool struct{ acquires atomic.Int32 }
+
+func (p *noSlotPool) Acquire(context.Context, string) (Slot, error) {
+	p.acquires.Add(1)
+	return nil, errors.New("unable to acquire instance within the configured timeout of 15m0s: the plugin's Update has failed")
+}
+
+func (p *noSlotPool) Release(string) {}
+
+// TestNoSlotIsNotRetried: a job that got no slot has already waited out the acquire
+// timeout; it fails at once as a runner_system_failure with the pool's explanation,
+// instead of waiting as long again (the issue saw jobs "wait out the acquire timeout
+// twice").
+func TestNoSlotIsNotRetried(t *testing.T) {
+	pool := &noSlotPool{}
+	r := &Runner{Pool: pool, LogDir: t.TempDir(), NewEnv: func(context.Context, *jobs.Job, Slot) (executors.Env, error) {
+		t.Fatal("no environment may be built without a slot")
+		return nil, nil
+	}}
+	p, err := pipeline.Parse("ci.yml", []byte("only:\n  script: [echo hi]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := p.Plan()
+	sum, err := r.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := sum.Jobs[0]
+	if n := pool.acquires.Load(); n != 1 || j.Attempts != 1 {
+		t.Errorf("%d acquires, %d attempts; want 1 of each", n, j.Attempts)
+	}
+	if want := "runner_system_failure: unable to acquire instance within the configured timeout of 15m0s: the plugin's Update has failed"; j.State != StateFailed || j.Why() != want {
+		t.Errorf("job = %s (%q), want failed (%q)", j.State, j.Why(), want)
+	}
+}

@@ -104,7 +104,8 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 		}
 		opts := executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
 			CacheDir: cacheDir(s.opts.ConfigPath, cfg)}
-		res, _ = pipelinerun.RunOnSlot(jobCtx, rs.m.Pool(), newEnv, &job.Job, key, tr, opts, nil)
+		// Abort (a second stop signal) also cuts the job's after_script and cleanup short.
+		res, _ = pipelinerun.RunOnSlot(jobCtx, pipelinerun.Stops{Abort: s.abortCtx.Done()}, rs.m.Pool(), newEnv, &job.Job, key, tr, opts, nil)
 	}
 
 	state, reason := finalState(res, context.Cause(jobCtx))

@@ -79,6 +79,16 @@ func Register(ctx context.Context, o RegisterOptions) (*config.Runner, error) {
 	if o.Executor != "instance" && o.Executor != "docker-autoscaler" {
 		return nil, fmt.Errorf("register: --executor %q: use instance or docker-autoscaler", o.Executor)
 	}
+	// Checked before GitLab is asked, so that a bad value registers nothing. 0 means
+	// the default; a negative value is a mistake, not a wish for the default.
+	for _, f := range []struct {
+		flag     string
+		n, limit int
+	}{{"--capacity-per-instance", o.CapacityPerInstance, config.MaxCapacityPerInstance}, {"--max-instances", o.MaxInstances, config.MaxInstancesBound}} {
+		if f.n < 0 || f.n > f.limit {
+			return nil, fmt.Errorf("register: %s %d: must be between 1 and %d", f.flag, f.n, f.limit)
+		}
+	}
 	if o.Name == "" {
 		o.Name, _ = os.Hostname()
 	}
@@ -126,7 +136,9 @@ func Register(ctx context.Context, o RegisterOptions) (*config.Runner, error) {
 		if errors.As(err, &se) && se.Code == http.StatusForbidden {
 			return nil, fmt.Errorf("register: GitLab at %s refused the token (403): check that it is the runner's current token and the URL is right", o.URL)
 		}
-		return nil, fmt.Errorf("register: %w", err)
+		// The client's error names its step ("register runner: …", "verify runner: …"):
+		// another "register:" in front would say it twice.
+		return nil, err
 	}
 	entry := renderEntry(o, reg, now(), template)
 	if err := AppendRunner(o.ConfigPath, entry, reg.Token); err != nil {

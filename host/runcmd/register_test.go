@@ -154,6 +154,10 @@ func TestRegisterErrors(t *testing.T) {
 		{"bad executor", RegisterOptions{URL: srv.URL, Token: "glrt-good", Executor: "shell", Name: "x"}, "use instance or docker-autoscaler"},
 		{"duplicate name", RegisterOptions{URL: srv.URL, Token: "glrt-good", Name: "docker-one"}, "already has a runner named"},
 		{"bad url", RegisterOptions{URL: "gitlab.example.com", Token: "glrt-good", Name: "x"}, "want http(s)://"},
+		{"negative max instances", RegisterOptions{URL: srv.URL, Token: "glrt-good", Name: "x", MaxInstances: -1}, "register: --max-instances -1: must be between 1 and 100000"},
+		{"negative capacity", RegisterOptions{URL: srv.URL, Token: "glrt-good", Name: "x", CapacityPerInstance: -2}, "register: --capacity-per-instance -2: must be between 1 and 1000"},
+		// The client names its step; "register: register runner:" said it twice.
+		{"unreachable GitLab, legacy token", RegisterOptions{URL: "http://127.0.0.1:1", RegistrationToken: "r", Name: "x"}, "register runner: Post"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,6 +166,9 @@ func TestRegisterErrors(t *testing.T) {
 			_, err := Register(context.Background(), tt.o)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "register: register") {
+				t.Errorf("doubled prefix: %v", err)
 			}
 			if read(t, path) != existingConfig {
 				t.Errorf("a failed register changed the file")

@@ -282,8 +282,7 @@ func (s *Service) Run(ctx context.Context) error {
 		r := s.cfg.Runners[i]
 		if err := s.startRunner(reqCtx, &r); err != nil {
 			stopRequests()
-			s.shutdown(ctx, cancelJobs)
-			return err
+			return errors.Join(err, s.shutdown(ctx))
 		}
 	}
 	close(s.ready)
@@ -305,8 +304,7 @@ func (s *Service) Run(ctx context.Context) error {
 			s.log.Info("stopping: canceling running jobs", "cause", context.Cause(ctx))
 			stopRequests()
 			cancelJobs(errShutdown)
-			s.shutdown(ctx, cancelJobs)
-			return nil
+			return s.shutdown(ctx)
 		case <-s.drainCh:
 			s.log.Info("graceful stop: finishing running jobs, taking no new ones")
 			stopRequests()
@@ -318,8 +316,7 @@ func (s *Service) Run(ctx context.Context) error {
 				s.log.Info("stopping during graceful stop: canceling running jobs")
 				cancelJobs(errShutdown)
 			}
-			s.shutdown(ctx, cancelJobs)
-			return nil
+			return s.shutdown(ctx)
 		case <-s.reloadCh:
 			s.reload(reqCtx)
 		case <-poll:
@@ -346,8 +343,10 @@ func (s *Service) waitRunners() {
 	s.jobsWG.Wait()
 }
 
-// shutdown waits for the jobs (they report their final state) and stops the pools.
-func (s *Service) shutdown(ctx context.Context, cancelJobs context.CancelCauseFunc) {
+// shutdown waits for the jobs (they report their final state) and stops the pools,
+// deleting their instances where configured, within shutdown_timeout. Its error says
+// which pools could not be stopped cleanly and which instances they may have left.
+func (s *Service) shutdown(ctx context.Context) error {
 	s.waitRunners()
 	timeout := time.Duration(s.cfg.ShutdownTimeout) * time.Second
 	if timeout <= 0 {
@@ -360,16 +359,37 @@ func (s *Service) shutdown(ctx context.Context, cancelJobs context.CancelCauseFu
 	s.runners = map[string]*runnerState{}
 	s.mu.Unlock()
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
 	for _, rs := range all {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := rs.m.Shutdown(sctx); err != nil {
-				s.log.Warn("stopping pool", "runner", rs.cfg.Name, "error", err)
+				if a := rs.cfg.Autoscaler; a != nil && a.DeleteInstancesOnShutdown {
+					var left []string
+					for _, in := range rs.m.Scaler.Status().InstanceList {
+						left = append(left, in.ID)
+					}
+					err = fmt.Errorf("runner %q: stopping its pool (instances left: %s): %w", rs.cfg.Name, orNone(left), err)
+				} else {
+					err = fmt.Errorf("runner %q: stopping its pool: %w", rs.cfg.Name, err)
+				}
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func orNone(ids []string) string {
+	if len(ids) == 0 {
+		return "none known"
+	}
+	return strings.Join(ids, ", ")
 }
 
 func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {

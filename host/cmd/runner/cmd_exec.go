@@ -1,9 +1,7 @@
 package main
 
 import (
-	"os"
-	"os/signal"
-	"syscall"
+	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -25,14 +23,20 @@ sandbox on this machine with its own SSH server) and the instance executor. Name
 to run only them and what they need; a manual job runs only when named.
 
 Every job's full log is kept in a file (see the summary); the exit code is 1 when the
-pipeline failed.`,
+pipeline failed or the pool's instances could not all be deleted.
+
+Signals: SIGTERM, SIGINT and SIGHUP cancel the running jobs (their after_script runs)
+and delete the instances; a second one stops waiting for the jobs but still deletes
+the instances; a third exits at once. SIGQUIT lets the running jobs finish and
+starts no new ones. After a signal N the exit code is 128+N.`,
 		RunE: func(c *cobra.Command, args []string) error {
-			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			o.Jobs, o.Stdout, o.Stderr, o.Version = args, c.OutOrStdout(), c.ErrOrStderr(), version.Version
-			code, err := execcmd.Run(ctx, o)
-			if err != nil {
+			code, err := execcmd.RunWithSignals(c.Context(), o)
+			if err != nil && code <= execcmd.ExitPipelineFailed {
 				return err
+			}
+			if err != nil {
+				fmt.Fprintln(c.ErrOrStderr(), "runner:", err)
 			}
 			if code != 0 {
 				return exitError{code}

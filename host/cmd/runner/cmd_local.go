@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,13 +39,20 @@ func init() {
 asks it for N instances, waits until they run, runs --command on each over SSH with the
 connector, prints the outputs, deletes the instances and verifies that no instance
 process or directory is left behind. It exits 1 if any step fails and 2 if a command
-exited non-zero.`,
+exited non-zero. SIGTERM, SIGINT, SIGHUP or SIGQUIT stop it: the instances are still
+deleted and checked, and the exit code is 128 plus the signal's number.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stopped, stop := stopOnSignals(cmd.Context())
 			defer stop()
 			opts.Out = cmd.OutOrStdout()
 			res, err := localdemo.Run(ctx, opts)
+			if sig := stopped(); sig != 0 {
+				if err != nil {
+					fmt.Fprintln(cmd.ErrOrStderr(), "runner: local demo:", err)
+				}
+				return exitError{128 + int(sig)}
+			}
 			if err != nil {
 				return fmt.Errorf("local demo: %w", err)
 			}
@@ -70,4 +79,32 @@ exited non-zero.`,
 	}
 	localCmd.AddCommand(demo)
 	root.AddCommand(localCmd)
+}
+
+// stopOnSignals returns a context that ends at the first SIGTERM, SIGINT, SIGHUP or
+// SIGQUIT (later ones are absorbed while the command cleans up), a function telling
+// which signal that was (0: none), and one to stop listening. Without it SIGHUP and
+// SIGQUIT would kill the process before it deletes what it created.
+func stopOnSignals(parent context.Context) (context.Context, func() syscall.Signal, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+	var got atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				got.CompareAndSwap(0, int32(s.(syscall.Signal)))
+				cancel()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return ctx, func() syscall.Signal { return syscall.Signal(got.Load()) }, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
 }

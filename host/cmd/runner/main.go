@@ -6,6 +6,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +29,11 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	// A write to a closed stdout or stderr (`runner exec | head`, a closed terminal)
+	// returns an error instead of killing the process with SIGPIPE before it deletes
+	// its instances. Notify, not Ignore: an ignored signal would stay ignored in the
+	// plugins and jobs this process starts, and change how their pipes behave.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	if err := root.Execute(); err != nil {
 		if e, ok := err.(exitError); ok {
 			os.Exit(e.code)
