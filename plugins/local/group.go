@@ -54,6 +54,10 @@ type InstanceGroup struct {
 	authKey   []byte // its public key, authorized_keys form
 	settings  provider.ConnectorConfig
 	lock      *os.File // held open while the plugin owns root_dir
+	// cgroupParent holds the cgroups of the instances this plugin creates; "" when
+	// cgroup v2 is not usable here, and instances' processes are their server's session.
+	cgroupParent string
+	noCgroups    bool // tests: behave as where cgroup v2 is not usable
 
 	mu       sync.Mutex // serialises creating, restarting and deleting instances
 	deleting map[string]bool
@@ -196,7 +200,16 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 	if err := g.lockRoot(ctx); err != nil {
 		return provider.ProviderInfo{}, err
 	}
+	if !g.noCgroups {
+		parent, err := cgroupParentFor(root)
+		if err != nil {
+			logger.Info("cgroup v2 is not usable: an instance's processes are known by its server's session, and one that leaves the session (setsid) escapes deletion", "error", err)
+		} else {
+			g.cgroupParent = parent
+		}
+	}
 	g.cleanStaleCreations()
+	g.endOrphanCgroups(ctx)
 
 	host, _ := os.Hostname()
 	return provider.ProviderInfo{
@@ -251,6 +264,36 @@ func (g *InstanceGroup) cleanStaleCreations() {
 			if err := removeInstanceDir(filepath.Join(g.root, name)); err != nil {
 				g.log.Warn("remove half-created instance", "dir", name, "error", err)
 			}
+		}
+	}
+}
+
+// endOrphanCgroups ends the cgroups of this root_dir's instances whose directory is
+// gone (removed behind the plugin's back): their processes can belong to no instance
+// any more, so they are killed, and the cgroups removed.
+func (g *InstanceGroup) endOrphanCgroups(ctx context.Context) {
+	if g.cgroupParent == "" {
+		return
+	}
+	entries, _ := os.ReadDir(g.cgroupParent)
+	for _, e := range entries {
+		id := e.Name()
+		if !e.IsDir() || !idPattern.MatchString(id) {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(g.root, id)); !errors.Is(err, os.ErrNotExist) {
+			continue // its directory is there: the instance is Update's and Decrease's
+		}
+		cg := filepath.Join(g.cgroupParent, id)
+		left := cgroupProcs(cg)
+		killCgroup(cg)
+		waitUntil(ctx, 5*time.Second, func() bool { return cgroupEmpty(cg) })
+		if err := removeCgroup(cg); err != nil {
+			g.log.Warn("remove the cgroup of a vanished instance", "cgroup", cg, "error", err)
+			continue
+		}
+		if len(left) > 0 {
+			g.log.Warn("killed the processes of an instance whose directory is gone", "instance", id, "processes", left)
 		}
 	}
 }
@@ -321,11 +364,8 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 			fn(in.id, provider.StateDeleting)
 			continue
 		}
-		pid, alive := serverAlive(in.dir)
-		if !alive {
-			g.log.Warn("instance server is not running; restarting it", "instance", in.id, "old_pid", pid)
-			_ = os.Remove(filepath.Join(in.dir, serverFile))
-			if _, err := startServer(g.self, in.dir); err != nil {
+		if _, alive := serverAlive(in.dir); !alive {
+			if err := g.restart(ctx, in); err != nil {
 				g.log.Error("restart instance server", "instance", in.id, "error", err)
 				fn(in.id, provider.StateCreating)
 				continue
@@ -341,6 +381,31 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 		}
 	}
 	return nil
+}
+
+// restart starts a new server for an instance whose server died, as a cloud restarts a
+// crashed VM: first it ends every process the dead server left (its commands'
+// orphans), so that nothing of the old server runs on beside the new one. If a server
+// holds the lock meanwhile, it is alive: nothing to do.
+func (g *InstanceGroup) restart(ctx context.Context, in instance) error {
+	f, claimed, err := tryClaim(in.dir)
+	if err != nil || !claimed {
+		return err
+	}
+	old := readPID(filepath.Join(in.dir, serverPIDFile))
+	n, err := endProcesses(ctx, in.dir)
+	if err == nil {
+		err = os.Remove(filepath.Join(in.dir, serverFile))
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+	}
+	if err != nil {
+		f.Close()
+		return err
+	}
+	g.log.Warn("instance server is not running; restarting it", "instance", in.id, "old_pid", old, "processes_ended", n)
+	return g.startServer(in.dir, f) // the new server inherits the lock
 }
 
 // listening reports whether dir's live server has recorded its address.
@@ -439,11 +504,27 @@ func (g *InstanceGroup) create() error {
 	if err := writeJSON(filepath.Join(tmp, metaFile), meta); err != nil {
 		return fail(err)
 	}
+	// The cgroup is recorded before the directory is in place, so before any server
+	// of it can run: whatever is killed when, its processes are found (procs.go).
+	if g.cgroupParent != "" {
+		if err := os.WriteFile(filepath.Join(tmp, cgroupFile), []byte(filepath.Join(g.cgroupParent, id)+"\n"), 0o600); err != nil {
+			return fail(err)
+		}
+	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fail(err)
 	}
-	if _, err := startServer(g.self, dir); err != nil {
-		_ = removeInstanceDir(dir)
+	claim, claimed, err := tryClaim(dir)
+	if err == nil && !claimed {
+		err = errors.New("its lock is held by another process")
+	}
+	if err == nil {
+		err = g.startServer(dir, claim)
+	}
+	if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+		defer cancel()
+		_ = deleteInstance(ctx, dir)
 		return fmt.Errorf("create instance %s: %w", id, err)
 	}
 	g.log.Debug("instance created", "instance", id, "port", port, "ready_at", meta.ReadyAt)
@@ -495,11 +576,7 @@ func (g *InstanceGroup) startDelete(in instance) {
 		defer g.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 		defer cancel()
-		err := stopServer(ctx, in.dir)
-		if err == nil {
-			err = removeInstanceDir(in.dir)
-		}
-		if err != nil {
+		if err := deleteInstance(ctx, in.dir); err != nil {
 			g.log.Error("delete instance", "instance", in.id, "error", err)
 		} else {
 			g.log.Debug("instance deleted", "instance", in.id)
@@ -600,6 +677,9 @@ func (g *InstanceGroup) Shutdown(ctx context.Context) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.cgroupParent != "" {
+		_ = syscall.Rmdir(g.cgroupParent) // only if no instance is left in it
+	}
 	if g.lock != nil {
 		g.lock.Close() // releases root_dir for the next plugin process
 		g.lock = nil

@@ -26,8 +26,8 @@ import (
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
-// newRoot returns a root_dir for a test and, at its end, stops every instance server
-// left in it, so that a failing test leaks no process.
+// newRoot returns a root_dir for a test and, at its end, deletes every instance left
+// in it with all its processes, so that a failing test leaks no process.
 func newRoot(t *testing.T) string {
 	t.Helper()
 	root := t.TempDir()
@@ -35,7 +35,7 @@ func newRoot(t *testing.T) string {
 		entries, _ := os.ReadDir(root)
 		for _, e := range entries {
 			if idPattern.MatchString(e.Name()) {
-				_ = stopServer(context.Background(), filepath.Join(root, e.Name()))
+				_ = deleteInstance(context.Background(), filepath.Join(root, e.Name()))
 			}
 		}
 	})
@@ -46,10 +46,19 @@ func newRoot(t *testing.T) string {
 // separate processes: this test binary re-executed).
 func newGroup(t *testing.T, cfg map[string]any, settings provider.ConnectorConfig) *InstanceGroup {
 	t.Helper()
+	return newGroupWith(t, cfg, settings, nil)
+}
+
+// newGroupWith is newGroup with mutate applied to the group before Init.
+func newGroupWith(t *testing.T, cfg map[string]any, settings provider.ConnectorConfig, mutate func(*InstanceGroup)) *InstanceGroup {
+	t.Helper()
 	g := New(selfCommand(t))
 	data, _ := json.Marshal(cfg)
 	if err := plugin.DecodeConfig(data, g); err != nil {
 		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(g)
 	}
 	if _, err := g.Init(context.Background(), hclog.NewNullLogger(), provider.Settings{ConnectorConfig: settings}); err != nil {
 		t.Fatal(err)
@@ -146,13 +155,17 @@ func runOn(t *testing.T, g provider.InstanceGroup, id, command string) string {
 	return string(out)
 }
 
-// serverPIDs returns the recorded server PID of each instance.
+// serverPIDs returns the recorded server PID of each instance, waiting (bounded) for
+// a just started server to record itself.
 func serverPIDs(t *testing.T, root string, instances []string) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	for _, id := range instances {
-		pid := readPID(filepath.Join(root, id, serverPIDFile))
-		if pid <= 0 {
+		var pid int
+		if !waitUntil(context.Background(), 10*time.Second, func() bool {
+			pid = readPID(filepath.Join(root, id, serverPIDFile))
+			return pid > 0
+		}) {
 			t.Fatalf("instance %s has no server pid", id)
 		}
 		out[id] = pid

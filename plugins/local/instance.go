@@ -29,7 +29,9 @@ const (
 	authorizedKeyFile = "authorized_keys" // the client public key the server accepts
 	clientKeyFile     = "client_key"      // the generated client key, when none was configured
 	passwordFile      = "password"        // connector_config password, when set
-	serverPIDFile     = "server.pid"      // written by the plugin when it starts the server
+	cgroupFile        = "cgroup"          // the instance's cgroup v2 path, when cgroups are used
+	serverLockFile    = "server.lock"     // locked by the live server for its whole life (procs.go)
+	serverPIDFile     = "server.pid"      // serverRecord, written by the server once it holds the lock
 	serverFile        = "server.json"     // serverState, written by the server once listening
 	serverLogFile     = "server.log"
 	deletingFile      = "deleting" // marker: Decrease accepted the instance
@@ -106,10 +108,24 @@ func reservePort() (int, error) {
 type procInfo struct {
 	state   byte
 	sid     int
+	start   uint64 // clock ticks after boot
 	cmdline []string
 }
 
+// readProc reads pid's stat and command line.
 func readProc(pid int) (procInfo, bool) {
+	info, ok := readStat(pid)
+	if ok {
+		if cl, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+			info.cmdline = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
+		}
+	}
+	return info, ok
+}
+
+// readStat reads pid's stat only (no command line): enough to scan for members of a
+// session.
+func readStat(pid int) (procInfo, bool) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return procInfo{}, false
@@ -119,16 +135,15 @@ func readProc(pid int) (procInfo, bool) {
 	if i < 0 {
 		return procInfo{}, false
 	}
+	// Fields from the third (state) on: session is the 6th, start time the 22nd.
 	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 4 {
+	if len(fields) < 20 {
 		return procInfo{}, false
 	}
 	var info procInfo
 	info.state = fields[0][0]
 	info.sid, _ = strconv.Atoi(fields[3])
-	if cl, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
-		info.cmdline = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
-	}
+	info.start, _ = strconv.ParseUint(fields[19], 10, 64)
 	return info, true
 }
 
@@ -142,50 +157,69 @@ func (p procInfo) isServer(dir string) bool {
 	return p.cmdline[n-2] == serveCommand && p.cmdline[n-1] == dir
 }
 
+// readPID reads the PID a file starts with (server.pid), or 0.
 func readPID(path string) int {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(f[0])
 	return pid
 }
 
-// serverAlive reports whether dir's server process is running, and its PID.
+// serverAlive reports whether dir's server is running (or starting), and the PID of
+// the one serving (0 while it starts), as the kernel's locks say: a file could be stale
+// or never written. A killed server whose last threads still exit holds its locks a
+// moment longer, but is a zombie already: dead.
 func serverAlive(dir string) (int, bool) {
-	pid := readPID(filepath.Join(dir, serverPIDFile))
-	if pid <= 0 {
+	f, err := os.Open(filepath.Join(dir, serverLockFile))
+	if err != nil {
 		return 0, false
 	}
-	info, ok := readProc(pid)
-	return pid, ok && info.isServer(dir)
+	defer f.Close()
+	pid, held := lockHolder(f), lockHeld(f)
+	if pid > 0 {
+		if info, ok := readStat(pid); !ok || info.state == 'Z' {
+			return pid, false
+		}
+	}
+	return pid, held
 }
 
 // startServer starts dir's server as a detached process (its own session, so that
-// killing the plugin does not kill it) and records its PID.
-func startServer(self []string, dir string) (int, error) {
+// killing the plugin does not kill it), after creating the instance's cgroup if it has
+// one. claim is the plugin's hold lock on the instance (from tryClaim): the server
+// inherits it, so it is never free while the server lives (see procs.go). startServer
+// closes the plugin's copy. It records nothing: the server records itself.
+func (g *InstanceGroup) startServer(dir string, claim *os.File) error {
+	defer claim.Close()
+	if cg := instanceCgroup(dir); cg != "" {
+		if err := ensureCgroup(cg); err != nil {
+			g.log.Warn("instance cgroup unavailable; its processes are tracked by session only", "dir", dir, "error", err)
+		}
+	}
 	logf, err := os.OpenFile(filepath.Join(dir, serverLogFile), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
-		return 0, fmt.Errorf("open server log: %w", err)
+		return fmt.Errorf("open server log: %w", err)
 	}
 	defer logf.Close()
-	args := append(append([]string{}, self[1:]...), serveCommand, dir)
-	cmd := exec.Command(self[0], args...)
+	args := append(append([]string{}, g.self[1:]...), serveCommand, dir)
+	cmd := exec.Command(g.self[0], args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{claim} // fd 3
 	cmd.Env = []string{"PATH=" + envOr("PATH", DefaultPath), "FLEETING_PLUGIN_LOG_LEVEL=" + os.Getenv("FLEETING_PLUGIN_LOG_LEVEL")}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start instance server %s: %w", self[0], err)
+		return fmt.Errorf("start instance server %s: %w", g.self[0], err)
 	}
-	pid := cmd.Process.Pid
 	// Reap it if it dies while this plugin lives; after a plugin restart, init does.
 	go func() { _ = cmd.Wait() }()
-	if err := writeFileAtomic(filepath.Join(dir, serverPIDFile), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		return 0, fmt.Errorf("record server pid: %w", err)
-	}
-	return pid, nil
+	return nil
 }
 
 func envOr(name, def string) string {
@@ -198,55 +232,13 @@ func envOr(name, def string) string {
 // sessionProcesses lists the live processes of session sid: the server and every
 // command it started, including orphans of a server that was killed.
 func sessionProcesses(sid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if info, ok := readProc(pid); ok && info.sid == sid && info.state != 'Z' {
+	for _, pid := range procPIDs() {
+		if info, ok := readStat(pid); ok && info.sid == sid && info.state != 'Z' {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
-}
-
-// stopServer ends dir's server and everything it started: SIGTERM (the server kills
-// its sessions' process groups and exits), then SIGKILL, then SIGKILL to whatever is
-// left in its session. It returns an error if processes remain.
-func stopServer(ctx context.Context, dir string) error {
-	pid := readPID(filepath.Join(dir, serverPIDFile))
-	if pid <= 0 {
-		return nil
-	}
-	info, exists := readProc(pid)
-	if exists && info.state != 'Z' && !info.isServer(dir) {
-		// The PID now belongs to another program: ours is long gone, and so is its
-		// session (a session ID is not reused while any member lives).
-		return nil
-	}
-	if exists && info.isServer(dir) {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		waitUntil(ctx, 3*time.Second, func() bool { _, alive := serverAlive(dir); return !alive })
-	}
-	for range 3 {
-		left := sessionProcesses(pid)
-		if len(left) == 0 {
-			return nil
-		}
-		for _, p := range left {
-			_ = syscall.Kill(p, syscall.SIGKILL)
-		}
-		waitUntil(ctx, 2*time.Second, func() bool { return len(sessionProcesses(pid)) == 0 })
-	}
-	if left := sessionProcesses(pid); len(left) > 0 {
-		return fmt.Errorf("stop instance server %d: processes %v survive SIGKILL", pid, left)
-	}
-	return nil
 }
 
 // waitUntil polls cond until it holds, d has passed or ctx is done.
@@ -289,6 +281,11 @@ func serveInstance(ctx context.Context, self []string, dir string) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()}))
+	lock, err := becomeServer(dir, log)
+	if err != nil {
+		return err
+	}
+	defer lock.Close() // held until this process exits; the kernel drops it if killed
 	var meta instanceMeta
 	if err := readJSON(filepath.Join(dir, metaFile), &meta); err != nil {
 		return fmt.Errorf("read instance: %w", err)
@@ -356,6 +353,68 @@ func serveInstance(ctx context.Context, self []string, dir string) error {
 	}
 	_ = srv.Close()
 	return err
+}
+
+// becomeServer makes this process dir's one server, before it does anything else:
+// it joins the instance's cgroup (so that all it starts is inside), takes the hold
+// lock (inherited from the plugin as fd 3; a start nobody handed it to fails here
+// and exits having done nothing), marks itself as the serving server, checks that the
+// instance is still there and not being deleted, and records itself in server.pid.
+// It returns the lock file, to keep open for the server's life.
+func becomeServer(dir string, log *slog.Logger) (*os.File, error) {
+	if cg := instanceCgroup(dir); cg != "" {
+		if err := joinCgroup(cg); err != nil {
+			log.Warn("not in the instance's cgroup; its processes are tracked by session only", "error", err)
+		}
+	}
+	path := filepath.Join(dir, serverLockFile)
+	f := inheritedLock(path)
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600); err != nil {
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
+	fail := func(format string, args ...any) (*os.File, error) {
+		f.Close()
+		return nil, fmt.Errorf(format, args...)
+	}
+	held, err := holdLock(f)
+	if err != nil {
+		return fail("lock %s: %v", path, err)
+	}
+	if !held {
+		return fail("instance %s is held by another server or by the plugin: this start was not handed the lock", dir)
+	}
+	if err := lockServer(f); err != nil {
+		return fail("instance %s is already served by pid %d", dir, lockHolder(f))
+	}
+	// The plugin releases the lock only after removing the directory: a server that
+	// got the lock of a removed file must not serve.
+	var opened, linked syscall.Stat_t
+	if syscall.Fstat(int(f.Fd()), &opened) != nil || syscall.Stat(path, &linked) != nil ||
+		opened.Ino != linked.Ino || opened.Dev != linked.Dev {
+		return fail("instance %s was deleted", dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, deletingFile)); err == nil {
+		return fail("instance %s is being deleted", dir)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, serverPIDFile), []byte(recordSelf().String()), 0o600); err != nil {
+		return fail("record server pid: %v", err)
+	}
+	return f, nil
+}
+
+// inheritedLock returns the lock file the plugin handed over as fd 3, if fd 3 is path,
+// made close-on-exec so that no command inherits the hold; else nil.
+func inheritedLock(path string) *os.File {
+	const fd = 3
+	var got, want syscall.Stat_t
+	if syscall.Fstat(fd, &got) != nil || syscall.Stat(path, &want) != nil || got.Ino != want.Ino || got.Dev != want.Dev {
+		return nil
+	}
+	syscall.CloseOnExec(fd)
+	return os.NewFile(fd, path)
 }
 
 func logLevel() slog.Level {

@@ -17,9 +17,14 @@ import (
 const nsCloneFlags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
 
 // command builds the exec.Cmd for argv under the server's isolation. Every command
-// leads its own process group, so that it can be signalled and killed as a whole.
+// leads its own process group, so that it can be signalled and killed as a whole, and
+// is killed if the server dies (Pdeathsig; with namespaces that is their init, so all
+// of them go): a killed server must not leave commands running for good. What they
+// started in the background the plugin ends at its next Update or Decrease. Pdeathsig
+// follows the thread that forked the command; Go retires a thread only when a goroutine
+// locked to it exits, which this server never does.
 func (s *Server) command(argv []string) *exec.Cmd {
-	attr := &syscall.SysProcAttr{Setpgid: true}
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if s.cfg.Isolation == IsolationNamespaces {
 		args := append(append([]string{}, s.cfg.SelfCommand[1:]...), nsInitCommand, s.cfg.Hostname, "--")
 		args = append(args, argv...)

@@ -98,7 +98,7 @@ func (s *Server) session(nch ssh.NewChannel) {
 				_ = req.Reply(false, nil)
 				continue
 			}
-			p, err := s.start(ch, command, req.Type == "shell", env)
+			p, run, err := s.start(ch, command, req.Type == "shell", env)
 			if err != nil {
 				mu.Unlock()
 				s.log.Warn("start command", "command", command, "error", err)
@@ -108,7 +108,14 @@ func (s *Server) session(nch ssh.NewChannel) {
 			}
 			proc = p
 			mu.Unlock()
+			if testHookBeforeReply != nil {
+				testHookBeforeReply(p.pgid)
+			}
+			// Reply first, then relay the command: a command that ends at once must not
+			// close the channel before the client knows its exec succeeded (it would
+			// see EOF, and a job runner could run the job again).
 			_ = req.Reply(true, nil)
+			run()
 		case "signal":
 			var p struct{ Signal string }
 			sig, known := syscall.Signal(0), false
@@ -153,22 +160,26 @@ func (s *Server) commandEnv(extra []string) []string {
 	return append(env, extra...)
 }
 
+// testHookBeforeReply, when set by a test, runs after a command started and before
+// the reply to its exec or shell request.
+var testHookBeforeReply func(pid int)
+
 // start runs command (or an interactive-less shell reading stdin) with the channel as
-// its stdio, and reports its exit on the channel when it ends.
-func (s *Server) start(ch ssh.Channel, command string, shell bool, env []string) (*process, error) {
+// its stdio. run relays its stdio and reports its exit on the channel when it ends.
+func (s *Server) start(ch ssh.Channel, command string, shell bool, env []string) (p *process, run func(), err error) {
 	argv := []string{"/bin/sh", "-c", command}
 	if shell {
 		argv = []string{"/bin/sh"}
 	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("create stdin pipe: %w", err)
+		return nil, nil, fmt.Errorf("create stdin pipe: %w", err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
-		return nil, fmt.Errorf("create stdout pipe: %w", err)
+		return nil, nil, fmt.Errorf("create stdout pipe: %w", err)
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
@@ -176,7 +187,7 @@ func (s *Server) start(ch ssh.Channel, command string, shell bool, env []string)
 		inW.Close()
 		outR.Close()
 		outW.Close()
-		return nil, fmt.Errorf("create stderr pipe: %w", err)
+		return nil, nil, fmt.Errorf("create stderr pipe: %w", err)
 	}
 	cmd := s.command(argv)
 	cmd.Dir = s.cfg.WorkDir
@@ -191,10 +202,16 @@ func (s *Server) start(ch ssh.Channel, command string, shell bool, env []string)
 		inW.Close()
 		outR.Close()
 		errR.Close()
-		return nil, fmt.Errorf("start %s: %w", argv[0], err)
+		return nil, nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	p := &process{cmd: cmd, pgid: cmd.Process.Pid, done: make(chan struct{})}
+	p = &process{cmd: cmd, pgid: cmd.Process.Pid, done: make(chan struct{})}
+	return p, func() { p.relay(ch, inW, outR, errR) }, nil
+}
 
+// relay copies the channel to the command's stdin and its stdout and stderr to the
+// channel, waits for it, kills what it left in its group and reports its exit.
+func (p *process) relay(ch ssh.Channel, inW, outR, errR *os.File) {
+	cmd := p.cmd
 	go func() {
 		_, _ = io.Copy(inW, ch)
 		inW.Close()
@@ -226,7 +243,6 @@ func (s *Server) start(ch ssh.Channel, command string, shell bool, env []string)
 		sendExit(ch, cmd.ProcessState, waitErr)
 		_ = ch.Close()
 	}()
-	return p, nil
 }
 
 // sendExit reports how the command ended: exit-status, or exit-signal if a signal

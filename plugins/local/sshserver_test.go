@@ -151,6 +151,36 @@ func TestExec(t *testing.T) {
 	}
 }
 
+// TestExecReplyComesFirst holds the server's reply to exec until the command has
+// ended: its exit must still come after the reply. Were the channel closed first, the
+// client would see EOF instead of its command's result, and a job runner could run the
+// job again.
+func TestExecReplyComesFirst(t *testing.T) {
+	testHookBeforeReply = func(pid int) {
+		processGone(pid)
+		// Room for an exit report that must not come before the reply.
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Cleanup(func() { testHookBeforeReply = nil }) // after the server's Close
+	c := startTestServer(t, nil).dial(t)
+	tests := []struct {
+		command, stdout string
+		code            int
+	}{
+		{command: "true"},
+		{command: "exit 3", code: 3},
+		{command: "echo out", stdout: "out\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.command, func(t *testing.T) {
+			stdout, stderr, code, sig := run(t, c, tt.command, "", nil)
+			if code != tt.code || sig != "" || stdout != tt.stdout {
+				t.Errorf("exit %d (signal %q), stdout %q, stderr %q; want exit %d, stdout %q", code, sig, stdout, stderr, tt.code, tt.stdout)
+			}
+		})
+	}
+}
+
 func TestShellReadsStdin(t *testing.T) {
 	c := startTestServer(t, nil).dial(t)
 	s, err := c.NewSession()
