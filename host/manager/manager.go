@@ -53,6 +53,9 @@ type Options struct {
 	DeleteOnShutdown bool
 	// Resolve overrides plugin discovery options (tests).
 	Resolve plugins.Options
+	// PluginHangTimeout is how long the plugin may leave health checks unanswered
+	// before it is killed and relaunched; 0 means pluginclient.DefaultHangTimeout.
+	PluginHangTimeout time.Duration
 	// Metrics, if set, gets the pool's fleeting_taskscaler_* and fleeting_provisioner_*
 	// collectors, labelled with the runner's name and short token; Shutdown removes them.
 	Metrics prometheus.Registerer
@@ -120,9 +123,9 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		}
 		return pluginclient.Launch(ctx, resolved.Path, pluginJSON, popts)
 	}
-	// A plugin process that dies is relaunched (with backoff) and initialised again
-	// with the same settings; meanwhile calls fail fast saying so.
-	m.plugin, err = pluginclient.Supervise(ctx, launch, pluginclient.SuperviseOptions{Logger: log})
+	// A plugin process that dies, or stops answering, is relaunched (with backoff) and
+	// initialised again with the same settings; meanwhile calls fail fast saying so.
+	m.plugin, err = pluginclient.Supervise(ctx, launch, pluginclient.SuperviseOptions{Logger: log, HangTimeout: opts.PluginHangTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("initializing taskscaler: running autoscaler plugin: %w", err)
 	}
@@ -290,9 +293,16 @@ func (m *Manager) NewEnv(ctx context.Context, job *jobs.Job, slot pipelinerun.Sl
 }
 
 // Shutdown stops the taskscaler (deleting instances when configured), then the plugin,
-// and closes the connections and the inventory.
+// and closes the connections and the inventory. A plugin that dies or hangs while the
+// instances are deleted is relaunched, and the deletion waits for it; only the plugin's
+// own Shutdown, once the instances are gone, ends relaunching.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	var err error
+	if m.plugin != nil {
+		// The deletion's calls are the last: each one waits for a relaunch rather
+		// than failing at once, which would end the deletion.
+		m.plugin.Drain()
+	}
 	if m.Scaler != nil {
 		err = m.Scaler.Shutdown(ctx)
 	}

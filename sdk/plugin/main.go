@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,8 +117,15 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 	}
 	logger := newLogger(info.Name, stderr)
 	once := &shutdownOnce{impl: impl}
+	host, gone := hostProcess(logger)
+	if gone != "" {
+		// Nobody will ever connect: exit rather than wait, reparented, for a host that
+		// cannot stop us (a parent that is not the host never changes again).
+		logger.Warn(gone + "; shutting down")
+		return shutdownCode(logger, once)
+	}
 	srv := &server{impl: impl, logger: logger, shutdown: once}
-	lc := &lifecycle{logger: logger, once: once, srv: srv, host: os.Getppid(), grace: signalGrace(logger)}
+	lc := &lifecycle{logger: logger, once: once, srv: srv, host: host, grace: signalGrace(logger)}
 	srv.afterShutdown = lc.hostShutDown
 
 	sig := make(chan os.Signal, 4)
@@ -130,6 +138,36 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 	// Serve returns when the host stopped us (Kill). Shutdown is idempotent, so it is
 	// safe to make sure the plugin's resources are freed even if the host did not ask.
 	return shutdownCode(logger, once)
+}
+
+// HostPIDEnv names the environment variable in which the host gives a plugin its
+// process ID (sdk/pluginclient.Launch sets it). A plugin watches its host by its parent
+// process; a host killed while launching the plugin is gone before the plugin starts, so
+// the plugin starts as the child of another process (init, a subreaper) that it would
+// take for its host forever. With the variable it knows better: if the host is no
+// longer its parent nor an ancestor, it runs Shutdown and exits at once. Without it (an
+// older host) the parent at start is the host.
+const HostPIDEnv = "FLEETING_PLUGIN_HOST_PID"
+
+// hostProcess returns the process whose exit ends the plugin: the host that launched
+// it, or, if the host started the plugin through a process of its own (a wrapper script
+// that does not exec), the plugin's parent. gone is not empty if that host is already
+// gone, and says so.
+func hostProcess(logger hclog.Logger) (pid int, gone string) {
+	parent := os.Getppid()
+	v := os.Getenv(HostPIDEnv)
+	if v == "" {
+		return parent, ""
+	}
+	host, err := strconv.Atoi(v)
+	if err != nil || host <= 0 {
+		logger.Warn(fmt.Sprintf("%s=%q is not a process ID; taking the parent process (pid %d) for the host", HostPIDEnv, v, parent))
+		return parent, ""
+	}
+	if host == parent || isAncestor(host, parent) {
+		return parent, ""
+	}
+	return host, fmt.Sprintf("the host (pid %d) that launched the plugin is gone: the plugin's parent is pid %d", host, parent)
 }
 
 // SignalGraceEnv names the environment variable that sets how long a plugin keeps

@@ -2,6 +2,7 @@ package plugin_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -236,5 +237,96 @@ func TestPluginExitsWhenItsHostDies(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(marker); strings.Count(string(data), "shutdown") != 1 {
 		t.Fatalf("marker file %q: want Shutdown called exactly once before exiting", data)
+	}
+}
+
+// TestPluginWhoseHostIsGoneAtStartExits starts the plugin with plugin.HostPIDEnv naming
+// various processes. A host killed while launching its plugin is gone before the plugin
+// starts, and the plugin's parent is then another process (init, a subreaper): the
+// plugin must run its Shutdown and exit at once, not serve forever. A host that is the
+// parent, or an ancestor (the plugin started through a wrapper that does not exec),
+// is served.
+func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
+	bin := conformance.Build(t, testPlugin)
+	gone := func(t *testing.T) int {
+		dead := exec.Command("true")
+		if err := dead.Run(); err != nil {
+			t.Fatal(err)
+		}
+		return dead.Process.Pid
+	}
+	// A host that was killed stays a zombie until its own parent reaps it; it still
+	// has its PID, but it is nobody's parent any more.
+	zombie := func(t *testing.T) int {
+		dead := exec.Command("true")
+		if err := dead.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dead.Wait() })
+		pid := dead.Process.Pid
+		waitFor(t, "the process to be a zombie", 30*time.Second, func() bool {
+			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				t.Skipf("no /proc: %v", err)
+			}
+			i := bytes.LastIndexByte(stat, ')')
+			return i > 0 && i+2 < len(stat) && stat[i+2] == 'Z'
+		})
+		return pid
+	}
+	self := func(*testing.T) int { return os.Getpid() }
+	tests := []struct {
+		name  string
+		host  func(t *testing.T) int
+		shell bool // started by sh, which waits for it: the host is its grandparent
+		serve bool
+	}{
+		{"the host is a process that is gone", gone, false, false},
+		{"the host is dead but not reaped yet", zombie, false, false},
+		{"the host is the parent", self, false, true},
+		{"the host is the parent of a wrapper", self, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			marker := filepath.Join(t.TempDir(), "marker")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin)
+			if tt.shell {
+				cmd = exec.CommandContext(ctx, "sh", "-c", `"$0"; exit $?`, bin)
+			}
+			cmd.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
+				fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker,
+				fmt.Sprintf("%s=%d", plugin.HostPIDEnv, tt.host(t)))
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, _ := bufio.NewReader(stdout).ReadString('\n') // the handshake, or EOF at exit
+			if tt.serve {
+				if !strings.Contains(line, "|grpc") {
+					t.Fatalf("handshake line %q; want the plugin serving", line)
+				}
+				// The plugin serves until its host disconnects; ending the test's
+				// context kills the plugin (or its wrapper, after which the plugin
+				// exits with its parent).
+				cancel()
+				cmd.Wait()
+				return
+			}
+			err = cmd.Wait()
+			if ctx.Err() != nil {
+				t.Fatalf("the plugin of a host that is gone did not exit (%v); it printed %q", err, line)
+			}
+			if err != nil || line != "" {
+				t.Fatalf("the plugin of a host that is gone ended with %v after printing %q; want exit status 0 and no handshake", err, line)
+			}
+			if data, _ := os.ReadFile(marker); strings.Count(string(data), "shutdown") != 1 {
+				t.Fatalf("marker file %q: want Shutdown called exactly once", data)
+			}
+		})
 	}
 }

@@ -16,20 +16,27 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/flotilla-ci/flotilla/sdk/internal/pb/fleeting/v1"
 	"github.com/flotilla-ci/flotilla/sdk/internal/wire"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
+
+// hostPIDEnv is sdk/plugin.HostPIDEnv (not imported: the host side does not link the
+// serving side); a test checks that they agree.
+const hostPIDEnv = "FLEETING_PLUGIN_HOST_PID"
 
 // ErrPluginExited is wrapped by every call's error once the plugin process has exited.
 var ErrPluginExited = errors.New("plugin process exited")
@@ -57,6 +64,7 @@ type Plugin struct {
 	client *goplugin.Client
 	cmd    *exec.Cmd // nil for Attach
 	rpc    pb.InstanceGroupClient
+	health grpc_health_v1.HealthClient
 	stderr *tail
 	proto  int
 	// attached is set for Attach: go-plugin's Kill does nothing for a test-mode
@@ -178,7 +186,9 @@ func Launch(ctx context.Context, binary string, configJSON []byte, opts Options)
 		opts.StartTimeout = time.Minute
 	}
 	cmd := exec.Command(binary, opts.Args...)
-	cmd.Env = append(os.Environ(), opts.Env...)
+	// The host's PID lets the plugin tell a host that died while launching it (the
+	// plugin starts already reparented) from a live one; see sdk/plugin.HostPIDEnv.
+	cmd.Env = append(append(os.Environ(), opts.Env...), hostPIDEnv+"="+strconv.Itoa(os.Getpid()))
 	ownProcessGroup(cmd)
 	stderr := &tail{}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
@@ -230,11 +240,15 @@ func connect(ctx context.Context, client *goplugin.Client, name string, configJS
 		err error
 	}
 	done := make(chan result, 1)
+	var health grpc_health_v1.HealthClient
 	go func() {
 		rpcClient, err := client.Client()
 		if err != nil {
 			done <- result{err: err}
 			return
+		}
+		if g, ok := rpcClient.(*goplugin.GRPCClient); ok {
+			health = grpc_health_v1.NewHealthClient(g.Conn)
 		}
 		raw, err := rpcClient.Dispense(wire.PluginName)
 		done <- result{raw, err}
@@ -254,7 +268,7 @@ func connect(ctx context.Context, client *goplugin.Client, name string, configJS
 			return nil, withStderr(r.err, stderr)
 		}
 		return &Plugin{name: name, config: configJSON, client: client, rpc: r.raw.(pb.InstanceGroupClient),
-			stderr: stderr, proto: client.NegotiatedVersion()}, nil
+			health: health, stderr: stderr, proto: client.NegotiatedVersion()}, nil
 	}
 }
 
@@ -301,8 +315,11 @@ func (p *Plugin) ExitStatus() string {
 const stderrLines = "; last stderr lines:\n"
 
 // Kill stops the plugin: go-plugin asks it to stop gracefully (the plugin then runs its
-// Shutdown if nobody did), and kills the process if it does not exit in time. For an
-// attached plugin it closes the connection; the serving side stops when its context ends.
+// Shutdown if nobody did), and kills the process if it does not exit in time. A process
+// that cannot answer (stopped, or hung) is killed with SIGKILL at once if it is stopped,
+// else after killBound: go-plugin's own graceful stop waits on the process without a
+// bound. For an attached plugin it closes the connection; the serving side stops when
+// its context ends.
 func (p *Plugin) Kill() {
 	if p.attached {
 		// Only disconnect: asking the server to stop (go-plugin's Close) would race
@@ -312,8 +329,57 @@ func (p *Plugin) Kill() {
 				_ = g.Conn.Close()
 			}
 		}
+		p.client.Kill()
+		return
 	}
-	p.client.Kill()
+	if pid := p.Pid(); pid != 0 && !p.client.Exited() && processState(pid) == stateStopped {
+		p.sigkill()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.client.Kill()
+	}()
+	t := time.NewTimer(killBound)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	p.sigkill()
+	<-done // go-plugin's stop returns once the process is gone
+}
+
+// killBound is how long Kill leaves go-plugin's graceful stop (which itself kills a
+// process that has not exited 2 seconds after it was asked to) before it kills the
+// process itself.
+const killBound = 5 * time.Second
+
+// sigkill kills the plugin process with SIGKILL, which also ends a stopped process.
+func (p *Plugin) sigkill() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL) // an error means it is gone already
+	}
+}
+
+// Ping checks that the plugin process answers: it calls the gRPC health service that
+// go-plugin serves beside the plugin's own, which answers whatever the plugin's methods
+// are doing, unless the process is stopped, wedged or its server gone. It returns nil
+// if the plugin answered within ctx.
+func (p *Plugin) Ping(ctx context.Context) error {
+	if p.health == nil {
+		return nil // not a gRPC plugin: nothing to ask
+	}
+	_, err := p.health.Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: goplugin.GRPCServiceName})
+	if err == nil {
+		return nil
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return fmt.Errorf("ping plugin %s: %w", p.name, err)
+	}
+	return nil // the server answered, if only with an error
 }
 
 // fail turns a call's error into the host-side error, naming the method and the plugin.
@@ -438,3 +504,9 @@ func (p *Plugin) Shutdown(ctx context.Context) error {
 
 // tail is the io.Writer go-plugin copies the plugin's raw stderr into.
 var _ io.Writer = (*tail)(nil)
+
+// Process states that change what the host does.
+const (
+	stateStopped = "stopped" // SIGSTOP: answers nothing until continued
+	stateUnknown = "unknown"
+)

@@ -35,7 +35,22 @@ type SuperviseOptions struct {
 	// CheckInterval is how often an idle plugin is checked for an exit; a call that
 	// finds it gone is noticed at once. Default 250ms.
 	CheckInterval time.Duration
+	// HangTimeout is how long a running plugin may leave the host's health checks
+	// (Plugin.Ping, sent every HangTimeout/4, at most every 5s) unanswered before it
+	// is taken for hung: killed with SIGKILL, which also ends a stopped process, and
+	// relaunched like a plugin that exited. Calls in flight end with the process.
+	// Default DefaultHangTimeout.
+	HangTimeout time.Duration
 }
+
+// DefaultHangTimeout is SuperviseOptions.HangTimeout's default: long enough for a
+// plugin stopped for a moment (SIGSTOP and SIGCONT, a debugger, a host swapping) to
+// come back, short enough that jobs waiting for an instance (instance_acquire_timeout,
+// 15 minutes by default) see the group again.
+const DefaultHangTimeout = 20 * time.Second
+
+// maxPingInterval bounds the interval between two health checks of a plugin.
+const maxPingInterval = 5 * time.Second
 
 func (o SuperviseOptions) withDefaults() SuperviseOptions {
 	if o.Logger == nil {
@@ -57,6 +72,9 @@ func (o SuperviseOptions) withDefaults() SuperviseOptions {
 	if o.CheckInterval <= 0 {
 		o.CheckInterval = 250 * time.Millisecond
 	}
+	if o.HangTimeout <= 0 {
+		o.HangTimeout = DefaultHangTimeout
+	}
 	return o
 }
 
@@ -72,7 +90,11 @@ func (o SuperviseOptions) withDefaults() SuperviseOptions {
 // doubling to MaxBackoff, with jitter); a relaunch whose Init fails with
 // ErrInvalidConfig, or that reports another group ID, waits MaxBackoff before the next
 // attempt, since retrying will not help until the plugin or its environment changes.
-// After Shutdown or Kill nothing is relaunched.
+// A plugin process that stays alive but does not answer (stopped with SIGSTOP, wedged)
+// for HangTimeout is killed and relaunched the same way.
+//
+// After Drain, a call that finds the plugin down waits for the relaunch instead of
+// failing at once. After Shutdown or Kill nothing is relaunched.
 type Supervised struct {
 	launch LaunchFunc
 	opts   SuperviseOptions
@@ -91,7 +113,20 @@ type Supervised struct {
 	down     *outage
 	settings *provider.Settings // of the first successful Init
 	info     provider.ProviderInfo
-	stopping bool // Shutdown or Kill was called
+	draining bool          // Drain was called: calls wait for a relaunch
+	stopping bool          // Shutdown or Kill was called
+	changed  chan struct{} // closed and replaced when cur, down or stopping change
+	health   health
+}
+
+// health tracks the health checks of the current plugin process.
+type health struct {
+	p        *Plugin   // the process checked; another one starts over
+	inFlight bool      // a check is waiting for its answer
+	sent     time.Time // when the last check was sent
+	// silentSince is when the first check not answered since the last answer was sent;
+	// zero after an answer.
+	silentSince time.Time
 }
 
 var _ provider.InstanceGroup = (*Supervised)(nil)
@@ -117,7 +152,7 @@ func Supervise(ctx context.Context, launch LaunchFunc, opts SuperviseOptions) (*
 	opts = opts.withDefaults()
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Supervised{launch: launch, opts: opts, log: opts.Logger, name: p.name, wake: make(chan struct{}, 1),
-		cancel: cancel, done: make(chan struct{}), cur: p, since: time.Now()}
+		cancel: cancel, done: make(chan struct{}), cur: p, since: time.Now(), changed: make(chan struct{})}
 	go s.supervise(sctx)
 	return s, nil
 }
@@ -138,6 +173,7 @@ func (s *Supervised) Kill() {
 	s.kill.Do(func() {
 		s.mu.Lock()
 		s.stopping = true
+		s.notifyLocked()
 		s.mu.Unlock()
 		s.cancel()
 		<-s.done // a relaunch in progress has been undone
@@ -146,9 +182,29 @@ func (s *Supervised) Kill() {
 		s.cur = nil
 		s.mu.Unlock()
 		if p != nil {
-			p.Kill()
+			p.Kill() // bounded, also for a hung process
 		}
 	})
+}
+
+// Drain tells the supervisor that its host is stopping and makes its last calls,
+// deleting the group's instances: each one counts, and the next may come too late to
+// find the plugin relaunched. From now on a call that finds the plugin down waits,
+// within its context, for the relaunch attempt in progress or due (one attempt: if it
+// fails, the call fails with its cause), and an Update cut short by the plugin's exit
+// is made again on the relaunched plugin (a listing has nothing to undo). A relaunch
+// that is due only after MaxBackoff (a plugin refusing its configuration) is not waited
+// for. Relaunching still ends only with Shutdown or Kill.
+func (s *Supervised) Drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+}
+
+// notifyLocked wakes the calls waiting for a change of the plugin's state.
+func (s *Supervised) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 func (s *Supervised) supervise(ctx context.Context) {
@@ -165,7 +221,9 @@ func (s *Supervised) supervise(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		if gone != nil {
-			s.exited(gone)
+			s.exited(gone, "")
+		} else {
+			s.checkHealth(ctx)
 		}
 		var dueC <-chan time.Time
 		s.mu.Lock()
@@ -186,9 +244,74 @@ func (s *Supervised) supervise(ctx context.Context) {
 	}
 }
 
+// checkHealth sends the current plugin a health check when one is due, and kills it
+// if its checks have gone unanswered for HangTimeout.
+func (s *Supervised) checkHealth(ctx context.Context) {
+	s.mu.Lock()
+	p := s.cur
+	if p == nil || p.Pid() == 0 { // down, or attached: not a process of this host
+		s.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	h := &s.health
+	if h.p != p {
+		*h = health{p: p}
+	}
+	if !h.silentSince.IsZero() && now.Sub(h.silentSince) >= s.opts.HangTimeout {
+		silent := now.Sub(h.silentSince)
+		*h = health{}
+		s.mu.Unlock()
+		s.hung(p, silent)
+		return
+	}
+	every := min(s.opts.HangTimeout/4, maxPingInterval)
+	if h.inFlight || now.Sub(h.sent) < every {
+		s.mu.Unlock()
+		return
+	}
+	h.inFlight, h.sent = true, now
+	if h.silentSince.IsZero() {
+		h.silentSince = now // until it answers
+	}
+	s.mu.Unlock()
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, s.opts.HangTimeout)
+		defer cancel()
+		err := p.Ping(pctx)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.health.p == p {
+			s.health.inFlight = false
+			if err == nil {
+				s.health.silentSince = time.Time{}
+			}
+		}
+	}()
+}
+
+// hung kills p, which has not answered for silent, and relaunches it unless the
+// plugin is being stopped. Calls in flight end when the process does.
+func (s *Supervised) hung(p *Plugin, silent time.Duration) {
+	if p.Exited() {
+		return // it exited meanwhile: the ordinary exit path takes over
+	}
+	what := fmt.Sprintf("did not answer for %s (pid %d, state: %s)", round(silent), p.Pid(), processState(p.Pid()))
+	p.sigkill()
+	s.mu.Lock()
+	stopping := s.stopping
+	s.mu.Unlock()
+	if stopping {
+		s.log.Error(fmt.Sprintf("plugin %s %s; killed it; not relaunched: the plugin is being stopped", s.name, what),
+			"plugin", s.name, "pid", p.Pid())
+		return
+	}
+	s.exited(p, what)
+}
+
 // exited records that p has exited, if it is the current plugin, and schedules its
-// relaunch.
-func (s *Supervised) exited(p *Plugin) {
+// relaunch. hung, if set, says why the host killed it.
+func (s *Supervised) exited(p *Plugin, hung string) {
 	s.mu.Lock()
 	if s.cur != p || s.stopping {
 		s.mu.Unlock()
@@ -200,11 +323,24 @@ func (s *Supervised) exited(p *Plugin) {
 	}
 	s.attempts++
 	attempt, delay, status := s.attempts, s.backoff(s.attempts, false), p.ExitStatus()
+	if hung != "" {
+		// The process may not be reaped yet; its stderr may still explain the hang.
+		status = "killed: it " + hung
+		if tail := p.stderr.String(); tail != "" {
+			status += stderrLines + tail
+		}
+	}
 	s.cur = nil
 	s.down = &outage{status: status, began: now, attempt: attempt, at: now.Add(delay)}
+	s.notifyLocked()
 	s.mu.Unlock()
-	s.log.Warn(fmt.Sprintf("plugin %s exited (%s); relaunching in %s (attempt %d)", s.name, oneLine(status), round(delay), attempt),
-		"plugin", s.name, "pid", p.Pid(), "attempt", attempt)
+	if hung != "" {
+		s.log.Error(fmt.Sprintf("plugin %s %s; killed it; relaunching in %s (attempt %d)", s.name, hung, round(delay), attempt),
+			"plugin", s.name, "pid", p.Pid(), "attempt", attempt)
+	} else {
+		s.log.Warn(fmt.Sprintf("plugin %s exited (%s); relaunching in %s (attempt %d)", s.name, oneLine(status), round(delay), attempt),
+			"plugin", s.name, "pid", p.Pid(), "attempt", attempt)
+	}
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -258,6 +394,7 @@ func (s *Supervised) relaunch(ctx context.Context) {
 		delay := s.backoff(s.attempts, hopeless)
 		failed := s.attempts - 1
 		o.attempt, o.at, o.lastErr, o.hopeless, o.relaunching = s.attempts, time.Now().Add(delay), err, hopeless, false
+		s.notifyLocked()
 		s.mu.Unlock()
 		note := ""
 		if hopeless {
@@ -269,6 +406,7 @@ func (s *Supervised) relaunch(ctx context.Context) {
 	}
 	s.cur, s.since, s.down = p, time.Now(), nil
 	attempt, began := o.attempt, o.began
+	s.notifyLocked()
 	s.mu.Unlock()
 	s.log.Info(fmt.Sprintf("plugin %s relaunched (attempt %d), %s after it exited", s.name, attempt, round(time.Since(began))),
 		"plugin", s.name, "pid", p.Pid(), "attempt", attempt)
@@ -297,14 +435,34 @@ func (s *Supervised) start(ctx context.Context, settings *provider.Settings) (*P
 	return p, info, nil
 }
 
-// plugin returns the current plugin, or the error that says why there is none.
-func (s *Supervised) plugin(method string) (*Plugin, error) {
+// plugin returns the current plugin, or the error that says why there is none. After
+// Drain it waits, within ctx, for the relaunch that is due (one attempt).
+func (s *Supervised) plugin(ctx context.Context, method string) (*Plugin, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cur != nil {
-		return s.cur, nil
+	first := -1 // the attempt waited for
+	for {
+		if s.cur != nil {
+			return s.cur, nil
+		}
+		o := s.down
+		if !s.draining || s.stopping || o == nil || o.hopeless || first >= 0 && o.attempt != first {
+			return nil, s.downErrorLocked(method)
+		}
+		if first < 0 {
+			first = o.attempt
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		if ctx.Err() != nil && s.cur == nil {
+			return nil, fmt.Errorf("%w (gave up waiting for the relaunch: %w)", s.downErrorLocked(method), ctx.Err())
+		}
 	}
-	return nil, s.downErrorLocked(method)
 }
 
 // check passes a call's error on; if the plugin exited, it schedules the relaunch and
@@ -313,7 +471,7 @@ func (s *Supervised) check(p *Plugin, method string, err error) error {
 	if err == nil || !errors.Is(err, ErrPluginExited) || !p.Exited() {
 		return err
 	}
-	s.exited(p)
+	s.exited(p, "")
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.down == nil || s.cur != nil {
@@ -369,7 +527,7 @@ func oneLine(status string) string {
 
 // Init initialises the group; a relaunched plugin gets the same settings.
 func (s *Supervised) Init(ctx context.Context, logger hclog.Logger, settings provider.Settings) (provider.ProviderInfo, error) {
-	p, err := s.plugin("init")
+	p, err := s.plugin(ctx, "init")
 	if err != nil {
 		return provider.ProviderInfo{}, err
 	}
@@ -387,7 +545,20 @@ func (s *Supervised) Init(ctx context.Context, logger hclog.Logger, settings pro
 
 // Update lists the group's instances into fn.
 func (s *Supervised) Update(ctx context.Context, fn func(string, provider.State)) error {
-	p, err := s.plugin("update")
+	p, err := s.plugin(ctx, "update")
+	if err != nil {
+		return err
+	}
+	err = s.check(p, "update", p.Update(ctx, fn))
+	s.mu.Lock()
+	again := s.draining && !s.stopping && errors.Is(err, ErrPluginExited)
+	s.mu.Unlock()
+	if !again {
+		return err
+	}
+	// Draining: the plugin died under the listing. Plugin.Update reports nothing
+	// before the whole answer is in, so it can be made again on the relaunched one.
+	p, err = s.plugin(ctx, "update")
 	if err != nil {
 		return err
 	}
@@ -396,7 +567,7 @@ func (s *Supervised) Update(ctx context.Context, fn func(string, provider.State)
 
 // Increase requests delta instances.
 func (s *Supervised) Increase(ctx context.Context, delta int) (int, error) {
-	p, err := s.plugin("increase")
+	p, err := s.plugin(ctx, "increase")
 	if err != nil {
 		return 0, err
 	}
@@ -406,7 +577,7 @@ func (s *Supervised) Increase(ctx context.Context, delta int) (int, error) {
 
 // Decrease deletes instances.
 func (s *Supervised) Decrease(ctx context.Context, ids []string) ([]string, error) {
-	p, err := s.plugin("decrease")
+	p, err := s.plugin(ctx, "decrease")
 	if err != nil {
 		return nil, err
 	}
@@ -416,7 +587,7 @@ func (s *Supervised) Decrease(ctx context.Context, ids []string) ([]string, erro
 
 // Suspend suspends instances.
 func (s *Supervised) Suspend(ctx context.Context, ids []string) ([]string, error) {
-	p, err := s.plugin("suspend")
+	p, err := s.plugin(ctx, "suspend")
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +597,7 @@ func (s *Supervised) Suspend(ctx context.Context, ids []string) ([]string, error
 
 // Resume resumes instances.
 func (s *Supervised) Resume(ctx context.Context, ids []string) ([]string, error) {
-	p, err := s.plugin("resume")
+	p, err := s.plugin(ctx, "resume")
 	if err != nil {
 		return nil, err
 	}
@@ -436,7 +607,7 @@ func (s *Supervised) Resume(ctx context.Context, ids []string) ([]string, error)
 
 // ConnectInfo asks how to reach an instance.
 func (s *Supervised) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
-	p, err := s.plugin("connect info")
+	p, err := s.plugin(ctx, "connect info")
 	if err != nil {
 		return provider.ConnectInfo{}, err
 	}
@@ -446,7 +617,7 @@ func (s *Supervised) ConnectInfo(ctx context.Context, id string) (provider.Conne
 
 // Heartbeat checks an instance's health.
 func (s *Supervised) Heartbeat(ctx context.Context, id string) error {
-	p, err := s.plugin("heartbeat")
+	p, err := s.plugin(ctx, "heartbeat")
 	if err != nil {
 		return err
 	}
@@ -458,8 +629,9 @@ func (s *Supervised) Heartbeat(ctx context.Context, id string) error {
 func (s *Supervised) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.stopping = true
+	s.notifyLocked()
 	s.mu.Unlock()
-	p, err := s.plugin("shutdown")
+	p, err := s.plugin(ctx, "shutdown")
 	if err != nil {
 		return err
 	}
