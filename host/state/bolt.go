@@ -46,6 +46,7 @@ type Bolt struct {
 	db      *bolt.DB
 	path    string
 	warning string
+	lost    bool // the file was found corrupt and moved aside: see InventoryLost
 
 	mu     sync.Mutex
 	broken error // set once bbolt panicked: the file is never touched again
@@ -58,9 +59,10 @@ type Bolt struct {
 // reads it, and every record is decoded. A file that fails (truncated, zeroed or
 // flipped pages, garbage, undecodable records) is renamed to
 // <path>.corrupt-<UTC time> and a new, empty file is started; Warning then says so,
-// naming both paths. Nothing is lost: the damaged file stays for inspection. Nothing
-// leaks: with an empty inventory every instance the plugin lists is unvouched, and the
-// scaler deletes it after its grace period. A file written by a newer schema is an
+// naming both paths, and InventoryLost reports it. Nothing is lost: the damaged file
+// stays for inspection. Nothing leaks: with an empty inventory every instance the
+// plugin lists is unvouched, and the scaler, told that the inventory was lost, deletes
+// the ones its first listing shows at once. A file written by a newer schema is an
 // error, not corruption: it is left alone.
 func OpenBolt(path string, timeout time.Duration) (*Bolt, error) {
 	if timeout <= 0 {
@@ -104,7 +106,8 @@ func OpenBolt(path string, timeout time.Duration) (*Bolt, error) {
 		return nil, fmt.Errorf("start a new state file %s after moving the corrupt one to %s: %w", path, aside, err)
 	}
 	b.warning = fmt.Sprintf("state file %s was corrupt (%v): moved it to %s and started with an empty inventory; "+
-		"instances the plugin still lists are unvouched and will be deleted after their grace period", path, ce.err, aside)
+		"the instances the plugin still lists are unvouched and deleted, since nothing can vouch for their state", path, ce.err, aside)
+	b.lost = true
 	return b, nil
 }
 
@@ -339,6 +342,10 @@ func (s *Bolt) Path() string { return s.path }
 // Warning is non-empty when OpenBolt found the file corrupt, moved it aside and
 // started a new one; it names both paths. The scaler logs it and shows it in status.
 func (s *Bolt) Warning() string { return s.warning }
+
+// InventoryLost reports that OpenBolt found the file corrupt, moved it aside and
+// started with an empty inventory (state.InventoryLoss).
+func (s *Bolt) InventoryLost() bool { return s.lost }
 
 // run runs one transaction under guard; a panic inside bbolt marks the store broken,
 // since its locks and pages can no longer be trusted.

@@ -88,6 +88,14 @@ type Store interface {
 	Close() error
 }
 
+// InventoryLoss is implemented by a Store that can start without the records it held
+// (Bolt, when it found its file corrupt and moved it aside).
+type InventoryLoss interface {
+	// InventoryLost reports that the records the store held were lost when it was
+	// opened: the instances they recorded may still exist, and nothing vouches for them.
+	InventoryLost() bool
+}
+
 // ErrClosed is returned by a Store after Close.
 var ErrClosed = errors.New("state store closed")
 

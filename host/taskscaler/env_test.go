@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime"
 	"sort"
 	"testing"
 	"time"
@@ -108,6 +109,25 @@ func (e *env) acquire(key string) *Acquisition {
 		e.t.Fatalf("Acquire(%s): %v", key, err)
 	}
 	return a
+}
+
+// shutdown runs Shutdown and, while it waits between deletion rounds, moves the fake
+// clock to its next timer. It returns Shutdown's error.
+func (e *env) shutdown() error {
+	e.t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- e.s.Shutdown(context.Background()) }()
+	for {
+		select {
+		case err := <-done:
+			return err
+		default:
+		}
+		if next, ok := e.clk.NextDeadline(); ok {
+			e.clk.Set(next)
+		}
+		runtime.Gosched()
+	}
 }
 
 func boolp(b bool) *bool { return &b }

@@ -99,14 +99,32 @@ func TestProbeFailureBacksOffAndReplaces(t *testing.T) {
 
 // TestUnreachableInstancesOpenTheBreaker: when no instance can pass the probe (a wrong
 // client key), instances are not created and replaced forever: the probe is part of
-// readiness, and its failures open the circuit breaker with the probe's own words.
+// readiness, tried again with a backoff up to failure_threshold, and the instances that
+// never pass open the circuit breaker with the probe's own words.
 func TestUnreachableInstancesOpenTheBreaker(t *testing.T) {
+	var mu sync.Mutex
+	probed := map[string][]time.Time{}
 	e := newEnv(t, fake.Options{}, Options{Policies: []Policy{{IdleCount: 1, IdleTime: time.Hour}},
-		Breaker: Breaker{Threshold: 3, Backoff: time.Minute},
+		Breaker: Breaker{Threshold: 3, Backoff: time.Minute}, FailureThreshold: 3,
 		Probe: func(ctx context.Context, in InstanceInfo) error {
+			mu.Lock()
+			probed[in.ID] = append(probed[in.ID], time.Now())
+			mu.Unlock()
 			return fmt.Errorf("acquire heartbeat: dial ssh 127.0.0.1:22 as ci [instance %s]: auth: unable to authenticate, attempted methods [none publickey]", in.ID)
 		}})
 	e.reconcile(10)
+	if got := e.increases(); len(got) != 1 {
+		t.Fatalf("increases %v before time passed: an unready instance was replaced at once", got)
+	}
+	for range 50 { // 50 s: under the breaker's one-minute backoff
+		e.clk.Advance(time.Second)
+		e.reconcile(1)
+	}
+	for id, at := range probed {
+		if len(at) != 3 {
+			t.Errorf("instance %s probed %d times, want failure_threshold (3)", id, len(at))
+		}
+	}
 	if got := e.increases(); len(got) != 3 {
 		t.Fatalf("increases %v: want 3, then the breaker open", got)
 	}
@@ -220,8 +238,13 @@ func TestErrorsSayEachStepOnce(t *testing.T) {
 		want   string
 	}{
 		{"update at shutdown", "Update", "update: plugin local: plugin process exited",
-			func(e *env) error { return e.s.Shutdown(context.Background()) },
-			"delete instances on shutdown: update: plugin local: plugin process exited"},
+			func(e *env) error {
+				for range DefaultShutdownDeletionRetries + 1 {
+					e.g.FailNext("Update", errors.New("update: plugin local: plugin process exited"))
+				}
+				return e.shutdown()
+			},
+			"last error (round 4): update: plugin local: plugin process exited"},
 		{"update in a cycle", "Update", "plugin aws: update: throttled",
 			func(e *env) error { return e.s.Reconcile(context.Background()) },
 			"instance group fake/local/group: plugin aws: update: throttled"},
@@ -326,6 +349,57 @@ func TestAbsurdOptions(t *testing.T) {
 			}
 			if st.Required < 0 || st.Desired < 0 || st.Tasks.Idle < 0 || st.Tasks.Unready < 0 {
 				t.Fatalf("counts wrapped around: %+v", st)
+			}
+		})
+	}
+}
+
+// TestLateListedInstanceIsNotReplaced: a cloud may list a new VM before its lookups
+// (the plugin's Heartbeat) find it. Its readiness is tried again with a backoff, and
+// it becomes ready once the lookups see it: it is not deleted and replaced in a loop.
+func TestLateListedInstanceIsNotReplaced(t *testing.T) {
+	e := newEnv(t, fake.Options{}, Options{FailureThreshold: 3, Policies: []Policy{{IdleCount: 1, IdleTime: time.Hour}}})
+	notFound := errors.New("heartbeat: instance fake-0001 not found")
+	e.g.FailNext("Heartbeat", notFound)
+	e.g.FailNext("Heartbeat", notFound)
+	e.reconcile(5)
+	id := e.live()[0]
+	st, _ := e.s.Explain(id)
+	if st.Phase != "booting" || st.HealthFailures != 1 || !strings.Contains(st.HealthError, "not found") || !st.NextHealthCheck.Equal(t0.Add(healthRecheckMin)) {
+		t.Fatalf("after one failed readiness check: %+v", st)
+	}
+	var out bytes.Buffer
+	WriteReport(&out, Report{Scalers: []Status{e.s.Status()}})
+	if !strings.Contains(out.String(), "(1 readiness check failures, next at 2026-03-02T12:00:02Z: heartbeat: instance fake-0001 not found)") {
+		t.Fatalf("runner status does not say why the instance is not ready:\n%s", out.String())
+	}
+	e.clk.Advance(healthRecheckMin)
+	e.reconcile(2)
+	e.clk.Advance(2 * healthRecheckMin)
+	e.reconcile(2)
+	if st, _ = e.s.Explain(id); st.Phase != "ready" || st.HealthFailures != 0 {
+		t.Fatalf("after the lookups found it: %+v", st)
+	}
+	if inc, dec := e.increases(), e.decreased(); len(inc) != 1 || len(dec) != 0 {
+		t.Fatalf("increases %v, deleted %v: want one instance created and none replaced", inc, dec)
+	}
+}
+
+// TestShutdownDeletionOutlivesFailingCalls: at shutdown, a listing or a deletion that
+// fails (a dropped connection, a plugin being relaunched) is made again in the next
+// round; one error does not end the deletion and leave the instances.
+func TestShutdownDeletionOutlivesFailingCalls(t *testing.T) {
+	for _, method := range []string{"Update", "Decrease"} {
+		t.Run(method, func(t *testing.T) {
+			e := newEnv(t, fake.Options{}, Options{DeleteInstancesOnShutdown: true, Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}}})
+			e.reconcile(2)
+			e.g.FailNext(method, errors.New("rpc error: code = Unavailable desc = connection reset"))
+			e.g.FailNext(method, errors.New("rpc error: code = Unavailable desc = connection reset"))
+			if err := e.shutdown(); err != nil {
+				t.Fatalf("Shutdown = %v after two failed %s calls", err, method)
+			}
+			if left := e.live(); len(left) != 0 {
+				t.Fatalf("instances left: %v", left)
 			}
 		})
 	}

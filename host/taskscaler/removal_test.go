@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -339,22 +338,7 @@ func TestShutdownDeletesInstances(t *testing.T) {
 			e := newEnv(t, fake.Options{DeletingUpdates: 1}, Options{DeleteInstancesOnShutdown: c.del,
 				Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}}})
 			e.reconcile(2)
-			done := make(chan error, 1)
-			go func() { done <- e.s.Shutdown(context.Background()) }()
-			var err error
-		wait:
-			for {
-				select {
-				case err = <-done:
-					break wait
-				default:
-				}
-				if e.clk.Pending() > 0 {
-					e.clk.Advance(DefaultShutdownDeletionInterval)
-				}
-				runtime.Gosched()
-			}
-			if err != nil {
+			if err := e.shutdown(); err != nil {
 				t.Fatal(err)
 			}
 			if got := len(e.g.Instances()); got != c.wantLeft {
@@ -388,22 +372,8 @@ func TestShutdownDeletionRetries(t *testing.T) {
 				e.g.FailNext("Decrease", errors.New("API down"))
 			}
 			start := e.clk.Now()
-			done := make(chan error, 1)
-			go func() { done <- e.s.Shutdown(context.Background()) }()
-			var err error
-		wait:
-			for {
-				select {
-				case err = <-done:
-					break wait
-				default:
-				}
-				if e.clk.Pending() > 0 {
-					e.clk.Advance(7 * time.Second)
-				}
-				runtime.Gosched()
-			}
-			if err == nil || !strings.Contains(err.Error(), "1 instances remain") {
+			err := e.shutdown()
+			if err == nil || !strings.Contains(err.Error(), "1 instances left after") || !strings.Contains(err.Error(), "decrease: API down") {
 				t.Fatalf("Shutdown: %v", err)
 			}
 			if n := e.g.CallCount("Decrease"); n != c.want {

@@ -394,18 +394,23 @@ func TestInventoryHoldsNoCredentials(t *testing.T) {
 }
 
 // TestCorruptStateFileLeaksNothing: the host dies, its state file is damaged, and the
-// next start moves it aside and begins with an empty inventory. Every instance the
-// plugin still lists is then unvouched, never given a job, and deleted after the grace
-// period; the demand is met by new instances.
+// next start moves it aside and begins with an empty inventory. The lost file was this
+// owner's, so every instance the first listing shows is unvouched, never given a job,
+// and deleted at once: kept for a grace period, it would count against max_instances
+// and starve the jobs. The demand is met by new instances.
 func TestCorruptStateFileLeaksNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "taskscaler.db")
 	db, err := state.OpenBolt(path, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, fake.Options{}, Options{Store: db, Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}}, UnknownInstanceGrace: time.Minute})
+	opts := Options{Store: db, MaxInstances: 2, Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}}, UnknownInstanceGrace: time.Hour}
+	e := newEnv(t, fake.Options{}, opts)
 	e.reconcile(2)
 	before := e.live()
+	if len(before) != 2 {
+		t.Fatalf("live %v, want 2 instances", before)
+	}
 	e.s.cancel()
 	db.Close()
 	if err := os.WriteFile(path, bytes.Repeat([]byte("garbage!"), 4096), 0o600); err != nil {
@@ -418,7 +423,8 @@ func TestCorruptStateFileLeaksNothing(t *testing.T) {
 	}
 	defer db2.Close()
 	e.store = db2
-	e.start(Options{Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}}, UnknownInstanceGrace: time.Minute})
+	opts.Store = nil
+	e.start(opts)
 	st := e.s.Status()
 	if !strings.Contains(st.StoreWarning, "was corrupt") || !strings.Contains(st.StoreWarning, path+".corrupt-") {
 		t.Fatalf("store warning %q", st.StoreWarning)
@@ -428,22 +434,22 @@ func TestCorruptStateFileLeaksNothing(t *testing.T) {
 	if !strings.Contains(report.String(), "warning: state file "+path+" was corrupt") {
 		t.Fatalf("runner status does not warn:\n%s", report.String())
 	}
-	e.reconcile(2)
+	e.reconcile(1)
+	if d := e.decreased(); !slices.Equal(d, before) {
+		t.Fatalf("deleted %v at the first listing, want the unvouched %v", d, before)
+	}
 	for _, id := range before {
-		if in, _ := e.s.Explain(id); in.Phase != "unvouched" {
+		if in, _ := e.s.Explain(id); !strings.Contains(in.RemoveReason, "state file was found corrupt") {
 			t.Fatalf("instance %s after the inventory was lost: %+v", id, in)
 		}
 	}
+	// No time passes: the grace period (an hour) is not what frees max_instances.
+	e.reconcile(3)
 	a := e.acquire("job")
 	if slices.Contains(before, a.InstanceID()) {
 		t.Fatalf("job given to unvouched instance %s", a.InstanceID())
 	}
 	e.s.Release("job")
-	e.clk.Advance(time.Minute)
-	e.reconcile(2)
-	if d := e.decreased(); !slices.Equal(d, before) {
-		t.Fatalf("deleted %v, want the unvouched %v", d, before)
-	}
 	accounted(t, e)
 	if st := e.s.Status(); st.Tasks.Idle < 2 || slices.ContainsFunc(e.live(), func(id string) bool { return slices.Contains(before, id) }) {
 		t.Fatalf("live %v (the lost inventory had %v), tasks %+v", e.live(), before, st.Tasks)

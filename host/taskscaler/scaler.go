@@ -20,6 +20,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,6 +107,7 @@ type instance struct {
 	removeAt      time.Time
 	decreasedAt   time.Time
 	readyStarted  bool
+	readyRetry    bool // a readiness check failed; it is tried again at nextCheck
 	restoredJobs  int
 	history       []Event
 	historyCursor int
@@ -198,6 +200,11 @@ type Scaler struct {
 	gen          uint64
 	throttled    bool // the last decision was cut by scale_throttle: look again soon
 	readyQueue   []*instance
+
+	// inventoryLost: the store started without the records it held (a corrupt state
+	// file moved aside). Until the first successful Update, whatever is listed and not
+	// recorded was this owner's own, and is deleted at once (see discoverLocked).
+	inventoryLost bool
 
 	// run identifies this scaler process in the intents it records.
 	run string
@@ -294,6 +301,9 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 	if w, ok := o.Store.(interface{ Warning() string }); ok && w.Warning() != "" {
 		s.storeWarning = w.Warning()
 		s.log.Warn(s.storeWarning)
+	}
+	if l, ok := o.Store.(state.InventoryLoss); ok && l.InventoryLost() {
+		s.inventoryLost = true
 	}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if !o.Manual {
@@ -569,6 +579,9 @@ func (s *Scaler) applyLocked(now time.Time, seen []observed) {
 		}
 	}
 	s.expireIntentsLocked(now)
+	// Only the first listing after a lost inventory shows the lost records' instances;
+	// any later stranger keeps the grace period.
+	s.inventoryLost = false
 }
 
 // expireIntentsLocked writes off intents older than pending_creation_timeout, each by
@@ -652,6 +665,16 @@ func (s *Scaler) discoverLocked(now time.Time, o observed) {
 		}
 		in.event(now, "created", why)
 		s.m.ObserveInstance("creation", now.Sub(it.At))
+	} else if s.inventoryLost {
+		// The lost file was this owner's and held these instances; nothing can vouch
+		// for their state (jobs in flight, use count), so they are not served and not
+		// kept for a grace period in which they would count against max_instances.
+		in.cause, in.phase = CauseUnknown, phaseUnvouched
+		in.event(now, "unvouched", "in the group but not in this scaler's inventory, which was lost: the state file was found corrupt and moved aside")
+		s.instances[o.id] = in
+		s.log.Warn("instance not in the lost inventory; deleting it", "instance", o.id)
+		s.beginRemovalLocked(now, in, "unvouched after the state file was found corrupt: the lost inventory held this owner's instances, and nothing can vouch for their state")
+		return
 	} else {
 		in.cause, in.phase = CauseUnknown, phaseUnvouched
 		in.removeAt = now.Add(s.opts.UnknownInstanceGrace)
@@ -1280,26 +1303,22 @@ func (s *Scaler) runReadyQueue() {
 	}
 }
 
-// ready runs the readiness of a running instance: the host's ready command, then its
-// probe. An instance the host cannot reach is not ready: a fleet-wide cause (a wrong
-// client key) then counts toward the circuit breaker, instead of every new instance
-// failing its first acquire heartbeat and being replaced, forever.
+// ready runs the readiness of a running instance: the plugin's Heartbeat, the host's
+// ready command, then its probe. An instance the host cannot reach is not ready.
+//
+// A failed check of reachability (connect info, Heartbeat, probe) is tried again after
+// a backoff (healthRecheckMin, doubling per failure) while the instance stays booting:
+// a cloud may list a new VM before its lookups show it, and SSH may come up late, and
+// such an instance must not be deleted and replaced in a loop of milliseconds. At
+// failure_threshold consecutive failures the instance is removed, and that counts as
+// a provisioning failure, so a fleet-wide cause (a wrong client key, a plugin that
+// never finds its new instances) opens the circuit breaker instead of replacing
+// instances forever. A failed ready command removes the instance at once: it is the
+// operator's own verdict, and it had ReadyTimeout to wait.
 func (s *Scaler) ready(in *instance) {
-	var err error
-	if s.opts.Ready != nil || s.opts.Probe != nil {
-		ctx, cancel := context.WithTimeout(s.ctx, s.opts.ReadyTimeout)
-		var info InstanceInfo
-		info, err = s.instanceInfo(ctx, in)
-		if err == nil && s.opts.Ready != nil {
-			err = s.opts.Ready(ctx, info)
-		}
-		if err == nil && s.opts.Probe != nil {
-			if err = s.opts.Probe(ctx, info); err != nil {
-				err = fmt.Errorf("probe: %w", err)
-			}
-		}
-		cancel()
-	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.ReadyTimeout)
+	final, err := s.readiness(ctx, in)
+	cancel()
 	now := s.clock.Now()
 	s.mu.Lock()
 	if in.phase != phaseBooting {
@@ -1307,13 +1326,29 @@ func (s *Scaler) ready(in *instance) {
 		return
 	}
 	if err != nil {
-		s.breaker.failure(now, fmt.Sprintf("instance %s: ready: %v", in.id, err))
-		s.beginRemovalLocked(now, in, fmt.Sprintf("ready: %v", err))
+		in.failures++
+		in.lastHealthErr = err.Error()
+		if !final && in.failures < s.opts.FailureThreshold {
+			in.readyRetry = true
+			in.nextCheck = now.Add(backoff(in.failures, healthRecheckMin, healthRecheckMax))
+			in.event(now, "unready", fmt.Sprintf("readiness check failure %d of %d (next attempt at %s): %v", in.failures,
+				s.opts.FailureThreshold, in.nextCheck.UTC().Format(time.RFC3339), err))
+			s.log.Info("instance not ready yet", "instance", in.id, "failures", in.failures, "next_attempt", in.nextCheck, "err", err)
+			s.mu.Unlock()
+			return
+		}
+		reason := fmt.Sprintf("ready: %v", err)
+		if in.failures > 1 {
+			reason += fmt.Sprintf(" (%d consecutive readiness failures, failure_threshold %d)", in.failures, s.opts.FailureThreshold)
+		}
+		s.breaker.failure(now, fmt.Sprintf("instance %s: %s", in.id, reason))
+		s.beginRemovalLocked(now, in, reason)
 		s.flushLocked()
 		s.mu.Unlock()
 		s.kick()
 		return
 	}
+	in.failures, in.lastHealthErr, in.readyRetry = 0, "", false
 	in.phase, in.readyAt, in.idleSince, in.lastHeartbeat = phaseReady, now, now, now
 	s.m.ObserveInstance("readiness", now.Sub(in.runningAt))
 	s.breaker.success()
@@ -1322,6 +1357,35 @@ func (s *Scaler) ready(in *instance) {
 	s.dispatchLocked(now)
 	s.flushLocked()
 	s.mu.Unlock()
+}
+
+// readiness runs the checks of ready; final says that its failure is not retried.
+func (s *Scaler) readiness(ctx context.Context, in *instance) (final bool, err error) {
+	var info InstanceInfo
+	if s.opts.Ready != nil || s.opts.Probe != nil {
+		if info, err = s.instanceInfo(ctx, in); err != nil {
+			return false, err
+		}
+	}
+	hctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+	err = s.group.Heartbeat(hctx, in.id)
+	cancel()
+	if err != nil && !errors.Is(err, provider.ErrNotSupported) {
+		s.m.InternalOperation("heartbeat_failure")
+		return false, stepErr("heartbeat", "", err)
+	}
+	s.m.InternalOperation("heartbeat")
+	if s.opts.Ready != nil {
+		if err := s.opts.Ready(ctx, info); err != nil {
+			return true, err
+		}
+	}
+	if s.opts.Probe != nil {
+		if err := s.opts.Probe(ctx, info); err != nil {
+			return false, fmt.Errorf("probe: %w", err)
+		}
+	}
+	return false, nil
 }
 
 func (s *Scaler) instanceInfo(ctx context.Context, in *instance) (InstanceInfo, error) {
@@ -1343,8 +1407,15 @@ func (s *Scaler) instanceInfo(ctx context.Context, in *instance) (InstanceInfo, 
 // recover or reach failure_threshold. probe[i] says whether due[i] also gets the probe:
 // an unhealthy instance recovers only by passing the same check that failed, so a
 // plugin Heartbeat that succeeds cannot reset the failures of a probe that does not.
+// In the same pass, booting instances whose next readiness attempt is due are queued
+// for runReadyQueue.
 func (s *Scaler) heartbeatDueLocked(now time.Time) (due []*instance, probe []bool) {
 	for _, in := range s.instances {
+		if in.phase == phaseBooting && in.readyRetry && !now.Before(in.nextCheck) {
+			in.readyRetry = false
+			s.readyQueue = append(s.readyQueue, in)
+			continue
+		}
 		if in.phase != phaseReady || in.busy() > 0 {
 			continue
 		}
@@ -1505,40 +1576,65 @@ func (s *Scaler) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// deleteAll deletes every instance at shutdown, in rounds shutdown_deletion_interval
+// apart: each round lists the group (Update), begins the removal of every instance not
+// yet deleting and calls Decrease for them; an instance is deleted once a listing no
+// longer shows it. A round whose Update or Decrease fails (a dropped connection, a
+// plugin being relaunched) is retried in the next one: one error never ends the
+// deletion. After shutdown_deletion_retries rounds beyond the first, or when ctx ends,
+// the error names the instances left and the last cause.
 func (s *Scaler) deleteAll(ctx context.Context) error {
-	for round := 0; ; round++ {
+	var cause error // the last failed call
+	causeRound := 0
+	for round := 1; ; round++ {
 		var listed []observed
-		err := s.group.Update(ctx, func(id string, st provider.State) { listed = append(listed, observed{id, st}) })
-		if err != nil {
-			return fmt.Errorf("delete instances on shutdown: %w", stepErr("update", "", err))
-		}
-		now := s.clock.Now()
+		uctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+		err := s.group.Update(uctx, func(id string, st provider.State) { listed = append(listed, observed{id, st}) })
+		cancel()
 		var ids []string
-		s.mu.Lock()
-		s.applyLocked(now, listed)
-		for _, in := range s.instances {
-			if in.state == provider.StateDeleting || in.state == provider.StateDeleted {
-				continue
+		if err != nil {
+			s.m.InternalOperation("update_failure")
+			if ctx.Err() != nil {
+				return s.shutdownLeftError(round, ctx.Err(), cause, causeRound)
 			}
-			if in.phase != phaseRemoving {
-				s.cancelAcquisitionsLocked(in)
-				s.beginRemovalLocked(now, in, "delete_instances_on_shutdown")
+			cause, causeRound = stepErr("update", "", err), round
+			s.log.Warn("delete instances on shutdown: listing the group failed; retrying", "round", round, "err", cause)
+		} else {
+			s.m.InternalOperation("update")
+			now := s.clock.Now()
+			s.mu.Lock()
+			s.applyLocked(now, listed)
+			for _, in := range s.instances {
+				if in.state == provider.StateDeleting || in.state == provider.StateDeleted {
+					continue
+				}
+				if in.phase != phaseRemoving {
+					s.cancelAcquisitionsLocked(in)
+					s.beginRemovalLocked(now, in, "delete_instances_on_shutdown")
+				}
+				ids = append(ids, in.id)
 			}
-			ids = append(ids, in.id)
+			remaining := len(s.instances)
+			s.flushLocked()
+			s.mu.Unlock()
+			if remaining == 0 {
+				return nil
+			}
 		}
-		remaining := len(s.instances)
-		s.flushLocked()
-		s.mu.Unlock()
-		slices.Sort(ids)
-		if remaining == 0 {
-			return nil
-		}
-		if round >= s.opts.ShutdownDeletionRetries {
-			return fmt.Errorf("delete instances on shutdown: %d instances remain after %d rounds", remaining, round)
+		if round > s.opts.ShutdownDeletionRetries {
+			return s.shutdownLeftError(round, nil, cause, causeRound)
 		}
 		if len(ids) > 0 {
-			if _, err := s.group.Decrease(ctx, ids); err != nil {
-				s.log.Warn("delete instances on shutdown", "err", stepErr("decrease", "", err))
+			slices.Sort(ids)
+			dctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+			_, err := s.group.Decrease(dctx, ids)
+			cancel()
+			if err != nil {
+				cause, causeRound = stepErr("decrease", "", err), round
+				s.m.InternalOperation("decrease_failure")
+				s.log.Warn("delete instances on shutdown: Decrease failed; retrying", "round", round, "instances", ids, "err", cause)
+			} else {
+				s.m.InternalOperation("decrease")
 			}
 		}
 		t := s.clock.NewTimer(s.opts.ShutdownDeletionInterval)
@@ -1546,7 +1642,43 @@ func (s *Scaler) deleteAll(ctx context.Context) error {
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("delete instances on shutdown: %w", ctx.Err())
+			return s.shutdownLeftError(round, ctx.Err(), cause, causeRound)
 		}
 	}
+}
+
+// shutdownLeftError says which instances deleteAll leaves after rounds rounds, why it
+// stopped (stop: the caller's context ended; nil: the rounds were used up) and the
+// last failed call, if any.
+func (s *Scaler) shutdownLeftError(rounds int, stop, cause error, causeRound int) error {
+	s.mu.Lock()
+	var left []string
+	for _, in := range s.instances {
+		st := string(in.state)
+		if st == "" {
+			st = "not listed yet"
+		}
+		left = append(left, fmt.Sprintf("%s (%s)", in.id, st))
+	}
+	s.mu.Unlock()
+	slices.Sort(left)
+	const show = 10
+	list := strings.Join(left[:min(len(left), show)], ", ")
+	if len(left) > show {
+		list += fmt.Sprintf(" and %d more", len(left)-show)
+	}
+	what := fmt.Sprintf("%d instances left", len(left))
+	if len(left) == 0 {
+		// Never listed: nothing says the group is empty.
+		what, list = "the group could not be listed", "instances it may hold are not known"
+	}
+	msg := fmt.Sprintf("delete instances on shutdown: %s after %d rounds", what, rounds)
+	if stop != nil {
+		msg += fmt.Sprintf(", stopped early (%v)", stop)
+	}
+	msg += ": " + list
+	if cause == nil {
+		return errors.New(msg)
+	}
+	return fmt.Errorf("%s; last error (round %d): %w", msg, causeRound, cause)
 }

@@ -432,11 +432,12 @@ func (s *Scaler) updateFailingLocked(now time.Time) string {
 		now.Sub(s.updFailingSince).Round(time.Second), s.updFailures, s.updErr)
 }
 
-// unhealthyReasonsLocked describes up to limit unhealthy instances, by ID.
+// unhealthyReasonsLocked describes up to limit unhealthy instances, and booting ones
+// whose readiness check failed, by ID.
 func (s *Scaler) unhealthyReasonsLocked(now time.Time, limit int) []string {
 	var ids []string
 	for id, in := range s.instances {
-		if in.unhealthy && in.phase == phaseReady {
+		if (in.unhealthy && in.phase == phaseReady) || (in.readyRetry && in.phase == phaseBooting) {
 			ids = append(ids, id)
 		}
 	}
@@ -451,7 +452,11 @@ func (s *Scaler) unhealthyReasonsLocked(now time.Time, limit int) []string {
 			break
 		}
 		in := s.instances[id]
-		out = append(out, fmt.Sprintf("instance %s unhealthy (%d of %d consecutive health check failures; next check in %s): %s",
+		what := "unhealthy (%d of %d consecutive health check failures; next check in %s): %s"
+		if in.phase == phaseBooting {
+			what = "not ready (%d of %d consecutive readiness check failures; next attempt in %s): %s"
+		}
+		out = append(out, fmt.Sprintf("instance %s "+what,
 			id, in.failures, s.opts.FailureThreshold, max(in.nextCheck.Sub(now), 0).Round(time.Second), in.lastHealthErr))
 	}
 	return out

@@ -29,7 +29,7 @@ type InstanceStatus struct {
 	HealthFailures int    `json:"health_failures,omitempty"`
 	// HealthError is the last failed health check's error (the plugin's Heartbeat or the
 	// host's probe, e.g. an SSH host key mismatch); NextHealthCheck is when an unhealthy
-	// instance is checked again.
+	// instance, or a booting one whose readiness check failed, is checked again.
 	HealthError     string    `json:"health_error,omitempty"`
 	NextHealthCheck time.Time `json:"next_health_check,omitzero"`
 	FirstSeen       time.Time `json:"first_seen"`
@@ -100,7 +100,7 @@ func (s *Scaler) instanceStatusLocked(now time.Time, in *instance) InstanceStatu
 		UseCount: in.used, Reserved: in.reserved, Acquired: in.acquired, Healthy: !in.unhealthy,
 		HealthFailures: in.failures, FirstSeen: in.firstSeen, ReadyAt: in.readyAt, RemoveReason: in.removeReason,
 		History: in.orderedHistory(), Slots: s.opts.CapacityPerInstance}
-	if in.unhealthy {
+	if in.unhealthy || in.readyRetry {
 		st.HealthError, st.NextHealthCheck = in.lastHealthErr, in.nextCheck
 	}
 	if in.phase == phaseReady && in.busy() == 0 {
@@ -301,7 +301,15 @@ func WriteReport(w io.Writer, rep Report) error {
 		for _, x := range st.InstanceList {
 			fmt.Fprintf(&b, "  %-24s %-9s %-9s cause=%-8s used=%d jobs=%d/%d healthy=%v", x.ID, x.Phase, x.State, x.Cause, x.UseCount, x.Acquired, x.Slots, x.Healthy)
 			if x.HealthError != "" {
-				fmt.Fprintf(&b, " (%d health check failures: %s)", x.HealthFailures, x.HealthError)
+				check := "health"
+				if x.Phase == "booting" {
+					check = "readiness"
+				}
+				fmt.Fprintf(&b, " (%d %s check failures", x.HealthFailures, check)
+				if !x.NextHealthCheck.IsZero() {
+					fmt.Fprintf(&b, ", next at %s", x.NextHealthCheck.UTC().Format(time.RFC3339))
+				}
+				fmt.Fprintf(&b, ": %s)", x.HealthError)
 			}
 			if x.RemoveReason != "" {
 				fmt.Fprintf(&b, " removing: %s", x.RemoveReason)
