@@ -347,7 +347,9 @@ func TestConformanceInProcess(t *testing.T) {
 }
 
 // TestEventualConsistency: an instance the group lists before EC2 does is reported as
-// creating, not running, so the host does not try to connect to it yet.
+// creating, not running, so the host does not try to connect to it yet; asked anyway,
+// Heartbeat and ConnectInfo say it is not ready yet (ErrInstanceUnhealthy), not that it
+// is unknown (ErrNotFound).
 func TestEventualConsistency(t *testing.T) {
 	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	env := awsfake.Start(t, awsfake.EnvOptions{Cloud: cloudsim.Options{Clock: clock, ListLag: 15 * time.Second}})
@@ -359,9 +361,16 @@ func TestEventualConsistency(t *testing.T) {
 		if s != provider.StateCreating {
 			t.Errorf("%s is %s while EC2 does not list it yet, want creating", id, s)
 		}
-		if _, err := g.ConnectInfo(context.Background(), id); !errors.Is(err, provider.ErrNotFound) {
-			t.Errorf("ConnectInfo during the lag = %v, want ErrNotFound", err)
+		if _, err := g.ConnectInfo(context.Background(), id); !errors.Is(err, provider.ErrInstanceUnhealthy) || errors.Is(err, provider.ErrNotFound) {
+			t.Errorf("ConnectInfo during the lag = %v, want not ready yet (ErrInstanceUnhealthy, not ErrNotFound)", err)
 		}
+		if err := g.Heartbeat(context.Background(), id); !errors.Is(err, provider.ErrInstanceUnhealthy) || errors.Is(err, provider.ErrNotFound) ||
+			!strings.Contains(err.Error(), "not ready yet") {
+			t.Errorf("Heartbeat during the lag = %v, want not ready yet (ErrInstanceUnhealthy, not ErrNotFound)", err)
+		}
+	}
+	if err := g.Heartbeat(context.Background(), "i-0000000000000fff"); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("Heartbeat of an instance not in the group = %v, want ErrNotFound", err)
 	}
 	clock.Advance(15 * time.Second)
 	for id, s := range list(t, g) {

@@ -90,6 +90,9 @@ type InstanceGroup struct {
 	// scaling serialises Increase and Decrease: both read the group's desired size
 	// and change it, so two at once could compute from the same stale value.
 	scaling sync.Mutex
+
+	mu      sync.Mutex
+	members map[string]bool // instances of the group at the latest DescribeAutoScalingGroups
 }
 
 // New returns an unconfigured group, as plugin.Main wants it.
@@ -163,6 +166,13 @@ func (g *InstanceGroup) describeGroup(ctx context.Context) (astypes.AutoScalingG
 	}
 	for _, grp := range out.AutoScalingGroups {
 		if aws.ToString(grp.AutoScalingGroupName) == g.Name {
+			members := make(map[string]bool, len(grp.Instances))
+			for _, in := range grp.Instances {
+				members[aws.ToString(in.InstanceId)] = true
+			}
+			g.mu.Lock()
+			g.members = members
+			g.mu.Unlock()
 			return grp, nil
 		}
 	}
@@ -388,27 +398,48 @@ func isNotFound(err error) bool {
 		(ae.ErrorCode() == "ValidationError" && strings.Contains(ae.ErrorMessage(), "not found"))
 }
 
+// notFound is the error for an instance DescribeInstances does not show: ErrNotFound,
+// unless the group's latest description has it. EC2 is eventually consistent, and the
+// group lists a new instance before DescribeInstances shows it; such an instance is in
+// the group but not ready yet (ErrInstanceUnhealthy). Update reports it as creating
+// meanwhile, so the host should not ask.
+func (g *InstanceGroup) notFound(id string) error {
+	g.mu.Lock()
+	member := g.members[id]
+	g.mu.Unlock()
+	if member {
+		return fmt.Errorf("instance %s is not ready yet: auto scaling group %s lists it, but DescribeInstances does not show it yet: %w",
+			id, g.Name, provider.ErrInstanceUnhealthy)
+	}
+	return fmt.Errorf("instance %s: %w", id, provider.ErrNotFound)
+}
+
 // describeInstance looks one instance of the group up; another group's or an unknown
-// instance is ErrNotFound.
+// instance is ErrNotFound (see notFound).
 func (g *InstanceGroup) describeInstance(ctx context.Context, id string) (ec2types.Instance, error) {
 	out, err := g.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
 	if err != nil {
 		if isNotFound(err) {
-			return ec2types.Instance{}, fmt.Errorf("instance %s: %w", id, provider.ErrNotFound)
+			return ec2types.Instance{}, g.notFound(id)
 		}
 		return ec2types.Instance{}, fmt.Errorf("describe instance %s: %w", id, err)
 	}
+	found := false
 	for _, r := range out.Reservations {
 		for _, in := range r.Instances {
 			if aws.ToString(in.InstanceId) != id {
 				continue
 			}
+			found = true
 			for _, t := range in.Tags {
 				if aws.ToString(t.Key) == tagGroupName && aws.ToString(t.Value) == g.Name {
 					return in, nil
 				}
 			}
 		}
+	}
+	if !found {
+		return ec2types.Instance{}, g.notFound(id)
 	}
 	return ec2types.Instance{}, fmt.Errorf("instance %s is not in auto scaling group %s: %w", id, g.Name, provider.ErrNotFound)
 }

@@ -221,7 +221,17 @@ func TestUpdatePaginates(t *testing.T) {
 	if len(got) != 23 {
 		t.Fatalf("Update listed %d instances, want 23", len(got))
 	}
+	// The first Update makes ConnectInfo's lookups for each running VM once (see
+	// TestLateListing).
 	calls := env.Cloud.Calls()
+	lookups := map[string]int{"VirtualMachineScaleSetVMs.List": 5, "VirtualMachineScaleSetVMs.Get": 23,
+		"NetworkInterfaces.ListVirtualMachineScaleSetVMNetworkInterfaces": 23, "PublicIPAddresses.ListVirtualMachineScaleSetVMPublicIPAddresses": 23}
+	if !mapsEqual(calls, lookups) {
+		t.Errorf("calls = %v, want %v", calls, lookups)
+	}
+	env.Cloud.ResetCalls()
+	list(t, g)
+	calls = env.Cloud.Calls()
 	if calls["VirtualMachineScaleSetVMs.List"] != 5 || len(calls) != 1 {
 		t.Errorf("calls = %v, want 5 VirtualMachineScaleSetVMs.List pages and nothing else", calls)
 	}
@@ -608,5 +618,59 @@ func TestOperationWaitBounded(t *testing.T) {
 	}
 	if env.Cloud.Calls()["Operations.Get"] < 2 {
 		t.Errorf("operation polled %d times, want it polled while waiting", env.Cloud.Calls()["Operations.Get"])
+	}
+}
+
+// TestLateListing: Azure's views are eventually consistent, and the scale set lists a
+// new VM as running before the VM and its network interface can be looked up. Until
+// they can, Update reports the VM as creating, and Heartbeat and ConnectInfo say it is
+// not ready yet (ErrInstanceUnhealthy), not that it is unknown (ErrNotFound). Once
+// seen, a VM costs no more lookups in Update.
+func TestLateListing(t *testing.T) {
+	const lag = 15 * time.Second
+	clock := cloudsim.NewVirtualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	env := azurefake.Start(t, azurefake.EnvOptions{Cloud: cloudsim.Options{Clock: clock, ListLag: lag},
+		Group: cloudsim.Group{Name: "ci", Max: 5}})
+	g := start(t, env, static)
+	ctx := context.Background()
+	if n, err := g.Increase(ctx, 2); n != 2 || err != nil {
+		t.Fatalf("Increase(2) = %d, %v", n, err)
+	}
+	clock.Advance(time.Second) // booted: the listing shows them running
+	got := list(t, g)
+	if len(got) != 2 {
+		t.Fatalf("Update listed %v, want 2 VMs", got)
+	}
+	for id, s := range got {
+		if s != provider.StateCreating {
+			t.Errorf("%s is %s while its lookups do not show it, want creating", id, s)
+		}
+		if err := g.Heartbeat(ctx, id); !errors.Is(err, provider.ErrInstanceUnhealthy) || errors.Is(err, provider.ErrNotFound) ||
+			!strings.Contains(err.Error(), "not ready yet") {
+			t.Errorf("Heartbeat during the lag = %v, want not ready yet (ErrInstanceUnhealthy, not ErrNotFound)", err)
+		}
+		if _, err := g.ConnectInfo(ctx, id); !errors.Is(err, provider.ErrInstanceUnhealthy) || errors.Is(err, provider.ErrNotFound) {
+			t.Errorf("ConnectInfo during the lag = %v, want not ready yet (ErrInstanceUnhealthy, not ErrNotFound)", err)
+		}
+	}
+	if err := g.Heartbeat(ctx, "99"); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("Heartbeat of a VM not in the scale set = %v, want ErrNotFound", err)
+	}
+	clock.Advance(lag)
+	for id, s := range list(t, g) {
+		if s != provider.StateRunning {
+			t.Errorf("%s is %s once its lookups show it, want running", id, s)
+		}
+		if err := g.Heartbeat(ctx, id); err != nil {
+			t.Errorf("Heartbeat after the lag: %v", err)
+		}
+		if info, err := g.ConnectInfo(ctx, id); err != nil || info.InternalAddr == "" || info.ExternalAddr == "" {
+			t.Errorf("ConnectInfo after the lag = %+v, %v", info, err)
+		}
+	}
+	env.Cloud.ResetCalls()
+	list(t, g)
+	if calls := env.Cloud.Calls(); calls["VirtualMachineScaleSetVMs.List"] != 1 || len(calls) != 1 {
+		t.Errorf("calls = %v; want one VirtualMachineScaleSetVMs.List only for VMs already seen", calls)
 	}
 }

@@ -6,9 +6,11 @@
 // Increase raises the scale set's sku.capacity (a PATCH, a long-running operation that
 // is waited for, within operation_wait); Decrease deletes the named instances with
 // deleteInstances, in batches, which lowers the capacity so nothing replaces them; Update lists the scale set's VMs
-// (one paginated listing with the instance view) and maps provisioning and power states.
-// ConnectInfo reads the VM's network interface for its private address and its public
-// IP address, if any. Throttling (429) and server errors are retried by azcore's retry
+// (one paginated listing with the instance view) and maps provisioning and power states;
+// a VM the listing shows running is reported as creating until its own lookups (the VM,
+// its network interface and public IP) show it, once per VM, since Azure's views are
+// eventually consistent. ConnectInfo reads the VM's network interface for its private
+// address and its public IP address, if any. Throttling (429) and server errors are retried by azcore's retry
 // policy with exponential backoff and jitter, within bounds; a listing that still fails
 // is an error, never a report that instances are gone. See docs/plugin-azure.md.
 package azure
@@ -32,6 +34,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v7"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
@@ -51,6 +54,14 @@ const (
 
 // defaultDeleteBatch is how many instance IDs one deleteInstances call carries.
 const defaultDeleteBatch = 100
+
+// Bounds on Update's lookups of new VMs (see checkVisible): each VM costs the lookups
+// ConnectInfo makes, once; after a restart of the plugin with a large scale set the
+// checks spread over several Updates instead of bursting into ARM's read limits.
+const (
+	visibilityChecksPerUpdate = 50
+	visibilityCheckWorkers    = 8
+)
 
 // defaultOperationWait bounds Increase's wait for its capacity update. A scale-out's
 // operation runs until the new VMs are provisioned, minutes on Azure; waiting a little
@@ -104,6 +115,10 @@ type InstanceGroup struct {
 	// the host forgets them, so the plugin deletes them itself, once.
 	cleanupMu sync.Mutex
 	cleanup   map[string]bool
+
+	mu      sync.Mutex
+	members map[string]bool // instance IDs of the latest listing
+	visible map[string]bool // members whose lookups have shown them running with an address
 }
 
 // New returns an unconfigured group, as plugin.Main wants it.
@@ -260,29 +275,110 @@ func (g *InstanceGroup) listVMs(ctx context.Context) ([]*armcompute.VirtualMachi
 			}
 		}
 	}
+	members := make(map[string]bool, len(out))
+	for _, vm := range out {
+		members[*vm.InstanceID] = true
+	}
+	g.mu.Lock()
+	g.members = members
+	for id := range g.visible {
+		if !members[id] {
+			delete(g.visible, id) // gone: forget it, so the set stays small
+		}
+	}
+	g.mu.Unlock()
 	return out, nil
+}
+
+func (g *InstanceGroup) isMember(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.members[id]
+}
+
+func (g *InstanceGroup) isVisible(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.visible[id]
+}
+
+// notReady is the error for a VM the scale set lists but a lookup of its details does
+// not show yet (eventual consistency across Azure's resource providers): it is in the
+// group, so not ErrNotFound, but must not be given jobs yet.
+func (g *InstanceGroup) notReady(id, what string) error {
+	return fmt.Errorf("instance %s is not ready yet: scale set %s lists it, but %s: %w", id, g.Name, what, provider.ErrInstanceUnhealthy)
+}
+
+// checkVisible makes the lookups ConnectInfo makes for VMs the listing shows running
+// that no lookup has shown yet, and remembers those that now show running with an
+// address. The lookups are not retried (the next Update repeats a failed one) and are
+// bounded per call, visibilityCheckWorkers at a time.
+func (g *InstanceGroup) checkVisible(ctx context.Context, ids []string) {
+	if len(ids) > visibilityChecksPerUpdate {
+		ids = ids[:visibilityChecksPerUpdate]
+	}
+	ctx = policy.WithRetryOptions(ctx, policy.RetryOptions{MaxRetries: -1})
+	var eg errgroup.Group
+	eg.SetLimit(visibilityCheckWorkers)
+	for _, id := range ids {
+		eg.Go(func() error {
+			_, private, public, err := g.describe(ctx, id)
+			if err == nil && private == "" && public == "" {
+				err = g.notReady(id, "its network interface has no address")
+			}
+			if err != nil {
+				g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
+				return nil
+			}
+			g.mu.Lock()
+			if g.visible == nil {
+				g.visible = map[string]bool{}
+			}
+			g.visible[id] = true
+			g.mu.Unlock()
+			return nil
+		})
+	}
+	_ = eg.Wait()
 }
 
 // Update reports every VM of the scale set. If the listing fails (after the retries) it
 // returns the error and reports nothing: the host then keeps what it knew, so
 // throttling never makes instances look gone. VMs that can never run a job (failed
 // provisioning, stopped) are reported as timed out and deleted by the plugin.
+//
+// A VM the listing shows running is reported as creating until the lookups ConnectInfo
+// makes show it running with an address (checkVisible): the listing can be ahead of
+// them, and the host would otherwise connect to it, fail its heartbeats on a lookup
+// that does not find it yet, and replace it, over and over.
 func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.State)) error {
 	vms, err := g.listVMs(ctx)
 	if err != nil {
 		return err
 	}
-	var broken []string
-	listed := make(map[string]bool, len(vms))
-	for _, vm := range vms {
-		listed[*vm.InstanceID] = true
+	states := make([]provider.State, len(vms))
+	var unseen []string
+	for i, vm := range vms {
 		prov := ""
 		if vm.Properties != nil && vm.Properties.ProvisioningState != nil {
 			prov = *vm.Properties.ProvisioningState
 		}
-		st := instanceState(prov, powerState(vm))
+		states[i] = instanceState(prov, powerState(vm))
+		if states[i] == provider.StateRunning && !g.isVisible(*vm.InstanceID) {
+			unseen = append(unseen, *vm.InstanceID)
+		}
+	}
+	g.checkVisible(ctx, unseen)
+	var broken []string
+	listed := make(map[string]bool, len(vms))
+	for i, vm := range vms {
+		listed[*vm.InstanceID] = true
+		st := states[i]
 		if st == provider.StateTimeout {
 			broken = append(broken, *vm.InstanceID)
+		}
+		if st == provider.StateRunning && !g.isVisible(*vm.InstanceID) {
+			st = provider.StateCreating
 		}
 		fn(*vm.InstanceID, st)
 	}
@@ -462,6 +558,9 @@ func (g *InstanceGroup) getVM(ctx context.Context, id string) (armcompute.Virtua
 	res, err := g.vms.Get(ctx, g.ResourceGroupName, g.Name, id, &armcompute.VirtualMachineScaleSetVMsClientGetOptions{Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView)})
 	if err != nil {
 		if isNotFound(err) {
+			if g.isMember(id) {
+				return armcompute.VirtualMachineScaleSetVM{}, g.notReady(id, "getting the VM finds nothing yet")
+			}
 			return armcompute.VirtualMachineScaleSetVM{}, fmt.Errorf("instance %s of scale set %s: %w", id, g.Name, provider.ErrNotFound)
 		}
 		return armcompute.VirtualMachineScaleSetVM{}, fmt.Errorf("get instance %s of scale set %s: %w", id, g.Name, err)
@@ -485,6 +584,9 @@ func (g *InstanceGroup) addresses(ctx context.Context, id string) (private, publ
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			if isNotFound(err) {
+				if g.isMember(id) {
+					return "", "", g.notReady(id, "listing its network interfaces finds nothing yet")
+				}
 				return "", "", fmt.Errorf("network interfaces of instance %s: %w", id, provider.ErrNotFound)
 			}
 			return "", "", fmt.Errorf("list network interfaces of instance %s: %w", id, err)
@@ -515,6 +617,9 @@ func (g *InstanceGroup) addresses(ctx context.Context, id string) (private, publ
 	for pp.More() && public == "" {
 		page, err := pp.NextPage(ctx)
 		if err != nil {
+			if isNotFound(err) && g.isMember(id) {
+				return "", "", g.notReady(id, "listing its public IP address finds nothing yet")
+			}
 			return "", "", fmt.Errorf("list public IP addresses of instance %s: %w", id, err)
 		}
 		for _, pip := range page.Value {
@@ -523,24 +628,35 @@ func (g *InstanceGroup) addresses(ctx context.Context, id string) (private, publ
 			}
 		}
 	}
+	if public == "" {
+		// The IP configuration has a public IP whose address is not listed yet.
+		return "", "", g.notReady(id, "its public IP address is not listed yet")
+	}
 	return private, public, nil
 }
 
-// ConnectInfo looks the instance and its network interface up now (addresses can change
-// across a deallocation) and returns them with the connector settings from Init.
-func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
-	vm, err := g.getVM(ctx, id)
+// describe makes ConnectInfo's lookups: the VM with its instance view (it must be
+// running), then its addresses.
+func (g *InstanceGroup) describe(ctx context.Context, id string) (vm armcompute.VirtualMachineScaleSetVM, private, public string, err error) {
+	vm, err = g.getVM(ctx, id)
 	if err != nil {
-		return provider.ConnectInfo{}, err
+		return vm, "", "", err
 	}
 	prov := ""
 	if vm.Properties != nil {
 		prov = str(vm.Properties.ProvisioningState)
 	}
 	if st := instanceState(prov, powerState(&vm)); st != provider.StateRunning {
-		return provider.ConnectInfo{}, fmt.Errorf("instance %s is %s (provisioning %q, power %q), not running: %w", id, st, prov, powerState(&vm), provider.ErrInstanceUnhealthy)
+		return vm, "", "", fmt.Errorf("instance %s is %s (provisioning %q, power %q), not running: %w", id, st, prov, powerState(&vm), provider.ErrInstanceUnhealthy)
 	}
-	private, public, err := g.addresses(ctx, id)
+	private, public, err = g.addresses(ctx, id)
+	return vm, private, public, err
+}
+
+// ConnectInfo looks the instance and its network interface up now (addresses can change
+// across a deallocation) and returns them with the connector settings from Init.
+func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
+	vm, private, public, err := g.describe(ctx, id)
 	if err != nil {
 		return provider.ConnectInfo{}, err
 	}

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	compute "cloud.google.com/go/compute/apiv1"
@@ -103,8 +106,23 @@ func (g *InstanceGroup) closeClients() error {
 }
 
 // retryer retries throttled and transiently failing calls with jittered exponential
-// backoff, a bounded number of times. Mutations carry a requestId, so retrying them
-// after a 5xx cannot apply them twice.
+// backoff, a bounded number of times: 429 and rate-limit 403s, 5xx, and transport
+// failures (a dropped, reset or refused connection, a network timeout).
+//
+// Every call the plugin makes is safe to retry, including after a failure that left it
+// unknown whether the server acted. The reads (instanceGroupManagers.get,
+// listManagedInstances, which is a POST but only reads, instances.get,
+// zoneOperations.wait, testIamPermissions) change nothing. The mutations carry a
+// requestId that stays the same across the retries of one call, and GCP answers a
+// request ID it has seen with the first request's operation instead of acting again;
+// beyond that, each is idempotent in effect on its own: resize sets an absolute
+// targetSize, so a second resize to the same size changes nothing (and Increase holds
+// the scaling lock, so nothing in the plugin moves targetSize in between);
+// deleteInstances of instances already deleting skips them
+// (skipInstancesOnValidationError) and lowers targetSize only for instances it
+// actually deletes, so it cannot shrink the group twice; setMetadata carries the
+// metadata fingerprint, so a repeat after an applied first attempt is refused as stale
+// (412) and addSSHKey then finds its key already there.
 type retryer struct {
 	bo       gax.Backoff
 	attempts int // calls made so far
@@ -120,9 +138,10 @@ func (r *retryer) Retry(err error) (time.Duration, bool) {
 	return r.bo.Pause(), true
 }
 
-// retryable reports whether err is throttling or a transient server error.
+// retryable reports whether err is throttling, a transient server error or a transport
+// failure.
 func retryable(err error) bool {
-	if isThrottle(err) {
+	if isThrottle(err) || transient(err) {
 		return true
 	}
 	var ge *googleapi.Error
@@ -133,6 +152,31 @@ func retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// transient reports whether err is a transport failure: the connection dropped, was
+// reset or refused, or timed out, so the request may not have reached the server or
+// its answer was lost (`Post …/listManagedInstances: EOF`). These are the failures
+// google.golang.org/api retries for its own media uploads; the REST clients' default
+// call options do not retry them. A cancelled or expired context is not transient: the
+// caller gave up.
+func transient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	for _, target := range []error{io.EOF, io.ErrUnexpectedEOF, net.ErrClosed,
+		syscall.ECONNRESET, syscall.ECONNREFUSED, syscall.ECONNABORTED, syscall.EPIPE} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	// HTTP/2 reports a lost connection with errors of its own, not wrapping the above.
+	msg := err.Error()
+	return strings.Contains(msg, "http2: client connection lost") || strings.Contains(msg, "http2: server sent GOAWAY")
 }
 
 // isThrottle reports whether err is GCP rate limiting: 429, or a 403 whose reason is a
@@ -173,6 +217,11 @@ func (g *InstanceGroup) retry() gax.CallOption {
 		return &retryer{bo: gax.Backoff{Initial: min(retryInitialBackoff, maxBackoff), Max: maxBackoff, Multiplier: 2}, max: attempts}
 	})
 }
+
+// noRetry is the call option of a lookup whose caller tries again anyway (Update's
+// check that a new instance's details are visible): it replaces the retries of the
+// client's default call options too.
+var noRetry = gax.WithRetry(func() gax.Retryer { return nil })
 
 // requestID returns a new random UUID for a mutation's requestId: GCP ignores a request
 // whose ID it has seen, which makes retrying a mutation safe.

@@ -11,6 +11,7 @@ import (
 	"github.com/flotilla-ci/flotilla/sdk/doctor"
 
 	"cloud.google.com/go/compute/apiv1/computepb"
+	"github.com/googleapis/gax-go/v2"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/api/cloudresourcemanager/v1"
 
@@ -93,7 +94,14 @@ func (g *InstanceGroup) doctor(ctx context.Context, m *computepb.InstanceGroupMa
 	// Permissions: Resource Manager's testIamPermissions answers for the project
 	// without acting on anything.
 	want := Permissions(g.settings.UseStaticCredentials)
-	resp, err := g.crm.Projects.TestIamPermissions(g.Project, &cloudresourcemanager.TestIamPermissionsRequest{Permissions: want}).Context(ctx).Do()
+	// The discovery-based Resource Manager client has no retry of its own: gax.Invoke
+	// gives it the same retries as the Compute calls (testIamPermissions only reads).
+	var resp *cloudresourcemanager.TestIamPermissionsResponse
+	err := gax.Invoke(ctx, func(ctx context.Context, _ gax.CallSettings) error {
+		var err error
+		resp, err = g.crm.Projects.TestIamPermissions(g.Project, &cloudresourcemanager.TestIamPermissionsRequest{Permissions: want}).Context(ctx).Do()
+		return err
+	}, g.retry())
 	if err != nil {
 		add("permissions", SeverityWarning, "could not be checked with projects.testIamPermissions: "+err.Error(),
 			"enable the Cloud Resource Manager API, or check by hand that the credentials have: "+strings.Join(want, ", "))

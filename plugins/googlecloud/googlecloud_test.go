@@ -220,7 +220,14 @@ func TestUpdatePaginates(t *testing.T) {
 	if len(got) != 23 {
 		t.Fatalf("Update listed %d instances, want 23", len(got))
 	}
+	// The first Update looks each running instance up once (see TestLateListing).
 	calls := env.Cloud.Calls()
+	if calls[gcpfake.OpListManaged] != 5 || calls[gcpfake.OpGetInstance] != 23 || len(calls) != 2 {
+		t.Errorf("calls = %v, want 5 listManagedInstances pages and 23 instances.get", calls)
+	}
+	env.Cloud.ResetCalls()
+	list(t, g)
+	calls = env.Cloud.Calls()
 	if calls[gcpfake.OpListManaged] != 5 || len(calls) != 1 {
 		t.Errorf("calls = %v, want 5 listManagedInstances pages only", calls)
 	}

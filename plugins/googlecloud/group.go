@@ -6,13 +6,16 @@
 // Increase resizes the MIG (targetSize + n); Decrease deletes the named instances with
 // deleteInstances, which also lowers targetSize so nothing replaces them; Update lists
 // the MIG once per call (listManagedInstances, paginated) and maps currentAction and
-// instanceStatus to provider states. ConnectInfo looks the instance up (instances.get)
-// for its internal and external address and, unless use_static_credentials is set,
-// adds the plugin's ephemeral public key to the instance's `ssh-keys` metadata. Every
+// instanceStatus to provider states. Compute Engine is eventually consistent: the MIG
+// can list an instance as RUNNING before instances.get shows it, so Update reports a
+// running instance as creating until one instances.get has shown it running with an
+// address (once per instance). ConnectInfo looks the instance up (instances.get) for
+// its internal and external address and, unless use_static_credentials is set, adds the
+// plugin's ephemeral public key to the instance's `ssh-keys` metadata. Every
 // mutation's operation is waited on, and an operation that fails is an error. Rate
-// limiting (429 rateLimitExceeded) is retried with jittered backoff; a listing that still
-// fails is an error, never a report that instances are gone. See
-// docs/plugin-googlecloud.md.
+// limiting (429 rateLimitExceeded), 5xx and dropped connections are retried with
+// jittered backoff; a listing that still fails is an error, never a report that
+// instances are gone. See docs/plugin-googlecloud.md.
 package googlecloud
 
 import (
@@ -32,7 +35,9 @@ import (
 
 	compute "cloud.google.com/go/compute/apiv1"
 	"cloud.google.com/go/compute/apiv1/computepb"
+	"github.com/googleapis/gax-go/v2"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/api/cloudresourcemanager/v1"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/iterator"
@@ -65,6 +70,14 @@ const listPageSize = 500
 
 // deleteBatchSize is the most instances one deleteInstances call names (GCP's limit).
 var deleteBatchSize = 1000
+
+// Bounds on Update's lookups of new instances (see checkVisible): each instance costs
+// one instances.get, once; after a restart of the plugin with a large group the checks
+// spread over several Updates instead of bursting into the read quota.
+const (
+	visibilityChecksPerUpdate = 50
+	visibilityCheckWorkers    = 8
+)
 
 // defaultUsername is the login the ephemeral key is added for when the connector
 // configuration names none: GCP images have no fixed default user, and the guest
@@ -114,6 +127,7 @@ type InstanceGroup struct {
 
 	mu      sync.Mutex
 	members map[string]bool // instances of the group at the latest listing
+	visible map[string]bool // members instances.get has shown running with an address
 }
 
 // New returns an unconfigured group, as plugin.Main wants it.
@@ -262,8 +276,65 @@ func (g *InstanceGroup) listGroup(ctx context.Context) ([]*computepb.ManagedInst
 	}
 	g.mu.Lock()
 	g.members = members
+	for id := range g.visible {
+		if !members[id] {
+			delete(g.visible, id) // gone: forget it, so the set stays small
+		}
+	}
 	g.mu.Unlock()
 	return out, nil
+}
+
+func (g *InstanceGroup) isMember(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.members[id]
+}
+
+func (g *InstanceGroup) isVisible(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.visible[id]
+}
+
+// checkVisible looks up instances the group lists as running but instances.get has not
+// shown yet, and remembers those it now shows running with an internal address. The
+// lookups are not retried (a failed one is repeated by the next Update) and are
+// bounded per call, visibilityCheckWorkers at a time.
+func (g *InstanceGroup) checkVisible(ctx context.Context, ids []string) {
+	if len(ids) > visibilityChecksPerUpdate {
+		ids = ids[:visibilityChecksPerUpdate]
+	}
+	var eg errgroup.Group
+	eg.SetLimit(visibilityCheckWorkers)
+	for _, id := range ids {
+		eg.Go(func() error {
+			in, err := g.getInstance(ctx, id, noRetry)
+			if err == nil && (in.GetStatus() != "RUNNING" || internalIP(in) == "") {
+				err = fmt.Errorf("instances.get shows it %s with address %q", in.GetStatus(), internalIP(in))
+			}
+			if err != nil {
+				g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
+				return nil
+			}
+			g.mu.Lock()
+			if g.visible == nil {
+				g.visible = map[string]bool{}
+			}
+			g.visible[id] = true
+			g.mu.Unlock()
+			return nil
+		})
+	}
+	_ = eg.Wait()
+}
+
+// internalIP is the instance's primary internal address, "" if it has none yet.
+func internalIP(in *computepb.Instance) string {
+	if nics := in.GetNetworkInterfaces(); len(nics) > 0 {
+		return nics[0].GetNetworkIP()
+	}
+	return ""
 }
 
 // instanceName is a managed instance's name: the last element of its URL.
@@ -278,17 +349,33 @@ func instanceName(mi *computepb.ManagedInstance) string {
 // Update reports every instance of the group. If the listing fails (after retries) it
 // returns the error and reports nothing: the host then keeps what it knew, so
 // throttling never makes instances look gone.
+//
+// An instance the group lists as running is reported as creating until instances.get
+// shows it running with an address (checkVisible): the group's view is ahead of the
+// instance's own, and the host would otherwise connect to it, fail its heartbeats on a
+// lookup that does not find it yet, and replace it, over and over.
 func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.State)) error {
 	list, err := g.listGroup(ctx)
 	if err != nil {
 		return err
 	}
+	var unseen []string
+	for _, mi := range list {
+		id := instanceName(mi)
+		if state, _ := instanceState(mi.GetCurrentAction(), mi.GetInstanceStatus()); state == provider.StateRunning && !g.isVisible(id) {
+			unseen = append(unseen, id)
+		}
+	}
+	g.checkVisible(ctx, unseen)
 	for _, mi := range list {
 		id := instanceName(mi)
 		state, ok := instanceState(mi.GetCurrentAction(), mi.GetInstanceStatus())
 		if !ok {
 			g.log.Debug("instance state not reported", "instance", id, "current_action", mi.GetCurrentAction(), "instance_status", mi.GetInstanceStatus())
 			continue
+		}
+		if state == provider.StateRunning && !g.isVisible(id) {
+			state = provider.StateCreating
 		}
 		fn(id, state)
 	}
@@ -447,11 +534,17 @@ func (g *InstanceGroup) Decrease(ctx context.Context, ids []string) ([]string, e
 	return done, errors.Join(errs...)
 }
 
-// getInstance looks one instance of the group up; another group's or an unknown
-// instance is ErrNotFound.
-func (g *InstanceGroup) getInstance(ctx context.Context, id string) (*computepb.Instance, error) {
-	in, err := g.instances.Get(ctx, &computepb.GetInstanceRequest{Project: g.Project, Zone: g.Zone, Instance: id}, g.retry())
+// getInstance looks one instance of the group up with the retry call option given;
+// another group's or an unknown instance is ErrNotFound. An instance the latest listing
+// of the group has but instances.get does not find yet (eventual consistency) is not
+// ready yet: ErrInstanceUnhealthy, not ErrNotFound, since it is in the group.
+func (g *InstanceGroup) getInstance(ctx context.Context, id string, retry gax.CallOption) (*computepb.Instance, error) {
+	in, err := g.instances.Get(ctx, &computepb.GetInstanceRequest{Project: g.Project, Zone: g.Zone, Instance: id}, retry)
 	if isNotFound(err) {
+		if g.isMember(id) {
+			return nil, fmt.Errorf("instance %s is not ready yet: managed instance group %s lists it, but instances.get does not show it yet: %w",
+				id, g.Name, provider.ErrInstanceUnhealthy)
+		}
 		return nil, fmt.Errorf("instance %s: %w", id, provider.ErrNotFound)
 	}
 	if err != nil {
@@ -477,7 +570,7 @@ func metadata(in *computepb.Instance, key string) string {
 // for the connector's user (added once per instance; the guest environment installs
 // it).
 func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
-	in, err := g.getInstance(ctx, id)
+	in, err := g.getInstance(ctx, id, g.retry())
 	if err != nil {
 		return provider.ConnectInfo{}, err
 	}
@@ -563,7 +656,7 @@ func (g *InstanceGroup) addSSHKey(ctx context.Context, in *computepb.Instance, u
 		if attempt >= 2 || !isConditionNotMet(err) {
 			return fmt.Errorf("add the ephemeral ssh key to instance %s metadata: %w", in.GetName(), err)
 		}
-		if in, err = g.getInstance(ctx, in.GetName()); err != nil {
+		if in, err = g.getInstance(ctx, in.GetName(), g.retry()); err != nil {
 			return err
 		}
 	}
@@ -589,7 +682,7 @@ func isConditionNotMet(err error) bool {
 
 // Heartbeat reports an instance healthy while GCP says it is RUNNING.
 func (g *InstanceGroup) Heartbeat(ctx context.Context, id string) error {
-	in, err := g.getInstance(ctx, id)
+	in, err := g.getInstance(ctx, id, g.retry())
 	if err != nil {
 		return err
 	}
