@@ -36,6 +36,7 @@ import (
 	"github.com/aws/smithy-go"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/flotilla-ci/flotilla/plugins/internal/visibility"
 	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -91,8 +92,8 @@ type InstanceGroup struct {
 	// and change it, so two at once could compute from the same stale value.
 	scaling sync.Mutex
 
-	mu      sync.Mutex
-	members map[string]bool // instances of the group at the latest DescribeAutoScalingGroups
+	// seen: the instances of the group at the latest DescribeAutoScalingGroups.
+	seen visibility.Tracker
 }
 
 // New returns an unconfigured group, as plugin.Main wants it.
@@ -166,13 +167,11 @@ func (g *InstanceGroup) describeGroup(ctx context.Context) (astypes.AutoScalingG
 	}
 	for _, grp := range out.AutoScalingGroups {
 		if aws.ToString(grp.AutoScalingGroupName) == g.Name {
-			members := make(map[string]bool, len(grp.Instances))
-			for _, in := range grp.Instances {
-				members[aws.ToString(in.InstanceId)] = true
+			ids := make([]string, len(grp.Instances))
+			for i, in := range grp.Instances {
+				ids[i] = aws.ToString(in.InstanceId)
 			}
-			g.mu.Lock()
-			g.members = members
-			g.mu.Unlock()
+			g.seen.Listed(ids)
 			return grp, nil
 		}
 	}
@@ -404,10 +403,7 @@ func isNotFound(err error) bool {
 // the group but not ready yet (ErrInstanceUnhealthy). Update reports it as creating
 // meanwhile, so the host should not ask.
 func (g *InstanceGroup) notFound(id string) error {
-	g.mu.Lock()
-	member := g.members[id]
-	g.mu.Unlock()
-	if member {
+	if g.seen.Member(id) {
 		return fmt.Errorf("instance %s is not ready yet: auto scaling group %s lists it, but DescribeInstances does not show it yet: %w",
 			id, g.Name, provider.ErrInstanceUnhealthy)
 	}

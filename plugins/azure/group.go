@@ -34,8 +34,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v7"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sync/errgroup"
 
+	"github.com/flotilla-ci/flotilla/plugins/internal/visibility"
 	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -54,14 +54,6 @@ const (
 
 // defaultDeleteBatch is how many instance IDs one deleteInstances call carries.
 const defaultDeleteBatch = 100
-
-// Bounds on Update's lookups of new VMs (see checkVisible): each VM costs the lookups
-// ConnectInfo makes, once; after a restart of the plugin with a large scale set the
-// checks spread over several Updates instead of bursting into ARM's read limits.
-const (
-	visibilityChecksPerUpdate = 50
-	visibilityCheckWorkers    = 8
-)
 
 // defaultOperationWait bounds Increase's wait for its capacity update. A scale-out's
 // operation runs until the new VMs are provisioned, minutes on Azure; waiting a little
@@ -116,9 +108,9 @@ type InstanceGroup struct {
 	cleanupMu sync.Mutex
 	cleanup   map[string]bool
 
-	mu      sync.Mutex
-	members map[string]bool // instance IDs of the latest listing
-	visible map[string]bool // members whose lookups have shown them running with an address
+	// seen: the VMs of the latest listing, and those whose lookups have shown them
+	// running with an address.
+	seen visibility.Tracker
 }
 
 // New returns an unconfigured group, as plugin.Main wants it.
@@ -275,31 +267,12 @@ func (g *InstanceGroup) listVMs(ctx context.Context) ([]*armcompute.VirtualMachi
 			}
 		}
 	}
-	members := make(map[string]bool, len(out))
-	for _, vm := range out {
-		members[*vm.InstanceID] = true
+	ids := make([]string, len(out))
+	for i, vm := range out {
+		ids[i] = *vm.InstanceID
 	}
-	g.mu.Lock()
-	g.members = members
-	for id := range g.visible {
-		if !members[id] {
-			delete(g.visible, id) // gone: forget it, so the set stays small
-		}
-	}
-	g.mu.Unlock()
+	g.seen.Listed(ids)
 	return out, nil
-}
-
-func (g *InstanceGroup) isMember(id string) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.members[id]
-}
-
-func (g *InstanceGroup) isVisible(id string) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.visible[id]
 }
 
 // notReady is the error for a VM the scale set lists but a lookup of its details does
@@ -309,37 +282,20 @@ func (g *InstanceGroup) notReady(id, what string) error {
 	return fmt.Errorf("instance %s is not ready yet: scale set %s lists it, but %s: %w", id, g.Name, what, provider.ErrInstanceUnhealthy)
 }
 
-// checkVisible makes the lookups ConnectInfo makes for VMs the listing shows running
-// that no lookup has shown yet, and remembers those that now show running with an
-// address. The lookups are not retried (the next Update repeats a failed one) and are
-// bounded per call, visibilityCheckWorkers at a time.
-func (g *InstanceGroup) checkVisible(ctx context.Context, ids []string) {
-	if len(ids) > visibilityChecksPerUpdate {
-		ids = ids[:visibilityChecksPerUpdate]
-	}
+// lookVisible makes the lookups ConnectInfo makes for VMs the listing shows running
+// that no lookup has shown yet (see visibility.Tracker), without azcore's retries.
+func (g *InstanceGroup) lookVisible(ctx context.Context, ids []string) {
 	ctx = policy.WithRetryOptions(ctx, policy.RetryOptions{MaxRetries: -1})
-	var eg errgroup.Group
-	eg.SetLimit(visibilityCheckWorkers)
-	for _, id := range ids {
-		eg.Go(func() error {
-			_, private, public, err := g.describe(ctx, id)
-			if err == nil && private == "" && public == "" {
-				err = g.notReady(id, "its network interface has no address")
-			}
-			if err != nil {
-				g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
-				return nil
-			}
-			g.mu.Lock()
-			if g.visible == nil {
-				g.visible = map[string]bool{}
-			}
-			g.visible[id] = true
-			g.mu.Unlock()
-			return nil
-		})
-	}
-	_ = eg.Wait()
+	g.seen.Check(ctx, ids, func(ctx context.Context, id string) error {
+		_, private, public, err := g.describe(ctx, id)
+		if err == nil && private == "" && public == "" {
+			err = g.notReady(id, "its network interface has no address")
+		}
+		if err != nil {
+			g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
+		}
+		return err
+	})
 }
 
 // Update reports every VM of the scale set. If the listing fails (after the retries) it
@@ -348,7 +304,7 @@ func (g *InstanceGroup) checkVisible(ctx context.Context, ids []string) {
 // provisioning, stopped) are reported as timed out and deleted by the plugin.
 //
 // A VM the listing shows running is reported as creating until the lookups ConnectInfo
-// makes show it running with an address (checkVisible): the listing can be ahead of
+// makes show it running with an address (lookVisible): the listing can be ahead of
 // them, and the host would otherwise connect to it, fail its heartbeats on a lookup
 // that does not find it yet, and replace it, over and over.
 func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.State)) error {
@@ -364,11 +320,11 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 			prov = *vm.Properties.ProvisioningState
 		}
 		states[i] = instanceState(prov, powerState(vm))
-		if states[i] == provider.StateRunning && !g.isVisible(*vm.InstanceID) {
+		if states[i] == provider.StateRunning && !g.seen.Visible(*vm.InstanceID) {
 			unseen = append(unseen, *vm.InstanceID)
 		}
 	}
-	g.checkVisible(ctx, unseen)
+	g.lookVisible(ctx, unseen)
 	var broken []string
 	listed := make(map[string]bool, len(vms))
 	for i, vm := range vms {
@@ -377,7 +333,7 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 		if st == provider.StateTimeout {
 			broken = append(broken, *vm.InstanceID)
 		}
-		if st == provider.StateRunning && !g.isVisible(*vm.InstanceID) {
+		if st == provider.StateRunning && !g.seen.Visible(*vm.InstanceID) {
 			st = provider.StateCreating
 		}
 		fn(*vm.InstanceID, st)
@@ -558,7 +514,7 @@ func (g *InstanceGroup) getVM(ctx context.Context, id string) (armcompute.Virtua
 	res, err := g.vms.Get(ctx, g.ResourceGroupName, g.Name, id, &armcompute.VirtualMachineScaleSetVMsClientGetOptions{Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView)})
 	if err != nil {
 		if isNotFound(err) {
-			if g.isMember(id) {
+			if g.seen.Member(id) {
 				return armcompute.VirtualMachineScaleSetVM{}, g.notReady(id, "getting the VM finds nothing yet")
 			}
 			return armcompute.VirtualMachineScaleSetVM{}, fmt.Errorf("instance %s of scale set %s: %w", id, g.Name, provider.ErrNotFound)
@@ -584,7 +540,7 @@ func (g *InstanceGroup) addresses(ctx context.Context, id string) (private, publ
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			if isNotFound(err) {
-				if g.isMember(id) {
+				if g.seen.Member(id) {
 					return "", "", g.notReady(id, "listing its network interfaces finds nothing yet")
 				}
 				return "", "", fmt.Errorf("network interfaces of instance %s: %w", id, provider.ErrNotFound)
@@ -617,7 +573,7 @@ func (g *InstanceGroup) addresses(ctx context.Context, id string) (private, publ
 	for pp.More() && public == "" {
 		page, err := pp.NextPage(ctx)
 		if err != nil {
-			if isNotFound(err) && g.isMember(id) {
+			if isNotFound(err) && g.seen.Member(id) {
 				return "", "", g.notReady(id, "listing its public IP address finds nothing yet")
 			}
 			return "", "", fmt.Errorf("list public IP addresses of instance %s: %w", id, err)

@@ -37,12 +37,12 @@ import (
 	"cloud.google.com/go/compute/apiv1/computepb"
 	"github.com/googleapis/gax-go/v2"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/api/cloudresourcemanager/v1"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/iterator"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-ci/flotilla/plugins/internal/visibility"
 	"github.com/flotilla-ci/flotilla/sdk/doctor"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -70,14 +70,6 @@ const listPageSize = 500
 
 // deleteBatchSize is the most instances one deleteInstances call names (GCP's limit).
 var deleteBatchSize = 1000
-
-// Bounds on Update's lookups of new instances (see checkVisible): each instance costs
-// one instances.get, once; after a restart of the plugin with a large group the checks
-// spread over several Updates instead of bursting into the read quota.
-const (
-	visibilityChecksPerUpdate = 50
-	visibilityCheckWorkers    = 8
-)
 
 // defaultUsername is the login the ephemeral key is added for when the connector
 // configuration names none: GCP images have no fixed default user, and the guest
@@ -125,9 +117,9 @@ type InstanceGroup struct {
 	// scaling serialises Increase and Decrease: both read and change targetSize.
 	scaling sync.Mutex
 
-	mu      sync.Mutex
-	members map[string]bool // instances of the group at the latest listing
-	visible map[string]bool // members instances.get has shown running with an address
+	// seen: the instances of the group's latest listing, and those instances.get has
+	// shown running with an address.
+	seen visibility.Tracker
 }
 
 // New returns an unconfigured group, as plugin.Main wants it.
@@ -270,63 +262,27 @@ func (g *InstanceGroup) listGroup(ctx context.Context) ([]*computepb.ManagedInst
 		}
 		out = append(out, mi)
 	}
-	members := make(map[string]bool, len(out))
-	for _, mi := range out {
-		members[instanceName(mi)] = true
+	names := make([]string, len(out))
+	for i, mi := range out {
+		names[i] = instanceName(mi)
 	}
-	g.mu.Lock()
-	g.members = members
-	for id := range g.visible {
-		if !members[id] {
-			delete(g.visible, id) // gone: forget it, so the set stays small
-		}
-	}
-	g.mu.Unlock()
+	g.seen.Listed(names)
 	return out, nil
 }
 
-func (g *InstanceGroup) isMember(id string) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.members[id]
-}
-
-func (g *InstanceGroup) isVisible(id string) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.visible[id]
-}
-
-// checkVisible looks up instances the group lists as running but instances.get has not
-// shown yet, and remembers those it now shows running with an internal address. The
-// lookups are not retried (a failed one is repeated by the next Update) and are
-// bounded per call, visibilityCheckWorkers at a time.
-func (g *InstanceGroup) checkVisible(ctx context.Context, ids []string) {
-	if len(ids) > visibilityChecksPerUpdate {
-		ids = ids[:visibilityChecksPerUpdate]
-	}
-	var eg errgroup.Group
-	eg.SetLimit(visibilityCheckWorkers)
-	for _, id := range ids {
-		eg.Go(func() error {
-			in, err := g.getInstance(ctx, id, noRetry)
-			if err == nil && (in.GetStatus() != "RUNNING" || internalIP(in) == "") {
-				err = fmt.Errorf("instances.get shows it %s with address %q", in.GetStatus(), internalIP(in))
-			}
-			if err != nil {
-				g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
-				return nil
-			}
-			g.mu.Lock()
-			if g.visible == nil {
-				g.visible = map[string]bool{}
-			}
-			g.visible[id] = true
-			g.mu.Unlock()
-			return nil
-		})
-	}
-	_ = eg.Wait()
+// lookVisible looks up instances the group lists as running but instances.get has
+// not shown yet (see visibility.Tracker): one instances.get each, not retried.
+func (g *InstanceGroup) lookVisible(ctx context.Context, ids []string) {
+	g.seen.Check(ctx, ids, func(ctx context.Context, id string) error {
+		in, err := g.getInstance(ctx, id, noRetry)
+		if err == nil && (in.GetStatus() != "RUNNING" || internalIP(in) == "") {
+			err = fmt.Errorf("instances.get shows it %s with address %q", in.GetStatus(), internalIP(in))
+		}
+		if err != nil {
+			g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
+		}
+		return err
+	})
 }
 
 // internalIP is the instance's primary internal address, "" if it has none yet.
@@ -351,7 +307,7 @@ func instanceName(mi *computepb.ManagedInstance) string {
 // throttling never makes instances look gone.
 //
 // An instance the group lists as running is reported as creating until instances.get
-// shows it running with an address (checkVisible): the group's view is ahead of the
+// shows it running with an address (lookVisible): the group's view is ahead of the
 // instance's own, and the host would otherwise connect to it, fail its heartbeats on a
 // lookup that does not find it yet, and replace it, over and over.
 func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.State)) error {
@@ -362,11 +318,11 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 	var unseen []string
 	for _, mi := range list {
 		id := instanceName(mi)
-		if state, _ := instanceState(mi.GetCurrentAction(), mi.GetInstanceStatus()); state == provider.StateRunning && !g.isVisible(id) {
+		if state, _ := instanceState(mi.GetCurrentAction(), mi.GetInstanceStatus()); state == provider.StateRunning && !g.seen.Visible(id) {
 			unseen = append(unseen, id)
 		}
 	}
-	g.checkVisible(ctx, unseen)
+	g.lookVisible(ctx, unseen)
 	for _, mi := range list {
 		id := instanceName(mi)
 		state, ok := instanceState(mi.GetCurrentAction(), mi.GetInstanceStatus())
@@ -374,7 +330,7 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 			g.log.Debug("instance state not reported", "instance", id, "current_action", mi.GetCurrentAction(), "instance_status", mi.GetInstanceStatus())
 			continue
 		}
-		if state == provider.StateRunning && !g.isVisible(id) {
+		if state == provider.StateRunning && !g.seen.Visible(id) {
 			state = provider.StateCreating
 		}
 		fn(id, state)
@@ -472,12 +428,10 @@ func (g *InstanceGroup) Decrease(ctx context.Context, ids []string) ([]string, e
 	}
 	g.scaling.Lock()
 	defer g.scaling.Unlock()
-	g.mu.Lock()
 	known := true
 	for _, id := range ids {
-		known = known && g.members[id]
+		known = known && g.seen.Member(id)
 	}
-	g.mu.Unlock()
 	if !known {
 		if _, err := g.listGroup(ctx); err != nil {
 			return nil, err
@@ -485,15 +439,13 @@ func (g *InstanceGroup) Decrease(ctx context.Context, ids []string) ([]string, e
 	}
 	var errs []error
 	var members []string
-	g.mu.Lock()
 	for _, id := range ids {
-		if g.members[id] {
+		if g.seen.Member(id) {
 			members = append(members, id)
 		} else {
 			errs = append(errs, fmt.Errorf("delete %s: not in managed instance group %s: %w", id, g.Name, provider.ErrNotFound))
 		}
 	}
-	g.mu.Unlock()
 	var done []string
 	for start := 0; start < len(members); start += deleteBatchSize {
 		batch := members[start:min(start+deleteBatchSize, len(members))]
@@ -525,11 +477,7 @@ func (g *InstanceGroup) Decrease(ctx context.Context, ids []string) ([]string, e
 			continue
 		}
 		done = append(done, batch...)
-		g.mu.Lock()
-		for _, id := range batch {
-			delete(g.members, id)
-		}
-		g.mu.Unlock()
+		g.seen.Forget(batch)
 	}
 	return done, errors.Join(errs...)
 }
@@ -541,7 +489,7 @@ func (g *InstanceGroup) Decrease(ctx context.Context, ids []string) ([]string, e
 func (g *InstanceGroup) getInstance(ctx context.Context, id string, retry gax.CallOption) (*computepb.Instance, error) {
 	in, err := g.instances.Get(ctx, &computepb.GetInstanceRequest{Project: g.Project, Zone: g.Zone, Instance: id}, retry)
 	if isNotFound(err) {
-		if g.isMember(id) {
+		if g.seen.Member(id) {
 			return nil, fmt.Errorf("instance %s is not ready yet: managed instance group %s lists it, but instances.get does not show it yet: %w",
 				id, g.Name, provider.ErrInstanceUnhealthy)
 		}
