@@ -7,6 +7,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flotilla-ci/flotilla/host/pipelinerun"
 )
 
@@ -54,7 +56,7 @@ func RunWithSignals(ctx context.Context, o Options) (int, error) {
 			return r.code, r.err
 		case s := <-sigs:
 			sig := s.(syscall.Signal)
-			name := signalName(sig)
+			name := unix.SignalName(sig)
 			if sig == syscall.SIGQUIT {
 				if stops > 0 || isClosed(drain) {
 					say("%s: already stopping", name)
@@ -94,18 +96,4 @@ func isClosed(ch chan struct{}) bool {
 // carry it.
 type stopSignal struct{ sig syscall.Signal }
 
-func (e stopSignal) Error() string { return "stopped by " + signalName(e.sig) }
-
-func signalName(sig syscall.Signal) string {
-	switch sig {
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGHUP:
-		return "SIGHUP"
-	case syscall.SIGQUIT:
-		return "SIGQUIT"
-	}
-	return sig.String()
-}
+func (e stopSignal) Error() string { return "stopped by " + unix.SignalName(e.sig) }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // RunWithSignals runs s with the service signals wired (docs/reliability.md, "Signal
@@ -43,10 +45,10 @@ func RunWithSignals(ctx context.Context, s *Service) error {
 				case 1:
 					cancel(errSignal{sig})
 				case 2:
-					s.log.Warn(signalName(sig) + " again: not waiting for the jobs' after_script nor for GitLab to accept their final states; still stopping the pools")
+					s.log.Warn(unix.SignalName(sig.(syscall.Signal)) + " again: not waiting for the jobs' after_script nor for GitLab to accept their final states; still stopping the pools")
 					s.Abort()
 				default:
-					return fmt.Errorf("%s a third time: stopped at once; instances may be left (the next `runner run` adopts them)", signalName(sig))
+					return fmt.Errorf("%s a third time: stopped at once; instances may be left (the next `runner run` adopts them)", unix.SignalName(sig.(syscall.Signal)))
 				}
 			}
 		}
@@ -55,20 +57,4 @@ func RunWithSignals(ctx context.Context, s *Service) error {
 
 type errSignal struct{ sig os.Signal }
 
-func (e errSignal) Error() string { return "received " + signalName(e.sig) }
-
-// signalName is the signal's conventional name ("SIGTERM"), which is how users and
-// docs name it; os.Signal's String is a description ("terminated").
-func signalName(sig os.Signal) string {
-	switch sig {
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGHUP:
-		return "SIGHUP"
-	case syscall.SIGQUIT:
-		return "SIGQUIT"
-	}
-	return sig.String()
-}
+func (e errSignal) Error() string { return "received " + unix.SignalName(e.sig.(syscall.Signal)) }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // execRun is one `runner exec` of a pipeline in a fresh project and state directory.
@@ -314,7 +316,7 @@ b:
 func TestLocalDemoSignals(t *testing.T) {
 	bin := runnerBinary(t)
 	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTERM} {
-		t.Run(signalName(sig), func(t *testing.T) {
+		t.Run(unix.SignalName(sig), func(t *testing.T) {
 			skipIfIgnored(t, sig)
 			root := filepath.Join(t.TempDir(), "root")
 			p := startRunner(t, bin, t.TempDir(), nil, nil, "local", "demo", "-n", "1", "--command", "sleep 600", "--root-dir", root)
@@ -326,8 +328,4 @@ func TestLocalDemoSignals(t *testing.T) {
 			p.assertNothingLeft(root)
 		})
 	}
-}
-
-func signalName(sig syscall.Signal) string {
-	return map[syscall.Signal]string{syscall.SIGHUP: "SIGHUP", syscall.SIGQUIT: "SIGQUIT", syscall.SIGTERM: "SIGTERM"}[sig]
 }
