@@ -74,38 +74,6 @@ func TestVersionAndCommandsWithoutHandshake(t *testing.T) {
 	}
 }
 
-func TestSIGTERMRunsShutdownThenExitsZero(t *testing.T) {
-	bin := conformance.Build(t, testPlugin)
-	marker := filepath.Join(t.TempDir(), "marker")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
-		fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// The handshake line says the plugin is serving: "core|app|network|address|protocol".
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || !strings.Contains(line, "|grpc") {
-		t.Fatalf("handshake line %q, %v", line, err)
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("after SIGTERM the plugin exited with %v; want status 0", err)
-	}
-	data, _ := os.ReadFile(marker)
-	if strings.Count(string(data), "shutdown") != 1 {
-		t.Fatalf("marker file %q: want Shutdown called exactly once", data)
-	}
-}
-
 // cfg is a plugin configuration for DecodeConfig's tests.
 type cfg struct {
 	provider.InstanceGroup                   // an embedded interface is no configuration
@@ -197,8 +165,7 @@ func TestPluginExitsWhenItsHostDies(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "marker")
 	// The "host" is a shell that starts the plugin, prints its PID, and waits.
 	host := exec.Command("sh", "-c", `"$0" & echo "pid $!"; read wait`, bin)
-	host.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
-		fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker)
+	host.Env = pluginEnv(marker)
 	stdin, err := host.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -295,9 +262,7 @@ func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
 			if tt.shell {
 				cmd = exec.CommandContext(ctx, "sh", "-c", `"$0"; exit $?`, bin)
 			}
-			cmd.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
-				fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker,
-				fmt.Sprintf("%s=%d", plugin.HostPIDEnv, tt.host(t)))
+			cmd.Env = pluginEnv(marker, fmt.Sprintf("%s=%d", plugin.HostPIDEnv, tt.host(t)))
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -329,4 +294,11 @@ func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pluginEnv is the environment of the test plugin started as its host would: the
+// go-plugin handshake, the marker file its Shutdown writes to, and extra.
+func pluginEnv(marker string, extra ...string) []string {
+	return append(append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
+		fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker), extra...)
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
-	"github.com/flotilla-ci/flotilla/sdk/internal/wire"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -151,8 +150,7 @@ func TestSignalWithoutAHostShutsDown(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, bin)
-			cmd.Env = append(os.Environ(), wire.Handshake.MagicCookieKey+"="+wire.Handshake.MagicCookieValue,
-				fmt.Sprintf("PLUGIN_PROTOCOL_VERSIONS=%d", wire.ProtocolVersion), "TESTPLUGIN_MARKER="+marker)
+			cmd.Env = pluginEnv(marker)
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
