@@ -206,6 +206,9 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 			logger.Info("cgroup v2 is not usable: an instance's processes are known by its server's session, and one that leaves the session (setsid) escapes deletion", "error", err)
 		} else {
 			g.cgroupParent = parent
+			if gone := sweepAbandonedCgroups(parent, time.Now()); len(gone) > 0 {
+				logger.Info("removed the empty cgroups of root_dirs no plugin uses any more", "cgroups", gone)
+			}
 		}
 	}
 	g.cleanStaleCreations()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -394,4 +395,63 @@ func TestVanishedInstancesProcessesEnd(t *testing.T) {
 	waitCount(t, "the vanished instance's job processes", 0, func() []int { return marked(mark) })
 	waitCount(t, "the vanished instance's servers", 0, func() []int { return serversOf(dir) })
 	assertCgroupGone(t, cg)
+}
+
+// TestAbandonedCgroupsAreSwept: a root_dir removed while its instances lived leaves the
+// empty cgroups of those instances, and no plugin for that root_dir comes back to
+// remove them. A plugin starting beside them removes the groups that are empty and
+// old; it leaves a fresh one (a plugin may be about to move a server in) and one that
+// holds a process.
+func TestAbandonedCgroupsAreSwept(t *testing.T) {
+	cgroupsUsable(t)
+	mine, err := cgroupParentFor(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer removeCgroup(mine)
+	old := time.Now().Add(-2 * abandonedCgroupAge)
+	group := func(t *testing.T, age time.Time) string {
+		cg, err := cgroupParentFor(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { killCgroup(cg); removeCgroup(cg) })
+		inst := filepath.Join(cg, "local-"+strings.ToLower(rand.Text()[:12]))
+		if err := ensureCgroup(inst); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{inst, cg} {
+			if err := os.Chtimes(d, age, age); err != nil {
+				t.Skipf("cannot age a cgroup here: %v", err)
+			}
+		}
+		return inst
+	}
+	abandoned := group(t, old)
+	fresh := group(t, time.Now())
+	busy := group(t, old)
+	sleeper := exec.Command("sleep", "1000")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
+	if err := os.WriteFile(filepath.Join(busy, "cgroup.procs"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(busy, old, old); err != nil {
+		t.Fatal(err)
+	}
+
+	removed := sweepAbandonedCgroups(mine, time.Now())
+	if !slices.Contains(removed, filepath.Base(filepath.Dir(abandoned))) {
+		t.Errorf("removed %v; want the abandoned group %s among them", removed, filepath.Dir(abandoned))
+	}
+	if _, err := os.Stat(filepath.Dir(abandoned)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the abandoned group is still there: %v", err)
+	}
+	for _, kept := range []string{fresh, busy, mine} {
+		if _, err := os.Stat(kept); err != nil {
+			t.Errorf("%s was removed: %v", kept, err)
+		}
+	}
 }

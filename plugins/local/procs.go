@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -142,6 +143,42 @@ func cgroupGroupName(root string) string {
 	h := fnv.New64a()
 	h.Write([]byte(root))
 	return fmt.Sprintf("flotilla-local-%016x", h.Sum64())
+}
+
+// abandonedCgroupAge is how long the cgroups of another root_dir must have been left
+// untouched, and empty, before a plugin removes them: long enough that no plugin is
+// between creating one and moving an instance server into it.
+const abandonedCgroupAge = 10 * time.Minute
+
+// sweepAbandonedCgroups removes the groups of other root_dirs beside parent (this
+// plugin's group) that hold no process and whose cgroups are all older than
+// abandonedCgroupAge. Such a group is left when a root_dir is removed while its
+// instances lived (a test's temporary directory, say): their servers exit, and no
+// plugin for that root_dir starts again to remove their empty cgroups. A live
+// plugin's group is never touched: it holds its instance servers' processes.
+func sweepAbandonedCgroups(parent string, now time.Time) (removed []string) {
+	dir := filepath.Dir(parent)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		cg := filepath.Join(dir, e.Name())
+		if !e.IsDir() || cg == parent || !strings.HasPrefix(e.Name(), "flotilla-local-") || !cgroupEmpty(cg) {
+			continue
+		}
+		fresh := false
+		_ = filepath.WalkDir(cg, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				if fi, err := d.Info(); err != nil || now.Sub(fi.ModTime()) < abandonedCgroupAge {
+					fresh = true
+					return filepath.SkipAll
+				}
+			}
+			return nil
+		})
+		if !fresh && removeCgroup(cg) == nil {
+			removed = append(removed, e.Name())
+		}
+	}
+	return removed
 }
 
 // instanceCgroup returns the cgroup recorded for the instance in dir, or "" if none
