@@ -35,12 +35,35 @@ test-go: ## Run the Go tests only (starts dockerd for the Docker tests when it c
 	@scripts/test-services.sh
 	$(GO) test $(TEST_FLAGS) ./...
 
+# The chaos suite (plugins/internal/chaos): 50 seeded trials per plugin × fault, the table
+# written into docs/reliability.md. The test binary runs directly, so progress and failed
+# trials show as they come. CHAOS_SEED=n replays a run; CHAOS_FLAGS adds flags (e.g.
+# -chaos.parallel=4, -chaos.trials=5). `make test` runs its short mode.
+.PHONY: chaos
+chaos: ## Run the chaos suite (50 trials per plugin × fault) and write its table into docs/reliability.md
+	$(GO) test -c -o $(BIN)/chaos.test ./plugins/internal/chaos
+	@status=0; $(BIN)/chaos.test -test.count=1 -test.timeout=120m -test.run '^TestChaos$$' \
+	  -chaos.full -chaos.report=$(CURDIR)/docs/reliability.md $(if $(CHAOS_SEED),-chaos.seed=$(CHAOS_SEED)) $(CHAOS_FLAGS) || status=$$?; \
+	  sed -n '/<!-- chaos:begin -->/,/<!-- chaos:end -->/p' docs/reliability.md; exit $$status
+
+# Every fuzz target, one after the other, FUZZTIME each (go test runs one -fuzz target
+# per package at a time). New crashers land in the package's testdata/fuzz/ and then
+# fail `make test` until fixed.
+FUZZTIME ?= 1m
+FUZZ_TARGETS := ./host/config:FuzzLoad ./host/jobs/pipeline:FuzzParse ./host/state:FuzzOpenState \
+	./host/plugins:FuzzParseReference ./sdk/internal/wire:FuzzDecodeResponses
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 1m; issue-grade runs use FUZZTIME=10m)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; done
+
 # Benchmarks that replay a whole scenario per iteration (cloud ramps, trace replays)
 # run once; the rest take 100 samples, enough for their p50/p99 figures.
 SCENARIO_BENCH_PKGS := ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench
 BENCH_PKGS = $(filter-out $(SCENARIO_BENCH_PKGS:./%=github.com/flotilla-ci/flotilla/%),$(shell $(GO) list ./...))
 
-bench: ## Run the benchmarks (B1-B7 of the reference) and print their reports into bench.out
+bench: ## Run the benchmarks (B1-B7 of the README's performance table) and print their reports into bench.out
 	set -o pipefail; { $(GO) test -run '^$$' -bench . -benchmem -benchtime 100x $(BENCH_FLAGS) $(BENCH_PKGS) && \
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 1x $(BENCH_FLAGS) $(wildcard $(SCENARIO_BENCH_PKGS)); } 2>&1 | tee bench.out
 
