@@ -65,7 +65,7 @@ func allStopped(t *testing.T, pid int) bool {
 // it does next: how long it did not answer (the time since the first health check it
 // left unanswered) is at least hangTimeout.
 func saysHung(pid int, next string) *regexp.Regexp {
-	return regexp.MustCompile(fmt.Sprintf(`plugin testplugin did not answer for %s[0-9.]*s \(pid %d, state: stopped\); killed it; %s`,
+	return regexp.MustCompile(fmt.Sprintf(`plugin testplugin did not answer for %s[0-9.]*s \(pid %d, state: stopped\); kill(ed|ing) it; %s`,
 		strconv.Itoa(int(hangTimeout.Seconds())), pid, next))
 }
 

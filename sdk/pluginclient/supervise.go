@@ -117,6 +117,7 @@ type Supervised struct {
 	stopping bool          // Shutdown or Kill was called
 	changed  chan struct{} // closed and replaced when cur, down or stopping change
 	health   health
+	killed   killed // the last process killed for hanging
 }
 
 // health tracks the health checks of the current plugin process.
@@ -297,16 +298,27 @@ func (s *Supervised) hung(p *Plugin, silent time.Duration) {
 		return // it exited meanwhile: the ordinary exit path takes over
 	}
 	what := fmt.Sprintf("did not answer for %s (pid %d, state: %s)", round(silent), p.Pid(), processState(p.Pid()))
-	p.sigkill()
+	// Recorded before the kill: a call in flight fails the moment the process dies, and
+	// its exit must be reported as this kill, not as a death of unknown cause.
 	s.mu.Lock()
 	stopping := s.stopping
+	s.killed = killed{p: p, why: what}
 	s.mu.Unlock()
 	if stopping {
-		s.log.Error(fmt.Sprintf("plugin %s %s; killed it; not relaunched: the plugin is being stopped", s.name, what),
+		// Logged before the kill: the call waiting on the plugin returns as soon as it dies.
+		s.log.Error(fmt.Sprintf("plugin %s %s; killing it; not relaunched: the plugin is being stopped", s.name, what),
 			"plugin", s.name, "pid", p.Pid())
+		p.sigkill()
 		return
 	}
+	p.sigkill()
 	s.exited(p, what)
+}
+
+// killed is the plugin process the supervisor killed for hanging, and why.
+type killed struct {
+	p   *Plugin
+	why string
 }
 
 // exited records that p has exited, if it is the current plugin, and schedules its
@@ -316,6 +328,9 @@ func (s *Supervised) exited(p *Plugin, hung string) {
 	if s.cur != p || s.stopping {
 		s.mu.Unlock()
 		return
+	}
+	if hung == "" && s.killed.p == p {
+		hung = s.killed.why // a call noticed the death of the process killed for hanging
 	}
 	now := time.Now()
 	if now.Sub(s.since) >= s.opts.StableAfter {
