@@ -2,8 +2,10 @@ package chaos
 
 import (
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +41,7 @@ func TestChaos(t *testing.T) {
 	if bins.err != nil {
 		t.Fatal(bins.err)
 	}
+	consultSources(t)
 	sl := slots{active: make(chan struct{}, settings.parallel), idle: make(chan struct{}, 7*settings.parallel),
 		slow: make(chan struct{}, 5*settings.parallel)}
 	start := time.Now()
@@ -167,4 +170,31 @@ func (p *progressLog) done(r *result) {
 		p.lastPct = pct
 		fmt.Fprintf(os.Stderr, "chaos: %d of %d trials, %d with findings, %s\n", p.n, p.total, p.failed, time.Since(p.start).Round(time.Second))
 	}
+}
+
+// consultSources stats every Go source and module file of the repository. The suite
+// tests binaries it builds with the go command, which go test's result cache cannot
+// see; the files a test consults are part of the cache key, so consulting the sources
+// makes any change to them run the suite again instead of reusing a stale "ok".
+func consultSources(t *testing.T) {
+	root := filepath.Join("..", "..", "..")
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("the repository root is not %s: %v", root, err)
+	}
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "bin") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" {
+			_, _ = os.Stat(path)
+		}
+		return nil
+	})
 }
