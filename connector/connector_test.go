@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -267,6 +268,35 @@ func TestDialGivesUpAtTimeoutOrCancel(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDialNamesTheCauseNotTheCut: when the time runs out in the middle of an attempt,
+// that attempt's error ("i/o timeout") says only that it was cut short; the error names
+// what the attempts before it found.
+func TestDialNamesTheCauseNotTheCut(t *testing.T) {
+	t.Parallel()
+	key, _ := sshdtest.GenerateKey(t, sshdtest.ED25519, sshdtest.OpenSSH)
+	info := provider.ConnectInfo{ID: "booting", InternalAddr: "127.0.0.1:22",
+		ConnectorConfig: provider.ConnectorConfig{Username: "ci", Key: key, Timeout: 300 * time.Millisecond}}
+	var attempts atomic.Int32
+	o := opts()
+	o.DialFn = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if attempts.Add(1) <= 2 {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+		}
+		var d net.Dialer // the third attempt hangs (a SYN nobody answers) until the deadline
+		<-ctx.Done()
+		return d.DialContext(ctx, network, addr)
+	}
+	_, err := connector.Dial(context.Background(), info, o)
+	if err == nil {
+		t.Fatal("dial succeeded")
+	}
+	for _, want := range []string{"after 3 attempts", "connection refused", "connector_config timeout 300ms"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
 	}
 }
 

@@ -127,6 +127,8 @@ func DialSSH(ctx context.Context, info provider.ConnectInfo, opts DialOptions) (
 	}
 	log := opts.logger().With("instance", info.ID, "addr", addr)
 	backoff := minB
+	var prev error // the last attempt's error, before the one in progress
+	var prevStage Stage
 	for attempt := 1; ; attempt++ {
 		e.Attempts = attempt
 		authStarted = false
@@ -149,10 +151,17 @@ func DialSSH(ctx context.Context, info provider.ConnectInfo, opts DialOptions) (
 		}
 		if !retriable(stage, err) || ctx.Err() != nil {
 			if ctx.Err() != nil && (stage == StageTCP || stage == StageHandshake) {
+				if prev != nil && cutShort(err) {
+					// The budget ran out in the middle of this attempt: its "i/o
+					// timeout" says nothing; the attempt before says why SSH is not
+					// reachable ("connection refused").
+					stage, err = prevStage, prev
+				}
 				err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
 			}
 			return fail(stage, err)
 		}
+		prev, prevStage = err, stage
 		wait := backoff/2 + rand.N(backoff/2+1) // jitter: spread retries of many hosts
 		backoff = min(2*backoff, maxB)
 		if opts.OnRetry != nil {
@@ -167,6 +176,13 @@ func DialSSH(ctx context.Context, info provider.ConnectInfo, opts DialOptions) (
 		case <-t.C:
 		}
 	}
+}
+
+// cutShort reports whether err only says that an attempt was cut short by its
+// context (a deadline, a cancellation), not what it found.
+func cutShort(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // dialOnce makes one attempt and reports the stage it reached.
