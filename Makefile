@@ -104,7 +104,7 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^sdk/internal/pb/')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
 
-check-deps: ## Enforce package boundaries (sdk imports nothing of ours; host links no cloud SDK)
+check-deps: ## Enforce package boundaries (sdk imports nothing of ours; host links no cloud SDK and no test code; plugins stay apart)
 	@scripts/check-deps.sh
 
 clean:

@@ -1,26 +1,56 @@
 #!/usr/bin/env bash
-# Enforces the package boundaries of ARCHITECTURE.md:
+# Enforces the package boundaries (README, "Layout"), for every package there is
+# now or will be (no plugin is named here, so a new one is covered):
 #   - sdk/ imports no other package of this module;
-#   - host/ never imports plugins/<cloud>, and the runner binary links no cloud SDK;
-#   - a plugin never imports host/.
+#   - host/ imports, of plugins/, only the embedded default plugins/local;
+#   - a plugin (plugins/<name>) never imports host/ nor another plugin; what plugins
+#     share lives in plugins/internal/;
+#   - the runner binary links no cloud SDK, and no package of this module in it imports
+#     testing (test helpers live in *test packages, as net/http/httptest does).
 set -euo pipefail
 mod=github.com/flotilla-ci/flotilla
 fail=0
+say() { echo "boundary: $*"; fail=1; }
+
+# plugin_of prints the plugin a package belongs to (plugins/<name>), or nothing.
+plugin_of() {
+  local rest=${1#"$mod/plugins/"}
+  [ "$rest" != "$1" ] || return 0
+  local name=${rest%%/*}
+  [ "$name" = internal ] || echo "$name"
+}
+
 while read -r pkg imports; do
+  own=$(plugin_of "$pkg")
   for imp in $imports; do
+    [[ $imp == $mod/* ]] || continue
     case "$pkg" in
       $mod/sdk|$mod/sdk/*)
-        [[ $imp == $mod/* && $imp != $mod/sdk/* ]] && { echo "boundary: $pkg imports $imp (sdk/ must import nothing else of the repo)"; fail=1; } ;;
+        [[ $imp != $mod/sdk/* ]] && say "$pkg imports $imp (sdk/ must import nothing else of the repo)" ;;
       $mod/host/*)
-        [[ $imp =~ ^$mod/plugins/(aws|googlecloud|azure|nesting)(/|$) ]] && { echo "boundary: $pkg imports $imp (host/ must not link a cloud plugin)"; fail=1; } ;;
+        if [[ $imp == $mod/plugins/* && $imp != $mod/plugins/local && $imp != $mod/plugins/local/* ]]; then
+          say "$pkg imports $imp (host/ links only the embedded plugins/local)"
+        fi ;;
       $mod/plugins/*)
-        [[ $imp == $mod/host/* ]] && { echo "boundary: $pkg imports $imp (a plugin must not import host/)"; fail=1; } ;;
+        [[ $imp == $mod/host/* ]] && say "$pkg imports $imp (a plugin must not import host/)"
+        other=$(plugin_of "$imp")
+        if [ -n "$own" ] && [ -n "$other" ] && [ "$other" != "$own" ]; then
+          say "$pkg imports $imp (a plugin must not import another plugin; share code in plugins/internal/)"
+        fi ;;
     esac
   done
 done < <(go list -f '{{.ImportPath}} {{join .Imports " "}} {{join .TestImports " "}}' ./...)
+
 if go list ./host/cmd/runner >/dev/null 2>&1; then
   clouds=$(go list -deps ./host/cmd/runner | grep -E '^(github.com/aws/aws-sdk-go-v2|cloud.google.com/go|github.com/Azure/azure-sdk-for-go)' || true)
-  [ -z "$clouds" ] || { echo "boundary: the runner binary links cloud SDKs:"; echo "$clouds"; fail=1; }
+  [ -z "$clouds" ] || say "the runner binary links cloud SDKs:
+$clouds"
+  # Third-party packages may import testing (go-plugin does, for its own test
+  # helpers, which the linker drops); ours must not.
+  testers=$(go list -deps -f '{{.ImportPath}} {{join .Imports " "}}' ./host/cmd/runner |
+    awk -v mod="$mod/" 'index($1, mod) == 1 { for (i = 2; i <= NF; i++) if ($i == "testing") print $1 }')
+  [ -z "$testers" ] || say "the runner binary links test code: these packages import testing (move it to a *test package):
+$testers"
 fi
 [ $fail -eq 0 ] && echo "check-deps: boundaries hold"
 exit $fail

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 )
 
 // TestConformance builds this plugin and runs the conformance kit against the binary,
@@ -26,8 +27,8 @@ func TestConformance(t *testing.T) {
 		}
 	}()
 	dir := t.TempDir()
-	conformance.Run(t, conformance.Config{
-		Binary:       conformance.Build(t, "."),
+	conformancetest.Run(t, conformance.Config{
+		Binary:       conformancetest.Build(t, "."),
 		PluginConfig: json.RawMessage(fmt.Sprintf(`{"dir": %q, "address": %q}`, dir, ln.Addr())),
 		L1:           true,
 		// Two problems at once: a value of the wrong type and a misspelt key.

@@ -18,6 +18,7 @@ import (
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/awsfake"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -65,7 +66,7 @@ func TestConformance(t *testing.T) {
 	}
 	env := awsfake.Start(t, awsfake.EnvOptions{SSH: true})
 	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
-		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-aws"),
+		Binary:        conformancetest.Build(t, "./cmd/fleeting-plugin-aws"),
 		PluginConfig:  env.PluginConfig,
 		Connector:     provider.ConnectorConfig{Username: "ec2-user"},
 		L1:            true,

@@ -21,6 +21,7 @@ import (
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/azurefake"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -73,7 +74,7 @@ func TestConformance(t *testing.T) {
 	}
 	env := azurefake.Start(t, azurefake.EnvOptions{SSH: true})
 	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
-		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-azure"),
+		Binary:        conformancetest.Build(t, "./cmd/fleeting-plugin-azure"),
 		PluginConfig:  env.PluginConfig,
 		Connector:     static,
 		L1:            true,

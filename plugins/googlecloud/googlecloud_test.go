@@ -18,6 +18,7 @@ import (
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/gcpfake"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -76,7 +77,7 @@ func TestConformance(t *testing.T) {
 	m["max_size"] = 4 // small enough for the kit's L1.max-size clause
 	env.PluginConfig, _ = json.Marshal(m)
 	cloudtest.RunConformance(t, env.Cloud, env.Group, conformance.Config{
-		Binary:        conformance.Build(t, "./cmd/fleeting-plugin-googlecloud"),
+		Binary:        conformancetest.Build(t, "./cmd/fleeting-plugin-googlecloud"),
 		PluginConfig:  env.PluginConfig,
 		Connector:     provider.ConnectorConfig{Username: "runner"},
 		L1:            true,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -36,7 +37,7 @@ func TestConformance(t *testing.T) {
 	}{
 		{name: "in process"},
 		{name: "standalone binary", binary: func(t *testing.T) (string, []string) {
-			return conformance.Build(t, "./cmd/fleeting-plugin-local"), nil
+			return conformancetest.Build(t, "./cmd/fleeting-plugin-local"), nil
 		}},
 		{name: "embedded", binary: func(t *testing.T) (string, []string) {
 			self := selfCommand(t)
@@ -54,7 +55,7 @@ func TestConformance(t *testing.T) {
 				self := selfCommand(t)
 				kit.New = func() provider.InstanceGroup { return New(self) }
 			}
-			conformance.Run(t, kit)
+			conformancetest.Run(t, kit)
 		})
 	}
 }

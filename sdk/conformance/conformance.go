@@ -10,8 +10,10 @@
 //
 // The kit runs a plugin in one of two modes: in process over real gRPC (Config.New), or
 // as a built binary launched exactly as the host launches it (Config.Binary). Check runs
-// the clauses and returns a Report, which is what `runner plugin check` prints; Run is
-// the thin wrapper for `go test` that makes each clause a subtest named by its ID.
+// the clauses and returns a Report, which is what `runner plugin check` prints. The
+// package does not import testing, so a binary that checks plugins links no test code;
+// conformancetest.Run is the thin wrapper for `go test` that makes each clause a
+// subtest named by its ID.
 package conformance
 
 import (
@@ -22,7 +24,6 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -186,13 +187,19 @@ func (r Report) WriteText(w io.Writer) error {
 	return err
 }
 
-func summary(id string) string {
+// Lookup returns the clause with the given ID.
+func Lookup(id string) (Clause, bool) {
 	for _, c := range Clauses {
 		if c.ID == id {
-			return c.Summary
+			return c, true
 		}
 	}
-	return ""
+	return Clause{}, false
+}
+
+func summary(id string) string {
+	c, _ := Lookup(id)
+	return c.Summary
 }
 
 func (cfg *Config) defaults() error {
@@ -246,26 +253,4 @@ func Check(ctx context.Context, cfg Config) (Report, error) {
 		rep.Results = append(rep.Results, res)
 	}
 	return rep, nil
-}
-
-// Run checks the plugin cfg names as part of a Go test: each clause is a subtest named
-// by its ID, failing, skipped (with the reason) or passing as Check found it.
-func Run(t *testing.T, cfg Config) {
-	t.Helper()
-	rep, err := Check(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, res := range rep.Results {
-		t.Run(res.Clause, func(t *testing.T) {
-			switch res.Status {
-			case Fail:
-				t.Errorf("%s: %s\n%s", res.Clause, summary(res.Clause), res.Detail)
-			case Skip:
-				t.Skip(res.Detail)
-			default:
-				t.Logf("%s (%s)", res.Detail, res.Elapsed.Round(time.Millisecond))
-			}
-		})
-	}
 }

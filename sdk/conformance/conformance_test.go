@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/fake"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -233,7 +234,7 @@ func TestKitOnFaultInjectedFakes(t *testing.T) {
 
 func TestRunMapsClausesToSubtests(t *testing.T) {
 	g := fake.New(fake.Options{MaxSize: 4})
-	conformance.Run(t, conformance.Config{New: func() provider.InstanceGroup { return g }, L1: true,
+	conformancetest.Run(t, conformance.Config{New: func() provider.InstanceGroup { return g }, L1: true,
 		Timeout: 20 * time.Second, PollInterval: 5 * time.Millisecond, Dial: parseAddr})
 	if left := g.Instances(); len(left) != 0 {
 		t.Fatalf("the kit left instances behind: %v", left)
@@ -275,8 +276,8 @@ func listen(t *testing.T) string {
 const testPlugin = "github.com/flotilla-ci/flotilla/sdk/conformance/testdata/testplugin"
 
 func TestKitOnBinaries(t *testing.T) {
-	minimal := conformance.Build(t, "github.com/flotilla-ci/flotilla/examples/minimal-plugin")
-	broken := conformance.Build(t, testPlugin)
+	minimal := conformancetest.Build(t, "github.com/flotilla-ci/flotilla/examples/minimal-plugin")
+	broken := conformancetest.Build(t, testPlugin)
 	addr := listen(t)
 	tests := []struct {
 		name    string

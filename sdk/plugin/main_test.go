@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/internal/wire"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -24,7 +24,7 @@ import (
 const testPlugin = "github.com/flotilla-ci/flotilla/sdk/conformance/testdata/testplugin"
 
 func TestVersionAndCommandsWithoutHandshake(t *testing.T) {
-	bin := conformance.Build(t, testPlugin)
+	bin := conformancetest.Build(t, testPlugin)
 	tests := []struct {
 		args     []string
 		wantCode int
@@ -161,7 +161,7 @@ func TestDecodeConfig(t *testing.T) {
 // OOM kill would: the orphaned plugin must run its Shutdown and exit by itself rather
 // than hold its resources forever.
 func TestPluginExitsWhenItsHostDies(t *testing.T) {
-	bin := conformance.Build(t, testPlugin)
+	bin := conformancetest.Build(t, testPlugin)
 	marker := filepath.Join(t.TempDir(), "marker")
 	// The "host" is a shell that starts the plugin, prints its PID, and waits.
 	host := exec.Command("sh", "-c", `"$0" & echo "pid $!"; read wait`, bin)
@@ -214,7 +214,7 @@ func TestPluginExitsWhenItsHostDies(t *testing.T) {
 // parent, or an ancestor (the plugin started through a wrapper that does not exec),
 // is served.
 func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
-	bin := conformance.Build(t, testPlugin)
+	bin := conformancetest.Build(t, testPlugin)
 	gone := func(t *testing.T) int {
 		dead := exec.Command("true")
 		if err := dead.Run(); err != nil {

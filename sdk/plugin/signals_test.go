@@ -17,7 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -59,7 +59,7 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 // delete its instances, and end only when the host is done with it, or after the grace
 // period.
 func TestSignalWhileTheHostIsAliveKeepsServing(t *testing.T) {
-	bin := conformance.Build(t, testPlugin)
+	bin := conformancetest.Build(t, testPlugin)
 	tests := []struct {
 		name   string
 		signal syscall.Signal
@@ -143,7 +143,7 @@ func TestSignalWhileTheHostIsAliveKeepsServing(t *testing.T) {
 // TestSignalWithoutAHostShutsDown sends each signal to a plugin no host has
 // initialised (a person ran it by hand): it runs Shutdown and exits 0.
 func TestSignalWithoutAHostShutsDown(t *testing.T) {
-	bin := conformance.Build(t, testPlugin)
+	bin := conformancetest.Build(t, testPlugin)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			marker := filepath.Join(t.TempDir(), "marker")

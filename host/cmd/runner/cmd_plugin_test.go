@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 )
 
 func TestPluginCheck(t *testing.T) {
-	minimal := conformance.Build(t, "github.com/flotilla-ci/flotilla/examples/minimal-plugin")
-	broken := conformance.Build(t, "github.com/flotilla-ci/flotilla/sdk/conformance/testdata/testplugin")
+	minimal := conformancetest.Build(t, "github.com/flotilla-ci/flotilla/examples/minimal-plugin")
+	broken := conformancetest.Build(t, "github.com/flotilla-ci/flotilla/sdk/conformance/testdata/testplugin")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +91,7 @@ func TestPluginCheck(t *testing.T) {
 }
 
 func TestPluginCheckJSONAndErrors(t *testing.T) {
-	minimal := conformance.Build(t, "github.com/flotilla-ci/flotilla/examples/minimal-plugin")
+	minimal := conformancetest.Build(t, "github.com/flotilla-ci/flotilla/examples/minimal-plugin")
 	dir := t.TempDir()
 	var out bytes.Buffer
 	if err := runPluginCheck(t.Context(), &out, minimal, pluginCheckOptions{json: true, timeout: 20 * time.Second}); err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 )
 
 // ExecJob describes a `runner exec` run through a cloud plugin.
@@ -60,8 +61,8 @@ func RunnerExecJob(t *testing.T, j ExecJob) {
 	if testing.Short() {
 		t.Skip("builds the runner and the plugin")
 	}
-	pluginBin := conformance.Build(t, j.PluginPkg)
-	runnerBin := conformance.Build(t, "github.com/flotilla-ci/flotilla/host/cmd/runner")
+	pluginBin := conformancetest.Build(t, j.PluginPkg)
+	runnerBin := conformancetest.Build(t, "github.com/flotilla-ci/flotilla/host/cmd/runner")
 
 	dir := t.TempDir()
 	project := filepath.Join(dir, "project")
@@ -143,7 +144,7 @@ func RunConformance(t *testing.T, cloud *cloudsim.Cloud, group string, cfg confo
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 20 * time.Millisecond
 	}
-	conformance.Run(t, cfg)
+	conformancetest.Run(t, cfg)
 	if err := cloud.Check(); err != nil {
 		t.Errorf("cloud accounting after the kit: %v", err)
 	}

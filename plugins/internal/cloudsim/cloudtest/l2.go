@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance"
+	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -53,8 +54,8 @@ func RunL2(t *testing.T, l L2) {
 	}
 	external := os.Getenv(l.Prefix+"_EXTERNAL") == "1"
 	raw, _ := json.Marshal(l.PluginConfig)
-	conformance.Run(t, conformance.Config{
-		Binary:       conformance.Build(t, l.PluginPkg),
+	conformancetest.Run(t, conformance.Config{
+		Binary:       conformancetest.Build(t, l.PluginPkg),
 		PluginConfig: raw,
 		Connector:    cc,
 		L1:           true,
