@@ -22,11 +22,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/api/types/volume"
-	"github.com/docker/docker/client"
-	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/host/executors"
@@ -78,12 +76,12 @@ func NewClient(tunnel Tunnel, host string) (*client.Client, error) {
 	if host != "" {
 		fallback = "docker -H " + host + " system dial-stdio"
 	}
-	return client.NewClientWithOpts(
+	// The client negotiates the API version with the daemon on its first request.
+	return client.New(
 		client.WithHost(TunnelHost),
 		client.WithDialContext(func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return tunnel.DialUnix(ctx, socket, fallback)
 		}),
-		client.WithAPIVersionNegotiation(),
 	)
 }
 
@@ -133,7 +131,7 @@ func sanitize(s string) string {
 // Prepare checks the daemon, the image (allow-list and pull policy), creates the builds
 // volume and copies the source into it.
 func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
-	if _, err := e.docker.Ping(ctx); err != nil {
+	if _, err := e.docker.Ping(ctx, client.PingOptions{}); err != nil {
 		return fmt.Errorf("reach Docker on the instance: %w", err)
 	}
 	if err := imageAllowed(e.image, e.opts.AllowedImages); err != nil {
@@ -149,7 +147,7 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if err := e.startServices(ctx, policies, log); err != nil {
 		return err
 	}
-	if _, err := e.docker.VolumeCreate(ctx, volume.CreateOptions{Name: e.volume, Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
+	if _, err := e.docker.VolumeCreate(ctx, client.VolumeCreateOptions{Name: e.volume, Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
 		return fmt.Errorf("create builds volume: %w", err)
 	}
 	fmt.Fprintf(log, "Using image %s with builds volume %s\n", e.image, e.volume)
@@ -179,7 +177,7 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 		pw.CloseWithError(emptyDirTar(pw, path.Base(e.paths.ProjectDir)))
 	}()
 	defer pr.Close()
-	if err := e.docker.CopyToContainer(ctx, id, e.paths.BuildsDir, pr, container.CopyToContainerOptions{}); err != nil {
+	if _, err := e.docker.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: e.paths.BuildsDir, Content: pr}); err != nil {
 		return fmt.Errorf("copy the source into the builds volume: %w", err)
 	}
 	return nil
@@ -199,7 +197,7 @@ func (e *Env) ensureImage(ctx context.Context, img string, policies []string, lo
 			}
 		}
 		fmt.Fprintf(log, "Pulling image %s ...\n", img)
-		rc, err := e.docker.ImagePull(ctx, img, image.PullOptions{})
+		rc, err := e.docker.ImagePull(ctx, img, client.ImagePullOptions{})
 		if err == nil {
 			_, err = io.Copy(io.Discard, rc)
 			rc.Close()
@@ -228,7 +226,7 @@ func (e *Env) create(ctx context.Context, cmd []string) (string, error) {
 	if e.network != "" {
 		host.NetworkMode = container.NetworkMode(e.network)
 	}
-	resp, err := e.docker.ContainerCreate(ctx, cfg, host, nil, nil, "")
+	resp, err := e.docker.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host})
 	if err != nil {
 		return "", fmt.Errorf("create container from %s: %w", e.image, err)
 	}
@@ -251,13 +249,13 @@ func (e *Env) runContainer(ctx context.Context, cmd []string, stdin io.Reader, s
 	if err != nil {
 		return -1, err
 	}
-	att, err := e.docker.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
+	att, err := e.docker.ContainerAttach(ctx, id, client.ContainerAttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return -1, fmt.Errorf("attach to container: %w", err)
 	}
 	defer att.Close()
-	waitCh, errCh := e.docker.ContainerWait(ctx, id, container.WaitConditionNextExit)
-	if err := e.docker.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+	wait := e.docker.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	if _, err := e.docker.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
 		return -1, fmt.Errorf("start container: %w", err)
 	}
 	copied := make(chan error, 1)
@@ -274,13 +272,13 @@ func (e *Env) runContainer(ctx context.Context, cmd []string, stdin io.Reader, s
 		return -1, fmt.Errorf("close container input: %w", err)
 	}
 	select {
-	case w := <-waitCh:
+	case w := <-wait.Result:
 		<-copied // the output ends when the container does
 		if w.Error != nil {
 			return -1, fmt.Errorf("wait for container: %s", w.Error.Message)
 		}
 		return int(w.StatusCode), nil
-	case err := <-errCh:
+	case err := <-wait.Error:
 		return -1, fmt.Errorf("wait for container: %w", err)
 	case <-ctx.Done():
 		return -1, context.Cause(ctx)
@@ -318,15 +316,15 @@ func (e *Env) Cleanup(ctx context.Context) error {
 	e.mu.Unlock()
 	var errs []error
 	for _, id := range ids {
-		if err := e.docker.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
+		if _, err := e.docker.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("remove container %s: %w", id[:12], err))
 		}
 	}
-	if err := e.docker.VolumeRemove(ctx, e.volume, true); err != nil && !isNotFound(err) {
+	if _, err := e.docker.VolumeRemove(ctx, e.volume, client.VolumeRemoveOptions{Force: true}); err != nil && !isNotFound(err) {
 		errs = append(errs, fmt.Errorf("remove volume %s: %w", e.volume, err))
 	}
 	if e.network != "" {
-		if err := e.docker.NetworkRemove(ctx, e.network); err != nil && !isNotFound(err) {
+		if _, err := e.docker.NetworkRemove(ctx, e.network, client.NetworkRemoveOptions{}); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("remove network %s: %w", e.network, err))
 		}
 	}

@@ -9,10 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/api/types/network"
-	"github.com/docker/docker/api/types/volume"
+	"github.com/moby/moby/client"
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
@@ -131,18 +128,18 @@ func (w *notifyWriter) Write(p []byte) (int, error) {
 }
 
 func assertNothingLeft(t *testing.T, local interface {
-	ContainerList(context.Context, container.ListOptions) ([]container.Summary, error)
-	VolumeList(context.Context, volume.ListOptions) (volume.ListResponse, error)
+	ContainerList(context.Context, client.ContainerListOptions) (client.ContainerListResult, error)
+	VolumeList(context.Context, client.VolumeListOptions) (client.VolumeListResult, error)
 }, jobID string) {
 	t.Helper()
-	f := filters.NewArgs(filters.Arg("label", LabelJob+"="+jobID))
-	cs, err := local.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
-	if err != nil || len(cs) != 0 {
-		t.Errorf("containers left for job %s: %d (%v)", jobID, len(cs), err)
+	f := make(client.Filters).Add("label", LabelJob+"="+jobID)
+	cs, err := local.ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
+	if err != nil || len(cs.Items) != 0 {
+		t.Errorf("containers left for job %s: %d (%v)", jobID, len(cs.Items), err)
 	}
-	vs, err := local.VolumeList(context.Background(), volume.ListOptions{Filters: f})
-	if err != nil || len(vs.Volumes) != 0 {
-		t.Errorf("volumes left for job %s: %d (%v)", jobID, len(vs.Volumes), err)
+	vs, err := local.VolumeList(context.Background(), client.VolumeListOptions{Filters: f})
+	if err != nil || len(vs.Items) != 0 {
+		t.Errorf("volumes left for job %s: %d (%v)", jobID, len(vs.Items), err)
 	}
 }
 
@@ -196,9 +193,9 @@ func TestServicesReachableByAlias(t *testing.T) {
 		t.Errorf("service answered %d times by alias, want 3 (web, __ and - forms):\n%s", got, log.String())
 	}
 	assertNothingLeft(t, local, job.ID)
-	nets, err := local.NetworkList(context.Background(), network.ListOptions{Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+job.ID))})
-	if err != nil || len(nets) != 0 {
-		t.Errorf("networks left for the job: %d (%v)", len(nets), err)
+	nets, err := local.NetworkList(context.Background(), client.NetworkListOptions{Filters: make(client.Filters).Add("label", LabelJob+"="+job.ID)})
+	if err != nil || len(nets.Items) != 0 {
+		t.Errorf("networks left for the job: %d (%v)", len(nets.Items), err)
 	}
 
 	// A service image outside allowed_services is refused before anything starts.

@@ -9,8 +9,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/network"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
 
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
@@ -61,7 +62,7 @@ func (e *Env) startServices(ctx context.Context, policies []string, log io.Write
 		}
 	}
 	name := e.volume // unique per job, like the volume
-	if _, err := e.docker.NetworkCreate(ctx, name, network.CreateOptions{Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
+	if _, err := e.docker.NetworkCreate(ctx, name, client.NetworkCreateOptions{Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
 		return fmt.Errorf("create the job's network: %w", err)
 	}
 	e.network = name
@@ -81,14 +82,15 @@ func (e *Env) startServices(ctx context.Context, policies []string, log io.Write
 		}
 		host := &container.HostConfig{NetworkMode: container.NetworkMode(name), Privileged: e.opts.Privileged}
 		netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{name: {Aliases: aliases}}}
-		resp, err := e.docker.ContainerCreate(ctx, cfg, host, netCfg, nil, fmt.Sprintf("%s-svc-%d", name, i))
+		resp, err := e.docker.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host,
+			NetworkingConfig: netCfg, Name: fmt.Sprintf("%s-svc-%d", name, i)})
 		if err != nil {
 			return fmt.Errorf("create service %s: %w", svc.Name, err)
 		}
 		e.mu.Lock()
 		e.containers = append(e.containers, resp.ID)
 		e.mu.Unlock()
-		if err := e.docker.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
+		if _, err := e.docker.ContainerStart(ctx, resp.ID, client.ContainerStartOptions{}); err != nil {
 			return fmt.Errorf("start service %s: %w", svc.Name, err)
 		}
 		fmt.Fprintf(log, "Started service %s as %s\n", svc.Name, strings.Join(aliases, ", "))

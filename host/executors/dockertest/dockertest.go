@@ -11,8 +11,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/client"
+	"github.com/moby/moby/client"
 )
 
 // Image is the name of the test image: busybox and its applets on a bare rootfs.
@@ -29,9 +28,9 @@ const RequireEnv = "FLOTILLA_REQUIRE_DOCKER"
 // under RequireEnv) when there is none.
 func Client(t testing.TB) *client.Client {
 	t.Helper()
-	cli, err := client.NewClientWithOpts(client.WithHost("unix://"+Socket), client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.WithHost("unix://" + Socket))
 	if err == nil {
-		_, err = cli.Ping(context.Background())
+		_, err = cli.Ping(context.Background(), client.PingOptions{})
 	}
 	if err != nil {
 		if os.Getenv(RequireEnv) == "1" {
@@ -69,8 +68,8 @@ func EnsureImage(t testing.TB, cli *client.Client) {
 	tw.WriteHeader(&tar.Header{Name: "etc/passwd", Mode: 0o644, Size: int64(len("root:x:0:0:root:/root:/bin/sh\n"))})
 	tw.Write([]byte("root:x:0:0:root:/root:/bin/sh\n"))
 	tw.Close()
-	rc, err := cli.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, Image,
-		image.ImportOptions{Changes: []string{`ENV PATH=/bin`}})
+	rc, err := cli.ImageImport(ctx, client.ImageImportSource{Source: &buf, SourceName: "-"}, Image,
+		client.ImageImportOptions{Changes: []string{`ENV PATH=/bin`}})
 	if err != nil {
 		t.Fatalf("import test image: %v", err)
 	}
