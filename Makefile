@@ -18,7 +18,7 @@ TEST_FLAGS ?= -timeout 20m
 
 PLUGINS := $(wildcard plugins/*/cmd/fleeting-plugin-*)
 
-.PHONY: help build plugins test test-go bench generate generate-check lint check-deps tools clean publish-plugins
+.PHONY: help build plugins test test-go bench generate generate-check lint check-deps tidy-check tools clean publish-plugins
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ build: ## Build the runner binary into bin/runner
 plugins: ## Build every plugin binary into bin/
 	@for p in $(PLUGINS); do echo "build $$p"; $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/$$(basename $$p) ./$$p || exit 1; done
 
-test: lint check-deps generate-check test-go ## Lint, check boundaries and generated code, run all tests
+test: lint check-deps tidy-check generate-check test-go ## Lint, check boundaries, go.mod and generated code, run all tests
 
 test-go: ## Run the Go tests only (starts dockerd for the Docker tests when it can)
 	@scripts/test-services.sh
@@ -103,6 +103,9 @@ generate-check: generate ## Fail if the committed generated code is out of date
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^sdk/internal/pb/')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
+
+tidy-check: ## Fail if go.mod or go.sum is not what `go mod tidy` makes of it
+	@$(GO) mod tidy -diff || { echo "tidy-check: go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 check-deps: ## Enforce package boundaries (sdk imports nothing of ours; host links no cloud SDK and no test code; plugins stay apart)
 	@scripts/check-deps.sh
