@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(echoSocketEnv); sock != "" {
 		os.Exit(serveEcho(sock)) // re-executed by the B5 benchmark as its ping-pong peer
 	}
+	if sock := os.Getenv(grpcHealthSocketEnv); sock != "" {
+		os.Exit(serveGRPCHealth(sock)) // re-executed by B5 as its raw gRPC peer
+	}
 	if plugin := os.Getenv(testHostEnv); plugin != "" {
 		os.Exit(serveTestHost(plugin)) // re-executed as a host by TestGroupSignal…
 	}
