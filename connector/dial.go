@@ -198,6 +198,7 @@ func dialOnce(ctx context.Context, addr string, cfg *ssh.ClientConfig, opts Dial
 	if err != nil {
 		return nil, StageTCP, err
 	}
+	conn = quickAck(conn)
 	if dl, ok := actx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
