@@ -2,6 +2,7 @@ package taskscaler
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -10,8 +11,61 @@ import (
 // cronParser accepts the 5 standard fields with names, ranges, lists and steps.
 var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
+// Snapshot is what an IdlePolicy sees when the scaler decides: the moment and the
+// pool's slots by state (acquired, reserved, pending, idle, …).
+type Snapshot struct {
+	Now                 time.Time
+	Tasks               TaskCounts
+	CapacityPerInstance int
+}
+
+// IdlePolicy is one kind of scaling policy. It says how much idle capacity the pool
+// keeps beyond the slots its jobs hold, how long an idle instance is kept, and whether
+// capacity is kept ahead of demand. The scaler does the rest (jobs, limits, instances):
+// a new kind of policy is a new IdlePolicy, computed from the snapshot alone, so it can
+// be tested without a scaler and compared with runner simulate. Which policy is active
+// is decided by its periods (cron) and timezone, whatever its kind.
+type IdlePolicy interface {
+	// IdleTarget returns the idle slots to keep, in job slots (not instances), ≥ 0.
+	IdleTarget(Snapshot) int
+	// IdleTime is how long an instance may stay idle before it may be removed.
+	IdleTime() time.Duration
+	// Preemptive reports whether Reserve succeeds only with an idle ready slot (on) or
+	// whenever capacity could be created (off).
+	Preemptive() bool
+}
+
+// fixedPolicy is GitLab's [[runners.autoscaler.policy]]: idle_count slots, raised to
+// scale_factor × the acquired slots (capped at scale_factor_limit); preemptive unless
+// set otherwise when idle_count > 0.
+type fixedPolicy struct{ p Policy }
+
+func (f fixedPolicy) IdleTarget(s Snapshot) int {
+	target := f.p.IdleCount
+	if f.p.ScaleFactor > 0 {
+		sf := floatToCount(math.Ceil(float64(s.Tasks.Acquired) * f.p.ScaleFactor))
+		if f.p.ScaleFactorLimit > 0 {
+			sf = min(sf, f.p.ScaleFactorLimit)
+		}
+		target = max(target, sf)
+	}
+	return target
+}
+
+func (f fixedPolicy) IdleTime() time.Duration { return f.p.IdleTime }
+
+func (f fixedPolicy) Preemptive() bool {
+	if f.p.PreemptiveMode != nil {
+		return *f.p.PreemptiveMode
+	}
+	return f.p.IdleCount > 0
+}
+
+// compiledPolicy is a policy with its periods parsed: the settings it was made from,
+// for status, and the IdlePolicy that decides.
 type compiledPolicy struct {
-	Policy
+	settings Policy
+	IdlePolicy
 	index     int
 	schedules []cron.Schedule
 	loc       *time.Location
@@ -22,7 +76,7 @@ type compiledPolicy struct {
 func compilePolicies(ps []Policy) ([]compiledPolicy, error) {
 	out := make([]compiledPolicy, 0, len(ps))
 	for i, p := range ps {
-		cp := compiledPolicy{Policy: p, index: i, loc: time.Local}
+		cp := compiledPolicy{settings: p, IdlePolicy: fixedPolicy{p}, index: i, loc: time.Local}
 		if p.Timezone != "" {
 			loc, err := time.LoadLocation(p.Timezone)
 			if err != nil {
@@ -66,13 +120,5 @@ func activePolicy(ps []compiledPolicy, t time.Time) compiledPolicy {
 			return ps[i]
 		}
 	}
-	return compiledPolicy{index: -1}
-}
-
-// preemptive reports the policy's effective preemptive mode.
-func (p *compiledPolicy) preemptive() bool {
-	if p.PreemptiveMode != nil {
-		return *p.PreemptiveMode
-	}
-	return p.IdleCount > 0
+	return compiledPolicy{IdlePolicy: fixedPolicy{}, index: -1}
 }

@@ -1,6 +1,7 @@
 package taskscaler
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -76,9 +77,35 @@ func TestPreemptiveDefault(t *testing.T) {
 		{Policy{PreemptiveMode: boolp(true)}, true},
 	}
 	for _, c := range cases {
-		cp := compiledPolicy{Policy: c.p}
-		if got := cp.preemptive(); got != c.want {
+		if got := (fixedPolicy{c.p}).Preemptive(); got != c.want {
 			t.Errorf("%+v: preemptive %v, want %v", c.p, got, c.want)
 		}
+	}
+}
+
+// TestFixedPolicyIdleTarget: GitLab's policy keeps idle_count slots, or scale_factor ×
+// the acquired slots rounded up if that is more, capped at scale_factor_limit.
+func TestFixedPolicyIdleTarget(t *testing.T) {
+	cases := []struct {
+		name     string
+		p        Policy
+		acquired int
+		want     int
+	}{
+		{"nothing", Policy{}, 10, 0},
+		{"idle_count", Policy{IdleCount: 3}, 10, 3},
+		{"scale_factor above idle_count", Policy{IdleCount: 1, ScaleFactor: 0.25}, 10, 3},
+		{"scale_factor below idle_count", Policy{IdleCount: 5, ScaleFactor: 0.25}, 10, 5},
+		{"scale_factor_limit", Policy{ScaleFactor: 1, ScaleFactorLimit: 4}, 10, 4},
+		{"no jobs", Policy{ScaleFactor: 2}, 0, 0},
+		{"saturates", Policy{ScaleFactor: 1000}, math.MaxInt / 2, math.MaxInt},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := fixedPolicy{c.p}.IdleTarget(Snapshot{Tasks: TaskCounts{Acquired: c.acquired}, CapacityPerInstance: 1})
+			if got != c.want {
+				t.Errorf("IdleTarget = %d, want %d", got, c.want)
+			}
+		})
 	}
 }

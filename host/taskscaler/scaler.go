@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -874,7 +873,7 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 			case in.failures >= s.opts.FailureThreshold:
 				s.beginRemovalLocked(now, in, fmt.Sprintf("%d consecutive health check failures (failure_threshold %d): %s", in.failures, s.opts.FailureThreshold, in.lastHealthErr))
 				surplus--
-			case in.phase == phaseReady && !in.unhealthy && now.Sub(in.idleSince) >= c.policy.IdleTime:
+			case in.phase == phaseReady && !in.unhealthy && now.Sub(in.idleSince) >= c.policy.IdleTime():
 				idle = append(idle, in)
 			}
 		}
@@ -889,7 +888,7 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 		n := min(surplus, len(idle))
 		for _, in := range idle[:n] {
 			s.beginRemovalLocked(now, in, fmt.Sprintf("idle for %s (idle_time %s) and not needed: %d instances for %d required",
-				now.Sub(in.idleSince).Round(time.Second), c.policy.IdleTime, c.current, c.required))
+				now.Sub(in.idleSince).Round(time.Second), c.policy.IdleTime(), c.current, c.required))
 		}
 		s.m.ScaleOperation("down")
 	}
@@ -1035,15 +1034,7 @@ func (s *Scaler) countLocked(now time.Time) counts {
 	c.current = satAdd(c.current, s.requested)
 	c.total = satAdd(len(s.instances), s.requested)
 
-	p := c.policy
-	c.target = p.IdleCount
-	if p.ScaleFactor > 0 {
-		sf := floatToCount(math.Ceil(float64(c.tasks.Acquired) * p.ScaleFactor))
-		if p.ScaleFactorLimit > 0 {
-			sf = min(sf, p.ScaleFactorLimit)
-		}
-		c.target = max(c.target, sf)
-	}
+	c.target = max(c.policy.IdleTarget(Snapshot{Now: now, Tasks: c.tasks, CapacityPerInstance: capa}), 0)
 	need := satAdd(satAdd(satAdd(c.tasks.Acquired, c.tasks.Reserved), satAdd(c.tasks.Pending, c.target)),
 		satAdd(c.tasks.Unavailable, c.tasks.Unhealthy))
 	c.required = ceilDiv(need, capa)
@@ -1106,7 +1097,7 @@ type Decision struct {
 func (s *Scaler) decideLocked(now time.Time, trigger string) Decision {
 	c := s.countLocked(now)
 	d := Decision{Time: now, Trigger: trigger, Policy: c.policy.index, Tasks: c.tasks, IdleTarget: c.target,
-		IdleCount: c.policy.IdleCount, ScaleFactor: c.policy.ScaleFactor, ScaleFactorLimit: c.policy.ScaleFactorLimit,
+		IdleCount: c.policy.settings.IdleCount, ScaleFactor: c.policy.settings.ScaleFactor, ScaleFactorLimit: c.policy.settings.ScaleFactorLimit,
 		CapacityPerInstance: s.opts.CapacityPerInstance, MaxInstances: s.opts.MaxInstances, ProviderMaxSize: s.info.MaxSize,
 		Required: c.required, Desired: c.desired, Current: c.current}
 	d.Wanted = max(c.required-c.current, 0)

@@ -134,7 +134,7 @@ func (s *Scaler) Reserve(ctx context.Context, key string) error {
 		s.scaleUp("reserve") // an idle slot was consumed: restore the idle target now
 		return nil
 	}
-	if c.policy.preemptive() {
+	if c.policy.Preemptive() {
 		s.mu.Unlock()
 		s.m.TaskOperation("reserve_available_capacity_failure")
 		s.scaleUp("reserve")

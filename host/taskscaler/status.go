@@ -115,8 +115,8 @@ func (s *Scaler) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.countLocked(now)
-	st := Status{Owner: s.owner, Provider: s.info.ID, Time: now, Policy: c.policy.index, IdleCount: c.policy.IdleCount,
-		IdleTime: c.policy.IdleTime.String(), Preemptive: c.policy.preemptive(), Tasks: c.tasks, Instances: c.inst,
+	st := Status{Owner: s.owner, Provider: s.info.ID, Time: now, Policy: c.policy.index, IdleCount: c.policy.settings.IdleCount,
+		IdleTime: c.policy.IdleTime().String(), Preemptive: c.policy.Preemptive(), Tasks: c.tasks, Instances: c.inst,
 		Required: c.required, Desired: c.desired, CapacityPerInstance: s.opts.CapacityPerInstance,
 		MaxInstances: s.opts.MaxInstances, MaxJobs: satMul(s.opts.MaxInstances, s.opts.CapacityPerInstance),
 		LastDecision: s.lastDecision, LastShortfall: s.lastNoCreate, Breaker: s.breaker.status(now),
