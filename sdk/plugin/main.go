@@ -124,19 +124,22 @@ func run(impl provider.InstanceGroup, info VersionInfo, args []string, stdout, s
 		logger.Warn(gone + "; shutting down")
 		return shutdownCode(logger, once)
 	}
-	srv := &server{impl: impl, logger: logger, shutdown: once}
-	lc := &lifecycle{logger: logger, once: once, srv: srv, host: host, grace: signalGrace(logger)}
+	srv := &server{impl: impl, logger: logger, shutdown: once, served: make(chan struct{})}
+	lc := &lifecycle{logger: logger, srv: srv, host: host, grace: signalGrace(logger)}
 	srv.afterShutdown = lc.hostShutDown
 
 	sig := make(chan os.Signal, 4)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
 	go lc.handleSignals(sig)
 
-	go exitWithHost(logger, once, lc.host, time.Second)
+	go exitWithHost(logger, lc.host, time.Second, srv.stopServing)
 
 	goplugin.Serve(serveConfig(srv))
-	// Serve returns when the host stopped us (Kill). Shutdown is idempotent, so it is
-	// safe to make sure the plugin's resources are freed even if the host did not ask.
+	close(srv.served)
+	// Serve returns when the host stopped us (Kill) or the plugin decided to exit
+	// (lifecycle, exitWithHost: they stop serving rather than call os.Exit, so that
+	// go-plugin removes its unix socket). Shutdown is idempotent, so it is safe to make
+	// sure the plugin's resources are freed even if the host did not ask.
 	return shutdownCode(logger, once)
 }
 
@@ -215,7 +218,6 @@ func signalGrace(logger hclog.Logger) time.Duration {
 // exits on any of them.
 type lifecycle struct {
 	logger hclog.Logger
-	once   *shutdownOnce
 	srv    *server
 	host   int // the process that launched the plugin
 	grace  time.Duration
@@ -240,10 +242,10 @@ func (l *lifecycle) handleSignals(sig <-chan os.Signal) {
 		switch {
 		case !l.hosted() || l.grace == 0:
 			l.logger.Info(fmt.Sprintf("received %s, shutting down", name))
-			os.Exit(shutdownCode(l.logger, l.once))
+			l.srv.stopServing()
 		case done:
 			l.logger.Info(fmt.Sprintf("received %s after the host's Shutdown, exiting", name))
-			os.Exit(shutdownCode(l.logger, l.once))
+			l.srv.stopServing()
 		case s == syscall.SIGTERM || s == syscall.SIGINT:
 			l.deferToHost(name)
 		default:
@@ -267,7 +269,7 @@ func (l *lifecycle) deferToHost(name string) {
 		"exiting when the host stops the plugin or exits, or in %s at the latest", name, l.host, l.grace))
 	time.AfterFunc(l.grace, func() {
 		l.logger.Warn(fmt.Sprintf("the host did not stop the plugin within %s of %s; shutting down", l.grace, name))
-		os.Exit(shutdownCode(l.logger, l.once))
+		l.srv.stopServing()
 	})
 }
 
@@ -281,7 +283,7 @@ func (l *lifecycle) hostShutDown() {
 	if deferred {
 		time.AfterFunc(shutdownLinger, func() {
 			l.logger.Info("the host shut the plugin down after a signal; exiting")
-			os.Exit(shutdownCode(l.logger, l.once))
+			l.srv.stopServing()
 		})
 	}
 }
@@ -310,9 +312,10 @@ func signalName(s os.Signal) string {
 
 // exitWithHost ends the plugin soon after the process that launched it is gone. A host
 // killed with SIGKILL cannot stop its plugins, and an orphaned plugin would hold its
-// resources (locks, cloud sessions) forever. The plugin's Shutdown runs first; its
-// instances are left alone, for the next host to adopt or delete.
-func exitWithHost(logger hclog.Logger, once *shutdownOnce, host int, every time.Duration) {
+// resources (locks, cloud sessions) forever. stop ends serving; the plugin then runs
+// its Shutdown and exits. Its instances are left alone, for the next host to adopt or
+// delete.
+func exitWithHost(logger hclog.Logger, host int, every time.Duration, stop func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for range t.C {
@@ -320,7 +323,8 @@ func exitWithHost(logger hclog.Logger, once *shutdownOnce, host int, every time.
 			continue
 		}
 		logger.Warn("the host process is gone; shutting down", "host_pid", host)
-		os.Exit(shutdownCode(logger, once))
+		stop()
+		return
 	}
 }
 

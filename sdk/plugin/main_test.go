@@ -262,6 +262,9 @@ func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
 			if tt.shell {
 				cmd = exec.CommandContext(ctx, "sh", "-c", `"$0"; exit $?`, bin)
 			}
+			// SIGTERM, not the default SIGKILL: a plugin killed outright cannot remove
+			// its unix socket, and would leave it in the temporary directory.
+			cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 			cmd.Env = pluginEnv(marker, fmt.Sprintf("%s=%d", plugin.HostPIDEnv, tt.host(t)))
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
@@ -276,8 +279,8 @@ func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
 					t.Fatalf("handshake line %q; want the plugin serving", line)
 				}
 				// The plugin serves until its host disconnects; ending the test's
-				// context kills the plugin (or its wrapper, after which the plugin
-				// exits with its parent).
+				// context stops the plugin (or kills its wrapper, after which the
+				// plugin exits with its parent).
 				cancel()
 				cmd.Wait()
 				return

@@ -3,9 +3,11 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
@@ -34,6 +36,62 @@ type server struct {
 	inUse atomic.Bool
 	// afterShutdown, if set, runs after a Shutdown call of the host has succeeded.
 	afterShutdown func()
+
+	stopMu   sync.Mutex
+	grpc     *grpc.Server // set by newGRPCServer, once go-plugin has its listener
+	stopping bool         // stopServing was called
+	// served, if set, is closed when goplugin.Serve has returned; stopServing exits the
+	// process if it has not within serveStopBound.
+	served chan struct{}
+}
+
+// serveStopBound is how long stopServing waits for goplugin.Serve to return before it
+// exits the process itself: an orphaned plugin must end even if serving does not.
+const serveStopBound = 10 * time.Second
+
+// newGRPCServer is go-plugin's GRPCServer factory. It keeps the server so that
+// stopServing can end serving the way the host's Kill does.
+func (s *server) newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
+	g := grpc.NewServer(append(opts, grpc.ChainUnaryInterceptor(recoverPanics(s.logger)))...)
+	s.stopMu.Lock()
+	s.grpc = g
+	stopping := s.stopping
+	s.stopMu.Unlock()
+	if stopping {
+		// Asked to stop before go-plugin started serving: a stopped gRPC server
+		// closes the listener it is given and returns at once.
+		g.Stop()
+	}
+	return g
+}
+
+// stopServing makes goplugin.Serve return, as go-plugin's controller does when the
+// host kills the plugin: it stops the gRPC server, which closes go-plugin's listener,
+// and closing it removes the listener's unix socket file (named plugin* in
+// PLUGIN_UNIX_SOCKET_DIR or the temporary directory). A plugin that called os.Exit
+// while serving would leave that file behind.
+func (s *server) stopServing() {
+	s.stopMu.Lock()
+	g := s.grpc
+	first := !s.stopping
+	s.stopping = true
+	s.stopMu.Unlock()
+	if !first {
+		return
+	}
+	if g != nil {
+		g.Stop()
+	}
+	if s.served != nil {
+		go func() {
+			select {
+			case <-s.served:
+			case <-time.After(serveStopBound):
+				s.logger.Error(fmt.Sprintf("serving did not end %s after it was stopped; exiting", serveStopBound))
+				os.Exit(shutdownCode(s.logger, s.shutdown))
+			}
+		}()
+	}
 }
 
 // shutdownOnce makes the plugin's Shutdown run once, however many of the RPC, SIGTERM
@@ -219,15 +277,12 @@ func (p *grpcPlugin) GRPCClient(context.Context, *goplugin.GRPCBroker, *grpc.Cli
 
 // serveConfig builds the go-plugin configuration shared by Main and ServeInProcess.
 func serveConfig(srv *server) *goplugin.ServeConfig {
-	logger := srv.logger
 	return &goplugin.ServeConfig{
 		HandshakeConfig: wire.Handshake,
 		VersionedPlugins: map[int]goplugin.PluginSet{
 			wire.ProtocolVersion: {wire.PluginName: &grpcPlugin{srv: srv}},
 		},
-		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(opts, grpc.ChainUnaryInterceptor(recoverPanics(logger)))...)
-		},
-		Logger: logger,
+		GRPCServer: srv.newGRPCServer,
+		Logger:     srv.logger,
 	}
 }

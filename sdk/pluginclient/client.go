@@ -70,6 +70,43 @@ type Plugin struct {
 	// attached is set for Attach: go-plugin's Kill does nothing for a test-mode
 	// reattachment, so Kill closes the connection itself.
 	attached bool
+	// socket is the unix socket a launched plugin serves on, as it was at launch.
+	socket *servedSocket
+}
+
+// servedSocket is the unix socket file a launched plugin serves on. A plugin removes it
+// when it exits on its own or is stopped (sdk/plugin); one that dies without that (a
+// crash, SIGKILL, os.Exit in the plugin's code) leaves it in the temporary directory,
+// and a host that relaunches a crashing plugin would pile them up. So the host removes
+// it once the process is gone.
+type servedSocket struct {
+	path string
+	file os.FileInfo
+}
+
+// launchedSocket returns the unix socket the plugin of client announced, if any.
+func launchedSocket(client *goplugin.Client) *servedSocket {
+	rc := client.ReattachConfig()
+	if rc == nil || rc.Addr == nil || rc.Addr.Network() != "unix" {
+		return nil
+	}
+	fi, err := os.Lstat(rc.Addr.String())
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return nil
+	}
+	return &servedSocket{path: rc.Addr.String(), file: fi}
+}
+
+// remove deletes the socket file if it is still the one the plugin made: never
+// another process's that happens to have the same name. Call it only once the plugin
+// process has exited.
+func (s *servedSocket) remove() {
+	if s == nil {
+		return
+	}
+	if fi, err := os.Lstat(s.path); err == nil && os.SameFile(fi, s.file) {
+		_ = os.Remove(s.path)
+	}
 }
 
 var _ provider.InstanceGroup = (*Plugin)(nil)
@@ -202,9 +239,14 @@ func Launch(ctx context.Context, binary string, configJSON []byte, opts Options)
 	})
 	p, err := connect(ctx, client, opts.Name, configJSON, stderr)
 	if err != nil {
+		// connect killed the plugin; it may have announced its socket before dying.
+		if client.Exited() {
+			launchedSocket(client).remove()
+		}
 		return nil, fmt.Errorf("launch plugin %s: %w", binary, err)
 	}
 	p.cmd = cmd
+	p.socket = launchedSocket(client)
 	return p, nil
 }
 
@@ -319,7 +361,8 @@ const stderrLines = "; last stderr lines:\n"
 // that cannot answer (stopped, or hung) is killed with SIGKILL at once if it is stopped,
 // else after killBound: go-plugin's own graceful stop waits on the process without a
 // bound. For an attached plugin it closes the connection; the serving side stops when
-// its context ends.
+// its context ends. Once the process is gone, Kill removes the unix socket the plugin
+// served on if the plugin did not (it crashed, or was killed).
 func (p *Plugin) Kill() {
 	if p.attached {
 		// Only disconnect: asking the server to stop (go-plugin's Close) would race
@@ -332,6 +375,8 @@ func (p *Plugin) Kill() {
 		p.client.Kill()
 		return
 	}
+	// go-plugin's Kill returns once the process has exited: the socket is no longer used.
+	defer p.socket.remove()
 	if pid := p.Pid(); pid != 0 && !p.client.Exited() && processState(pid) == stateStopped {
 		p.sigkill()
 	}
