@@ -198,7 +198,7 @@ func TestFileHostKeyStoreReportsBadLine(t *testing.T) {
 
 func TestDialWaitsForLateServer(t *testing.T) {
 	t.Parallel()
-	port := sshdtest.FreePort(t)
+	port := sshdtest.ReservePort(t) // refused until the server listens there
 	// The keys exist before the server, as on a cloud instance that is still booting.
 	clientKey, _ := sshdtest.GenerateKey(t, sshdtest.ED25519, sshdtest.OpenSSH)
 	hostKey, hostSigner := sshdtest.GenerateKey(t, sshdtest.ED25519, sshdtest.OpenSSH)
@@ -229,7 +229,7 @@ func TestDialWaitsForLateServer(t *testing.T) {
 
 func TestDialGivesUpAtTimeoutOrCancel(t *testing.T) {
 	t.Parallel()
-	port := sshdtest.FreePort(t) // nothing listens there
+	port := sshdtest.ClosedPort(t) // nothing listens there
 	key, _ := sshdtest.GenerateKey(t, sshdtest.ED25519, sshdtest.OpenSSH)
 	base := provider.ConnectInfo{ID: "never", InternalAddr: "127.0.0.1:" + strconv.Itoa(port),
 		ConnectorConfig: provider.ConnectorConfig{Username: "ci", Key: key}}
@@ -312,7 +312,7 @@ func currentUser(t testing.TB) string {
 func TestAddressSelection(t *testing.T) {
 	t.Parallel()
 	srv := sshdtest.Start(t, sshdtest.Options{})
-	closed := "127.0.0.1:" + strconv.Itoa(sshdtest.FreePort(t))
+	closed := "127.0.0.1:" + strconv.Itoa(sshdtest.ClosedPort(t))
 	tests := []struct {
 		name        string
 		internal    string

@@ -35,7 +35,8 @@ type Options struct {
 	// ClientKey and HostKey, if set, are PEM private keys to use instead of generated
 	// ones, so that a test can know them before the server starts.
 	ClientKey, HostKey []byte
-	// Port to listen on; 0 picks a free one.
+	// Port to listen on; 0 picks a free one (ReservePort). A test that sets it takes
+	// the number from ReservePort.
 	Port int
 	// User is the account to log in as; empty means the current user. Another
 	// account needs Start to run as root (see LoginUser).
@@ -127,17 +128,6 @@ func LoginUser() (string, bool) {
 	return "", false
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Start runs OpenSSH sshd in the foreground (-D -e -f <config>) and waits until it
 // answers with its banner. It skips the test if sshd is not installed.
 func Start(t testing.TB, opts Options) *Server {
@@ -183,7 +173,9 @@ func Start(t testing.TB, opts Options) *Server {
 
 	port := opts.Port
 	if port == 0 {
-		port = FreePort(t)
+		// sshd cannot be handed a listener; the reservation keeps the port from anyone
+		// else until the server has stopped, and sshd (SO_REUSEADDR) binds it anyway.
+		port = ReservePort(t)
 	}
 	cfg := []string{
 		"Port " + strconv.Itoa(port),

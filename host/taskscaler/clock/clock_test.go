@@ -1,6 +1,8 @@
 package clock
 
 import (
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,14 +49,70 @@ func TestFakeFiresInDeadlineOrder(t *testing.T) {
 	}
 }
 
+// TestBlockUntil checks that BlockUntil(2) returns only once two timers are pending:
+// not while fewer are, whether timers were never made, fired or stopped. After each
+// step the test waits until BlockUntil has either returned (a failure while fewer than
+// two are pending) or gone back to waiting on the clock, which the goroutine's stack
+// shows; no step relies on a sleep.
 func TestBlockUntil(t *testing.T) {
 	f := NewFake(time.Unix(0, 0))
-	done := make(chan struct{})
+	returned := make(chan int, 1) // the timers pending when BlockUntil returned
 	go func() {
 		f.BlockUntil(2)
-		close(done)
+		returned <- f.Pending()
 	}()
-	f.NewTimer(time.Second)
-	f.NewTimer(time.Second)
-	<-done
+	var stop Timer
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"no timer yet", func() {}},
+		{"one timer", func() { f.NewTimer(time.Second) }},
+		{"the timer fired", func() { f.Advance(time.Second) }},
+		{"a timer that fires at once", func() { f.NewTimer(0) }},
+		{"one timer again", func() { stop = f.NewTimer(time.Second) }},
+		{"the timer stopped", func() { stop.Stop() }},
+		{"one timer once more", func() { f.NewTimer(time.Minute) }},
+	}
+	for _, step := range steps {
+		step.do()
+		if n, ok := waitBlocked(t, returned); !ok {
+			t.Fatalf("after %q (%d pending), BlockUntil(2) returned with %d pending", step.name, f.Pending(), n)
+		}
+	}
+	f.NewTimer(time.Hour)
+	select {
+	case n := <-returned:
+		if n != 2 {
+			t.Fatalf("BlockUntil(2) returned with %d pending", n)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("BlockUntil(2) did not return with %d timers pending", f.Pending())
+	}
+}
+
+// waitBlocked waits until the goroutine in BlockUntil either returned (ok is false, n
+// is what it reported) or waits on the clock's condition variable again.
+func waitBlocked(t *testing.T, returned <-chan int) (n int, ok bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(deadline) {
+		select {
+		case n := <-returned:
+			return n, false
+		default:
+		}
+		// A goroutine woken by the clock's Broadcast is runnable until it has checked
+		// the count again; only then does it wait on the condition once more.
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(stacks, "\n\n") {
+			if strings.Contains(g, "[sync.Cond.Wait") && strings.Contains(g, "clock.(*Fake).BlockUntil") {
+				return 0, true
+			}
+		}
+		runtime.Gosched()
+	}
+	t.Fatal("BlockUntil neither returned nor waited within a minute")
+	return 0, false
 }
