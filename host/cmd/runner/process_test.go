@@ -85,7 +85,15 @@ func startRunner(t *testing.T, bin, dir string, env []string, stdout *os.File, a
 	defer f.Close()
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Dir = dir
-	p.cmd.Env = append(append(os.Environ(), env...), markEnv+"="+p.mark)
+	// The plugins' go-plugin sockets go into a directory of the test's own: a plugin
+	// the test kills with SIGKILL cannot remove its socket. (A short path: a unix
+	// socket's path may not exceed 107 bytes, and t.TempDir's names the test.)
+	sockets, err := os.MkdirTemp("", "sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockets) })
+	p.cmd.Env = append(append(os.Environ(), env...), markEnv+"="+p.mark, "PLUGIN_UNIX_SOCKET_DIR="+sockets)
 	// Files, not pipes: a process left behind holding a pipe would keep Wait waiting.
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if stdout != nil {

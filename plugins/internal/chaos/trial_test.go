@@ -257,8 +257,10 @@ func (tr *trial) startRunner(phase string) *runnerProc {
 	}
 	cmd := exec.Command(bins.runner, args...)
 	cmd.Dir = tr.dir
+	// The plugins' go-plugin sockets go into the trial's directory: a plugin killed
+	// with SIGKILL cannot remove its own, and the trial's directory goes with the trial.
 	cmd.Env = append(os.Environ(), "HOME="+tr.dir, "XDG_STATE_HOME="+filepath.Join(tr.dir, "xdg-state"),
-		"XDG_CONFIG_HOME="+filepath.Join(tr.dir, "xdg-config"), tr.envKV())
+		"XDG_CONFIG_HOME="+filepath.Join(tr.dir, "xdg-config"), "PLUGIN_UNIX_SOCKET_DIR="+tr.dir, tr.envKV())
 	// Files, not pipes: a process that inherits them must not keep Wait from returning.
 	cmd.Stdout, cmd.Stderr = out, errf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
