@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Enforces the package boundaries (README, "Layout"), for every package there is
+# Enforces the package boundaries of docs/architecture.md, for every package there is
 # now or will be (no plugin is named here, so a new one is covered):
 #   - sdk/ imports no other package of this module;
 #   - host/ imports, of plugins/, only the embedded default plugins/local;
