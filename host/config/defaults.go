@@ -7,28 +7,19 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
 // GitLab's defaults, applied by the accessor methods below when a key is unset (0).
-// Keeping 0 in the struct lets the consumer tell "unset" from an explicit value.
+// Keeping 0 in the struct lets the consumer tell "unset" from an explicit value. The
+// defaults of [runners.autoscaler] keys are the taskscaler's own (taskscaler.Default…):
+// defined once, where they take effect, and shown here by the accessors.
 const (
-	DefaultConcurrent                  = 1
-	DefaultCheckInterval               = 3 * time.Second
-	DefaultCapacityPerInstance         = 1
-	DefaultInstanceAcquireTimeout      = 15 * time.Minute
-	DefaultUpdateInterval              = time.Minute
-	DefaultUpdateIntervalWhenExpecting = 2 * time.Second
-	DefaultDeletionRetryInterval       = time.Minute
-	DefaultShutdownDeletionInterval    = 10 * time.Second
-	DefaultShutdownDeletionRetries     = 3
-	DefaultFailureThreshold            = 3
-	// DefaultScaleThrottleLimit is instance creations per second when limit is 0.
-	DefaultScaleThrottleLimit = 100
+	DefaultConcurrent    = 1
+	DefaultCheckInterval = 3 * time.Second
 	// DefaultStateStorageDir is relative to the directory of config.toml.
 	DefaultStateStorageDir = ".taskscaler"
-	// DefaultPeriod is the period of a policy without periods: always.
-	DefaultPeriod = "* * * * *"
 	// DefaultShell is the shell of the instance executor.
 	DefaultShell = "bash"
 )
@@ -81,7 +72,7 @@ func (r *Runner) NeedsAutoscaler() bool {
 // CapacityPerInstanceOrDefault is capacity_per_instance, 1 when unset.
 func (a *Autoscaler) CapacityPerInstanceOrDefault() int {
 	if a.CapacityPerInstance <= 0 {
-		return DefaultCapacityPerInstance
+		return taskscaler.DefaultCapacityPerInstance
 	}
 	return a.CapacityPerInstance
 }
@@ -95,33 +86,33 @@ func durOr(d Duration, def time.Duration) time.Duration {
 
 // InstanceAcquireTimeoutOrDefault is instance_acquire_timeout, 15m when unset.
 func (a *Autoscaler) InstanceAcquireTimeoutOrDefault() time.Duration {
-	return durOr(a.InstanceAcquireTimeout, DefaultInstanceAcquireTimeout)
+	return durOr(a.InstanceAcquireTimeout, taskscaler.DefaultInstanceAcquireTimeout)
 }
 
 // UpdateIntervalOrDefault is update_interval, 1m when unset.
 func (a *Autoscaler) UpdateIntervalOrDefault() time.Duration {
-	return durOr(a.UpdateInterval, DefaultUpdateInterval)
+	return durOr(a.UpdateInterval, taskscaler.DefaultUpdateInterval)
 }
 
 // UpdateIntervalWhenExpectingOrDefault is update_interval_when_expecting, 2s when unset.
 func (a *Autoscaler) UpdateIntervalWhenExpectingOrDefault() time.Duration {
-	return durOr(a.UpdateIntervalWhenExpecting, DefaultUpdateIntervalWhenExpecting)
+	return durOr(a.UpdateIntervalWhenExpecting, taskscaler.DefaultUpdateIntervalWhenExpecting)
 }
 
 // DeletionRetryIntervalOrDefault is deletion_retry_interval, 1m when unset.
 func (a *Autoscaler) DeletionRetryIntervalOrDefault() time.Duration {
-	return durOr(a.DeletionRetryInterval, DefaultDeletionRetryInterval)
+	return durOr(a.DeletionRetryInterval, taskscaler.DefaultDeletionRetryInterval)
 }
 
 // ShutdownDeletionIntervalOrDefault is shutdown_deletion_interval, 10s when unset.
 func (a *Autoscaler) ShutdownDeletionIntervalOrDefault() time.Duration {
-	return durOr(a.ShutdownDeletionInterval, DefaultShutdownDeletionInterval)
+	return durOr(a.ShutdownDeletionInterval, taskscaler.DefaultShutdownDeletionInterval)
 }
 
 // ShutdownDeletionRetriesOrDefault is shutdown_deletion_retries, 3 when unset.
 func (a *Autoscaler) ShutdownDeletionRetriesOrDefault() int {
 	if a.ShutdownDeletionRetries <= 0 {
-		return DefaultShutdownDeletionRetries
+		return taskscaler.DefaultShutdownDeletionRetries
 	}
 	return a.ShutdownDeletionRetries
 }
@@ -129,7 +120,7 @@ func (a *Autoscaler) ShutdownDeletionRetriesOrDefault() int {
 // FailureThresholdOrDefault is failure_threshold, 3 when unset.
 func (a *Autoscaler) FailureThresholdOrDefault() int {
 	if a.FailureThreshold <= 0 {
-		return DefaultFailureThreshold
+		return taskscaler.DefaultFailureThreshold
 	}
 	return a.FailureThreshold
 }
@@ -146,7 +137,7 @@ func (a *Autoscaler) ScaleThrottleLimit() (perSecond int, unlimited bool) {
 	case a.ScaleThrottle.Limit < 0:
 		return 0, true
 	case a.ScaleThrottle.Limit == 0:
-		return DefaultScaleThrottleLimit, false
+		return taskscaler.DefaultScaleThrottleLimit, false
 	}
 	return a.ScaleThrottle.Limit, false
 }
@@ -203,7 +194,7 @@ func tableJSON(m map[string]any, what string) ([]byte, error) {
 // policy with no idle capacity, which is what GitLab applies.
 func (a *Autoscaler) PoliciesOrDefault() []Policy {
 	if len(a.Policy) == 0 {
-		return []Policy{{Periods: []string{DefaultPeriod}}}
+		return []Policy{{Periods: []string{taskscaler.DefaultPeriod}}}
 	}
 	return a.Policy
 }
@@ -211,7 +202,7 @@ func (a *Autoscaler) PoliciesOrDefault() []Policy {
 // PeriodsOrDefault is periods, or ["* * * * *"] when unset.
 func (p *Policy) PeriodsOrDefault() []string {
 	if len(p.Periods) == 0 {
-		return []string{DefaultPeriod}
+		return []string{taskscaler.DefaultPeriod}
 	}
 	return p.Periods
 }
@@ -280,4 +271,43 @@ func (r *Runner) RequestConcurrencyOrDefault() int {
 		return 1
 	}
 	return r.RequestConcurrency
+}
+
+// ScalerOptions maps every key of the [runners.autoscaler] table to taskscaler
+// options: the one mapping, used by the runner's pools and by `runner simulate`, so a
+// simulated policy is the policy that runs. The caller adds what is not configuration
+// (owner, store, hooks).
+func (a *Autoscaler) ScalerOptions() taskscaler.Options {
+	limit, unlimited := a.ScaleThrottleLimit()
+	if unlimited {
+		limit = -1
+	}
+	return taskscaler.Options{
+		CapacityPerInstance:          a.CapacityPerInstanceOrDefault(),
+		MaxUseCount:                  a.MaxUseCount,
+		MaxInstances:                 a.MaxInstances,
+		DeleteInstancesOnShutdown:    a.DeleteInstancesOnShutdown,
+		InstanceAcquireTimeout:       a.InstanceAcquireTimeoutOrDefault(),
+		UpdateInterval:               a.UpdateIntervalOrDefault(),
+		UpdateIntervalWhenExpecting:  a.UpdateIntervalWhenExpectingOrDefault(),
+		DeletionRetryInterval:        a.DeletionRetryIntervalOrDefault(),
+		ShutdownDeletionInterval:     a.ShutdownDeletionIntervalOrDefault(),
+		ShutdownDeletionRetries:      a.ShutdownDeletionRetriesOrDefault(),
+		FailureThreshold:             a.FailureThresholdOrDefault(),
+		ScaleThrottle:                taskscaler.ScaleThrottle{Limit: limit, Burst: a.ScaleThrottleBurst()},
+		ReservationThrottling:        a.ReservationThrottling,
+		Policies:                     a.ScalerPolicies(),
+		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
+	}
+}
+
+// ScalerPolicies maps [[runners.autoscaler.policy]] to taskscaler policies; a config
+// reload applies them with Scaler.ConfigureSchedule.
+func (a *Autoscaler) ScalerPolicies() []taskscaler.Policy {
+	var out []taskscaler.Policy
+	for _, p := range a.Policy {
+		out = append(out, taskscaler.Policy{Periods: p.Periods, Timezone: p.Timezone, IdleCount: p.IdleCount,
+			IdleTime: p.IdleTime.Duration, ScaleFactor: p.ScaleFactor, ScaleFactorLimit: p.ScaleFactorLimit, PreemptiveMode: p.PreemptiveMode})
+	}
+	return out
 }

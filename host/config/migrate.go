@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
 // ErrNothingToMigrate is returned by Migrate when no runner uses docker+machine.
@@ -165,7 +167,7 @@ func migrateRunner(r *Runner, warn func(string, ...any)) migratedAutoscaler {
 
 	// The root values are the fallback, so they become the first, always-active policy:
 	// the last matching policy wins, as the last matching autoscaling period did.
-	a.Policy = append(a.Policy, idlePolicy("root values", []string{DefaultPeriod}, "",
+	a.Policy = append(a.Policy, idlePolicy("root values", []string{taskscaler.DefaultPeriod}, "",
 		mc.IdleCount, mc.IdleCountMin, mc.IdleScaleFactor, mc.IdleTime, warn))
 	if len(mc.OffPeakPeriods) > 0 {
 		warn("OffPeak* settings have been ignored by GitLab Runner since 14.0; they are carried over as policy[%d], "+

@@ -11,6 +11,8 @@ import (
 	_ "time/tzdata" // timezone checks must not depend on the host's zoneinfo files
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
 // knownExecutors are GitLab Runner's executor names. Flotilla runs only the autoscaled
@@ -41,8 +43,8 @@ const (
 	MaxScaleFactor = 1000
 	// MinLoopInterval is the shortest interval of a loop: update_interval,
 	// update_interval_when_expecting, deletion_retry_interval,
-	// shutdown_deletion_interval and connector keepalive.
-	MinLoopInterval = 10 * time.Millisecond
+	// shutdown_deletion_interval and connector keepalive: the taskscaler's own bound.
+	MinLoopInterval = taskscaler.MinUpdateInterval
 	// MaxOutputLimit bounds output_limit (kilobytes): 1 TiB of log.
 	MaxOutputLimit = 1 << 30
 )

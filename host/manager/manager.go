@@ -157,7 +157,7 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	m.Conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log, HostKeys: pins})
 	m.closers = append(m.closers, m.Conns.Shutdown)
 
-	topts := ScalerOptions(a)
+	topts := a.ScalerOptions()
 	topts.Owner, topts.Settings, topts.PluginLogger = owner, provider.Settings{ConnectorConfig: settings}, plog
 	topts.DeleteInstancesOnShutdown = a.DeleteInstancesOnShutdown || opts.DeleteOnShutdown
 	topts.Store, topts.Logger = m.store, log
@@ -210,44 +210,6 @@ func shortToken(token string) string {
 		token = strings.TrimPrefix(token, p)
 	}
 	return token[:min(8, len(token))]
-}
-
-// ScalerOptions maps every key of a [runners.autoscaler] table to taskscaler options;
-// the runner's pools and `runner simulate` both use it, so a simulated policy is the
-// policy that runs. The caller adds what is not configuration (owner, store, hooks).
-func ScalerOptions(a *config.Autoscaler) taskscaler.Options {
-	limit, unlimited := a.ScaleThrottleLimit()
-	if unlimited {
-		limit = -1
-	}
-	return taskscaler.Options{
-		CapacityPerInstance:          a.CapacityPerInstanceOrDefault(),
-		MaxUseCount:                  a.MaxUseCount,
-		MaxInstances:                 a.MaxInstances,
-		DeleteInstancesOnShutdown:    a.DeleteInstancesOnShutdown,
-		InstanceAcquireTimeout:       a.InstanceAcquireTimeoutOrDefault(),
-		UpdateInterval:               a.UpdateIntervalOrDefault(),
-		UpdateIntervalWhenExpecting:  a.UpdateIntervalWhenExpectingOrDefault(),
-		DeletionRetryInterval:        a.DeletionRetryIntervalOrDefault(),
-		ShutdownDeletionInterval:     a.ShutdownDeletionIntervalOrDefault(),
-		ShutdownDeletionRetries:      a.ShutdownDeletionRetriesOrDefault(),
-		FailureThreshold:             a.FailureThresholdOrDefault(),
-		ScaleThrottle:                taskscaler.ScaleThrottle{Limit: limit, Burst: a.ScaleThrottleBurst()},
-		ReservationThrottling:        a.ReservationThrottling,
-		Policies:                     Policies(a),
-		KeepInstanceWithAcquisitions: a.StateStorage.KeepInstanceWithAcquisitions,
-	}
-}
-
-// Policies maps [[runners.autoscaler.policy]] to taskscaler policies; a config reload
-// applies them with Scaler.ConfigureSchedule.
-func Policies(a *config.Autoscaler) []taskscaler.Policy {
-	var out []taskscaler.Policy
-	for _, p := range a.Policy {
-		out = append(out, taskscaler.Policy{Periods: p.Periods, Timezone: p.Timezone, IdleCount: p.IdleCount,
-			IdleTime: p.IdleTime.Duration, ScaleFactor: p.ScaleFactor, ScaleFactorLimit: p.ScaleFactorLimit, PreemptiveMode: p.PreemptiveMode})
-	}
-	return out
 }
 
 // limitedBuffer keeps the first 4 KiB of a command's output, for error messages.

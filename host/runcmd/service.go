@@ -459,7 +459,7 @@ func (s *Service) reload(ctx context.Context) {
 		}
 		rs.cfg = r
 		if r.Autoscaler != nil {
-			if err := rs.m.Scaler.ConfigureSchedule(manager.Policies(r.Autoscaler)); err != nil {
+			if err := rs.m.Scaler.ConfigureSchedule(r.Autoscaler.ScalerPolicies()); err != nil {
 				s.log.Error("config reload: policies", "runner", r.Name, "error", err)
 			}
 		}

@@ -10,7 +10,6 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/flotilla-ci/flotilla/host/config"
-	"github.com/flotilla-ci/flotilla/host/manager"
 )
 
 // Table is the [simulate] table of config.toml. The runner ignores it; only
@@ -90,7 +89,7 @@ func LoadParams(path string, ov Overrides) (Params, []string, error) {
 		}
 		return p, warns, fmt.Errorf("%s: no [[runners]] entry has a [runners.autoscaler] table: nothing to simulate", path)
 	}
-	p.Scaler = manager.ScalerOptions(r.Autoscaler)
+	p.Scaler = r.Autoscaler.ScalerOptions()
 
 	dur := func(key, v string) (time.Duration, error) {
 		if v == "" {
