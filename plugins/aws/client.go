@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
 
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -49,10 +50,10 @@ func (g *InstanceGroup) connectClients(ctx context.Context) error {
 		opts = append(opts, config.WithSharedConfigProfile(g.Profile))
 	}
 	if g.ConfigFile != "" {
-		opts = append(opts, config.WithSharedConfigFiles([]string{expandHome(g.ConfigFile)}))
+		opts = append(opts, config.WithSharedConfigFiles([]string{instancegroup.ExpandHome(g.ConfigFile)}))
 	}
 	if g.CredentialsFile != "" {
-		opts = append(opts, config.WithSharedCredentialsFiles([]string{expandHome(g.CredentialsFile)}))
+		opts = append(opts, config.WithSharedCredentialsFiles([]string{instancegroup.ExpandHome(g.CredentialsFile)}))
 	}
 	if g.Region != "" {
 		opts = append(opts, config.WithRegion(g.Region))

@@ -16,10 +16,9 @@ import (
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
-	"github.com/hashicorp/go-hclog"
 
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
-	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
 // Finding and Severity are the SDK's doctor vocabulary (sdk/doctor).
@@ -40,14 +39,9 @@ const (
 const probeInstanceID = "i-00000000000000000"
 
 // Doctor checks the group's settings and the permissions the plugin needs. It needs
-// the configuration decoded and the clients built (as after Init, or via RunDoctor).
+// the configuration decoded and the clients built (as after Init, or via the doctor command).
 func (g *InstanceGroup) Doctor(ctx context.Context) ([]Finding, error) {
-	grp, err := g.describeGroup(ctx)
-	if err != nil {
-		return []Finding{{Check: "describe-group", Severity: SeverityError,
-			Message: err.Error(), Fix: "check plugin_config.name, region and credentials, and grant autoscaling:DescribeAutoScalingGroups"}}, err
-	}
-	return g.doctor(ctx, grp), nil
+	return instancegroup.Doctor(ctx, g.spec())
 }
 
 func (g *InstanceGroup) doctor(ctx context.Context, grp astypes.AutoScalingGroup) []Finding {
@@ -138,7 +132,7 @@ func (g *InstanceGroup) doctor(ctx context.Context, grp astypes.AutoScalingGroup
 	probe("autoscaling:TerminateInstanceInAutoScalingGroup", err, false, "ValidationError")
 	_, err = g.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{DryRun: aws.Bool(true)})
 	probe("ec2:DescribeInstances", err, true, "DryRunOperation")
-	if !g.settings.UseStaticCredentials {
+	if !g.Settings.UseStaticCredentials {
 		_, err = g.connect.SendSSHPublicKey(ctx, &ec2instanceconnect.SendSSHPublicKeyInput{InstanceId: aws.String(probeInstanceID),
 			InstanceOSUser: aws.String("ec2-user"), SSHPublicKey: aws.String("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPROBEPROBEPROBEPROBEPROBEPROBEPROBEPROBEPRO")})
 		probe("ec2-instance-connect:SendSSHPublicKey", err, false, "EC2InstanceNotFoundException", "InvalidArgsException")
@@ -149,42 +143,9 @@ func (g *InstanceGroup) doctor(ctx context.Context, grp astypes.AutoScalingGroup
 // Commands are the plugin binary's extra subcommands: doctor and iam-policy.
 func (g *InstanceGroup) Commands() []plugin.Command {
 	return []plugin.Command{
-		{Name: "doctor", Usage: "check the Auto Scaling group's settings and the permissions the plugin needs", Run: g.runDoctor},
+		instancegroup.DoctorCommand(&g.Base, "check the Auto Scaling group's settings and the permissions the plugin needs", g.spec()),
 		{Name: "iam-policy", Usage: "print the least-privilege IAM policy for a group (--name NAME)", Run: runIAMPolicy},
 	}
-}
-
-// runDoctor is `fleeting-plugin-aws doctor`: flags carry plugin_config's keys (or
-// --config a JSON file of it). It prints one line per check and fails on any error.
-func (g *InstanceGroup) runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	cfgJSON := fs.String("config", "", "plugin_config as a JSON object (instead of the flags below)")
-	fs.StringVar(&g.Name, "name", "", "Auto Scaling group name")
-	fs.StringVar(&g.Profile, "profile", "", "shared configuration profile")
-	fs.StringVar(&g.ConfigFile, "config-file", "", "AWS config file")
-	fs.StringVar(&g.CredentialsFile, "credentials-file", "", "AWS credentials file")
-	fs.StringVar(&g.Region, "region", "", "region")
-	fs.StringVar(&g.Endpoint, "endpoint", "", "endpoint override")
-	staticCreds := fs.Bool("static-credentials", false, "the connector uses static credentials: skip the Instance Connect check")
-	asJSON := fs.Bool("json", false, "print the findings as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *cfgJSON != "" {
-		if err := plugin.DecodeConfig([]byte(*cfgJSON), g); err != nil {
-			return fmt.Errorf("--config: %w", err)
-		}
-	} else if err := g.Validate(); err != nil {
-		return err
-	}
-	g.log = hclog.NewNullLogger()
-	g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: *staticCreds}}
-	if err := g.connectClients(ctx); err != nil {
-		return err
-	}
-	findings, err := g.Doctor(ctx)
-	return doctor.Report(stdout, findings, *asJSON, err)
 }
 
 // IAMPolicy returns the least-privilege IAM policy document for the plugin on group

@@ -57,8 +57,8 @@ func TestDoctor(t *testing.T) {
 			if err := plugin.DecodeConfig(env.PluginConfig, g); err != nil {
 				t.Fatal(err)
 			}
-			g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: c.static}}
-			g.log = hclog.NewNullLogger()
+			g.Settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: c.static}}
+			g.Log = hclog.NewNullLogger()
 			if err := g.connectClients(context.Background()); err != nil {
 				t.Fatal(err)
 			}

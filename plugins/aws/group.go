@@ -16,15 +16,12 @@ package aws
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
-	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
@@ -37,10 +34,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla-ci/flotilla/plugins/internal/visibility"
-	"github.com/flotilla-ci/flotilla/sdk/doctor"
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
-	"github.com/flotilla-ci/flotilla/sdk/sshkey"
 )
 
 // Version identifies this build of the plugin. Set its fields with -ldflags.
@@ -79,14 +75,14 @@ type InstanceGroup struct {
 	// RetryMaxAttempts is how many times one call is tried; default 5.
 	RetryMaxAttempts int `json:"retry_max_attempts"`
 
-	log      hclog.Logger
-	settings provider.Settings
-	region   string
-	as       *autoscaling.Client
-	ec2      *ec2.Client
-	connect  *ec2instanceconnect.Client
-	keyPEM   []byte // the ephemeral key pushed with Instance Connect, OpenSSH PEM
-	pubKey   string // its public half, authorized_keys form
+	// Base holds the logger, settings and the ephemeral key pushed with Instance
+	// Connect.
+	instancegroup.Base
+
+	region  string
+	as      *autoscaling.Client
+	ec2     *ec2.Client
+	connect *ec2instanceconnect.Client
 
 	// scaling serialises Increase and Decrease: both read the group's desired size
 	// and change it, so two at once could compute from the same stale value.
@@ -101,62 +97,46 @@ func New() *InstanceGroup { return &InstanceGroup{} }
 
 // Validate reports every configuration problem at once, each naming its key.
 func (g *InstanceGroup) Validate() error {
-	var errs []error
-	if g.Name == "" {
-		errs = append(errs, errors.New("plugin_config.name: required: the Auto Scaling group's name"))
-	}
-	if g.Endpoint != "" {
-		if u, err := url.Parse(g.Endpoint); err != nil || u.Scheme == "" || u.Host == "" {
-			errs = append(errs, fmt.Errorf("plugin_config.endpoint: %q is not a URL such as https://autoscaling.example:443", g.Endpoint))
-		}
-	}
-	if g.RetryMaxBackoff != "" {
-		if d, err := time.ParseDuration(g.RetryMaxBackoff); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("plugin_config.retry_max_backoff: %q is not a positive duration such as \"20s\"", g.RetryMaxBackoff))
-		}
-	}
-	if g.RetryMaxAttempts < 0 {
-		errs = append(errs, fmt.Errorf("plugin_config.retry_max_attempts: %d is negative", g.RetryMaxAttempts))
-	}
-	return errors.Join(errs...)
+	var p instancegroup.Problems
+	p.Required("name", g.Name, "the Auto Scaling group's name")
+	p.URL("endpoint", g.Endpoint, "https://autoscaling.example:443")
+	p.PositiveDuration("retry_max_backoff", g.RetryMaxBackoff)
+	p.NotNegative("retry_max_attempts", g.RetryMaxAttempts)
+	return p.Err()
 }
 
-func expandHome(p string) string {
-	if strings.HasPrefix(p, "~/") {
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, p[2:])
-		}
+// spec is the AWS part of the shared instance-group flow.
+func (g *InstanceGroup) spec() instancegroup.Spec[astypes.AutoScalingGroup] {
+	return instancegroup.Spec[astypes.AutoScalingGroup]{
+		Group:         "auto scaling group " + g.Name,
+		Connect:       g.connectClients,
+		Describe:      g.describeGroup,
+		DescribeCheck: "describe-group",
+		DescribeFix:   "check plugin_config.name, region and credentials, and grant autoscaling:DescribeAutoScalingGroups",
+		Check:         g.doctor,
+		KeyComment:    "flotilla instance connect",
+		Config:        g,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&g.Name, "name", "", "Auto Scaling group name")
+			fs.StringVar(&g.Profile, "profile", "", "shared configuration profile")
+			fs.StringVar(&g.ConfigFile, "config-file", "", "AWS config file")
+			fs.StringVar(&g.CredentialsFile, "credentials-file", "", "AWS credentials file")
+			fs.StringVar(&g.Region, "region", "", "region")
+			fs.StringVar(&g.Endpoint, "endpoint", "", "endpoint override")
+		},
+		StaticCredentialsUsage: "the connector uses static credentials: skip the Instance Connect check",
 	}
-	return p
 }
 
 // Init builds the SDK clients, checks the group with the doctor (warnings are logged;
 // settings or missing permissions that would make jobs fail are an error), and makes
 // the ephemeral Instance Connect key.
 func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings provider.Settings) (provider.ProviderInfo, error) {
-	g.log, g.settings = logger, settings
-	if err := g.connectClients(ctx); err != nil {
-		return provider.ProviderInfo{}, err
-	}
-	grp, err := g.describeGroup(ctx)
+	grp, err := instancegroup.Init(ctx, &g.Base, logger, settings, g.spec())
 	if err != nil {
 		return provider.ProviderInfo{}, err
 	}
-	if err := doctor.Apply(logger, g.doctor(ctx, grp)); err != nil {
-		return provider.ProviderInfo{}, fmt.Errorf("auto scaling group %s: %w", g.Name, err)
-	}
-	if !settings.UseStaticCredentials {
-		var err error
-		if g.keyPEM, g.pubKey, err = sshkey.Generate("flotilla instance connect"); err != nil {
-			return provider.ProviderInfo{}, err
-		}
-	}
-	return provider.ProviderInfo{
-		ID:        "aws/" + g.region + "/" + g.Name,
-		MaxSize:   int(aws.ToInt32(grp.MaxSize)),
-		Version:   Version.Version,
-		BuildInfo: Version.BuildInfo(),
-	}, nil
+	return instancegroup.Info(Version, "aws/"+g.region+"/"+g.Name, int(aws.ToInt32(grp.MaxSize))), nil
 }
 
 // describeGroup fetches the group; a missing group is a configuration error.
@@ -251,7 +231,7 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 		}
 		state, ok := instanceState(in.LifecycleState, st)
 		if !ok {
-			g.log.Debug("instance state not reported", "instance", id, "lifecycle", in.LifecycleState, "ec2_state", st)
+			g.Log.Debug("instance state not reported", "instance", id, "lifecycle", in.LifecycleState, "ec2_state", st)
 			continue
 		}
 		fn(id, state)
@@ -457,7 +437,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 	if err != nil {
 		return provider.ConnectInfo{}, err
 	}
-	info := provider.ConnectInfo{ConnectorConfig: g.settings.ConnectorConfig, ID: id}
+	info := provider.ConnectInfo{ConnectorConfig: g.Settings.ConnectorConfig, ID: id}
 	if info.OS == "" {
 		info.OS = "linux"
 	}
@@ -482,7 +462,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 			if n, err := strconv.Atoi(p); err == nil && n > 0 && n < 65536 {
 				return net.JoinHostPort(addr, p)
 			}
-			g.log.Warn("ignoring bad ssh port tag", "instance", id, "tag", TagSSHPort, "value", p)
+			g.Log.Warn("ignoring bad ssh port tag", "instance", id, "tag", TagSSHPort, "value", p)
 		}
 		return addr
 	}
@@ -491,7 +471,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 	if hk := tag(in, TagSSHHostKey); hk != "" {
 		info.HostKey = []byte(hk)
 	}
-	if !g.settings.UseStaticCredentials && (info.Protocol == "" || info.Protocol == provider.ProtocolSSH) {
+	if !g.Settings.UseStaticCredentials && (info.Protocol == "" || info.Protocol == provider.ProtocolSSH) {
 		user := info.Username
 		if user == "" {
 			user = "ec2-user"
@@ -504,13 +484,13 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 		_, err := g.connect.SendSSHPublicKey(ctx, &ec2instanceconnect.SendSSHPublicKeyInput{
 			InstanceId:       aws.String(id),
 			InstanceOSUser:   aws.String(user),
-			SSHPublicKey:     aws.String(g.pubKey),
+			SSHPublicKey:     aws.String(g.Key.Public),
 			AvailabilityZone: zone,
 		})
 		if err != nil {
 			return provider.ConnectInfo{}, fmt.Errorf("push ssh key to instance %s with EC2 Instance Connect: %w", id, err)
 		}
-		info.Key = g.keyPEM
+		info.Key = g.Key.PEM
 	}
 	return info, nil
 }

@@ -2,9 +2,7 @@ package azure
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
@@ -13,10 +11,9 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
-	"github.com/hashicorp/go-hclog"
 
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
-	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
 // Finding and Severity are the SDK's doctor vocabulary (sdk/doctor).
@@ -60,12 +57,7 @@ var RequiredActions = []struct {
 // the configuration decoded and the clients built (as after Init, or via the doctor
 // command).
 func (g *InstanceGroup) Doctor(ctx context.Context) ([]Finding, error) {
-	ss, err := g.getScaleSet(ctx)
-	if err != nil {
-		return []Finding{{Check: "get-scale-set", Severity: SeverityError, Message: err.Error(),
-			Fix: "check plugin_config.name, subscription_id, resource_group_name and the credentials, and grant Microsoft.Compute/virtualMachineScaleSets/read"}}, err
-	}
-	return g.doctor(ctx, ss), nil
+	return instancegroup.Doctor(ctx, g.spec())
 }
 
 func (g *InstanceGroup) doctor(ctx context.Context, ss armcompute.VirtualMachineScaleSet) []Finding {
@@ -233,39 +225,10 @@ func (g *InstanceGroup) rawGet(ctx context.Context, u string, v any) error {
 	return runtime.UnmarshalAsJSON(resp, v)
 }
 
-// Commands are the plugin binary's extra subcommands: doctor.
+// Commands are the plugin binary's extra subcommands: doctor (run as with static
+// credentials, since the plugin pushes no keys).
 func (g *InstanceGroup) Commands() []plugin.Command {
 	return []plugin.Command{
-		{Name: "doctor", Usage: "check the scale set's settings and the permissions the plugin needs", Run: g.runDoctor},
+		instancegroup.DoctorCommand(&g.Base, "check the scale set's settings and the permissions the plugin needs", g.spec()),
 	}
-}
-
-// runDoctor is `fleeting-plugin-azure doctor`: flags carry plugin_config's keys (or
-// --config a JSON file of it). It prints one line per check and fails on any error.
-func (g *InstanceGroup) runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	cfgJSON := fs.String("config", "", "plugin_config as a JSON object (instead of the flags below)")
-	fs.StringVar(&g.Name, "name", "", "scale set name")
-	fs.StringVar(&g.SubscriptionID, "subscription-id", "", "subscription ID")
-	fs.StringVar(&g.ResourceGroupName, "resource-group-name", "", "resource group name")
-	fs.StringVar(&g.Endpoint, "endpoint", "", "Azure Resource Manager endpoint override")
-	asJSON := fs.Bool("json", false, "print the findings as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *cfgJSON != "" {
-		if err := plugin.DecodeConfig([]byte(*cfgJSON), g); err != nil {
-			return fmt.Errorf("--config: %w", err)
-		}
-	} else if err := g.Validate(); err != nil {
-		return err
-	}
-	g.log = hclog.NewNullLogger()
-	g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: true}}
-	if err := g.connectClients(); err != nil {
-		return err
-	}
-	findings, err := g.Doctor(ctx)
-	return doctor.Report(stdout, findings, *asJSON, err)
 }

@@ -59,7 +59,7 @@ func TestDoctor(t *testing.T) {
 			if err := plugin.DecodeConfig(env.PluginConfig, g); err != nil {
 				t.Fatal(err)
 			}
-			g.log = hclog.NewNullLogger()
+			g.Log = hclog.NewNullLogger()
 			if err := g.connectClients(); err != nil {
 				t.Fatal(err)
 			}

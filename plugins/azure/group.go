@@ -18,6 +18,7 @@ package azure
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -36,7 +37,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla-ci/flotilla/plugins/internal/visibility"
-	"github.com/flotilla-ci/flotilla/sdk/doctor"
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -90,8 +91,9 @@ type InstanceGroup struct {
 	// Transport replaces the SDK's HTTP transport (tests only; not configurable).
 	Transport policy.Transporter `json:"-"`
 
-	log       hclog.Logger
-	settings  provider.Settings
+	// Base holds the logger and settings (the plugin pushes no keys).
+	instancegroup.Base
+
 	scaleSets *armcompute.VirtualMachineScaleSetsClient
 	vms       *armcompute.VirtualMachineScaleSetVMsClient
 	nics      *armnetwork.InterfacesClient
@@ -118,68 +120,62 @@ func New() *InstanceGroup { return &InstanceGroup{} }
 
 // Validate reports every configuration problem at once, each naming its key.
 func (g *InstanceGroup) Validate() error {
-	var errs []error
-	if g.Name == "" {
-		errs = append(errs, errors.New("plugin_config.name: required: the virtual machine scale set's name"))
-	}
-	if g.SubscriptionID == "" {
-		errs = append(errs, errors.New("plugin_config.subscription_id: required: the subscription ID that holds the scale set"))
-	}
-	if g.ResourceGroupName == "" {
-		errs = append(errs, errors.New("plugin_config.resource_group_name: required: the scale set's resource group"))
-	}
+	var p instancegroup.Problems
+	p.Required("name", g.Name, "the virtual machine scale set's name")
+	p.Required("subscription_id", g.SubscriptionID, "the subscription ID that holds the scale set")
+	p.Required("resource_group_name", g.ResourceGroupName, "the scale set's resource group")
 	if g.Endpoint != "" {
 		u, err := url.Parse(g.Endpoint)
 		switch {
 		case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
-			errs = append(errs, fmt.Errorf("plugin_config.endpoint: %q is not a URL such as https://management.azure.com", g.Endpoint))
+			p.Add("endpoint", "%q is not a URL such as https://management.azure.com", g.Endpoint)
 		case u.Scheme == "http" && !isLoopback(u):
-			errs = append(errs, fmt.Errorf("plugin_config.endpoint: %q: plain http is allowed only to a loopback address; use https", g.Endpoint))
+			p.Add("endpoint", "%q: plain http is allowed only to a loopback address; use https", g.Endpoint)
 		}
 	}
-	if g.RetryMaxDelay != "" {
-		if d, err := time.ParseDuration(g.RetryMaxDelay); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("plugin_config.retry_max_delay: %q is not a positive duration such as \"20s\"", g.RetryMaxDelay))
-		}
-	}
-	if g.RetryMaxRetries < 0 {
-		errs = append(errs, fmt.Errorf("plugin_config.retry_max_retries: %d is negative", g.RetryMaxRetries))
-	}
+	p.PositiveDuration("retry_max_delay", g.RetryMaxDelay)
+	p.NotNegative("retry_max_retries", g.RetryMaxRetries)
 	if g.OperationWait != "" {
 		if d, err := time.ParseDuration(g.OperationWait); err != nil || d < 0 {
-			errs = append(errs, fmt.Errorf("plugin_config.operation_wait: %q is not a duration such as \"20s\" (or \"0s\")", g.OperationWait))
+			p.Add("operation_wait", "%q is not a duration such as \"20s\" (or \"0s\")", g.OperationWait)
 		}
 	}
-	if g.DeleteBatchSize < 0 {
-		errs = append(errs, fmt.Errorf("plugin_config.delete_batch_size: %d is negative", g.DeleteBatchSize))
+	p.NotNegative("delete_batch_size", g.DeleteBatchSize)
+	return p.Err()
+}
+
+// spec is the Azure part of the shared instance-group flow. It names no KeyComment:
+// the connector's own credentials are used as they are.
+func (g *InstanceGroup) spec() instancegroup.Spec[armcompute.VirtualMachineScaleSet] {
+	return instancegroup.Spec[armcompute.VirtualMachineScaleSet]{
+		Group:         "scale set " + g.Name,
+		Connect:       func(context.Context) error { return g.connectClients() },
+		Describe:      g.getScaleSet,
+		DescribeCheck: "get-scale-set",
+		DescribeFix:   "check plugin_config.name, subscription_id, resource_group_name and the credentials, and grant Microsoft.Compute/virtualMachineScaleSets/read",
+		Check:         g.doctor,
+		Config:        g,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&g.Name, "name", "", "scale set name")
+			fs.StringVar(&g.SubscriptionID, "subscription-id", "", "subscription ID")
+			fs.StringVar(&g.ResourceGroupName, "resource-group-name", "", "resource group name")
+			fs.StringVar(&g.Endpoint, "endpoint", "", "Azure Resource Manager endpoint override")
+		},
 	}
-	return errors.Join(errs...)
 }
 
 // Init builds the SDK clients and checks the scale set with the doctor: warnings are
 // logged; settings or missing permissions that would make jobs fail are an error.
 func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings provider.Settings) (provider.ProviderInfo, error) {
-	g.log, g.settings = logger, settings
-	if err := g.connectClients(); err != nil {
-		return provider.ProviderInfo{}, err
-	}
-	ss, err := g.getScaleSet(ctx)
+	ss, err := instancegroup.Init(ctx, &g.Base, logger, settings, g.spec())
 	if err != nil {
 		return provider.ProviderInfo{}, err
-	}
-	if err := doctor.Apply(logger, g.doctor(ctx, ss)); err != nil {
-		return provider.ProviderInfo{}, fmt.Errorf("scale set %s: %w", g.Name, err)
 	}
 	if !settings.UseStaticCredentials {
 		logger.Warn("use_static_credentials is false, but the azure plugin pushes no keys: the connector's username, password or key are used as they are")
 	}
 	g.maxSize = scaleSetLimit(ss)
-	return provider.ProviderInfo{
-		ID:        "azure/" + g.SubscriptionID + "/" + g.ResourceGroupName + "/" + g.Name,
-		MaxSize:   g.maxSize,
-		Version:   Version.Version,
-		BuildInfo: Version.BuildInfo(),
-	}, nil
+	return instancegroup.Info(Version, "azure/"+g.SubscriptionID+"/"+g.ResourceGroupName+"/"+g.Name, g.maxSize), nil
 }
 
 // scaleSetLimit is the most VMs a scale set may have: 100 in a single placement group
@@ -292,7 +288,7 @@ func (g *InstanceGroup) lookVisible(ctx context.Context, ids []string) {
 			err = g.notReady(id, "its network interface has no address")
 		}
 		if err != nil {
-			g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
+			g.Log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
 		}
 		return err
 	})
@@ -367,10 +363,10 @@ func (g *InstanceGroup) cleanupBroken(ctx context.Context, ids []string) {
 		return
 	}
 	if err := g.deleteBatch(ctx, todo); err != nil {
-		g.log.Warn("delete broken instances", "instances", todo, "err", err)
+		g.Log.Warn("delete broken instances", "instances", todo, "err", err)
 		return
 	}
-	g.log.Info("deleted instances that cannot run jobs (failed provisioning or stopped)", "instances", todo)
+	g.Log.Info("deleted instances that cannot run jobs (failed provisioning or stopped)", "instances", todo)
 	g.cleanupMu.Lock()
 	for _, id := range todo {
 		g.cleanup[id] = true
@@ -428,9 +424,9 @@ func (g *InstanceGroup) Increase(ctx context.Context, delta int) (int, error) {
 		case isQuota(err):
 			return accepted, fmt.Errorf("scale set %s: capacity %d accepted, but provisioning failed: %v: %w", g.Name, target, err, provider.ErrCapacity)
 		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			g.log.Debug("capacity update still running; the VMs' states will tell", "scale_set", g.Name, "capacity", target, "waited", wait)
+			g.Log.Debug("capacity update still running; the VMs' states will tell", "scale_set", g.Name, "capacity", target, "waited", wait)
 		default:
-			g.log.Warn("capacity update accepted but not seen to finish", "scale_set", g.Name, "capacity", target, "err", err)
+			g.Log.Warn("capacity update accepted but not seen to finish", "scale_set", g.Name, "capacity", target, "err", err)
 		}
 	}
 	if accepted < delta {
@@ -616,7 +612,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 	if err != nil {
 		return provider.ConnectInfo{}, err
 	}
-	info := provider.ConnectInfo{ConnectorConfig: g.settings.ConnectorConfig, ID: id}
+	info := provider.ConnectInfo{ConnectorConfig: g.Settings.ConnectorConfig, ID: id}
 	if info.OS == "" {
 		info.OS = "linux"
 		if vm.Properties != nil && vm.Properties.OSProfile != nil && vm.Properties.OSProfile.WindowsConfiguration != nil {
@@ -637,7 +633,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 			if n, err := strconv.Atoi(p); err == nil && n > 0 && n < 65536 {
 				return net.JoinHostPort(addr, p)
 			}
-			g.log.Warn("ignoring bad ssh port tag", "instance", id, "tag", TagSSHPort, "value", p)
+			g.Log.Warn("ignoring bad ssh port tag", "instance", id, "tag", TagSSHPort, "value", p)
 		}
 		return addr
 	}

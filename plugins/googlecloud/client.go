@@ -20,6 +20,7 @@ import (
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/option"
 
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -44,7 +45,7 @@ var credentialTypes = map[string]option.CredentialsType{
 func (g *InstanceGroup) clientOptions() ([]option.ClientOption, error) {
 	var opts []option.ClientOption
 	if g.CredentialsFile != "" {
-		path := expandHome(g.CredentialsFile)
+		path := instancegroup.ExpandHome(g.CredentialsFile)
 		raw, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("plugin_config.credentials_file: read %s: %v: %w", path, err, provider.ErrInvalidConfig)

@@ -2,9 +2,7 @@ package googlecloud
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 
@@ -12,11 +10,10 @@ import (
 
 	"cloud.google.com/go/compute/apiv1/computepb"
 	"github.com/googleapis/gax-go/v2"
-	"github.com/hashicorp/go-hclog"
 	"google.golang.org/api/cloudresourcemanager/v1"
 
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
-	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
 // Finding and Severity are the SDK's doctor vocabulary (sdk/doctor).
@@ -52,12 +49,7 @@ func Permissions(staticCredentials bool) []string {
 // the configuration decoded and the clients built (as after Init, or via the doctor
 // command).
 func (g *InstanceGroup) Doctor(ctx context.Context) ([]Finding, error) {
-	m, err := g.getGroup(ctx)
-	if err != nil {
-		return []Finding{{Check: "get-group", Severity: SeverityError, Message: err.Error(),
-			Fix: "check plugin_config.name, project, zone and credentials_file, and grant compute.instanceGroupManagers.get"}}, err
-	}
-	return g.doctor(ctx, m), nil
+	return instancegroup.Doctor(ctx, g.spec())
 }
 
 func (g *InstanceGroup) doctor(ctx context.Context, m *computepb.InstanceGroupManager) []Finding {
@@ -93,7 +85,7 @@ func (g *InstanceGroup) doctor(ctx context.Context, m *computepb.InstanceGroupMa
 
 	// Permissions: Resource Manager's testIamPermissions answers for the project
 	// without acting on anything.
-	want := Permissions(g.settings.UseStaticCredentials)
+	want := Permissions(g.Settings.UseStaticCredentials)
 	// The discovery-based Resource Manager client has no retry of its own: gax.Invoke
 	// gives it the same retries as the Compute calls (testIamPermissions only reads).
 	var resp *cloudresourcemanager.TestIamPermissionsResponse
@@ -120,41 +112,12 @@ func (g *InstanceGroup) doctor(ctx context.Context, m *computepb.InstanceGroupMa
 
 // Commands are the plugin binary's extra subcommands.
 func (g *InstanceGroup) Commands() []plugin.Command {
-	return []plugin.Command{
-		{Name: "doctor", Usage: "check the managed instance group's settings and the permissions the plugin needs", Run: g.runDoctor},
-	}
+	return []plugin.Command{g.doctorCommand()}
 }
 
-// runDoctor is `fleeting-plugin-googlecloud doctor`: flags carry plugin_config's keys
-// (or --config a JSON object of it). It prints one line per check and fails on any
-// error.
-func (g *InstanceGroup) runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	cfgJSON := fs.String("config", "", "plugin_config as a JSON object (instead of the flags below)")
-	fs.StringVar(&g.Name, "name", "", "managed instance group name")
-	fs.StringVar(&g.Project, "project", "", "project ID")
-	fs.StringVar(&g.Zone, "zone", "", "zone of the group")
-	fs.StringVar(&g.CredentialsFile, "credentials-file", "", "credentials file (default: Application Default Credentials)")
-	fs.StringVar(&g.Endpoint, "endpoint", "", "endpoint override")
-	staticCreds := fs.Bool("static-credentials", false, "the connector uses static credentials: skip the setMetadata permission")
-	asJSON := fs.Bool("json", false, "print the findings as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *cfgJSON != "" {
-		if err := plugin.DecodeConfig([]byte(*cfgJSON), g); err != nil {
-			return fmt.Errorf("--config: %w", err)
-		}
-	} else if err := g.Validate(); err != nil {
-		return err
-	}
-	g.log = hclog.NewNullLogger()
-	g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: *staticCreds}}
-	if err := g.connectClients(ctx); err != nil {
-		return err
-	}
-	defer g.closeClients()
-	findings, err := g.Doctor(ctx)
-	return doctor.Report(stdout, findings, *asJSON, err)
+// doctorCommand is `fleeting-plugin-googlecloud doctor`: flags carry plugin_config's
+// keys (or --config a JSON object of it). It prints one line per check and fails on
+// any error.
+func (g *InstanceGroup) doctorCommand() plugin.Command {
+	return instancegroup.DoctorCommand(&g.Base, "check the managed instance group's settings and the permissions the plugin needs", g.spec())
 }

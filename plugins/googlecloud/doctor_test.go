@@ -49,8 +49,8 @@ func TestDoctor(t *testing.T) {
 			if err := plugin.DecodeConfig(env.PluginConfig, g); err != nil {
 				t.Fatal(err)
 			}
-			g.settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: c.static}}
-			g.log = hclog.NewNullLogger()
+			g.Settings = provider.Settings{ConnectorConfig: provider.ConnectorConfig{UseStaticCredentials: c.static}}
+			g.Log = hclog.NewNullLogger()
 			if err := g.connectClients(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -132,7 +132,7 @@ func TestDoctorCommand(t *testing.T) {
 	}
 	// Flags instead of --config: a region for a zone is refused before any call.
 	var out bytes.Buffer
-	err := New().runDoctor(context.Background(), []string{"--name", "ci", "--project", "p", "--zone", "europe-west1"}, &out)
+	err := New().doctorCommand().Run(context.Background(), []string{"--name", "ci", "--project", "p", "--zone", "europe-west1"}, &out)
 	if err == nil || !strings.Contains(err.Error(), "is a region") {
 		t.Errorf("doctor with a region = %v", err)
 	}

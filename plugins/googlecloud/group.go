@@ -21,17 +21,14 @@ package googlecloud
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	compute "cloud.google.com/go/compute/apiv1"
 	"cloud.google.com/go/compute/apiv1/computepb"
@@ -43,10 +40,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-ci/flotilla/plugins/internal/visibility"
-	"github.com/flotilla-ci/flotilla/sdk/doctor"
+	"github.com/flotilla-ci/flotilla/sdk/instancegroup"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
-	"github.com/flotilla-ci/flotilla/sdk/sshkey"
 )
 
 // Version identifies this build of the plugin. Set its fields with -ldflags.
@@ -105,14 +101,14 @@ type InstanceGroup struct {
 	// MaxSize caps the group's targetSize; default (0) MaxGroupSize, the zonal limit.
 	MaxSize int `json:"max_size"`
 
-	log       hclog.Logger
-	settings  provider.Settings
+	// Base holds the logger, settings and the ephemeral key added to instance
+	// metadata.
+	instancegroup.Base
+
 	igm       *compute.InstanceGroupManagersClient
 	instances *compute.InstancesClient
 	ops       *compute.ZoneOperationsClient
 	crm       *cloudresourcemanager.Service
-	keyPEM    []byte // the ephemeral key added to instance metadata, OpenSSH PEM
-	pubKey    string // its public half, authorized_keys form
 
 	// scaling serialises Increase and Decrease: both read and change targetSize.
 	scaling sync.Mutex
@@ -127,76 +123,57 @@ func New() *InstanceGroup { return &InstanceGroup{} }
 
 // Validate reports every configuration problem at once, each naming its key.
 func (g *InstanceGroup) Validate() error {
-	var errs []error
-	if g.Name == "" {
-		errs = append(errs, errors.New("plugin_config.name: required: the managed instance group's name"))
-	}
-	if g.Project == "" {
-		errs = append(errs, errors.New("plugin_config.project: required: the ID of the project the group is in"))
-	}
+	var p instancegroup.Problems
+	p.Required("name", g.Name, "the managed instance group's name")
+	p.Required("project", g.Project, "the ID of the project the group is in")
 	switch {
 	case g.Zone == "":
-		errs = append(errs, errors.New("plugin_config.zone: required: the zone of the (zonal) managed instance group, such as europe-west1-b"))
+		p.Add("zone", "required: the zone of the (zonal) managed instance group, such as europe-west1-b")
 	case regionPattern.MatchString(g.Zone):
-		errs = append(errs, fmt.Errorf("plugin_config.zone: %q is a region: set the zone of a zonal managed instance group, such as %s-b (regional groups spread instances over zones and are not supported)", g.Zone, g.Zone))
+		p.Add("zone", "%q is a region: set the zone of a zonal managed instance group, such as %s-b (regional groups spread instances over zones and are not supported)", g.Zone, g.Zone)
 	case !zonePattern.MatchString(g.Zone):
-		errs = append(errs, fmt.Errorf("plugin_config.zone: %q is not a zone name such as europe-west1-b", g.Zone))
+		p.Add("zone", "%q is not a zone name such as europe-west1-b", g.Zone)
 	}
-	if g.Endpoint != "" {
-		if u, err := url.Parse(g.Endpoint); err != nil || u.Scheme == "" || u.Host == "" {
-			errs = append(errs, fmt.Errorf("plugin_config.endpoint: %q is not a URL such as https://compute.example:443", g.Endpoint))
-		}
-	}
-	if g.RetryMaxBackoff != "" {
-		if d, err := time.ParseDuration(g.RetryMaxBackoff); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("plugin_config.retry_max_backoff: %q is not a positive duration such as \"20s\"", g.RetryMaxBackoff))
-		}
-	}
+	p.URL("endpoint", g.Endpoint, "https://compute.example:443")
+	p.PositiveDuration("retry_max_backoff", g.RetryMaxBackoff)
 	if g.MaxSize < 0 || g.MaxSize > MaxGroupSize {
-		errs = append(errs, fmt.Errorf("plugin_config.max_size: %d is outside 0..%d (0 means the zonal limit %d)", g.MaxSize, MaxGroupSize, MaxGroupSize))
+		p.Add("max_size", "%d is outside 0..%d (0 means the zonal limit %d)", g.MaxSize, MaxGroupSize, MaxGroupSize)
 	}
-	if g.RetryMaxAttempts < 0 {
-		errs = append(errs, fmt.Errorf("plugin_config.retry_max_attempts: %d is negative", g.RetryMaxAttempts))
-	}
-	return errors.Join(errs...)
+	p.NotNegative("retry_max_attempts", g.RetryMaxAttempts)
+	return p.Err()
 }
 
-func expandHome(p string) string {
-	if strings.HasPrefix(p, "~/") {
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, p[2:])
-		}
+// spec is the Google Cloud part of the shared instance-group flow.
+func (g *InstanceGroup) spec() instancegroup.Spec[*computepb.InstanceGroupManager] {
+	return instancegroup.Spec[*computepb.InstanceGroupManager]{
+		Group:         "managed instance group " + g.Name,
+		Connect:       g.connectClients,
+		Close:         g.closeClients,
+		Describe:      g.getGroup,
+		DescribeCheck: "get-group",
+		DescribeFix:   "check plugin_config.name, project, zone and credentials_file, and grant compute.instanceGroupManagers.get",
+		Check:         g.doctor,
+		KeyComment:    "flotilla ephemeral",
+		Config:        g,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&g.Name, "name", "", "managed instance group name")
+			fs.StringVar(&g.Project, "project", "", "project ID")
+			fs.StringVar(&g.Zone, "zone", "", "zone of the group")
+			fs.StringVar(&g.CredentialsFile, "credentials-file", "", "credentials file (default: Application Default Credentials)")
+			fs.StringVar(&g.Endpoint, "endpoint", "", "endpoint override")
+		},
+		StaticCredentialsUsage: "the connector uses static credentials: skip the setMetadata permission",
 	}
-	return p
 }
 
 // Init builds the SDK clients, checks the group with the doctor (warnings are logged;
 // settings or missing permissions that would make jobs fail are an error), and makes
 // the ephemeral SSH key.
 func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings provider.Settings) (provider.ProviderInfo, error) {
-	g.log, g.settings = logger, settings
-	if err := g.connectClients(ctx); err != nil {
+	if _, err := instancegroup.Init(ctx, &g.Base, logger, settings, g.spec()); err != nil {
 		return provider.ProviderInfo{}, err
 	}
-	m, err := g.getGroup(ctx)
-	if err != nil {
-		return provider.ProviderInfo{}, err
-	}
-	if err := doctor.Apply(logger, g.doctor(ctx, m)); err != nil {
-		return provider.ProviderInfo{}, fmt.Errorf("managed instance group %s: %w", g.Name, err)
-	}
-	if !settings.UseStaticCredentials {
-		var err error
-		if g.keyPEM, g.pubKey, err = sshkey.Generate("flotilla ephemeral"); err != nil {
-			return provider.ProviderInfo{}, err
-		}
-	}
-	return provider.ProviderInfo{
-		ID:        "googlecloud/" + g.Project + "/" + g.Zone + "/" + g.Name,
-		MaxSize:   g.maxSize(),
-		Version:   Version.Version,
-		BuildInfo: Version.BuildInfo(),
-	}, nil
+	return instancegroup.Info(Version, "googlecloud/"+g.Project+"/"+g.Zone+"/"+g.Name, g.maxSize()), nil
 }
 
 // maxSize is the most instances the plugin lets the group have.
@@ -279,7 +256,7 @@ func (g *InstanceGroup) lookVisible(ctx context.Context, ids []string) {
 			err = fmt.Errorf("instances.get shows it %s with address %q", in.GetStatus(), internalIP(in))
 		}
 		if err != nil {
-			g.log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
+			g.Log.Debug("running instance not ready yet: reported as creating", "instance", id, "reason", err)
 		}
 		return err
 	})
@@ -327,7 +304,7 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 		id := instanceName(mi)
 		state, ok := instanceState(mi.GetCurrentAction(), mi.GetInstanceStatus())
 		if !ok {
-			g.log.Debug("instance state not reported", "instance", id, "current_action", mi.GetCurrentAction(), "instance_status", mi.GetInstanceStatus())
+			g.Log.Debug("instance state not reported", "instance", id, "current_action", mi.GetCurrentAction(), "instance_status", mi.GetInstanceStatus())
 			continue
 		}
 		if state == provider.StateRunning && !g.seen.Visible(id) {
@@ -525,7 +502,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 	if in.GetStatus() != "RUNNING" {
 		return provider.ConnectInfo{}, fmt.Errorf("instance %s is %s, not RUNNING: %w", id, in.GetStatus(), provider.ErrInstanceUnhealthy)
 	}
-	info := provider.ConnectInfo{ConnectorConfig: g.settings.ConnectorConfig, ID: id}
+	info := provider.ConnectInfo{ConnectorConfig: g.Settings.ConnectorConfig, ID: id}
 	if info.OS == "" {
 		info.OS = "linux"
 	}
@@ -540,7 +517,7 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 			if n, err := strconv.Atoi(p); err == nil && n > 0 && n < 65536 {
 				return net.JoinHostPort(addr, p)
 			}
-			g.log.Warn("ignoring bad ssh port metadata", "instance", id, "key", MetaSSHPort, "value", p)
+			g.Log.Warn("ignoring bad ssh port metadata", "instance", id, "key", MetaSSHPort, "value", p)
 		}
 		return addr
 	}
@@ -556,14 +533,14 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 	if hk := metadata(in, MetaSSHHostKey); hk != "" {
 		info.HostKey = []byte(hk)
 	}
-	if !g.settings.UseStaticCredentials && (info.Protocol == "" || info.Protocol == provider.ProtocolSSH) {
+	if !g.Settings.UseStaticCredentials && (info.Protocol == "" || info.Protocol == provider.ProtocolSSH) {
 		if info.Username == "" {
 			info.Username = defaultUsername
 		}
 		if err := g.addSSHKey(ctx, in, info.Username); err != nil {
 			return provider.ConnectInfo{}, err
 		}
-		info.Key = g.keyPEM
+		info.Key = g.Key.PEM
 	}
 	return info, nil
 }
@@ -572,11 +549,11 @@ func (g *InstanceGroup) ConnectInfo(ctx context.Context, id string) (provider.Co
 // concurrent metadata change (412 conditionNotMet on the fingerprint) is retried with
 // the instance read again.
 func (g *InstanceGroup) addSSHKey(ctx context.Context, in *computepb.Instance, user string) error {
-	line := user + ":" + g.pubKey + " flotilla"
+	line := user + ":" + g.Key.Public + " flotilla"
 	for attempt := 0; ; attempt++ {
 		cur := metadata(in, MetaSSHKeys)
 		for _, l := range strings.Split(cur, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(l), user+":"+g.pubKey) {
+			if strings.HasPrefix(strings.TrimSpace(l), user+":"+g.Key.Public) {
 				return nil
 			}
 		}
