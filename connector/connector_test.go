@@ -22,6 +22,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -548,17 +549,10 @@ func cancelRunningCommand(t *testing.T, c *connector.Client) int {
 // timing assertion.
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually.True(t, fmt.Sprintf("remote process %d to end after cancel", pid), 10*time.Second, func() bool {
 		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil || strings.Contains(string(stat), ") Z ") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("remote process %d still running after cancel", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	})
 }
 
 func TestDialThroughTunnel(t *testing.T) {
@@ -780,17 +774,13 @@ func TestMaxSessionsLimitIsExplained(t *testing.T) {
 	// With the sessions closed, the same connection takes new ones. sshd frees a
 	// session slot when it has processed the channel close, a moment after the client
 	// saw the exit status, so a refusal just after release is retried briefly.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually.NoError(t, "a run after release", 10*time.Second, func() error {
 		err := p.Run(ctxT(t), info, connector.RunOptions{Command: "true"})
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, connector.ErrChannelLimit) || time.Now().After(deadline) {
+		if err != nil && !errors.Is(err, connector.ErrChannelLimit) {
 			t.Fatalf("run after release: %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 	if s := p.Stats(); s.Dials != 1 {
 		t.Errorf("stats %+v, want the limit not to cost a re-dial", s)
 	}

@@ -2,6 +2,7 @@ package sshdtest_test
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 // startCommand logs in to srv with plain x/crypto/ssh, starts a long-running command
@@ -57,12 +59,7 @@ func alive(pid int) bool {
 // waitDead polls until pid is gone; it checks an outcome, not a duration.
 func waitDead(t *testing.T, pid int) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); alive(pid); {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d still running", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually.True(t, fmt.Sprintf("process %d to end", pid), 10*time.Second, func() bool { return !alive(pid) })
 }
 
 func TestStopLeavesNoProcess(t *testing.T) {
@@ -80,8 +77,14 @@ func TestKillConnectionsKeepsListener(t *testing.T) {
 	c, pid := startCommand(t, srv)
 	srv.KillConnections()
 	waitDead(t, pid)
-	// The client sees its connection end.
-	_ = c.Wait()
+	// The client sees its connection end (Wait returns once it has).
+	ended := make(chan struct{})
+	go func() { c.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(time.Minute):
+		t.Fatal("the client's connection is still up after KillConnections")
+	}
 	// The listener is still up: a new login works.
 	startCommand(t, srv)
 }

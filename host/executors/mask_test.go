@@ -2,12 +2,15 @@ package executors
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 func TestMaskWriter(t *testing.T) {
@@ -66,13 +69,12 @@ func (s *logSink) String() string {
 // waitFor polls until the log is want, without writing anything more.
 func (s *logSink) waitFor(t *testing.T, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.String() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("log is %q, want %q without further output", s.String(), want)
+	eventually.NoError(t, fmt.Sprintf("log %q without further output", want), 10*time.Second, func() error {
+		if got := s.String(); got != want {
+			return fmt.Errorf("log is %q", got)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestMaskWriterNeverHoldsALine: output that cannot be the start of a secret is written

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/plugins/local"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -92,15 +93,8 @@ func TestDeadPluginIsRelaunched(t *testing.T) {
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		err := m.plugin.Update(ctx, func(string, provider.State) {})
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the plugin still fails after its kill: %v\nlog:\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !eventually.Poll(time.Minute, func() bool { err = m.plugin.Update(ctx, func(string, provider.State) {}); return err == nil }) {
+		t.Fatalf("the plugin still fails after its kill: %v\nlog:\n%s", err, logs.String())
 	}
 	pids = pluginPids(t)
 	if len(pids) != 1 || pids[0] == old {

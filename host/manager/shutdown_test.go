@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 // onLog is a slog.Handler that runs hook on every record before passing it on: a test
@@ -62,16 +63,16 @@ func idlePool(t *testing.T) (*config.Config, string) {
 // waitInstance waits for the pool to hold an instance and returns its ID.
 func waitInstance(t *testing.T, m *Manager) string {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if l := m.Scaler.Status().InstanceList; len(l) == 1 && l[0].State == "running" {
-			return l[0].ID
+	var id string
+	eventually.NoError(t, "one running instance in the pool", time.Minute, func() error {
+		l := m.Scaler.Status().InstanceList
+		if len(l) != 1 || l[0].State != "running" {
+			return fmt.Errorf("instances %+v", l)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the pool has no running instance after a minute: %+v", m.Scaler.Status().InstanceList)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		id = l[0].ID
+		return nil
+	})
+	return id
 }
 
 // leftInstances lists the instance directories left in root.

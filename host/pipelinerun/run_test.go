@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/fake"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -350,17 +352,12 @@ long:
 	logPath := filepath.Join(h.runner.LogDir, "long.log")
 	waitLog := func(s string) {
 		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for {
-			if b, _ := os.ReadFile(logPath); strings.Contains(string(b), s) {
-				return
+		eventually.NoError(t, fmt.Sprintf("the log to show %q", s), time.Minute, func() error {
+			if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), s) {
+				return fmt.Errorf("log:\n%s", b)
 			}
-			if time.Now().After(deadline) {
-				b, _ := os.ReadFile(logPath)
-				t.Fatalf("the log never showed %q:\n%s", s, b)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitLog("job-2-started")
 	cancel()

@@ -19,6 +19,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/plugins/local"
 )
 
@@ -138,15 +139,14 @@ func (e *env) enqueue(name string, script, after []string, vars ...gitlab.JobVar
 // waitTrace waits until job id's log on the server contains s.
 func (e *env) waitTrace(t *testing.T, id int64, s string) string {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if tr := string(e.srv.Job(id).Trace); strings.Contains(tr, s) {
-			return tr
+	var tr string
+	eventually.NoError(t, fmt.Sprintf("job %d's log to show %q", id, s), 60*time.Second, func() error {
+		if tr = string(e.srv.Job(id).Trace); !strings.Contains(tr, s) {
+			return fmt.Errorf("log:\n%s", tr)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("job %d: log never showed %q:\n%s", id, s, e.srv.Job(id).Trace)
-	return ""
+		return nil
+	})
+	return tr
 }
 
 func (e *env) wait(t *testing.T, id int64) gitlabtest.Job {

@@ -3,6 +3,7 @@ package runcmd
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -127,20 +129,16 @@ func TestReloadAppliesPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.svc.Reload()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually.NoError(t, "the reload to apply concurrent 3 and idle_count 2", 30*time.Second, func() error {
 		st := e.svc.Scalers()[0].Status()
 		e.svc.mu.Lock()
 		conc := e.svc.cfg.Concurrent
 		e.svc.mu.Unlock()
 		if conc == 3 && st.Tasks.Idle >= 2 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("reload not applied: concurrent %d, status %+v", conc, st.Tasks)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("concurrent %d, status %+v", conc, st.Tasks)
+	})
 	id = e.enqueue("after", []string{"echo after-reload"}, nil)
 	if j := e.wait(t, id); j.State != gitlabtest.Success {
 		t.Errorf("job after reload: %s", j.State)
@@ -155,20 +153,13 @@ func TestReloadAppliesPolicies(t *testing.T) {
 	// The old entry hands over once its pool has stopped; a job queued before that
 	// could still be taken by the old entry's last request, which is fine, but not
 	// what this test is about.
-	deadline = time.Now().Add(30 * time.Second)
-	for {
+	eventually.True(t, "the re-registered entry to replace the old one", 30*time.Second, func() bool {
 		e.svc.mu.Lock()
 		_, ok := e.svc.runners[e.srv.URL+"|glrt-e2e-token-2"]
 		_, old := e.svc.runners[e.srv.URL+"|"+runnerToken]
 		e.svc.mu.Unlock()
-		if ok && !old {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("re-registered entry never started")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ok && !old
+	})
 	id = e.enqueue("new-token", []string{"echo with-new-token"}, nil)
 	if j := e.wait(t, id); j.State != gitlabtest.Success || j.Runner != "glrt-e2e-token-2" {
 		t.Errorf("job after re-registration: %s taken by %q\n%s", j.State, j.Runner, j.Trace)
@@ -197,19 +188,11 @@ func TestSignals(t *testing.T) {
 	}
 	os.WriteFile(e.cfgPath, []byte(configText(e.srv.URL, e.root, 3, "")), 0o600)
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually.True(t, "SIGHUP to reload concurrent 3", 20*time.Second, func() bool {
 		svc.mu.Lock()
-		conc := svc.cfg.Concurrent
-		svc.mu.Unlock()
-		if conc == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("SIGHUP did not reload")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer svc.mu.Unlock()
+		return svc.cfg.Concurrent == 3
+	})
 	id := e.enqueue("during-signals", []string{"echo q-started", "sleep 1", "echo q-done"}, nil)
 	e.waitTrace(t, id, "q-started")
 	syscall.Kill(os.Getpid(), syscall.SIGQUIT)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/taskscaler/clock"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/fake"
 )
 
@@ -153,11 +154,7 @@ func TestAcquireTimeoutNamesTheFailingPlugin(t *testing.T) {
 	}()
 	e.clk.BlockUntil(1)
 	// The waiting Acquire requests its instance right after it starts its timer.
-	for deadline := time.Now().Add(10 * time.Second); e.g.CallCount("Increase") == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the waiting Acquire requested no instance")
-		}
-	}
+	eventually.True(t, "the waiting Acquire to request an instance", 10*time.Second, func() bool { return e.g.CallCount("Increase") > 0 })
 	for range 9 {
 		e.clk.Advance(30 * time.Second)
 		if err := e.s.Reconcile(context.Background()); !errors.Is(err, dead) || strings.Contains(err.Error(), "update: update:") {
@@ -196,13 +193,7 @@ func TestFailingUpdateBacksOff(t *testing.T) {
 	// settled waits until the loop sleeps on its timer with no kick left to handle.
 	settled := func() {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for clk.Pending() < 1 || len(s.kickCh) > 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("the loop does not settle")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		eventually.True(t, "the loop to settle on its timer with no kick left", 10*time.Second, func() bool { return clk.Pending() >= 1 && len(s.kickCh) == 0 })
 	}
 	settled()
 	for range 50 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flotilla-ci/flotilla/connector"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -81,17 +83,14 @@ func states(t *testing.T, g provider.InstanceGroup) map[string]provider.State {
 // wait, not a timing assertion).
 func waitStates(t *testing.T, g provider.InstanceGroup, what string, cond func(map[string]provider.State) bool) map[string]provider.State {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st := states(t, g)
-		if cond(st) {
-			return st
+	var st map[string]provider.State
+	eventually.NoError(t, what, 30*time.Second, func() error {
+		if st = states(t, g); !cond(st) {
+			return fmt.Errorf("instances: %v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; instances: %v", what, st)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return st
 }
 
 func allRunning(n int) func(map[string]provider.State) bool {
@@ -162,12 +161,10 @@ func serverPIDs(t *testing.T, root string, instances []string) map[string]int {
 	out := map[string]int{}
 	for _, id := range instances {
 		var pid int
-		if !waitUntil(context.Background(), 10*time.Second, func() bool {
+		eventually.True(t, fmt.Sprintf("instance %s to record its server pid", id), 10*time.Second, func() bool {
 			pid = readPID(filepath.Join(root, id, serverPIDFile))
 			return pid > 0
-		}) {
-			t.Fatalf("instance %s has no server pid", id)
-		}
+		})
 		out[id] = pid
 	}
 	return out
@@ -365,7 +362,9 @@ func TestDeadServerIsRestarted(t *testing.T) {
 	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	processGone(oldPID)
+	if !processGone(oldPID) {
+		t.Fatalf("killed server %d still running", oldPID)
+	}
 	if err := g.Heartbeat(ctx, id); !errors.Is(err, provider.ErrInstanceUnhealthy) {
 		t.Fatalf("heartbeat with the server dead: %v, want ErrInstanceUnhealthy", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -58,10 +60,12 @@ func marked(mark string) []int {
 // assertion).
 func waitCount(t *testing.T, what string, want int, list func() []int) {
 	t.Helper()
-	var got []int
-	if !waitUntil(context.Background(), 15*time.Second, func() bool { got = list(); return len(got) == want }) {
-		t.Fatalf("%s: %d processes %v, want %d", what, len(got), got, want)
-	}
+	eventually.NoError(t, fmt.Sprintf("%s: %d processes", what, want), 15*time.Second, func() error {
+		if got := list(); len(got) != want {
+			return fmt.Errorf("%d processes %v", len(got), got)
+		}
+		return nil
+	})
 }
 
 // killServer kill -9s dir's one server and waits until it is reaped (the servers of
@@ -76,12 +80,10 @@ func killServer(t *testing.T, dir string) int {
 	if err := syscall.Kill(servers[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if !waitUntil(context.Background(), 15*time.Second, func() bool {
+	eventually.True(t, fmt.Sprintf("killed server %d to be reaped", servers[0]), 15*time.Second, func() bool {
 		_, err := os.Stat("/proc/" + strconv.Itoa(servers[0]))
 		return errors.Is(err, os.ErrNotExist)
-	}) {
-		t.Fatalf("killed server %d not reaped", servers[0])
-	}
+	})
 	return servers[0]
 }
 

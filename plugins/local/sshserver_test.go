@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 // testServer is a Server on 127.0.0.1 with its keys.
@@ -241,7 +243,7 @@ func readPIDLine(t *testing.T, r *bufio.Reader) int {
 
 // processGone waits (bounded) for pid to be gone or a zombie, and reports which.
 func processGone(pid int) bool {
-	return waitUntil(context.Background(), 10*time.Second, func() bool {
+	return eventually.Poll(10*time.Second, func() bool {
 		info, ok := readProc(pid)
 		return !ok || info.state == 'Z'
 	})

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 // These helpers run the built runner binary as a real process in its own process
@@ -205,42 +207,29 @@ func (p *proc) assertNothingLeft(root string) {
 			p.t.Errorf("instance %s left in %s", e.Name(), root)
 		}
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		pids := p.marked()
-		if len(pids) == 0 {
-			return
+	var pids []int
+	if !eventually.Poll(20*time.Second, func() bool { pids = p.marked(); return len(pids) == 0 }) {
+		for _, pid := range pids {
+			p.t.Errorf("process %d outlived the runner: %s", pid, cmdline(pid))
 		}
-		if time.Now().After(deadline) {
-			for _, pid := range pids {
-				p.t.Errorf("process %d outlived the runner: %s", pid, cmdline(pid))
-			}
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 // waitFile waits until the file at path contains s.
 func waitFile(t *testing.T, p *proc, path, s string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), s) {
-			return
+	eventually.NoError(t, fmt.Sprintf("%s to show %q", path, s), within, func() error {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.Contains(string(b), s) {
+			return nil
 		}
 		select {
 		case <-p.done:
-			b, _ := os.ReadFile(path)
 			t.Fatalf("the runner ended before %s showed %q:\n%s\noutput:\n%s", path, s, b, p.output())
 		default:
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(path)
-			t.Fatalf("%s never showed %q within %s:\n%s\noutput:\n%s", path, s, within, b, p.output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("%s:\n%s\noutput:\n%s", path, b, p.output())
+	})
 }
 
 // markers: a job prints them with shell arithmetic, so that the log line echoing the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 const serviceToken = "glrt-signals-token"
@@ -80,18 +81,17 @@ func (s *service) enqueue(script, after []string) int64 {
 // waitTrace waits until job id's log on the fake GitLab contains m.
 func (s *service) waitTrace(t *testing.T, id int64, m string) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(string(s.srv.Job(id).Trace), m) {
+	eventually.NoError(t, fmt.Sprintf("the job's log to show %q", m), 2*time.Minute, func() error {
+		if strings.Contains(string(s.srv.Job(id).Trace), m) {
+			return nil
+		}
 		select {
 		case <-s.done:
 			t.Fatalf("the runner ended before the job's log showed %q:\n%s\noutput:\n%s", m, s.srv.Job(id).Trace, s.output())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the job's log never showed %q:\n%s\noutput:\n%s", m, s.srv.Job(id).Trace, s.output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("log:\n%s\noutput:\n%s", s.srv.Job(id).Trace, s.output())
+	})
 }
 
 // TestRunStopSignals: `runner run` stopped by SIGTERM or SIGINT, to itself or to its

@@ -19,6 +19,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 func TestToJob(t *testing.T) {
@@ -149,13 +150,12 @@ func TestTraceResendsFromServerRange(t *testing.T) {
 		if i == 2 {
 			// Once the first lines are on the server, it loses the last byte: the
 			// next upload gets 416 and must resend from the server's length.
-			deadline := time.Now().Add(10 * time.Second)
-			for len(srv.Job(j.GitLabID).Trace) != want.Len() {
-				if time.Now().After(deadline) {
-					t.Fatalf("first lines never uploaded: %q", srv.Job(j.GitLabID).Trace)
+			eventually.NoError(t, "the first lines to be uploaded", 10*time.Second, func() error {
+				if got := srv.Job(j.GitLabID).Trace; len(got) != want.Len() {
+					return fmt.Errorf("server trace %q", got)
 				}
-				time.Sleep(2 * time.Millisecond)
-			}
+				return nil
+			})
 			srv.ForgetTraceOnce(j.GitLabID)
 		}
 	}
@@ -190,13 +190,12 @@ func TestTraceCancellationAndInterval(t *testing.T) {
 	}})
 	tr.Write([]byte("hello\n"))
 	tr.Start(context.Background())
-	deadline := time.Now().Add(10 * time.Second)
-	for tr.Interval() != 7*time.Second {
-		if time.Now().After(deadline) {
-			t.Fatalf("interval %v, want the server's 7s", tr.Interval())
+	eventually.NoError(t, "the server's 7s interval", 10*time.Second, func() error {
+		if iv := tr.Interval(); iv != 7*time.Second {
+			return fmt.Errorf("interval %v", iv)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	// The next contact is 7s away; a canceled job is noticed at the final flush at
 	// the latest, here through the state update of the silent job.
 	srv.Cancel(j.GitLabID)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 func TestFakeFiresInDeadlineOrder(t *testing.T) {
@@ -95,12 +97,12 @@ func TestBlockUntil(t *testing.T) {
 // is what it reported) or waits on the clock's condition variable again.
 func waitBlocked(t *testing.T, returned <-chan int) (n int, ok bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
 	buf := make([]byte, 1<<20)
-	for time.Now().Before(deadline) {
+	waiting := false
+	eventually.True(t, "BlockUntil to return or wait again", time.Minute, func() bool {
 		select {
-		case n := <-returned:
-			return n, false
+		case n = <-returned:
+			return true
 		default:
 		}
 		// A goroutine woken by the clock's Broadcast is runnable until it has checked
@@ -108,11 +110,11 @@ func waitBlocked(t *testing.T, returned <-chan int) (n int, ok bool) {
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		for _, g := range strings.Split(stacks, "\n\n") {
 			if strings.Contains(g, "[sync.Cond.Wait") && strings.Contains(g, "clock.(*Fake).BlockUntil") {
-				return 0, true
+				waiting = true
+				return true
 			}
 		}
-		runtime.Gosched()
-	}
-	t.Fatal("BlockUntil neither returned nor waited within a minute")
-	return 0, false
+		return false
+	})
+	return n, waiting
 }

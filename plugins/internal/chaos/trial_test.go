@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/internal/eventually"
 )
 
 // Bounds of one trial. A runner invocation that outlives runLimit is killed and the
@@ -599,14 +601,9 @@ func lastLines(s string, n int) string {
 
 // settle polls fn until it returns nothing or d has passed, and returns its last value.
 func settle[T any](d time.Duration, fn func() []T) []T {
-	end := time.Now().Add(d)
-	for {
-		v := fn()
-		if len(v) == 0 || time.Now().After(end) {
-			return v
-		}
-		time.Sleep(pollInterval)
-	}
+	var v []T
+	eventually.Poll(d, func() bool { v = fn(); return len(v) == 0 })
+	return v
 }
 
 // describe renders an instance map sorted, for messages.
@@ -817,14 +814,9 @@ func (tr *trial) strayProcs() []proc {
 // settleInstances polls the target's instances until there are none or d has passed,
 // and returns the last listing.
 func (tr *trial) settleInstances(d time.Duration) map[string]string {
-	end := time.Now().Add(d)
-	for {
-		m := tr.target.instances()
-		if len(m) == 0 || time.Now().After(end) {
-			return m
-		}
-		time.Sleep(pollInterval)
-	}
+	var m map[string]string
+	eventually.Poll(d, func() bool { m = tr.target.instances(); return len(m) == 0 })
+	return m
 }
 
 // copyRegular copies the regular files under src to dst (CHAOS_KEEP: a failed trial's
