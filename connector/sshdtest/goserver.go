@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/flotilla-ci/flotilla/internal/syncbuf"
 )
 
 // GoOptions configure StartGo.
@@ -74,7 +76,7 @@ func StartGo(t testing.TB, opts GoOptions) *Server {
 		}
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	g := &goServer{ln: ln, cfg: cfg, maxSessions: opts.MaxSessions, log: &syncBuffer{}, conns: map[net.Conn]bool{}}
+	g := &goServer{ln: ln, cfg: cfg, maxSessions: opts.MaxSessions, log: &syncbuf.Buffer{}, conns: map[net.Conn]bool{}}
 	s := &Server{
 		Addr: ln.Addr().String(), Port: port, User: u.Username, Key: keyPEM, Signer: signer,
 		HostKey: ssh.MarshalAuthorizedKey(hostSigner.PublicKey()), HostSigner: hostSigner, log: g.log,
@@ -92,7 +94,7 @@ type goServer struct {
 	ln          net.Listener
 	cfg         *ssh.ServerConfig
 	maxSessions int
-	log         *syncBuffer
+	log         *syncbuf.Buffer
 	wg          sync.WaitGroup
 
 	mu    sync.Mutex

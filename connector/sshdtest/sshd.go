@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/flotilla-ci/flotilla/internal/syncbuf"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
@@ -66,7 +67,7 @@ type Server struct {
 	Dir string
 
 	cmd      *exec.Cmd
-	log      *syncBuffer
+	log      *syncbuf.Buffer
 	stopOnce sync.Once
 	exited   chan struct{}
 	stopFn   func()
@@ -218,7 +219,7 @@ func Start(t testing.TB, opts Options) *Server {
 	s := &Server{
 		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, User: loginUser,
 		Key: keyPEM, Signer: signer, HostKey: ssh.MarshalAuthorizedKey(hostSigner.PublicKey()), HostSigner: hostSigner,
-		Dir: dir, log: &syncBuffer{}, exited: make(chan struct{}),
+		Dir: dir, log: &syncbuf.Buffer{}, exited: make(chan struct{}),
 	}
 	s.cmd = exec.Command(SSHDPath, "-D", "-e", "-f", cfgPath)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
@@ -338,21 +339,4 @@ func killTree(pid int) {
 		killTree(c)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -9,33 +9,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/internal/syncbuf"
 	"github.com/flotilla-ci/flotilla/plugins/local"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
-
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // pluginPids lists the embedded local plugin processes this test binary started: its
 // children running EmbeddedCommand.
@@ -74,7 +56,7 @@ func pluginPids(t *testing.T) []int {
 func TestDeadPluginIsRelaunched(t *testing.T) {
 	root := t.TempDir()
 	cfg := load(t, fmt.Sprintf("      root_dir = %q\n", root))
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	m, err := Start(ctx, cfg, &cfg.Runners[0], Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), StateDir: t.TempDir()})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/internal/syncbuf"
 )
 
 // onLog is a slog.Handler that runs hook on every record before passing it on: a test
@@ -93,7 +94,7 @@ func leftInstances(root string) []string {
 // neither the instance nor a plugin process.
 func TestPluginKilledDuringShutdownDeletionIsRelaunched(t *testing.T) {
 	cfg, root := idlePool(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	var m atomic.Pointer[Manager]
 	var killed atomic.Int64
 	hook := func(r slog.Record) {
@@ -142,7 +143,7 @@ func TestPluginKilledDuringShutdownDeletionIsRelaunched(t *testing.T) {
 // plugin process, hung or not, is left behind.
 func TestHungPluginIsKilledAtShutdown(t *testing.T) {
 	cfg, root := idlePool(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	m, err := Start(ctx, cfg, &cfg.Runners[0], Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), StateDir: t.TempDir(),
