@@ -161,7 +161,11 @@ func DialSSH(ctx context.Context, info provider.ConnectInfo, opts DialOptions) (
 			}
 			return fail(stage, err)
 		}
-		prev, prevStage = err, stage
+		if prev == nil || !cutShort(err) {
+			// An attempt cut short by its deadline says nothing; keep what the
+			// attempts before it found.
+			prev, prevStage = err, stage
+		}
 		wait := backoff/2 + rand.N(backoff/2+1) // jitter: spread retries of many hosts
 		backoff = min(2*backoff, maxB)
 		if opts.OnRetry != nil {
@@ -172,7 +176,8 @@ func DialSSH(ctx context.Context, info provider.ConnectInfo, opts DialOptions) (
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fail(stage, fmt.Errorf("%w (%v)", err, context.Cause(ctx)))
+			// The deadline may have cut this attempt before the context reported it.
+			return fail(prevStage, fmt.Errorf("%w (%v)", prev, context.Cause(ctx)))
 		case <-t.C:
 		}
 	}
