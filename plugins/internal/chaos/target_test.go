@@ -13,6 +13,7 @@ import (
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/awsfake"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/azurefake"
+	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/cloudtest"
 	"github.com/flotilla-ci/flotilla/plugins/internal/cloudsim/gcpfake"
 )
 
@@ -159,7 +160,11 @@ func (c *cloudTarget) setEndpoint(url string) error {
 }
 
 func (c *cloudTarget) autoscalerTOML() string {
-	return fmt.Sprintf("    plugin = %q\n    plugin_config = %s\n", bins.plugins[c.name], tomlInline(c.config))
+	inline, err := cloudtest.TOMLInline(c.config)
+	if err != nil {
+		panic(err) // c.config is the wire fake's own JSON, or setEndpoint's re-encoding of it
+	}
+	return fmt.Sprintf("    plugin = %q\n    plugin_config = %s\n", bins.plugins[c.name], inline)
 }
 
 func (c *cloudTarget) connectorTOML() string { return c.connector }
@@ -208,21 +213,4 @@ func (c *cloudTarget) familyNames() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// tomlInline renders a flat JSON object as a TOML inline table.
-func tomlInline(raw json.RawMessage) string {
-	var m map[string]any
-	_ = json.Unmarshal(raw, &m)
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		v, _ := json.Marshal(m[k]) // JSON strings and numbers are valid TOML values here
-		parts = append(parts, fmt.Sprintf("%s = %s", k, v))
-	}
-	return "{ " + strings.Join(parts, ", ") + " }"
 }

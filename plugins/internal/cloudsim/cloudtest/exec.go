@@ -33,12 +33,12 @@ type ExecJob struct {
 	Cloud *cloudsim.Cloud
 }
 
-// tomlInline renders a flat JSON object as a TOML inline table.
-func tomlInline(t *testing.T, raw json.RawMessage) string {
-	t.Helper()
+// TOMLInline renders a flat JSON object (a plugin_config) as a TOML inline table, keys
+// sorted, for the config.toml of a test run.
+func TOMLInline(raw json.RawMessage) (string, error) {
 	var m map[string]any
 	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
+		return "", fmt.Errorf("plugin_config %s: %w", raw, err)
 	}
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -50,7 +50,7 @@ func tomlInline(t *testing.T, raw json.RawMessage) string {
 		v, _ := json.Marshal(m[k]) // JSON strings and numbers are valid TOML values here
 		parts = append(parts, fmt.Sprintf("%s = %s", k, v))
 	}
-	return "{ " + strings.Join(parts, ", ") + " }"
+	return "{ " + strings.Join(parts, ", ") + " }", nil
 }
 
 // RunnerExecJob builds the runner and the plugin, writes a config.toml that uses the
@@ -71,6 +71,10 @@ func RunnerExecJob(t *testing.T, j ExecJob) {
 	}
 	pipeline := "build:\n  script:\n    - echo \"built on $(basename $PWD/..)\"\n    - test -f .gitlab-ci.yml\n"
 	if err := os.WriteFile(filepath.Join(project, ".gitlab-ci.yml"), []byte(pipeline), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inline, err := TOMLInline(j.PluginConfig)
+	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf(`concurrent = 2
@@ -94,7 +98,7 @@ func RunnerExecJob(t *testing.T, j ExecJob) {
     [[runners.autoscaler.policy]]
       idle_count = 0
       idle_time = "1s"
-`, pluginBin, tomlInline(t, j.PluginConfig), j.Connector)
+`, pluginBin, inline, j.Connector)
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
