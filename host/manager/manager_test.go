@@ -23,7 +23,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func load(t *testing.T, pluginConfig string) *config.Config {
+// load parses a one-runner config of the local plugin with max_instances = 1 and
+// pluginConfig as its [runners.autoscaler.plugin_config]; autoscaler lines go into
+// [runners.autoscaler] (keys first, then tables such as a policy).
+func load(t *testing.T, pluginConfig string, autoscaler ...string) *config.Config {
 	t.Helper()
 	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
 [[runners]]
@@ -33,9 +36,10 @@ func load(t *testing.T, pluginConfig string) *config.Config {
   [runners.autoscaler]
     plugin = "local"
     max_instances = 1
+%s
     [runners.autoscaler.plugin_config]
 %s
-`, pluginConfig)))
+`, strings.Join(autoscaler, "\n"), pluginConfig)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,25 +39,9 @@ func (h onLog) WithGroup(name string) slog.Handler { return onLog{h.Handler.With
 func idlePool(t *testing.T) (*config.Config, string) {
 	t.Helper()
 	root := t.TempDir()
-	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
-[[runners]]
-  name = "pool"
-  token = "glrt-abcdefghijklmnop"
-  executor = "instance"
-  [runners.autoscaler]
-    plugin = "local"
-    max_instances = 1
-    update_interval = "100ms"
-    shutdown_deletion_interval = "100ms"
-    [runners.autoscaler.plugin_config]
-      root_dir = %q
-    [[runners.autoscaler.policy]]
-      idle_count = 1
-      idle_time = "1h"
-`, root)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := load(t, fmt.Sprintf("      root_dir = %q", root),
+		`    update_interval = "100ms"`, `    shutdown_deletion_interval = "100ms"`,
+		"    [[runners.autoscaler.policy]]\n      idle_count = 1\n      idle_time = \"1h\"")
 	return cfg, root
 }
 
