@@ -3,6 +3,9 @@
 # now or will be (no plugin is named here, so a new one is covered):
 #   - sdk/ imports no other package of this module;
 #   - host/ imports, of plugins/, only the embedded default plugins/local;
+#   - host/jobs/ (a job's model and its sources) imports, of host/, only host/jobs/,
+#     host/version and host/internal/: executors and the pool build on jobs, not the
+#     other way round;
 #   - a plugin (plugins/<name>) never imports host/ nor another plugin; what plugins
 #     share lives in plugins/internal/;
 #   - the runner binary links no cloud SDK, and no package of this module in it imports
@@ -30,6 +33,10 @@ while read -r pkg imports; do
       $mod/host/*)
         if [[ $imp == $mod/plugins/* && $imp != $mod/plugins/local && $imp != $mod/plugins/local/* ]]; then
           say "$pkg imports $imp (host/ links only the embedded plugins/local)"
+        fi
+        if [[ $pkg == $mod/host/jobs || $pkg == $mod/host/jobs/* ]] && [[ $imp == $mod/host/* ]] &&
+          [[ $imp != $mod/host/jobs && $imp != $mod/host/jobs/* && $imp != $mod/host/version && $imp != $mod/host/internal/* ]]; then
+          say "$pkg imports $imp (host/jobs/ must not import what builds on it)"
         fi ;;
       $mod/plugins/*)
         [[ $imp == $mod/host/* ]] && say "$pkg imports $imp (a plugin must not import host/)"

@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/flotilla-ci/flotilla/internal/syncbuf"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // GoOptions configure StartGo.

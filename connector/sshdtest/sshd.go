@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/flotilla-ci/flotilla/internal/syncbuf"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // SSHDPath is where Debian's openssh-server installs sshd.

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // startCommand logs in to srv with plain x/crypto/ssh, starts a long-running command

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
@@ -24,12 +27,33 @@ const (
 	DefaultShell = "bash"
 )
 
-// Executors Flotilla runs.
+// Executor names: the two Flotilla runs, and GitLab's docker+machine, which `runner
+// config migrate` converts.
 const (
 	ExecutorInstance         = "instance"
 	ExecutorDockerAutoscaler = "docker-autoscaler"
 	ExecutorDockerMachine    = "docker+machine"
 )
+
+// Executors are the executors Flotilla runs, in the order help texts name them. Each
+// has a registered executors.Kind (a test of the pool ties the two).
+var Executors = []string{ExecutorInstance, ExecutorDockerAutoscaler}
+
+// ExecutorChoice names the executors Flotilla runs for messages and help texts:
+// `"instance" or "docker-autoscaler"` (quoted) or `instance or docker-autoscaler`.
+func ExecutorChoice(quoted bool) string {
+	names := make([]string, len(Executors))
+	for i, e := range Executors {
+		names[i] = e
+		if quoted {
+			names[i] = strconv.Quote(e)
+		}
+	}
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
 
 // ConcurrentOrDefault is concurrent, or 1 when unset.
 func (c *Config) ConcurrentOrDefault() int {
@@ -66,7 +90,7 @@ func (r *Runner) ShellOrDefault() string {
 
 // NeedsAutoscaler reports whether the executor runs on autoscaled instances.
 func (r *Runner) NeedsAutoscaler() bool {
-	return r.Executor == ExecutorInstance || r.Executor == ExecutorDockerAutoscaler
+	return slices.Contains(Executors, r.Executor)
 }
 
 // CapacityPerInstanceOrDefault is capacity_per_instance, 1 when unset.

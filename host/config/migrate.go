@@ -274,7 +274,7 @@ func ConvertPeriod(expr string) (period string, notes []string, err error) {
 		}
 	}
 	period = strings.Join(f, " ")
-	if _, err := ParsePeriod(period); err != nil {
+	if _, err := taskscaler.ParsePeriod(period); err != nil {
 		return "", notes, err
 	}
 	return period, notes, nil

@@ -10,14 +10,12 @@ import (
 	"time"
 	_ "time/tzdata" // timezone checks must not depend on the host's zoneinfo files
 
-	"github.com/robfig/cron/v3"
-
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
 // knownExecutors are GitLab Runner's executor names. Flotilla runs only the autoscaled
 // ones; the others load with a warning so that a shared config.toml still works.
-var knownExecutors = []string{"instance", "docker-autoscaler", "docker+machine", "docker", "docker-windows",
+var knownExecutors = []string{ExecutorInstance, ExecutorDockerAutoscaler, ExecutorDockerMachine, "docker", "docker-windows",
 	"shell", "ssh", "kubernetes", "custom", "parallels", "virtualbox", "docker-ssh", "docker-ssh+machine"}
 
 var knownShells = []string{"bash", "sh", "powershell", "pwsh"}
@@ -48,18 +46,6 @@ const (
 	// MaxOutputLimit bounds output_limit (kilobytes): 1 TiB of log.
 	MaxOutputLimit = 1 << 30
 )
-
-// cronParser reads the 5-field periods of autoscaler policies.
-var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow)
-
-// ParsePeriod parses one policy period (5-field cron: minute hour day-of-month month
-// day-of-week; names such as mon-fri allowed).
-func ParsePeriod(expr string) (cron.Schedule, error) {
-	if strings.HasPrefix(strings.TrimSpace(expr), "@") {
-		return nil, fmt.Errorf("descriptors such as %q are not supported; write 5 fields", expr)
-	}
-	return cronParser.Parse(expr)
-}
 
 // validator checks values after decoding; positions come from the checker's index.
 type validator struct {
@@ -196,14 +182,14 @@ func (v *validator) runner(path string, r *Runner) int {
 	}
 	switch {
 	case r.Executor == "":
-		v.warnf(path, "set executor = \"instance\" or \"docker-autoscaler\"", "no executor set; this runner cannot run jobs")
+		v.warnf(path, "set executor = "+ExecutorChoice(true), "no executor set; this runner cannot run jobs")
 	case !slices.Contains(knownExecutors, r.Executor):
-		v.errorf(path+".executor", "use \"instance\" or \"docker-autoscaler\"", "unknown executor %q", r.Executor)
+		v.errorf(path+".executor", "use "+ExecutorChoice(true), "unknown executor %q", r.Executor)
 	case r.Executor == ExecutorDockerMachine:
 		v.warnf(path+".executor", "run `runner config migrate` to convert it to docker-autoscaler",
 			"executor %q is not run by Flotilla", r.Executor)
 	case !r.NeedsAutoscaler():
-		v.warnf(path+".executor", "use \"instance\" or \"docker-autoscaler\"", "executor %q is not run by Flotilla", r.Executor)
+		v.warnf(path+".executor", "use "+ExecutorChoice(true), "executor %q is not run by Flotilla", r.Executor)
 	}
 	if r.NeedsAutoscaler() && r.Autoscaler == nil {
 		v.errorf(path+".executor", "add a [runners.autoscaler] table with plugin = \"…\"", "executor requires autoscaler config")
@@ -216,7 +202,7 @@ func (v *validator) runner(path string, r *Runner) int {
 	if a := r.Autoscaler; a != nil {
 		capacity = v.autoscaler(path+".autoscaler", a, r)
 		if !r.NeedsAutoscaler() && r.Executor != "" {
-			v.warnf(path+".autoscaler", "use executor \"instance\" or \"docker-autoscaler\"",
+			v.warnf(path+".autoscaler", "use executor "+ExecutorChoice(true),
 				"[runners.autoscaler] is ignored with executor %q", r.Executor)
 		}
 		if r.Instance.UseCommonBuildDir && !a.VMIsolation.Enabled && a.MaxUseCount != 1 {
@@ -324,7 +310,7 @@ func (v *validator) policy(path string, p *Policy, slots int) {
 			"idle_time %s is below the minimum of 1s", p.IdleTime.Duration)
 	}
 	for i, expr := range p.Periods {
-		if _, err := ParsePeriod(expr); err != nil {
+		if _, err := taskscaler.ParsePeriod(expr); err != nil {
 			hint := "write 5 fields: minute hour day-of-month month day-of-week, e.g. \"* 8-18 * * mon-fri\""
 			if n := len(strings.Fields(expr)); n == 6 || n == 7 {
 				hint = "this looks like a docker+machine period with seconds or year; `runner config migrate` converts those"

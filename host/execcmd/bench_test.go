@@ -15,8 +15,8 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
-	"github.com/flotilla-ci/flotilla/host/manager"
 	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/host/pool"
 )
 
 // BenchmarkB6TrivialJob measures the wall time of a trivial job (`true`) through the
@@ -45,7 +45,7 @@ func BenchmarkB6TrivialJob(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	m, err := manager.Start(ctx, cfg, &cfg.Runners[0], manager.Options{StateDir: filepath.Join(state, "state"), DeleteOnShutdown: true,
+	m, err := pool.Start(ctx, cfg, &cfg.Runners[0], pool.Options{StateDir: filepath.Join(state, "state"), DeleteOnShutdown: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
@@ -56,7 +56,7 @@ func BenchmarkB6TrivialJob(b *testing.B) {
 		b.Fatal(err)
 	}
 	src := b.TempDir()
-	runner := &pipelinerun.Runner{Pool: m.Pool(), NewEnv: m.NewEnv, LogDir: filepath.Join(state, "logs"),
+	runner := &pipelinerun.Runner{Pool: m, LogDir: filepath.Join(state, "logs"),
 		Options: executors.RunOptions{Executor: "instance"}}
 	runOnce := func() time.Duration {
 		plan, _ := p.Plan()

@@ -19,8 +19,8 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
-	"github.com/flotilla-ci/flotilla/host/manager"
 	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/host/pool"
 )
 
 // Options are the command's flags.
@@ -84,10 +84,10 @@ func stateHome() string {
 func defaultConfig(o Options, state string) string {
 	executor := o.Executor
 	if executor == "" {
-		executor = manager.ExecutorInstance
+		executor = config.ExecutorInstance
 	}
 	pluginCfg := fmt.Sprintf("root_dir = %q\n", filepath.Join(state, "exec-instances"))
-	if executor == manager.ExecutorDockerAutoscaler {
+	if executor == config.ExecutorDockerAutoscaler {
 		pluginCfg += fmt.Sprintf("docker_socket = %q\n", "/var/run/docker.sock")
 	}
 	return fmt.Sprintf(`concurrent = %d
@@ -126,10 +126,10 @@ func indent(s, pre string) string {
 // running jobs (their after_script still runs); the pool's instances are deleted in
 // any case before Run returns.
 func Run(ctx context.Context, o Options) (int, error) {
-	return runPipeline(ctx, o, pipelinerun.Stops{})
+	return runPipeline(ctx, o, pool.Stops{})
 }
 
-func runPipeline(ctx context.Context, o Options, stops pipelinerun.Stops) (code int, _ error) {
+func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ error) {
 	if o.Dir == "" {
 		o.Dir = "."
 	}
@@ -191,7 +191,7 @@ func runPipeline(ctx context.Context, o Options, stops pipelinerun.Stops) (code 
 	}
 	fmt.Fprintf(o.Stderr, "Starting a pool for runner %q: plugin %s, executor %s, up to %d instances × %d slots\n",
 		r.Name, r.Autoscaler.Plugin, r.Executor, r.Autoscaler.MaxInstances, r.Autoscaler.CapacityPerInstanceOrDefault())
-	m, err := manager.Start(ctx, cfg, r, manager.Options{Logger: logger, PluginLog: pluginLog(o), StateDir: stateDir, DeleteOnShutdown: true})
+	m, err := pool.Start(ctx, cfg, r, pool.Options{Logger: logger, PluginLog: pluginLog(o), StateDir: stateDir, DeleteOnShutdown: true})
 	if err != nil {
 		return 1, err
 	}
@@ -209,7 +209,7 @@ func runPipeline(ctx context.Context, o Options, stops pipelinerun.Stops) (code 
 		width = max(width, len(j.Name))
 	}
 	runner := &pipelinerun.Runner{
-		Pool: m.Pool(), NewEnv: m.NewEnv, Concurrent: cfg.ConcurrentOrDefault(), LogDir: logDir,
+		Pool: m, Concurrent: cfg.ConcurrentOrDefault(), LogDir: logDir,
 		Progress: pipelinerun.NewTextProgress(o.Stdout, width),
 		Options: executors.RunOptions{RunnerName: r.Name, RunnerVersion: o.Version, Executor: r.Executor,
 			// Caches outlive the pool: they are kept per project on this machine.
@@ -254,7 +254,7 @@ func checkPoolSize(o *Options) error {
 // shutdown deletes the pool's instances and stops its plugin, within shutdownBound.
 // If instances are left, it says which, why and what happens to them, and returns an
 // error; a failure that leaves none (the plugin did not stop cleanly) is a warning.
-func shutdown(ctx context.Context, o Options, m *manager.Manager) error {
+func shutdown(ctx context.Context, o Options, m *pool.Pool) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBound)
 	defer cancel()
 	fmt.Fprintln(o.Stderr, "Deleting the pool's instances")
@@ -263,7 +263,7 @@ func shutdown(ctx context.Context, o Options, m *manager.Manager) error {
 		return nil
 	}
 	var left []string
-	for _, in := range m.Scaler.Status().InstanceList {
+	for _, in := range m.Status().InstanceList {
 		left = append(left, in.ID)
 	}
 	if len(left) == 0 {

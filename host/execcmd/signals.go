@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/host/pool"
 )
 
 // RunWithSignals is Run with the signal contract of `runner exec` wired (see
@@ -40,7 +40,7 @@ func RunWithSignals(ctx context.Context, o Options) (int, error) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		code, err := runPipeline(ctx, o, pipelinerun.Stops{Drain: drain, Abort: abort})
+		code, err := runPipeline(ctx, o, pool.Stops{Drain: drain, Abort: abort})
 		done <- result{code, err}
 	}()
 

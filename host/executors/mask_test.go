@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 func TestMaskWriter(t *testing.T) {

@@ -62,7 +62,7 @@ func PrintSummary(out io.Writer, s Summary) {
 	tw.Flush()
 	var blame []string
 	for _, j := range s.Jobs {
-		if j.State != StateFailed && j.State != StateCancelled {
+		if j.State != StateFailed && j.State != StateCanceled {
 			continue
 		}
 		why := j.Why()

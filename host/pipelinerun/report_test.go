@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/pool"
 )
 
 func TestFollowWriterStreamsReadableLines(t *testing.T) {
@@ -55,14 +56,14 @@ func TestSummaryNamesWhyJobsFailed(t *testing.T) {
 			FailureReason: executors.RunnerSystemFailure, ExitCode: -1, Err: errors.New("unable to acquire instance: plugin local exited")}},
 		{Name: "lint", State: StateFailed, Attempts: 1, Result: executors.Result{Status: executors.StatusFailed,
 			FailureReason: executors.ScriptFailure, ExitCode: 2}},
-		{Name: "deploy", State: StateCancelled, Reason: ErrNotStarted.Error()},
+		{Name: "deploy", State: StateCanceled, Reason: pool.ErrNotStarted.Error()},
 	}}
 	var out bytes.Buffer
 	PrintSummary(&out, sum)
 	for _, want := range []string{
 		"--- test failed: runner_system_failure: unable to acquire instance: plugin local exited ---",
 		"--- lint failed: script_failure: exit code 2 ---",
-		"--- deploy canceled: " + ErrNotStarted.Error() + " ---",
+		"--- deploy canceled: " + pool.ErrNotStarted.Error() + " ---",
 		"Pipeline FAILED in 0s: test failed (runner_system_failure); lint failed (script_failure); deploy canceled (not started)\n",
 	} {
 		if !strings.Contains(out.String(), want) {

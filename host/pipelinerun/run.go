@@ -1,14 +1,12 @@
-// Package pipelinerun runs a planned .gitlab-ci.yml pipeline (`runner exec`) on an
-// autoscaled pool: every job whose dependencies allow it gets a slot from the
-// taskscaler, runs through an executor on that slot's instance, and releases the slot;
-// independent jobs run concurrently. A job whose instance failed under it (a system
+// Package pipelinerun is the .gitlab-ci.yml DAG scheduler of `runner exec`: it runs a
+// planned pipeline on a pool, starting every job whose dependencies allow it (the pool
+// runs it on a slot: see package pool); independent jobs run concurrently. A job whose instance failed under it (a system
 // failure) is retried once on a new slot. Progress is reported as it happens, and every
 // job's full log is kept in a file.
 package pipelinerun
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,41 +18,29 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
-	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/host/pool"
 )
 
-// Slot is a job slot on an instance (a *taskscaler.Acquisition).
-type Slot interface {
-	InstanceID() string
-	Slot() int
-	ConnectInfo(ctx context.Context) (provider.ConnectInfo, error)
-	WithContext(ctx context.Context) (context.Context, context.CancelFunc)
+// JobRunner runs one job on a slot of the pool: *pool.Pool, or pool.Jobs over a
+// scaler and an environment factory of the caller's.
+type JobRunner interface {
+	Run(ctx context.Context, job *jobs.Job, key string, log io.Writer, o pool.RunOptions) (executors.Result, string)
 }
-
-// Pool hands out slots.
-type Pool interface {
-	Acquire(ctx context.Context, key string) (Slot, error)
-	Release(key string)
-}
-
-// EnvFactory builds the executor environment for a job on a slot. ctx is bounded by
-// the slot: it ends if the instance disappears.
-type EnvFactory func(ctx context.Context, job *jobs.Job, slot Slot) (executors.Env, error)
 
 // State is where a job is in its life.
 type State string
 
 // Job states reported to Progress.
 const (
-	StatePending   State = "pending"
-	StateWaiting   State = "waiting for an instance"
-	StateRunning   State = "running"
-	StateRetrying  State = "retrying"
-	StatePassed    State = "passed"
-	StateFailed    State = "failed"
-	StateAllowed   State = "failed (allowed)"
-	StateSkipped   State = "skipped"
-	StateCancelled State = "canceled"
+	StatePending  State = "pending"
+	StateWaiting  State = "waiting for an instance"
+	StateRunning  State = "running"
+	StateRetrying State = "retrying"
+	StatePassed   State = "passed"
+	StateFailed   State = "failed"
+	StateAllowed  State = "failed (allowed)"
+	StateSkipped  State = "skipped"
+	StateCanceled State = "canceled"
 )
 
 // Progress receives job state changes as they happen, from the jobs' goroutines:
@@ -65,8 +51,7 @@ type Progress interface {
 
 // Runner runs pipelines on a pool.
 type Runner struct {
-	Pool   Pool
-	NewEnv EnvFactory
+	Pool JobRunner
 	// Concurrent bounds jobs running at once (config `concurrent`); 0 means no bound
 	// beyond the pool's.
 	Concurrent int
@@ -80,32 +65,12 @@ type Runner struct {
 	// prefixed with the job's name.
 	Follow io.Writer
 	// Stops, if set, end the pipeline early in the ways cancelling Run's ctx does not:
-	// a drain and an abort (see Stops).
-	Stops Stops
+	// a drain and an abort (see pool.Stops).
+	Stops pool.Stops
 
 	followMu    sync.Mutex
 	followWidth int // the longest job name of the plan, to align the prefixes
 }
-
-// Stops are the ways to end jobs early beyond cancelling their context, which
-// cancels a job but still runs its after_script and cleanup. A nil channel never
-// fires.
-type Stops struct {
-	// Drain, once closed, starts no more jobs: a job that has no slot yet (waiting
-	// for its dependencies, for `concurrent` or for an instance) ends as canceled
-	// without running, while the running ones go on to their end (SIGQUIT).
-	Drain <-chan struct{}
-	// Abort, once closed, cuts every remaining step of a running job short:
-	// after_script, the cache upload and the cleanup are not waited for (a second
-	// stop signal). The job ends canceled, or failed if it was not canceled.
-	Abort <-chan struct{}
-}
-
-// ErrNotStarted is the cause of a job that a drain kept from starting.
-var ErrNotStarted = errors.New("not started: the runner is stopping and starts no new jobs")
-
-// ErrAborted is the cause of a step cut short by Stops.Abort.
-var ErrAborted = errors.New("aborted: the runner is stopping without waiting for its jobs")
 
 // JobResult is how one job of the pipeline ended.
 type JobResult struct {
@@ -161,12 +126,12 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 				outcomes = append(outcomes, outcome(results[d]))
 			}
 			if ctx.Err() != nil {
-				res.State, res.Reason = StateCancelled, "pipeline cancelled"
+				res.State, res.Reason = StateCanceled, "pipeline cancelled"
 				r.report(j.Name, res.State, res.Reason)
 				return
 			}
 			if closed(r.Stops.Drain) {
-				res.State, res.Reason = StateCancelled, ErrNotStarted.Error()
+				res.State, res.Reason = StateCanceled, pool.ErrNotStarted.Error()
 				r.report(j.Name, res.State, res.Reason)
 				return
 			}
@@ -180,11 +145,11 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 				case sem <- struct{}{}:
 					defer func() { <-sem }()
 				case <-ctx.Done():
-					res.State, res.Reason = StateCancelled, "pipeline cancelled"
+					res.State, res.Reason = StateCanceled, "pipeline cancelled"
 					r.report(j.Name, res.State, res.Reason)
 					return
 				case <-r.Stops.Drain:
-					res.State, res.Reason = StateCancelled, ErrNotStarted.Error()
+					res.State, res.Reason = StateCanceled, pool.ErrNotStarted.Error()
 					r.report(j.Name, res.State, res.Reason)
 					return
 				}
@@ -196,7 +161,7 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 	sum := Summary{Passed: true, Duration: time.Since(start)}
 	for _, j := range plan.Jobs {
 		res := *results[j.Name]
-		if res.State == StateFailed || res.State == StateCancelled {
+		if res.State == StateFailed || res.State == StateCanceled {
 			sum.Passed = false
 		}
 		sum.Jobs = append(sum.Jobs, res)
@@ -273,7 +238,7 @@ func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *J
 	case res.Result.Status == executors.StatusSuccess:
 		res.State = StatePassed
 	case res.Result.Status == executors.StatusCanceled:
-		res.State = StateCancelled
+		res.State = StateCanceled
 	case res.Result.AllowedFailure:
 		res.State = StateAllowed
 	default:
@@ -344,136 +309,12 @@ func (r *Runner) attempt(ctx context.Context, job *jobs.Job, attempt int, log io
 	r.report(job.Name, StateWaiting, "")
 	waitStart := time.Now()
 	var waited time.Duration
-	res, inst := RunOnSlot(ctx, r.Stops, r.Pool, r.NewEnv, job, key, log, r.Options, func(slot Slot) {
+	res, inst := r.Pool.Run(ctx, job, key, log, pool.RunOptions{Stops: r.Stops, Runtime: r.Options, OnSlot: func(slot pool.Slot) {
 		waited = time.Since(waitStart)
 		r.report(job.Name, StateRunning, fmt.Sprintf("on %s slot %d (waited %s)", slot.InstanceID(), slot.Slot(), waited.Round(10*time.Millisecond)))
-	})
+	}})
 	if inst == "" {
 		waited = time.Since(waitStart)
 	}
 	return res, inst, waited
-}
-
-// RunOnSlot acquires the slot for key (a reservation made with that key is used),
-// runs job once on it, writing the log to log, and releases the slot. It returns the
-// result and the instance the job ran on ("" if no slot was acquired). onSlot, if set,
-// is called once the slot is held. A slot that cannot be had, an environment that
-// cannot be built, and an instance that vanishes under the job are system failures;
-// only ctx cancellation cancels the job. stops.Drain ends the wait for a slot (the job
-// ends canceled, not started) and stops.Abort cuts the job's steps short. Both
-// `runner exec` and `runner run` use it.
-func RunOnSlot(ctx context.Context, stops Stops, pool Pool, newEnv EnvFactory, job *jobs.Job, key string, log io.Writer,
-	opts executors.RunOptions, onSlot func(Slot)) (executors.Result, string) {
-	actx, stopAcquire := context.WithCancelCause(ctx)
-	defer stopAcquire(nil)
-	for _, ch := range []<-chan struct{}{stops.Drain, stops.Abort} {
-		if ch != nil {
-			stop := afterClose(ch, func() { stopAcquire(ErrNotStarted) })
-			defer stop()
-		}
-	}
-	slot, err := pool.Acquire(actx, key)
-	if err != nil {
-		status := executors.StatusFailed
-		if actx.Err() != nil {
-			status = executors.StatusCanceled
-			if cause := context.Cause(actx); errors.Is(cause, ErrNotStarted) {
-				err = cause
-			}
-		}
-		fmt.Fprintf(log, "ERROR: Preparation failed: %v\n", err)
-		return executors.Result{Status: status, FailureReason: executors.RunnerSystemFailure, ExitCode: -1, Err: err}, ""
-	}
-	defer pool.Release(key)
-	if onSlot != nil {
-		onSlot(slot)
-	}
-	// The job's steps run to their end although ctx is cancelled (that is how
-	// after_script and the cleanup run after a cancel), unless the slot's instance
-	// vanishes (a system failure, not a cancellation, which only the user's ctx means)
-	// or the run is aborted.
-	base, abort := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer abort(nil)
-	if stops.Abort != nil {
-		stop := afterClose(stops.Abort, func() { abort(ErrAborted) })
-		defer stop()
-	}
-	slotCtx, cancel := slot.WithContext(base)
-	defer cancel()
-	env, err := newEnv(slotCtx, job, slot)
-	if err != nil {
-		fmt.Fprintf(log, "ERROR: Preparation failed: %v\n", err)
-		return executors.Result{Status: executors.StatusFailed, FailureReason: executors.RunnerSystemFailure, ExitCode: -1, Err: err}, slot.InstanceID()
-	}
-	opts.InstanceID = slot.InstanceID()
-	return executors.Run(ctx, job, slotBound{env, slotCtx}, log, opts), slot.InstanceID()
-}
-
-// afterClose calls f once ch is closed, unless the returned stop is called first.
-func afterClose(ch <-chan struct{}, f func()) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ch:
-			f()
-		case <-done:
-		}
-	}()
-	return func() { close(done) }
-}
-
-// slotBound makes an environment's steps end when the slot's instance disappears or
-// the run is aborted.
-type slotBound struct {
-	executors.Env
-	slotCtx context.Context
-}
-
-func (s slotBound) bind(ctx context.Context) (context.Context, context.CancelFunc) {
-	child, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(s.slotCtx, func() { cancel(s.cause()) })
-	return child, func() { stop(); cancel(context.Canceled) }
-}
-
-// cause says why the slot's context ended: an abort, or the instance was lost.
-func (s slotBound) cause() error {
-	cause := context.Cause(s.slotCtx)
-	if errors.Is(cause, ErrAborted) {
-		return cause
-	}
-	return errors.Join(errors.New("instance lost"), cause)
-}
-
-func (s slotBound) Prepare(ctx context.Context, log io.Writer) error {
-	ctx, cancel := s.bind(ctx)
-	defer cancel()
-	return s.Env.Prepare(ctx, log)
-}
-
-func (s slotBound) Exec(ctx context.Context, script executors.Script, out io.Writer) (int, error) {
-	ctx, cancel := s.bind(ctx)
-	defer cancel()
-	code, err := s.Env.Exec(ctx, script, out)
-	if err == nil && s.slotCtx.Err() != nil {
-		err = s.cause()
-	}
-	return code, err
-}
-
-func (s slotBound) Cleanup(ctx context.Context) error {
-	ctx, cancel := s.bind(ctx)
-	defer cancel()
-	return s.Env.Cleanup(ctx)
-}
-
-func (s slotBound) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
-	ctx, cancel := s.bind(ctx)
-	defer cancel()
-	return s.Env.Pack(ctx, paths, archive, messages)
-}
-
-func (s slotBound) Unpack(ctx context.Context, r io.Reader) error {
-	ctx, cancel := s.bind(ctx)
-	defer cancel()
-	return s.Env.Unpack(ctx, r)
 }

@@ -20,8 +20,9 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors/instance"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
+	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/fake"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -45,7 +46,7 @@ type harness struct {
 	group  *fake.Group
 }
 
-func newHarness(t *testing.T, newEnv func(EnvFactory) EnvFactory) *harness {
+func newHarness(t *testing.T, newEnv func(pool.EnvFactory) pool.EnvFactory) *harness {
 	t.Helper()
 	if ok, why := sshdtest.Available(); !ok {
 		t.Skip(why)
@@ -67,7 +68,7 @@ func newHarness(t *testing.T, newEnv func(EnvFactory) EnvFactory) *harness {
 	conns := connector.NewPool(connector.DialOptions{})
 	t.Cleanup(conns.Shutdown)
 	builds := t.TempDir()
-	var factory EnvFactory = func(ctx context.Context, job *jobs.Job, slot Slot) (executors.Env, error) {
+	var factory pool.EnvFactory = func(ctx context.Context, job *jobs.Job, slot pool.Slot) (executors.Env, error) {
 		info, err := slot.ConnectInfo(ctx)
 		if err != nil {
 			return nil, err
@@ -83,7 +84,7 @@ func newHarness(t *testing.T, newEnv func(EnvFactory) EnvFactory) *harness {
 	if newEnv != nil {
 		factory = newEnv(factory)
 	}
-	return &harness{scaler: sc, group: g, runner: &Runner{Pool: ScalerPool{sc}, NewEnv: factory, LogDir: t.TempDir(), Options: executors.RunOptions{Executor: "instance"}}}
+	return &harness{scaler: sc, group: g, runner: &Runner{Pool: pool.Jobs{Slots: sc, NewEnv: factory}, LogDir: t.TempDir(), Options: executors.RunOptions{Executor: "instance"}}}
 }
 
 type recorder struct {
@@ -199,8 +200,8 @@ func (f flakyEnv) Exec(ctx context.Context, s executors.Script, out io.Writer) (
 
 func TestSystemFailureRetriedOnce(t *testing.T) {
 	var failed atomic.Bool
-	h := newHarness(t, func(next EnvFactory) EnvFactory {
-		return func(ctx context.Context, job *jobs.Job, slot Slot) (executors.Env, error) {
+	h := newHarness(t, func(next pool.EnvFactory) pool.EnvFactory {
+		return func(ctx context.Context, job *jobs.Job, slot pool.Slot) (executors.Env, error) {
 			env, err := next(ctx, job, slot)
 			return flakyEnv{env, &failed}, err
 		}
@@ -317,7 +318,7 @@ second:
 			}
 			continue
 		}
-		if j.State != StateCancelled || j.Why() != ErrNotStarted.Error() || j.Attempts != 0 {
+		if j.State != StateCanceled || j.Why() != pool.ErrNotStarted.Error() || j.Attempts != 0 {
 			t.Errorf("%s = %s (%q, %d attempts), want canceled, not started", j.Name, j.State, j.Why(), j.Attempts)
 		}
 	}
@@ -374,7 +375,7 @@ long:
 	}
 	j := r.sum.Jobs[0]
 	b, _ := os.ReadFile(logPath)
-	if j.State != StateCancelled || strings.Contains(string(b), "after-2-done") || !strings.Contains(string(b), ErrAborted.Error()) {
+	if j.State != StateCanceled || strings.Contains(string(b), "after-2-done") || !strings.Contains(string(b), pool.ErrAborted.Error()) {
 		t.Errorf("job = %s; want canceled with its after_script aborted; log:\n%s", j.State, b)
 	}
 }
@@ -383,7 +384,7 @@ long:
 // instance_acquire_timeout.
 type noSlotPool struct{ acquires atomic.Int32 }
 
-func (p *noSlotPool) Acquire(context.Context, string) (Slot, error) {
+func (p *noSlotPool) Acquire(context.Context, string) (*taskscaler.Acquisition, error) {
 	p.acquires.Add(1)
 	return nil, errors.New("unable to acquire instance within the configured timeout of 15m0s: the plugin's Update has failed")
 }
@@ -395,11 +396,11 @@ func (p *noSlotPool) Release(string) {}
 // instead of waiting as long again (the issue saw jobs "wait out the acquire timeout
 // twice").
 func TestNoSlotIsNotRetried(t *testing.T) {
-	pool := &noSlotPool{}
-	r := &Runner{Pool: pool, LogDir: t.TempDir(), NewEnv: func(context.Context, *jobs.Job, Slot) (executors.Env, error) {
+	slots := &noSlotPool{}
+	r := &Runner{Pool: pool.Jobs{Slots: slots, NewEnv: func(context.Context, *jobs.Job, pool.Slot) (executors.Env, error) {
 		t.Fatal("no environment may be built without a slot")
 		return nil, nil
-	}}
+	}}, LogDir: t.TempDir()}
 	p, err := pipeline.Parse("ci.yml", []byte("only:\n  script: [echo hi]\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -410,7 +411,7 @@ func TestNoSlotIsNotRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	j := sum.Jobs[0]
-	if n := pool.acquires.Load(); n != 1 || j.Attempts != 1 {
+	if n := slots.acquires.Load(); n != 1 || j.Attempts != 1 {
 		t.Errorf("%d acquires, %d attempts; want 1 of each", n, j.Attempts)
 	}
 	if want := "runner_system_failure: unable to acquire instance within the configured timeout of 15m0s: the plugin's Update has failed"; j.State != StateFailed || j.Why() != want {

@@ -15,7 +15,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
-	"github.com/flotilla-ci/flotilla/host/pipelinerun"
+	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/version"
 )
 
@@ -90,22 +90,23 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 
 	var res executors.Result
 	if convErr != nil {
-		rs.m.Scaler.Unreserve(key)
+		rs.m.Unreserve(key)
 		fmt.Fprintf(tr, "\x1b[31;1mERROR: Job failed: %v\x1b[0;m\n", convErr)
 		res = executors.Result{Status: executors.StatusFailed, FailureReason: "runner_unsupported", ExitCode: -1, Err: convErr}
 	} else {
 		job.Variables = append(environment(cfg.Environment), job.Variables...)
-		newEnv := func(ctx context.Context, j *jobs.Job, slot pipelinerun.Slot) (executors.Env, error) {
-			env, err := rs.m.NewEnv(ctx, j, slot)
-			if err != nil || len(job.Artifacts) == 0 {
-				return env, err
-			}
-			return &gitlab.ArtifactsEnv{Env: env, Client: rs.client, Job: job, Log: tr}, nil
+		o := pool.RunOptions{
+			// Abort (a second stop signal) also cuts the job's after_script and cleanup short.
+			Stops: pool.Stops{Abort: s.abortCtx.Done()},
+			Runtime: executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
+				CacheDir: cacheDir(s.opts.ConfigPath, cfg)},
 		}
-		opts := executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
-			CacheDir: cacheDir(s.opts.ConfigPath, cfg)}
-		// Abort (a second stop signal) also cuts the job's after_script and cleanup short.
-		res, _ = pipelinerun.RunOnSlot(jobCtx, pipelinerun.Stops{Abort: s.abortCtx.Done()}, rs.m.Pool(), newEnv, &job.Job, key, tr, opts, nil)
+		if len(job.Artifacts) > 0 {
+			o.Wrap = func(env executors.Env) executors.Env {
+				return &artifactsEnv{Env: env, client: rs.client, job: job, log: tr}
+			}
+		}
+		res, _ = rs.m.Run(jobCtx, &job.Job, key, tr, o)
 	}
 
 	state, reason := finalState(res, context.Cause(jobCtx))

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -74,10 +75,10 @@ func Register(ctx context.Context, o RegisterOptions) (*config.Runner, error) {
 		return nil, errors.New("register: give either --token (runner authentication token) or --registration-token (legacy), not both")
 	}
 	if o.Executor == "" {
-		o.Executor = "instance"
+		o.Executor = config.ExecutorInstance
 	}
-	if o.Executor != "instance" && o.Executor != "docker-autoscaler" {
-		return nil, fmt.Errorf("register: --executor %q: use instance or docker-autoscaler", o.Executor)
+	if !slices.Contains(config.Executors, o.Executor) {
+		return nil, fmt.Errorf("register: --executor %q: use %s", o.Executor, config.ExecutorChoice(false))
 	}
 	// Checked before GitLab is asked, so that a bad value registers nothing. 0 means
 	// the default; a negative value is a mistake, not a wish for the default.
@@ -188,7 +189,7 @@ func renderEntry(o RegisterOptions, reg gitlab.RegisteredRunner, now time.Time, 
 		return b.String()
 	}
 	b.WriteString("  shell = \"bash\"\n")
-	if o.Executor == "docker-autoscaler" {
+	if o.Executor == config.ExecutorDockerAutoscaler {
 		fmt.Fprintf(&b, "  [runners.docker]\n    image = %s\n", q(nonEmpty(o.DockerImage, "busybox:latest")))
 	}
 	capa, maxi := o.CapacityPerInstance, o.MaxInstances

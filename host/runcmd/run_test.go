@@ -19,8 +19,8 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
 	"github.com/flotilla-ci/flotilla/plugins/local"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // TestMain lets this test binary serve the embedded local plugin, as the runner binary

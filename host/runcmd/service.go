@@ -1,5 +1,5 @@
 // Package runcmd is the `runner run` service: for every [[runners]] entry of
-// config.toml it keeps a pool (host/manager) and asks GitLab for jobs whenever the
+// config.toml it keeps a pool (host/pool) and asks GitLab for jobs whenever the
 // pool's taskscaler can reserve a slot and the concurrent, limit and
 // request_concurrency settings allow one more; each job runs on its slot through the
 // shared executors while its log streams to GitLab, and its final state is reported
@@ -32,8 +32,8 @@ import (
 
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
-	"github.com/flotilla-ci/flotilla/host/manager"
 	"github.com/flotilla-ci/flotilla/host/plugins"
+	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
@@ -105,7 +105,7 @@ type fileStamp struct {
 type runnerState struct {
 	key        string
 	cfg        *config.Runner // replaced on reload; read under Service.mu
-	m          *manager.Manager
+	m          *pool.Pool
 	client     *gitlab.Client
 	running    int
 	requesting int
@@ -211,13 +211,22 @@ func (s *Service) Addr() string {
 	return s.addr
 }
 
-// Scalers returns the taskscalers of the runner entries being served.
-func (s *Service) Scalers() []*taskscaler.Scaler {
+// Pools returns the pools of the runner entries being served, in config order.
+func (s *Service) Pools() []*pool.Pool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*taskscaler.Scaler
+	var out []*pool.Pool
 	for _, rs := range s.sortedLocked() {
-		out = append(out, rs.m.Scaler)
+		out = append(out, rs.m)
+	}
+	return out
+}
+
+// statusSources are the pools, for the status endpoint.
+func (s *Service) statusSources() []taskscaler.StatusSource {
+	var out []taskscaler.StatusSource
+	for _, p := range s.Pools() {
+		out = append(out, p)
 	}
 	return out
 }
@@ -247,7 +256,7 @@ func (s *Service) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	mux.Handle("/status", taskscaler.StatusHandler(s.Scalers))
+	mux.Handle("/status", taskscaler.StatusHandler(s.statusSources))
 	return mux
 }
 
@@ -368,7 +377,7 @@ func (s *Service) shutdown(ctx context.Context) error {
 			if err := rs.m.Shutdown(sctx); err != nil {
 				if a := rs.cfg.Autoscaler; a != nil && a.DeleteInstancesOnShutdown {
 					var left []string
-					for _, in := range rs.m.Scaler.Status().InstanceList {
+					for _, in := range rs.m.Status().InstanceList {
 						left = append(left, in.ID)
 					}
 					err = fmt.Errorf("runner %q: stopping its pool (instances left: %s): %w", rs.cfg.Name, orNone(left), err)
@@ -407,7 +416,7 @@ func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 	s.mu.Lock()
 	cfg := s.cfg
 	s.mu.Unlock()
-	m, err := manager.Start(ctx, cfg, r, manager.Options{Logger: s.log, PluginLog: s.opts.PluginLog, StateDir: s.opts.StateDir, Resolve: s.opts.Resolve, Metrics: s.opts.Metrics})
+	m, err := pool.Start(ctx, cfg, r, pool.Options{Logger: s.log, PluginLog: s.opts.PluginLog, StateDir: s.opts.StateDir, Resolve: s.opts.Resolve, Metrics: s.opts.Metrics})
 	if err != nil {
 		return fmt.Errorf("runner %q: %w", r.Name, err)
 	}
@@ -459,7 +468,7 @@ func (s *Service) reload(ctx context.Context) {
 		}
 		rs.cfg = r
 		if r.Autoscaler != nil {
-			if err := rs.m.Scaler.ConfigureSchedule(r.Autoscaler.ScalerPolicies()); err != nil {
+			if err := rs.m.ConfigureSchedule(r.Autoscaler.ScalerPolicies()); err != nil {
 				s.log.Error("config reload: policies", "runner", r.Name, "error", err)
 			}
 		}
@@ -639,7 +648,7 @@ func (s *Service) loop(ctx context.Context, rs *runnerState) {
 		key := fmt.Sprintf("gitlab-%s-%d", tokenPrefix(rs.cfg.Token), rs.seq)
 		token := rs.cfg.Token
 		s.mu.Unlock()
-		if err := rs.m.Scaler.Reserve(ctx, key); err != nil {
+		if err := rs.m.Reserve(ctx, key); err != nil {
 			s.endRequest(rs, false)
 			requestsTotal.WithLabelValues(name, "no_capacity").Inc()
 			s.log.Debug("no capacity to take a job", "runner", name, "reason", err)
@@ -656,7 +665,7 @@ func (s *Service) loop(ctx context.Context, rs *runnerState) {
 			// then be lost. Only a hard stop cuts it short.
 			resp, err := rs.client.RequestJob(s.hardCtx, token, s.systemID)
 			if err != nil || resp == nil {
-				rs.m.Scaler.Unreserve(key)
+				rs.m.Unreserve(key)
 				s.mu.Lock()
 				if err != nil {
 					rs.failures++

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -130,7 +130,7 @@ func TestReloadAppliesPolicies(t *testing.T) {
 	}
 	e.svc.Reload()
 	eventually.NoError(t, "the reload to apply concurrent 3 and idle_count 2", 30*time.Second, func() error {
-		st := e.svc.Scalers()[0].Status()
+		st := e.svc.Pools()[0].Status()
 		e.svc.mu.Lock()
 		conc := e.svc.cfg.Concurrent
 		e.svc.mu.Unlock()

@@ -15,27 +15,35 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
-// Instance is the durable record of one instance.
+// Instance is an instance's record: its lasting facts, defined once. The state file
+// stores it; the taskscaler's in-memory instance, its InstanceStatus (status and
+// explain) and the InstanceInfo it gives the host's ready and probe functions embed it,
+// so that a fact is one field in all of them. The plugin protocol reports an ID and a
+// provider.State, which State holds as it is.
 type Instance struct {
 	// ID is the plugin's instance ID.
 	ID string `json:"id"`
 	// Owner is the scaler key that created or adopted the instance.
 	Owner string `json:"owner"`
-	// Cause says how the instance came to be owned: "created" or "adopted".
+	// Cause says how the instance came to be owned: "created" or "adopted"; "unknown"
+	// for one the host cannot vouch for.
 	Cause string `json:"cause"`
 	// State is the last state the plugin reported.
-	State string `json:"state"`
+	State provider.State `json:"state"`
 	// UseCount is how many jobs were given to the instance.
 	UseCount int `json:"use_count"`
-	// InFlight is how many jobs held a slot at the last write; a restarted host
-	// cannot resume them.
+	// InFlight is how many jobs hold a slot on the instance; stored, how many held one
+	// at the last write, which a restarted host cannot resume.
 	InFlight int `json:"in_flight"`
 	// Removing is set once the host decided to delete the instance, with the reason.
 	Removing     bool   `json:"removing,omitempty"`
 	RemoveReason string `json:"remove_reason,omitempty"`
-	// CreatedAt is when the instance was first seen; ReadyAt when it became usable.
+	// CreatedAt is when the instance was first seen; ReadyAt when it became usable;
+	// UpdatedAt when the record was last written.
 	CreatedAt time.Time `json:"created_at"`
 	ReadyAt   time.Time `json:"ready_at,omitzero"`
 	UpdatedAt time.Time `json:"updated_at"`

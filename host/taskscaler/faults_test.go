@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/taskscaler/clock"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/fake"
 )
 

@@ -52,14 +52,12 @@ const (
 
 // InstanceInfo describes an instance to the host's ready and probe functions.
 type InstanceInfo struct {
-	ID string
-	// Cause is "created" (requested by this scaler) or "adopted" (recorded by a
-	// previous run of the host and found again).
-	Cause string
+	// Instance is the instance's record when the call started. Its Cause is "created"
+	// (requested by this scaler) or "adopted" (recorded by a previous run of the host
+	// and found again).
+	state.Instance
 	// Restored is true for an instance recorded by a previous run of the host.
 	Restored bool
-	// UseCount is how many jobs the instance was given so far.
-	UseCount int
 	// ConnectInfo was fetched from the plugin just before the call.
 	ConnectInfo provider.ConnectInfo
 }

@@ -3,13 +3,26 @@ package taskscaler
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/robfig/cron/v3"
 )
 
-// cronParser accepts the 5 standard fields with names, ranges, lists and steps.
-var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+// cronParser accepts the 5 standard fields with names, ranges, lists and steps: the
+// periods GitLab documents for [[runners.autoscaler.policy]].
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow)
+
+// ParsePeriod parses one policy period (5-field cron: minute hour day-of-month month
+// day-of-week; names such as mon-fri allowed). It is the one parser of periods:
+// configuration checks them with it, so what loads is what the scaler runs.
+// Descriptors such as @hourly are refused with a message that says what to write.
+func ParsePeriod(expr string) (cron.Schedule, error) {
+	if strings.HasPrefix(strings.TrimSpace(expr), "@") {
+		return nil, fmt.Errorf("descriptors such as %q are not supported; write 5 fields", expr)
+	}
+	return cronParser.Parse(expr)
+}
 
 // Snapshot is what an IdlePolicy sees when the scaler decides: the moment and the
 // pool's slots by state (acquired, reserved, pending, idle, …).
@@ -89,7 +102,7 @@ func compilePolicies(ps []Policy) ([]compiledPolicy, error) {
 			periods = []string{DefaultPeriod}
 		}
 		for j, expr := range periods {
-			sched, err := cronParser.Parse(expr)
+			sched, err := ParsePeriod(expr)
 			if err != nil {
 				return nil, fmt.Errorf("policy[%d].periods[%d] = %q: want 5 cron fields \"minute hour day-of-month month day-of-week\" (e.g. \"* 8-18 * * mon-fri\"): %w", i, j, expr, err)
 			}

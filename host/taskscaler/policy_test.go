@@ -57,6 +57,9 @@ func TestPolicyErrors(t *testing.T) {
 		{Policy{Periods: []string{"* * * *"}}, `policy[0].periods[0] = "* * * *"`},
 		{Policy{Periods: []string{"* * * * funday"}}, "periods[0]"},
 		{Policy{Timezone: "Mars/Olympus"}, `policy[0].timezone = "Mars/Olympus"`},
+		// The scaler refuses what configuration refuses: one parser for both.
+		{Policy{Periods: []string{"@hourly"}}, `descriptors such as "@hourly" are not supported`},
+		{Policy{Periods: []string{" @every 1h"}}, "write 5 fields"},
 	}
 	for _, c := range cases {
 		_, err := compilePolicies([]Policy{c.p})

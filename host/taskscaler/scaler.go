@@ -79,17 +79,16 @@ type slot struct {
 	key   string
 }
 
+// instance is the scaler's view of one instance: the record it stores (state.Instance,
+// kept current: InFlight counts the acquired slots, Removing follows phaseRemoving) and
+// what only this process knows.
 type instance struct {
+	state.Instance
 	gen      uint64 // Update generation in which the instance was last listed
-	id       string
-	state    provider.State
 	phase    phase
-	cause    string
 	restored bool
 	slots    []slot
-	used     int
 	reserved int
-	acquired int
 	acqs     map[string]*Acquisition
 
 	unhealthy     bool
@@ -98,11 +97,8 @@ type instance struct {
 	lastHeartbeat time.Time
 	nextCheck     time.Time // an unhealthy instance is checked again no earlier than this
 
-	firstSeen     time.Time
 	runningAt     time.Time
-	readyAt       time.Time
 	idleSince     time.Time
-	removeReason  string
 	removeAt      time.Time
 	decreasedAt   time.Time
 	readyStarted  bool
@@ -112,7 +108,7 @@ type instance struct {
 	historyCursor int
 }
 
-func (in *instance) busy() int { return in.reserved + in.acquired }
+func (in *instance) busy() int { return in.reserved + in.InFlight }
 
 // slotAt returns slot i. Slots are allocated as they are first used, so that a large
 // capacity_per_instance costs nothing until jobs run.
@@ -135,7 +131,7 @@ func (in *instance) setSlot(i int, sl slot) {
 func (in *instance) usable(cap, maxUse int) int {
 	free := cap - in.busy()
 	if maxUse > 0 {
-		free = min(free, maxUse-in.used-in.reserved)
+		free = min(free, maxUse-in.UseCount-in.reserved)
 	}
 	return max(free, 0)
 }
@@ -267,14 +263,18 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 	}
 	for _, rec := range snap.Instances {
 		in := s.newInstance(rec.ID, now)
-		in.phase, in.cause, in.restored = phaseRestoring, rec.Cause, true
-		in.used, in.restoredJobs = rec.UseCount, rec.InFlight
-		in.state = provider.State(rec.State)
-		if !rec.CreatedAt.IsZero() {
-			in.firstSeen = rec.CreatedAt
+		in.Instance, in.Owner = rec, owner
+		in.phase, in.restored = phaseRestoring, true
+		// The jobs in flight when the host stopped are gone with its process: they decide
+		// whether the instance is kept (restoredJobs), and no slot is held now.
+		in.restoredJobs, in.InFlight = rec.InFlight, 0
+		// Readiness is checked again in this run, which sets ReadyAt anew.
+		in.ReadyAt = time.Time{}
+		if in.CreatedAt.IsZero() {
+			in.CreatedAt = now
 		}
-		if rec.Removing {
-			in.removeReason = rec.RemoveReason
+		if !in.Removing {
+			in.RemoveReason = ""
 		}
 		in.event(now, "restored", fmt.Sprintf("found in the inventory (cause %s, used %d, %d jobs in flight)", rec.Cause, rec.UseCount, rec.InFlight))
 		s.instances[rec.ID] = in
@@ -336,7 +336,12 @@ func (s *Scaler) ConfigureSchedule(ps []Policy) error {
 }
 
 func (s *Scaler) newInstance(id string, now time.Time) *instance {
-	return &instance{id: id, firstSeen: now, idleSince: now, acqs: map[string]*Acquisition{}}
+	return &instance{Instance: state.Instance{ID: id, Owner: s.owner, CreatedAt: now}, idleSince: now, acqs: map[string]*Acquisition{}}
+}
+
+// setRemoving enters phaseRemoving for reason, and the record says so.
+func (in *instance) setRemoving(reason string) {
+	in.phase, in.Removing, in.RemoveReason = phaseRemoving, true, reason
 }
 
 // newRunID names this scaler process in the intents it records: its start time, pid
@@ -571,8 +576,8 @@ func (s *Scaler) applyLocked(now time.Time, seen []observed) {
 			if !in.decreasedAt.IsZero() {
 				s.m.ObserveInstance("deletion", now.Sub(in.decreasedAt))
 			}
-			in.event(now, "gone", "deleted: "+in.removeReason)
-			s.forgetLocked(now, in, in.removeReason)
+			in.event(now, "gone", "deleted: "+in.RemoveReason)
+			s.forgetLocked(now, in, in.RemoveReason)
 		default:
 			s.unexpectedLocked(now, in, "no longer listed by the plugin")
 		}
@@ -654,9 +659,9 @@ func (s *Scaler) discoverLocked(now time.Time, o observed) {
 		return // on its way out; nothing to own
 	}
 	in := s.newInstance(o.id, now)
-	in.state = o.state
+	in.State = o.state
 	if it, ok := s.claimIntentLocked(); ok {
-		in.cause = CauseCreated
+		in.Cause = CauseCreated
 		why := it.Why
 		if it.Run != s.run {
 			why = fmt.Sprintf("requested by a previous run (%s) at %s, before a restart (the intent was recorded before Increase): %s",
@@ -668,14 +673,14 @@ func (s *Scaler) discoverLocked(now time.Time, o observed) {
 		// The lost file was this owner's and held these instances; nothing can vouch
 		// for their state (jobs in flight, use count), so they are not served and not
 		// kept for a grace period in which they would count against max_instances.
-		in.cause, in.phase = CauseUnknown, phaseUnvouched
+		in.Cause, in.phase = CauseUnknown, phaseUnvouched
 		in.event(now, "unvouched", "in the group but not in this scaler's inventory, which was lost: the state file was found corrupt and moved aside")
 		s.instances[o.id] = in
 		s.log.Warn("instance not in the lost inventory; deleting it", "instance", o.id)
 		s.beginRemovalLocked(now, in, "unvouched after the state file was found corrupt: the lost inventory held this owner's instances, and nothing can vouch for their state")
 		return
 	} else {
-		in.cause, in.phase = CauseUnknown, phaseUnvouched
+		in.Cause, in.phase = CauseUnknown, phaseUnvouched
 		in.removeAt = now.Add(s.opts.UnknownInstanceGrace)
 		in.event(now, "unvouched", fmt.Sprintf("in the group but not in this scaler's inventory and no creation pending; deleted after %s unless it disappears", s.opts.UnknownInstanceGrace))
 		s.instances[o.id] = in
@@ -709,8 +714,8 @@ func (s *Scaler) enterStateLocked(now time.Time, in *instance, st provider.State
 func (s *Scaler) startBootLocked(now time.Time, in *instance) {
 	in.phase = phaseBooting
 	in.runningAt = now
-	if in.cause == CauseCreated && !in.restored {
-		s.m.ObserveInstance("is_running", now.Sub(in.firstSeen))
+	if in.Cause == CauseCreated && !in.restored {
+		s.m.ObserveInstance("is_running", now.Sub(in.CreatedAt))
 	}
 	in.event(now, "running", "plugin reports running; readiness check started")
 	s.readyQueue = append(s.readyQueue, in)
@@ -718,49 +723,49 @@ func (s *Scaler) startBootLocked(now time.Time, in *instance) {
 
 // transitionLocked applies a reported state to a known instance.
 func (s *Scaler) transitionLocked(now time.Time, in *instance, st provider.State) {
-	prev := in.state
-	in.state = st
+	prev := in.State
+	in.State = st
 	if prev != st {
-		s.dirty[in.id] = true
+		s.dirty[in.ID] = true
 	}
 	switch in.phase {
 	case phaseRestoring:
 		switch {
-		case in.removeReason != "":
-			in.phase = phaseRemoving
-			in.event(now, "removing", "removal was in progress when the host stopped: "+in.removeReason)
+		case in.RemoveReason != "":
+			in.setRemoving(in.RemoveReason)
+			in.event(now, "removing", "removal was in progress when the host stopped: "+in.RemoveReason)
 		case st == provider.StateDeleting || st == provider.StateDeleted:
-			in.phase, in.removeReason = phaseRemoving, "deleting when the host restarted"
+			in.setRemoving("deleting when the host restarted")
 			in.decreasedAt = now
 		case st == provider.StateTimeout:
 			in.event(now, "timeout", "plugin gave up on the instance")
 			s.forgetLocked(now, in, "timeout")
 		case in.restoredJobs > 0 && !s.opts.KeepInstanceWithAcquisitions:
-			in.cause = CauseAdopted
+			in.Cause = CauseAdopted
 			s.beginRemovalLocked(now, in, fmt.Sprintf("pre-existing instance had %d jobs in flight when the host stopped; removing for safety", in.restoredJobs))
 		default:
-			in.cause = CauseAdopted
+			in.Cause = CauseAdopted
 			in.event(now, "adopted", "owned and recorded by this scaler before the restart; kept")
-			s.dirty[in.id] = true
+			s.dirty[in.ID] = true
 			s.enterStateLocked(now, in, st)
 		}
 		return
 	case phaseUnvouched:
 		if st == provider.StateDeleting || st == provider.StateDeleted || st == provider.StateTimeout {
-			delete(s.instances, in.id)
+			delete(s.instances, in.ID)
 		}
 		return
 	case phaseRemoving:
 		switch st {
 		case provider.StateTimeout:
-			s.forgetLocked(now, in, in.removeReason)
+			s.forgetLocked(now, in, in.RemoveReason)
 		case provider.StateDeleted:
 			s.m.InstanceOperation("delete")
 			if !in.decreasedAt.IsZero() {
 				s.m.ObserveInstance("deletion", now.Sub(in.decreasedAt))
 			}
-			in.event(now, "gone", "deleted: "+in.removeReason)
-			s.forgetLocked(now, in, in.removeReason)
+			in.event(now, "gone", "deleted: "+in.RemoveReason)
+			s.forgetLocked(now, in, in.RemoveReason)
 		}
 		return
 	}
@@ -773,7 +778,7 @@ func (s *Scaler) transitionLocked(now time.Time, in *instance, st provider.State
 		s.unexpectedLocked(now, in, "plugin reports "+string(st))
 	case provider.StateTimeout:
 		if in.phase != phaseReady {
-			s.breaker.failure(now, fmt.Sprintf("instance %s timed out before becoming ready", in.id))
+			s.breaker.failure(now, fmt.Sprintf("instance %s timed out before becoming ready", in.ID))
 		}
 		in.event(now, "timeout", "plugin gave up on the instance; forgotten without Decrease")
 		s.cancelAcquisitionsLocked(in)
@@ -786,10 +791,10 @@ func (s *Scaler) transitionLocked(now time.Time, in *instance, st provider.State
 // unexpectedLocked handles an instance that vanished or started deleting without the
 // scaler asking: its acquisitions are cancelled, reservations on it become unbound.
 func (s *Scaler) unexpectedLocked(now time.Time, in *instance, why string) {
-	s.log.Warn("instance unexpectedly removed", "instance", in.id, "max-use-count", s.opts.MaxUseCount,
-		"slots", s.opts.CapacityPerInstance, "used", in.used, "why", why)
+	s.log.Warn("instance unexpectedly removed", "instance", in.ID, "max-use-count", s.opts.MaxUseCount,
+		"slots", s.opts.CapacityPerInstance, "used", in.UseCount, "why", why)
 	if in.phase == phaseCreating || in.phase == phaseBooting {
-		s.breaker.failure(now, fmt.Sprintf("instance %s removed before becoming ready (%s)", in.id, why))
+		s.breaker.failure(now, fmt.Sprintf("instance %s removed before becoming ready (%s)", in.ID, why))
 	}
 	in.event(now, "unexpectedly-removed", why)
 	s.cancelAcquisitionsLocked(in)
@@ -799,10 +804,10 @@ func (s *Scaler) unexpectedLocked(now time.Time, in *instance, why string) {
 		}
 	}
 	in.reserved = 0
-	if in.state == provider.StateDeleting {
-		in.phase, in.removeReason = phaseRemoving, "unexpectedly removed: "+why
+	if in.State == provider.StateDeleting {
+		in.setRemoving("unexpectedly removed: " + why)
 		in.decreasedAt = now
-		s.dirty[in.id] = true
+		s.dirty[in.ID] = true
 		return
 	}
 	s.forgetLocked(now, in, "unexpectedly removed: "+why)
@@ -810,24 +815,24 @@ func (s *Scaler) unexpectedLocked(now time.Time, in *instance, why string) {
 
 func (s *Scaler) cancelAcquisitionsLocked(in *instance) {
 	for key, a := range in.acqs {
-		a.cancel(fmt.Errorf("%w: %s", ErrInstanceUnexpectedlyRemoved, in.id))
+		a.cancel(fmt.Errorf("%w: %s", ErrInstanceUnexpectedlyRemoved, in.ID))
 		delete(s.acquisitions, key)
 		if a.slot >= 0 && a.slot < len(in.slots) && in.slots[a.slot].state == slotAcquired {
 			in.slots[a.slot] = slot{}
-			in.acquired--
+			in.InFlight--
 		}
 	}
 	clear(in.acqs)
 }
 
 func (s *Scaler) forgetLocked(now time.Time, in *instance, reason string) {
-	if !in.firstSeen.IsZero() && in.phase != phaseRestoring {
-		s.m.ObserveInstance("life", now.Sub(in.firstSeen))
+	if !in.CreatedAt.IsZero() && in.phase != phaseRestoring {
+		s.m.ObserveInstance("life", now.Sub(in.CreatedAt))
 	}
 	in.phase = phaseGone
-	delete(s.instances, in.id)
-	delete(s.dirty, in.id)
-	s.deleted = append(s.deleted, in.id)
+	delete(s.instances, in.ID)
+	delete(s.dirty, in.ID)
+	s.deleted = append(s.deleted, in.ID)
 	st := s.instanceStatusLocked(now, in)
 	st.RemoveReason = reason
 	s.gone = append(s.gone, st)
@@ -835,18 +840,18 @@ func (s *Scaler) forgetLocked(now time.Time, in *instance, reason string) {
 		s.gone = s.gone[len(s.gone)-100:]
 	}
 	if s.opts.OnGone != nil {
-		go s.opts.OnGone(in.id)
+		go s.opts.OnGone(in.ID)
 	}
 }
 
 // beginRemovalLocked marks an instance for deletion; the caller passes its ID to
 // decrease. Instances holding reservations or acquisitions are never passed here.
 func (s *Scaler) beginRemovalLocked(now time.Time, in *instance, reason string) {
-	in.phase, in.removeReason = phaseRemoving, reason
+	in.setRemoving(reason)
 	in.decreasedAt = time.Time{}
 	in.event(now, "removing", reason)
-	s.dirty[in.id] = true
-	s.log.Info("removing instance", "instance", in.id, "reason", reason)
+	s.dirty[in.ID] = true
+	s.log.Info("removing instance", "instance", in.ID, "reason", reason)
 }
 
 // planRemovalsLocked decides which instances to delete now and which deletions to
@@ -867,7 +872,7 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 				continue
 			}
 			switch {
-			case s.opts.MaxUseCount > 0 && in.used >= s.opts.MaxUseCount:
+			case s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount:
 				s.beginRemovalLocked(now, in, fmt.Sprintf("max_use_count %d reached and drained", s.opts.MaxUseCount))
 				surplus--
 			case in.failures >= s.opts.FailureThreshold:
@@ -883,7 +888,7 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 			if !idle[i].idleSince.Equal(idle[j].idleSince) {
 				return idle[i].idleSince.Before(idle[j].idleSince)
 			}
-			return idle[i].id < idle[j].id
+			return idle[i].ID < idle[j].ID
 		})
 		n := min(surplus, len(idle))
 		for _, in := range idle[:n] {
@@ -896,7 +901,7 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 		if in.phase != phaseRemoving || in.busy() > 0 {
 			continue
 		}
-		if in.state == provider.StateDeleting || in.state == provider.StateDeleted {
+		if in.State == provider.StateDeleting || in.State == provider.StateDeleted {
 			if !in.decreasedAt.IsZero() && now.Sub(in.decreasedAt) < s.opts.DeletionRetryInterval {
 				continue
 			}
@@ -906,7 +911,7 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 			continue
 		}
 		if in.decreasedAt.IsZero() || now.Sub(in.decreasedAt) >= s.opts.DeletionRetryInterval {
-			ids = append(ids, in.id)
+			ids = append(ids, in.ID)
 		}
 	}
 	slices.Sort(ids)
@@ -999,7 +1004,7 @@ func (s *Scaler) countLocked(now time.Time) counts {
 	// Sums saturate: a huge idle_count or capacity must not wrap around to "nothing".
 	c.tasks.Unready = satMul(s.requested, capa)
 	for _, in := range s.instances {
-		c.tasks.Acquired += in.acquired
+		c.tasks.Acquired += in.InFlight
 		switch in.phase {
 		case phaseRestoring, phaseCreating:
 			c.inst.Creating++
@@ -1019,7 +1024,7 @@ func (s *Scaler) countLocked(now time.Time) counts {
 			default:
 				u := in.usable(capa, maxUse)
 				c.tasks.Idle = satAdd(c.tasks.Idle, u)
-				if in.acquired > 0 {
+				if in.InFlight > 0 {
 					c.tasks.Unavailable = satAdd(c.tasks.Unavailable, free-u)
 				}
 			}
@@ -1324,7 +1329,7 @@ func (s *Scaler) ready(in *instance) {
 			in.nextCheck = now.Add(backoff(in.failures, healthRecheckMin, healthRecheckMax))
 			in.event(now, "unready", fmt.Sprintf("readiness check failure %d of %d (next attempt at %s): %v", in.failures,
 				s.opts.FailureThreshold, in.nextCheck.UTC().Format(time.RFC3339), err))
-			s.log.Info("instance not ready yet", "instance", in.id, "failures", in.failures, "next_attempt", in.nextCheck, "err", err)
+			s.log.Info("instance not ready yet", "instance", in.ID, "failures", in.failures, "next_attempt", in.nextCheck, "err", err)
 			s.mu.Unlock()
 			return
 		}
@@ -1332,7 +1337,7 @@ func (s *Scaler) ready(in *instance) {
 		if in.failures > 1 {
 			reason += fmt.Sprintf(" (%d consecutive readiness failures, failure_threshold %d)", in.failures, s.opts.FailureThreshold)
 		}
-		s.breaker.failure(now, fmt.Sprintf("instance %s: %s", in.id, reason))
+		s.breaker.failure(now, fmt.Sprintf("instance %s: %s", in.ID, reason))
 		s.beginRemovalLocked(now, in, reason)
 		s.flushLocked()
 		s.mu.Unlock()
@@ -1340,11 +1345,11 @@ func (s *Scaler) ready(in *instance) {
 		return
 	}
 	in.failures, in.lastHealthErr, in.readyRetry = 0, "", false
-	in.phase, in.readyAt, in.idleSince, in.lastHeartbeat = phaseReady, now, now, now
+	in.phase, in.ReadyAt, in.idleSince, in.lastHeartbeat = phaseReady, now, now, now
 	s.m.ObserveInstance("readiness", now.Sub(in.runningAt))
 	s.breaker.success()
 	in.event(now, "ready", "readiness passed; serving slots")
-	s.dirty[in.id] = true
+	s.dirty[in.ID] = true
 	s.dispatchLocked(now)
 	s.flushLocked()
 	s.mu.Unlock()
@@ -1359,7 +1364,7 @@ func (s *Scaler) readiness(ctx context.Context, in *instance) (final bool, err e
 		}
 	}
 	hctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
-	err = s.group.Heartbeat(hctx, in.id)
+	err = s.group.Heartbeat(hctx, in.ID)
 	cancel()
 	if err != nil && !errors.Is(err, provider.ErrNotSupported) {
 		s.m.InternalOperation("heartbeat_failure")
@@ -1381,12 +1386,12 @@ func (s *Scaler) readiness(ctx context.Context, in *instance) (final bool, err e
 
 func (s *Scaler) instanceInfo(ctx context.Context, in *instance) (InstanceInfo, error) {
 	s.mu.Lock()
-	info := InstanceInfo{ID: in.id, Cause: in.cause, Restored: in.restored, UseCount: in.used}
+	info := InstanceInfo{Instance: in.Instance, Restored: in.restored}
 	s.mu.Unlock()
-	ci, err := s.group.ConnectInfo(ctx, in.id)
+	ci, err := s.group.ConnectInfo(ctx, in.ID)
 	if err != nil {
 		s.m.InternalOperation("connect_info_failure")
-		return info, stepErr("connect info", in.id, err)
+		return info, stepErr("connect info", in.ID, err)
 	}
 	s.m.InternalOperation("connect_info")
 	info.ConnectInfo = ci
@@ -1420,7 +1425,7 @@ func (s *Scaler) heartbeatDueLocked(now time.Time) (due []*instance, probe []boo
 			due = append(due, in)
 		}
 	}
-	sort.Slice(due, func(i, j int) bool { return due[i].id < due[j].id })
+	sort.Slice(due, func(i, j int) bool { return due[i].ID < due[j].ID })
 	if len(due) > 0 {
 		probe = make([]bool, len(due))
 		for i, in := range due {
@@ -1460,7 +1465,7 @@ func (s *Scaler) runHeartbeats(ctx context.Context, due []*instance, probe []boo
 func (s *Scaler) heartbeat(ctx context.Context, in *instance, probe bool) error {
 	hctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
 	defer cancel()
-	if err := s.group.Heartbeat(hctx, in.id); err != nil && !errors.Is(err, provider.ErrNotSupported) {
+	if err := s.group.Heartbeat(hctx, in.ID); err != nil && !errors.Is(err, provider.ErrNotSupported) {
 		s.m.InternalOperation("heartbeat_failure")
 		return stepErr("heartbeat", "", err)
 	}
@@ -1508,9 +1513,9 @@ func (s *Scaler) flushLocked() error {
 		if !ok || in.phase == phaseUnvouched {
 			continue
 		}
-		b.Put = append(b.Put, state.Instance{ID: in.id, Owner: s.owner, Cause: in.cause, State: string(in.state),
-			UseCount: in.used, InFlight: in.acquired, Removing: in.phase == phaseRemoving, RemoveReason: in.removeReason,
-			CreatedAt: in.firstSeen, ReadyAt: in.readyAt, UpdatedAt: now})
+		rec := in.Instance
+		rec.UpdatedAt = now
+		b.Put = append(b.Put, rec)
 	}
 	b.Delete = s.deleted
 	if s.intentsDirty {
@@ -1522,6 +1527,9 @@ func (s *Scaler) flushLocked() error {
 		return err
 	}
 	s.lastStoreErr = ""
+	for _, rec := range b.Put {
+		s.instances[rec.ID].UpdatedAt = now
+	}
 	clear(s.dirty)
 	s.deleted = nil
 	s.intentsDirty = false
@@ -1596,14 +1604,14 @@ func (s *Scaler) deleteAll(ctx context.Context) error {
 			s.mu.Lock()
 			s.applyLocked(now, listed)
 			for _, in := range s.instances {
-				if in.state == provider.StateDeleting || in.state == provider.StateDeleted {
+				if in.State == provider.StateDeleting || in.State == provider.StateDeleted {
 					continue
 				}
 				if in.phase != phaseRemoving {
 					s.cancelAcquisitionsLocked(in)
 					s.beginRemovalLocked(now, in, "delete_instances_on_shutdown")
 				}
-				ids = append(ids, in.id)
+				ids = append(ids, in.ID)
 			}
 			remaining := len(s.instances)
 			s.flushLocked()
@@ -1645,11 +1653,11 @@ func (s *Scaler) shutdownLeftError(rounds int, stop, cause error, causeRound int
 	s.mu.Lock()
 	var left []string
 	for _, in := range s.instances {
-		st := string(in.state)
+		st := string(in.State)
 		if st == "" {
 			st = "not listed yet"
 		}
-		left = append(left, fmt.Sprintf("%s (%s)", in.id, st))
+		left = append(left, fmt.Sprintf("%s (%s)", in.ID, st))
 	}
 	s.mu.Unlock()
 	slices.Sort(left)

@@ -75,7 +75,7 @@ func (s *Scaler) pickLocked() (*instance, int) {
 		if in.phase != phaseReady || in.unhealthy || in.usable(capa, maxUse) == 0 {
 			continue
 		}
-		if best == nil || in.busy() > best.busy() || (in.busy() == best.busy() && in.id < best.id) {
+		if best == nil || in.busy() > best.busy() || (in.busy() == best.busy() && in.ID < best.ID) {
 			best = in
 		}
 	}
@@ -128,7 +128,7 @@ func (s *Scaler) Reserve(ctx context.Context, key string) error {
 		in.setSlot(sl, slot{state: slotReserved, key: key})
 		in.reserved++
 		s.reservations[key] = &reservation{key: key, inst: in, slot: sl, at: now}
-		s.dirty[in.id] = true
+		s.dirty[in.ID] = true
 		s.mu.Unlock()
 		s.m.TaskOperation("reserve")
 		s.scaleUp("reserve") // an idle slot was consumed: restore the idle target now
@@ -177,12 +177,12 @@ func (s *Scaler) freeSlotLocked(in *instance, sl int, was slotState) {
 	case slotReserved:
 		in.reserved--
 	case slotAcquired:
-		in.acquired--
+		in.InFlight--
 	}
 	if in.busy() == 0 {
 		in.idleSince = s.clock.Now()
 	}
-	s.dirty[in.id] = true
+	s.dirty[in.ID] = true
 }
 
 // takeLocked turns a free or reserved slot into an acquired one and counts a use.
@@ -191,9 +191,9 @@ func (s *Scaler) takeLocked(in *instance, sl int, key string) {
 		in.reserved--
 	}
 	in.setSlot(sl, slot{state: slotAcquired, key: key})
-	in.acquired++
-	in.used++
-	s.dirty[in.id] = true
+	in.InFlight++
+	in.UseCount++
+	s.dirty[in.ID] = true
 }
 
 // dispatchLocked hands free slots to waiting Acquire calls, oldest first, then binds
@@ -233,7 +233,7 @@ func (s *Scaler) dispatchLocked(now time.Time) {
 		in.setSlot(sl, slot{state: slotReserved, key: r.key})
 		in.reserved++
 		r.inst, r.slot = in, sl
-		s.dirty[in.id] = true
+		s.dirty[in.ID] = true
 	}
 }
 
@@ -301,12 +301,12 @@ func (s *Scaler) acquire(ctx context.Context, key string, wait bool) (*Acquisiti
 		if herr != nil || in.phase != phaseReady {
 			if cur := in.slotAt(sl); cur.state == slotAcquired && cur.key == key {
 				s.freeSlotLocked(in, sl, slotAcquired)
-				in.used--
+				in.UseCount--
 			}
 			if herr == nil {
-				herr = fmt.Errorf("instance %s left service while being acquired", in.id)
+				herr = fmt.Errorf("instance %s left service while being acquired", in.ID)
 			}
-			lastErr, lastErrID = fmt.Errorf("instance %s: %w", in.id, herr), in.id
+			lastErr, lastErrID = fmt.Errorf("instance %s: %w", in.ID, herr), in.ID
 			s.dispatchLocked(now)
 			s.mu.Unlock()
 			s.kick()
@@ -317,10 +317,10 @@ func (s *Scaler) acquire(ctx context.Context, key string, wait bool) (*Acquisiti
 			continue
 		}
 		actx, cancel := context.WithCancelCause(context.WithoutCancel(s.ctx))
-		a := &Acquisition{s: s, key: key, id: in.id, slot: sl, ctx: actx, cancel: cancel}
+		a := &Acquisition{s: s, key: key, id: in.ID, slot: sl, ctx: actx, cancel: cancel}
 		s.acquisitions[key] = a
 		in.acqs[key] = a
-		in.event(now, "acquired", fmt.Sprintf("slot %d to %s (use %d)", sl, key, in.used))
+		in.event(now, "acquired", fmt.Sprintf("slot %d to %s (use %d)", sl, key, in.UseCount))
 		s.flushLocked()
 		s.mu.Unlock()
 		s.m.TaskOperation("acquire")
@@ -384,7 +384,7 @@ func (s *Scaler) abandon(w *waiter) {
 		select {
 		case g := <-w.ch:
 			s.freeSlotLocked(g.inst, g.slot, slotAcquired)
-			g.inst.used--
+			g.inst.UseCount--
 			s.dispatchLocked(s.clock.Now())
 		default:
 		}
@@ -480,7 +480,7 @@ func (s *Scaler) Release(key string) {
 		delete(in.acqs, key)
 		s.freeSlotLocked(in, a.slot, slotAcquired)
 		in.event(now, "released", fmt.Sprintf("slot %d from %s", a.slot, key))
-		retire = s.opts.MaxUseCount > 0 && in.used >= s.opts.MaxUseCount && in.busy() == 0
+		retire = s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount && in.busy() == 0
 		s.dispatchLocked(now)
 	}
 	s.flushLocked()

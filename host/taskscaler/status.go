@@ -8,23 +8,26 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/host/state"
 )
 
 // InstanceStatus explains one instance: why it exists, what it is doing, its history.
+// Its facts are the instance's record, whose Cause says why it exists: created (by a
+// scale-up of this scaler), adopted (recorded before a restart), unknown (not ours;
+// will be deleted); InFlight counts the acquired slots. The rest is the scaler's view.
+//
+// Its JSON is the /status form, which is older than the shared record: CreatedAt is
+// "first_seen" there and InFlight "acquired", and the record's owner, removing and
+// updated_at keys are left out (see MarshalJSON).
 type InstanceStatus struct {
-	ID    string `json:"id"`
-	State string `json:"state"`
+	state.Instance
 	// Phase is the scaler's view: restoring, creating, booting, ready, removing,
 	// unvouched, gone.
-	Phase string `json:"phase"`
-	// Cause says why the instance exists: created (by a scale-up of this scaler),
-	// adopted (recorded before a restart), unknown (not ours; will be deleted).
-	Cause          string `json:"cause"`
+	Phase          string `json:"phase"`
 	Restored       bool   `json:"restored,omitempty"`
-	UseCount       int    `json:"use_count"`
 	Slots          int    `json:"slots"`
 	Reserved       int    `json:"reserved"`
-	Acquired       int    `json:"acquired"`
 	Healthy        bool   `json:"healthy"`
 	HealthFailures int    `json:"health_failures,omitempty"`
 	// HealthError is the last failed health check's error (the plugin's Heartbeat or the
@@ -32,11 +35,41 @@ type InstanceStatus struct {
 	// instance, or a booting one whose readiness check failed, is checked again.
 	HealthError     string    `json:"health_error,omitempty"`
 	NextHealthCheck time.Time `json:"next_health_check,omitzero"`
-	FirstSeen       time.Time `json:"first_seen"`
-	ReadyAt         time.Time `json:"ready_at,omitzero"`
 	IdleSince       time.Time `json:"idle_since,omitzero"`
-	RemoveReason    string    `json:"remove_reason,omitempty"`
 	History         []Event   `json:"history"`
+}
+
+// instanceStatusFields is InstanceStatus without its JSON methods.
+type instanceStatusFields InstanceStatus
+
+// instanceStatusJSON is the /status form of InstanceStatus. In encoding/json a field
+// nearer the top hides a deeper one of the same key, so the fields here rename and hide
+// keys of the embedded record; a nil json.RawMessage with omitempty is left out.
+type instanceStatusJSON struct {
+	instanceStatusFields
+	Owner     json.RawMessage `json:"owner,omitempty"`
+	Removing  json.RawMessage `json:"removing,omitempty"`
+	UpdatedAt json.RawMessage `json:"updated_at,omitempty"`
+	CreatedAt json.RawMessage `json:"created_at,omitempty"`
+	InFlight  json.RawMessage `json:"in_flight,omitempty"`
+	Acquired  int             `json:"acquired"`
+	FirstSeen time.Time       `json:"first_seen"`
+}
+
+// MarshalJSON writes the /status form (see InstanceStatus).
+func (x InstanceStatus) MarshalJSON() ([]byte, error) {
+	return json.Marshal(instanceStatusJSON{instanceStatusFields: instanceStatusFields(x), Acquired: x.InFlight, FirstSeen: x.CreatedAt})
+}
+
+// UnmarshalJSON reads the /status form (see InstanceStatus).
+func (x *InstanceStatus) UnmarshalJSON(b []byte) error {
+	var w instanceStatusJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*x = InstanceStatus(w.instanceStatusFields)
+	x.InFlight, x.CreatedAt = w.Acquired, w.FirstSeen
+	return nil
 }
 
 // PendingCreation is a recorded intent to create instances that have not appeared yet.
@@ -96,10 +129,8 @@ type Status struct {
 }
 
 func (s *Scaler) instanceStatusLocked(now time.Time, in *instance) InstanceStatus {
-	st := InstanceStatus{ID: in.id, State: string(in.state), Phase: in.phase.String(), Cause: in.cause, Restored: in.restored,
-		UseCount: in.used, Reserved: in.reserved, Acquired: in.acquired, Healthy: !in.unhealthy,
-		HealthFailures: in.failures, FirstSeen: in.firstSeen, ReadyAt: in.readyAt, RemoveReason: in.removeReason,
-		History: in.orderedHistory(), Slots: s.opts.CapacityPerInstance}
+	st := InstanceStatus{Instance: in.Instance, Phase: in.phase.String(), Restored: in.restored, Reserved: in.reserved,
+		Healthy: !in.unhealthy, HealthFailures: in.failures, History: in.orderedHistory(), Slots: s.opts.CapacityPerInstance}
 	if in.unhealthy || in.readyRetry {
 		st.HealthError, st.NextHealthCheck = in.lastHealthErr, in.nextCheck
 	}
@@ -223,10 +254,17 @@ type Report struct {
 	Scalers []Status `json:"scalers"`
 }
 
+// StatusSource is what the status endpoint asks of a scaler (a *Scaler, or a pool that
+// owns one).
+type StatusSource interface {
+	Status() Status
+	Explain(id string) (InstanceStatus, bool)
+}
+
 // StatusHandler serves the Report of the scalers list returns (it is called per
 // request, so scalers may come and go). With ?instance=ID it serves that instance's
 // InstanceStatus from whichever scaler knows it, or 404.
-func StatusHandler(list func() []*Scaler) http.Handler {
+func StatusHandler(list func() []StatusSource) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -299,7 +337,7 @@ func WriteReport(w io.Writer, rep Report) error {
 			fmt.Fprintf(&b, "  last update error: %s\n", st.LastUpdateError)
 		}
 		for _, x := range st.InstanceList {
-			fmt.Fprintf(&b, "  %-24s %-9s %-9s cause=%-8s used=%d jobs=%d/%d healthy=%v", x.ID, x.Phase, x.State, x.Cause, x.UseCount, x.Acquired, x.Slots, x.Healthy)
+			fmt.Fprintf(&b, "  %-24s %-9s %-9s cause=%-8s used=%d jobs=%d/%d healthy=%v", x.ID, x.Phase, x.State, x.Cause, x.UseCount, x.InFlight, x.Slots, x.Healthy)
 			if x.HealthError != "" {
 				check := "health"
 				if x.Phase == "booting" {
@@ -328,7 +366,7 @@ func WriteInstance(w io.Writer, x InstanceStatus) error {
 	if x.Restored {
 		b.WriteString(", restored after a restart")
 	}
-	fmt.Fprintf(&b, "\n  used %d times, %d of %d slots acquired, %d reserved, healthy %v\n", x.UseCount, x.Acquired, x.Slots, x.Reserved, x.Healthy)
+	fmt.Fprintf(&b, "\n  used %d times, %d of %d slots acquired, %d reserved, healthy %v\n", x.UseCount, x.InFlight, x.Slots, x.Reserved, x.Healthy)
 	if x.HealthError != "" {
 		fmt.Fprintf(&b, "  health: %d consecutive failures, next check at %s: %s\n", x.HealthFailures,
 			x.NextHealthCheck.UTC().Format(time.RFC3339), x.HealthError)

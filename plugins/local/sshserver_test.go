@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // testServer is a Server on 127.0.0.1 with its keys.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/internal/wire"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -195,13 +196,9 @@ func TestPluginExitsWhenItsHostDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	host.Wait()
-	deadline := time.Now().Add(15 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("plugin %d still running 15s after its host was killed", pid)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually.True(t, fmt.Sprintf("plugin %d to exit after its host was killed", pid), 15*time.Second, func() bool {
+		return syscall.Kill(pid, 0) != nil
+	})
 	if data, _ := os.ReadFile(marker); strings.Count(string(data), "shutdown") != 1 {
 		t.Fatalf("marker file %q: want Shutdown called exactly once before exiting", data)
 	}
@@ -231,7 +228,7 @@ func TestPluginWhoseHostIsGoneAtStartExits(t *testing.T) {
 		}
 		t.Cleanup(func() { dead.Wait() })
 		pid := dead.Process.Pid
-		waitFor(t, "the process to be a zombie", 30*time.Second, func() bool {
+		eventually.True(t, "the process to be a zombie", 30*time.Second, func() bool {
 			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 			if err != nil {
 				t.Skipf("no /proc: %v", err)

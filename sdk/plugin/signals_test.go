@@ -2,7 +2,6 @@ package plugin_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,40 +16,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
-
-// syncBuffer collects the host logger's output while go-plugin writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // TestSignalWhileTheHostIsAliveKeepsServing sends a plugin, launched and initialised by
 // a live host, the signals a service manager sends every process of a service it stops
@@ -87,7 +57,7 @@ func TestSignalWhileTheHostIsAliveKeepsServing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			marker := filepath.Join(dir, "marker")
-			var log syncBuffer
+			var log syncbuf.Buffer
 			logger := hclog.New(&hclog.LoggerOptions{Output: &log, Level: hclog.Info})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
@@ -110,7 +80,7 @@ func TestSignalWhileTheHostIsAliveKeepsServing(t *testing.T) {
 			}
 			name := map[syscall.Signal]string{syscall.SIGTERM: "SIGTERM", syscall.SIGINT: "SIGINT",
 				syscall.SIGHUP: "SIGHUP", syscall.SIGQUIT: "SIGQUIT"}[tt.signal]
-			waitFor(t, "the plugin logs the signal", 30*time.Second, func() bool {
+			eventually.True(t, "the plugin to log the signal", 30*time.Second, func() bool {
 				return strings.Contains(log.String(), "received "+name) || p.Exited()
 			})
 
@@ -132,7 +102,7 @@ func TestSignalWhileTheHostIsAliveKeepsServing(t *testing.T) {
 				}
 			}
 			// Without the host's Kill, the plugin ends by itself (after its Shutdown).
-			waitFor(t, "the plugin exits", 30*time.Second, p.Exited)
+			eventually.True(t, "the plugin to exit", 30*time.Second, p.Exited)
 			if data, _ := os.ReadFile(marker); strings.Count(string(data), "shutdown") != 1 {
 				t.Fatalf("marker file %q: want Shutdown called exactly once", data)
 			}

@@ -17,9 +17,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla-ci/flotilla/sdk/conformance/conformancetest"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // socketDirEnv is go-plugin's variable for the directory of the plugin's unix socket.
@@ -130,7 +132,7 @@ func runUnhosted(t *testing.T, ctx context.Context, bin string, env []string, si
 }
 
 // launch launches and initialises the plugin, logging to log if it is not nil.
-func launch(t *testing.T, ctx context.Context, bin string, env []string, log *syncBuffer) *pluginclient.Plugin {
+func launch(t *testing.T, ctx context.Context, bin string, env []string, log *syncbuf.Buffer) *pluginclient.Plugin {
 	t.Helper()
 	opts := pluginclient.Options{Env: env}
 	if log != nil {
@@ -153,18 +155,18 @@ func launch(t *testing.T, ctx context.Context, bin string, env []string, log *sy
 // for the plugin to exit by itself.
 func runHosted(t *testing.T, ctx context.Context, bin string, env []string, end func(p *pluginclient.Plugin)) {
 	t.Helper()
-	var log syncBuffer
+	var log syncbuf.Buffer
 	p := launch(t, ctx, bin, env, &log)
 	if err := syscall.Kill(p.Pid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the plugin defers SIGTERM to its host", 30*time.Second, func() bool {
+	eventually.True(t, "the plugin to defer SIGTERM to its host", 30*time.Second, func() bool {
 		return strings.Contains(log.String(), "received SIGTERM while the host")
 	})
 	if end != nil {
 		end(p)
 	}
-	waitFor(t, "the plugin exits by itself", 30*time.Second, p.Exited)
+	eventually.True(t, "the plugin to exit by itself", 30*time.Second, p.Exited)
 }
 
 // runOrphaned starts the plugin through a shell that stays until the plugin serves and
@@ -192,12 +194,12 @@ func runOrphaned(t *testing.T, ctx context.Context, bin string, env []string, so
 		t.Fatalf("the shell printed %q, %v: want the plugin's PID", line, err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	waitFor(t, "the plugin serves on its socket", 30*time.Second, func() bool { return len(sockets(t, socketDir)) == 1 })
+	eventually.True(t, "the plugin to serve on its socket", 30*time.Second, func() bool { return len(sockets(t, socketDir)) == 1 })
 	stdin.Close() // the shell, the plugin's host, exits
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the shell: %v", err)
 	}
-	waitFor(t, "the orphaned plugin exits", 30*time.Second, func() bool { return processGone(pid) })
+	eventually.True(t, "the orphaned plugin to exit", 30*time.Second, func() bool { return processGone(pid) })
 }
 
 // processGone reports whether pid has exited: it no longer exists, or is a zombie that

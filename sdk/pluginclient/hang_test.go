@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -33,13 +34,9 @@ func stop(t *testing.T, pid int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	deadline := time.Now().Add(30 * time.Second)
-	for !allStopped(t, pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d has not stopped after SIGSTOP", pid)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually.True(t, fmt.Sprintf("every thread of process %d to stop after SIGSTOP", pid), 30*time.Second, func() bool {
+		return allStopped(t, pid)
+	})
 }
 
 // allStopped reports whether every thread of process pid is stopped, per /proc.
@@ -72,13 +69,9 @@ func saysHung(pid int, next string) *regexp.Regexp {
 // waitGone waits for process pid to be gone (killed and reaped).
 func waitGone(t *testing.T, pid int, what string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s (pid %d) still exists", what, pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually.True(t, fmt.Sprintf("%s (pid %d) to be gone", what, pid), 30*time.Second, func() bool {
+		return syscall.Kill(pid, 0) != nil
+	})
 }
 
 // TestKillEndsAStoppedPlugin stops the plugin process with SIGSTOP, as a hung plugin
@@ -150,14 +143,8 @@ func TestSupervisedKillsAndRelaunchesAHungPlugin(t *testing.T) {
 	waitGone(t, old, "the hung plugin")
 
 	var after []string
-	for {
-		if after, err = s.list(ctx); err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the plugin was not relaunched: %v\nlog:\n%s", err, s.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !eventually.Poll(time.Minute, func() bool { after, err = s.list(ctx); return err == nil }) {
+		t.Fatalf("the plugin was not relaunched: %v\nlog:\n%s", err, s.log.String())
 	}
 	if !slices.Equal(before, after) {
 		t.Errorf("after the relaunch Update lists %v; want %v", after, before)

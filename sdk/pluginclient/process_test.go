@@ -2,7 +2,6 @@ package pluginclient_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,16 +11,17 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // testPluginBinary is the SDK's test plugin (sdk/conformance/testdata/testplugin),
@@ -117,26 +117,8 @@ func TestPanicBecomesAnErrorAndThePluginKeepsServing(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects the host logger's output while go-plugin writes to it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestPluginLogsAreReemittedAtTheirLevels(t *testing.T) {
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: &out, JSONFormat: true})
 	p := launchTestPlugin(t, pluginclient.Options{Logger: logger, Env: []string{plugin.LogLevelEnv + "=trace"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -144,10 +126,9 @@ func TestPluginLogsAreReemittedAtTheirLevels(t *testing.T) {
 	if err := p.Heartbeat(ctx, "log"); err != nil {
 		t.Fatal(err)
 	}
-	// The plugin's stderr is read asynchronously; wait for its last line.
-	for !strings.Contains(out.String(), "testplugin log at error") && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
+	// The plugin's stderr is read asynchronously; wait for its last line. A timeout
+	// falls through to the checks below, which name the lines missing.
+	eventually.Poll(30*time.Second, func() bool { return strings.Contains(out.String(), "testplugin log at error") })
 	got := map[string]map[string]any{}
 	sc := bufio.NewScanner(strings.NewReader(out.String()))
 	for sc.Scan() {

@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/pluginclient"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // supervised is a supervised test plugin, initialised, with the marker file its
@@ -26,7 +28,7 @@ type supervised struct {
 	marker   string
 	dir      string
 	launches *atomic.Int32
-	log      *lockedBuffer
+	log      *syncbuf.Buffer
 }
 
 // superviseTestPlugin supervises the test plugin; relaunch, if set, changes how
@@ -37,7 +39,7 @@ func superviseTestPlugin(t *testing.T, opts pluginclient.SuperviseOptions, relau
 		t.Skip("the test plugin needs the go command to build it")
 	}
 	dir := t.TempDir()
-	s := supervised{marker: filepath.Join(dir, "marker"), dir: filepath.Join(dir, "instances"), launches: &atomic.Int32{}, log: &lockedBuffer{}}
+	s := supervised{marker: filepath.Join(dir, "marker"), dir: filepath.Join(dir, "instances"), launches: &atomic.Int32{}, log: &syncbuf.Buffer{}}
 	opts.Logger = slog.New(slog.NewTextHandler(s.log, nil))
 	launch := func(ctx context.Context) (*pluginclient.Plugin, error) {
 		config := fmt.Sprintf(`{"dir": %q}`, s.dir)
@@ -167,16 +169,11 @@ func TestSupervisedReportsAFailingRelaunch(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			s.kill9(t)
-			// Wait for the failed attempt the test is about.
+			// Wait for the failed attempt the test is about; a timeout falls through to
+			// the checks below, which show the last error.
 			failed := regexp.MustCompile(regexp.QuoteMeta(tt.want[1]))
 			var err error
-			for {
-				_, err = s.list(ctx)
-				if failed.MatchString(fmt.Sprint(err)) || ctx.Err() != nil {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			eventually.Poll(time.Minute, func() bool { _, err = s.list(ctx); return failed.MatchString(fmt.Sprint(err)) })
 			if !errors.Is(err, pluginclient.ErrPluginExited) {
 				t.Fatalf("Update = %v; want ErrPluginExited", err)
 			}

@@ -30,7 +30,7 @@ func TestRunStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv := httptest.NewServer(taskscaler.StatusHandler(func() []*taskscaler.Scaler { return []*taskscaler.Scaler{s} }))
+	srv := httptest.NewServer(taskscaler.StatusHandler(func() []taskscaler.StatusSource { return []taskscaler.StatusSource{s} }))
 	defer srv.Close()
 
 	cases := []struct {

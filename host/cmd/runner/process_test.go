@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // These helpers run the built runner binary as a real process in its own process

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 const serviceToken = "glrt-signals-token"

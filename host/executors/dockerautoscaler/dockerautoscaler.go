@@ -64,13 +64,9 @@ type Options struct {
 // NewClient returns a Docker API client whose every connection goes through tunnel to
 // the daemon's socket on the instance.
 func NewClient(tunnel Tunnel, host string) (*client.Client, error) {
-	socket := DefaultSocket
-	if host != "" {
-		rest, ok := strings.CutPrefix(host, "unix://")
-		if !ok {
-			return nil, fmt.Errorf("[runners.docker] host %q: only unix:// sockets on the instance are supported", host)
-		}
-		socket = rest
+	socket, err := socketPath(host)
+	if err != nil {
+		return nil, err
 	}
 	fallback := connector.DockerDialStdio
 	if host != "" {
@@ -83,6 +79,19 @@ func NewClient(tunnel Tunnel, host string) (*client.Client, error) {
 			return tunnel.DialUnix(ctx, socket, fallback)
 		}),
 	)
+}
+
+// socketPath is the Docker daemon's socket on the instance that host names
+// ([runners.docker] host; "" is DefaultSocket).
+func socketPath(host string) (string, error) {
+	if host == "" {
+		return DefaultSocket, nil
+	}
+	rest, ok := strings.CutPrefix(host, "unix://")
+	if !ok {
+		return "", fmt.Errorf("[runners.docker] host %q: only unix:// sockets on the instance are supported", host)
+	}
+	return rest, nil
 }
 
 // Env runs one job in containers on one instance. It implements executors.Env.

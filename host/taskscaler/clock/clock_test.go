@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 func TestFakeFiresInDeadlineOrder(t *testing.T) {

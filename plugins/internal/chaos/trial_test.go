@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/internal/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // Bounds of one trial. A runner invocation that outlives runLimit is killed and the

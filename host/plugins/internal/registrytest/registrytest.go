@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/internal/syncbuf"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // Binary is where Debian installs the registry.

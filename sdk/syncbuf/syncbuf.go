@@ -1,7 +1,11 @@
 // Package syncbuf is a bytes.Buffer that several goroutines may write and read at
 // once: the output of a child process that os/exec copies in a goroutine of its own, or
-// a logger's, read by a test while it is still being written. (sdk/ keeps its own copy:
-// it imports nothing else of this repository.)
+// a logger's, read by a test while it is still being written.
+//
+// It lives in the SDK, not in an internal package, for two reasons: plugin authors
+// can use it in their own tests (a plugin's log, read while go-plugin writes it), and
+// sdk/ imports nothing else of this repository, so a buffer its tests share with the
+// rest must be part of it.
 package syncbuf
 
 import (

@@ -1,10 +1,16 @@
-// Package manager runs the pool of one [[runners]] entry: it resolves and launches the
-// entry's provider plugin, starts its taskscaler over a durable inventory, keeps one
-// SSH connection per instance, and builds the executor environment of each job. Both
-// `runner exec` and `runner run` use it, so a job runs the same way whatever its source.
-package manager
+// Package pool owns a job on a slot, for one [[runners]] entry: it resolves and launches
+// the entry's provider plugin, starts its taskscaler over a durable inventory, keeps one
+// SSH connection per instance, and runs each job through its whole stay on the pool:
+// reserve, acquire, the executor's environment for the slot, the run, release. Both
+// `runner exec` and `runner run` reach instances only through it, so a job runs the
+// same way whatever its source.
+//
+// Executors plug in through the executors.Kind registry: this package imports each
+// executor package once (executors.go) and looks the runner entry's executor up.
+package pool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,11 +27,8 @@ import (
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/executors"
-	"github.com/flotilla-ci/flotilla/host/executors/dockerautoscaler"
-	"github.com/flotilla-ci/flotilla/host/executors/instance"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/metrics"
-	"github.com/flotilla-ci/flotilla/host/pipelinerun"
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/state"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
@@ -34,15 +37,9 @@ import (
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
-// Executors the manager can run jobs with.
-const (
-	ExecutorInstance         = "instance"
-	ExecutorDockerAutoscaler = "docker-autoscaler"
-)
-
-// Options tune a manager beyond its configuration.
+// Options tune a pool beyond its configuration.
 type Options struct {
-	// Logger receives the manager's and taskscaler's logs; nil means slog.Default().
+	// Logger receives the pool's and taskscaler's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// PluginLog receives the plugin's own log lines; nil discards them.
 	PluginLog io.Writer
@@ -61,12 +58,14 @@ type Options struct {
 	Metrics prometheus.Registerer
 }
 
-// Manager is a running pool.
-type Manager struct {
-	Runner *config.Runner
-	Scaler *taskscaler.Scaler
-	Conns  *connector.Pool
+// Pool is the running pool of one runner entry.
+type Pool struct {
+	Jobs // runs jobs on the scaler's slots with the entry's executor
 
+	runner  *config.Runner
+	kind    executors.Kind
+	scaler  *taskscaler.Scaler
+	conns   *connector.Pool
 	plugin  *pluginclient.Supervised
 	store   *state.Bolt
 	cfgDir  string
@@ -77,11 +76,21 @@ type Manager struct {
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
 
-// Start launches the runner entry's plugin and taskscaler. On error nothing is left
-// running.
-func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Options) (_ *Manager, err error) {
+// Start checks the runner entry against its executor, then launches the entry's plugin
+// and taskscaler. On error nothing is left running.
+func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Options) (_ *Pool, err error) {
 	if r.Autoscaler == nil {
 		return nil, fmt.Errorf("runner %q: executor requires autoscaler config", r.Name)
+	}
+	name := cmp.Or(r.Executor, config.ExecutorInstance)
+	kind, ok := executors.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("runner %q: executor %q is not supported (use %s)", r.Name, name, config.ExecutorChoice(false))
+	}
+	if kind.Check != nil {
+		if err := kind.Check(r); err != nil {
+			return nil, fmt.Errorf("runner %q: executor %s: %w", r.Name, name, err)
+		}
 	}
 	a := r.Autoscaler
 	log := opts.Logger
@@ -89,7 +98,8 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		log = slog.Default()
 	}
 	log = log.With("runner", r.Name)
-	m := &Manager{Runner: r, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
+	m := &Pool{runner: r, kind: kind, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
+	m.Jobs = Jobs{NewEnv: m.newEnv}
 	defer func() {
 		if err != nil {
 			m.close() // whatever was started so far: nothing is left running
@@ -154,15 +164,15 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	if err != nil {
 		return nil, fmt.Errorf("creating state storage: %w", err)
 	}
-	m.Conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log, HostKeys: pins})
-	m.closers = append(m.closers, m.Conns.Shutdown)
+	m.conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log, HostKeys: pins})
+	m.closers = append(m.closers, m.conns.Shutdown)
 
 	topts := a.ScalerOptions()
 	topts.Owner, topts.Settings, topts.PluginLogger = owner, provider.Settings{ConnectorConfig: settings}, plog
 	topts.DeleteInstancesOnShutdown = a.DeleteInstancesOnShutdown || opts.DeleteOnShutdown
 	topts.Store, topts.Logger = m.store, log
 	// A forgotten instance's connection and host-key pin go with it.
-	topts.OnGone = func(id string) { _ = m.Conns.Close(id) }
+	topts.OnGone = func(id string) { _ = m.conns.Close(id) }
 	if opts.Metrics != nil {
 		col := metrics.New(prometheus.Labels{"runner": shortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{
 			Operation: a.InstanceOperationTimeBuckets, Creation: a.InstanceCreationTimeBuckets,
@@ -181,7 +191,7 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	// is set to false). It costs one channel on the pooled connection.
 	if on, set := r.FeatureFlags["FF_USE_FLEETING_ACQUIRE_HEARTBEATS"]; on || !set {
 		topts.Probe = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
-			if err := m.Conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: "exit 0"}); err != nil {
+			if err := m.conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: "exit 0"}); err != nil {
 				return fmt.Errorf("acquire heartbeat: %w", err)
 			}
 			return nil
@@ -190,16 +200,17 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	if cmd := a.InstanceReadyCommand; cmd != "" {
 		topts.Ready = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
 			var out limitedBuffer
-			if err := m.Conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: cmd, Stdout: &out, Stderr: &out}); err != nil {
+			if err := m.conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: cmd, Stdout: &out, Stderr: &out}); err != nil {
 				return fmt.Errorf("ready command: %w: %s", err, out.String())
 			}
 			return nil
 		}
 	}
-	m.Scaler, err = taskscaler.New(ctx, m.plugin, topts)
+	m.scaler, err = taskscaler.New(ctx, m.plugin, topts)
 	if err != nil {
 		return nil, fmt.Errorf("creating taskscaler: %w", err)
 	}
+	m.Slots = m.scaler
 	return m, nil
 }
 
@@ -224,49 +235,53 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 
 func (l *limitedBuffer) String() string { return string(l.b) }
 
-// Pool returns the manager's slots for pipelinerun.
-func (m *Manager) Pool() pipelinerun.Pool { return pipelinerun.ScalerPool{Scaler: m.Scaler} }
+// Reserve holds a slot for key ahead of its job (`runner run` reserves before it asks
+// GitLab for a job, so it never takes a job it has no room for); the job's Run with the
+// same key acquires it.
+func (m *Pool) Reserve(ctx context.Context, key string) error { return m.scaler.Reserve(ctx, key) }
 
-// NewEnv builds the executor environment of job on slot, per the runner's executor.
-func (m *Manager) NewEnv(ctx context.Context, job *jobs.Job, slot pipelinerun.Slot) (executors.Env, error) {
+// Unreserve gives back a reservation no job will use.
+func (m *Pool) Unreserve(key string) { m.scaler.Unreserve(key) }
+
+// ConfigureSchedule replaces the scaling policies (on a configuration reload).
+func (m *Pool) ConfigureSchedule(policies []taskscaler.Policy) error {
+	return m.scaler.ConfigureSchedule(policies)
+}
+
+// Status is the pool's state and its last scaling decisions.
+func (m *Pool) Status() taskscaler.Status { return m.scaler.Status() }
+
+// Explain explains one instance of the pool (false if the pool does not know it).
+func (m *Pool) Explain(id string) (taskscaler.InstanceStatus, bool) { return m.scaler.Explain(id) }
+
+// newEnv makes the environment of job on slot with the runner entry's executor, over
+// the pool's connection to the slot's instance.
+func (m *Pool) newEnv(ctx context.Context, job *jobs.Job, slot Slot) (executors.Env, error) {
 	info, err := slot.ConnectInfo(ctx)
 	if err != nil {
 		return nil, err
 	}
 	m.log.Debug("dialing instance", "instance", slot.InstanceID(), "internal", info.InternalAddr, "external", info.ExternalAddr)
-	conn, err := m.Conns.Client(ctx, info)
+	conn, err := m.conns.Client(ctx, info)
 	if err != nil {
 		return nil, fmt.Errorf("dialing host: %w", err)
 	}
-	switch m.Runner.Executor {
-	case ExecutorDockerAutoscaler:
-		d := m.Runner.Docker
-		cli, err := dockerautoscaler.NewClient(conn, d.Host)
-		if err != nil {
-			return nil, err
-		}
-		return dockerautoscaler.New(cli, job, dockerautoscaler.Options{Image: d.Image, Host: d.Host, Volumes: d.Volumes,
-			Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages, AllowedPullPolicies: d.AllowedPullPolicies,
-			AllowedServices: d.AllowedServices})
-	case ExecutorInstance, "":
-		return instance.New(conn, job, instance.Options{Shell: m.Runner.ShellOrDefault(), BuildsDir: m.Runner.BuildsDir, Slot: slot.Slot()})
-	}
-	return nil, fmt.Errorf("runner %q: executor %q is not supported (use instance or docker-autoscaler)", m.Runner.Name, m.Runner.Executor)
+	return m.kind.New(ctx, executors.Target{Conn: conn, Slot: slot.Slot(), Runner: m.runner}, job)
 }
 
 // Shutdown stops the taskscaler (deleting instances when configured), then the plugin,
 // and closes the connections and the inventory. A plugin that dies or hangs while the
 // instances are deleted is relaunched, and the deletion waits for it; only the plugin's
 // own Shutdown, once the instances are gone, ends relaunching.
-func (m *Manager) Shutdown(ctx context.Context) error {
+func (m *Pool) Shutdown(ctx context.Context) error {
 	var err error
 	if m.plugin != nil {
 		// The deletion's calls are the last: each one waits for a relaunch rather
 		// than failing at once, which would end the deletion.
 		m.plugin.Drain()
 	}
-	if m.Scaler != nil {
-		err = m.Scaler.Shutdown(ctx)
+	if m.scaler != nil {
+		err = m.scaler.Shutdown(ctx)
 	}
 	if m.plugin != nil {
 		if serr := m.plugin.Shutdown(ctx); serr != nil && !errors.Is(serr, pluginclient.ErrPluginExited) {
@@ -277,7 +292,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	return err
 }
 
-func (m *Manager) close() {
+func (m *Pool) close() {
 	for i := len(m.closers) - 1; i >= 0; i-- {
 		m.closers[i]()
 	}

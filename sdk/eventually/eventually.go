@@ -8,6 +8,10 @@
 // a timeout the test fails naming what was awaited and the last state observed, so the
 // failure can be read without rerunning. Every test of this module waits through this
 // package instead of its own deadline loop.
+//
+// It lives in the SDK, not in an internal package, for two reasons: plugin authors
+// can wait in their own tests the same way, and sdk/ imports nothing else of this
+// repository, so a helper its tests share with the rest must be part of it.
 package eventually
 
 import (

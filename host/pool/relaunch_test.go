@@ -1,4 +1,4 @@
-package manager
+package pool
 
 import (
 	"bytes"
@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-ci/flotilla/internal/eventually"
-	"github.com/flotilla-ci/flotilla/internal/syncbuf"
 	"github.com/flotilla-ci/flotilla/plugins/local"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // pluginPids lists the embedded local plugin processes this test binary started: its

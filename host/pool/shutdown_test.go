@@ -1,4 +1,4 @@
-package manager
+package pool
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/config"
-	"github.com/flotilla-ci/flotilla/internal/eventually"
-	"github.com/flotilla-ci/flotilla/internal/syncbuf"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 // onLog is a slog.Handler that runs hook on every record before passing it on: a test
@@ -46,11 +46,11 @@ func idlePool(t *testing.T) (*config.Config, string) {
 }
 
 // waitInstance waits for the pool to hold an instance and returns its ID.
-func waitInstance(t *testing.T, m *Manager) string {
+func waitInstance(t *testing.T, m *Pool) string {
 	t.Helper()
 	var id string
 	eventually.NoError(t, "one running instance in the pool", time.Minute, func() error {
-		l := m.Scaler.Status().InstanceList
+		l := m.Status().InstanceList
 		if len(l) != 1 || l[0].State != "running" {
 			return fmt.Errorf("instances %+v", l)
 		}
@@ -79,7 +79,7 @@ func leftInstances(root string) []string {
 func TestPluginKilledDuringShutdownDeletionIsRelaunched(t *testing.T) {
 	cfg, root := idlePool(t)
 	var logs syncbuf.Buffer
-	var m atomic.Pointer[Manager]
+	var m atomic.Pointer[Pool]
 	var killed atomic.Int64
 	hook := func(r slog.Record) {
 		if r.Message != "removing instance" || m.Load() == nil {
