@@ -6,11 +6,11 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flotilla-ci/flotilla/sdk/eventually"
+	"github.com/flotilla-ci/flotilla/sdk/syncbuf"
 )
 
 func TestMaskWriter(t *testing.T) {
@@ -49,22 +49,7 @@ func TestMaskWriter(t *testing.T) {
 
 // logSink is the job log as a reader of it sees it: safe for the writes the quiet-period
 // timer makes, and able to wait for some text with a deadline.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
+type logSink struct{ syncbuf.Buffer }
 
 // waitFor polls until the log is want, without writing anything more.
 func (s *logSink) waitFor(t *testing.T, want string) {
