@@ -23,8 +23,9 @@ PLUGINS := $(wildcard plugins/*/cmd/fleeting-plugin-*)
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-build: ## Build the runner binary into bin/runner
+build: ## Build the runner and nesting binaries into bin/
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runner ./host/cmd/runner
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/nesting ./nesting/cmd/nesting
 
 plugins: ## Build every plugin binary into bin/
 	@for p in $(PLUGINS); do echo "build $$p"; $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/$$(basename $$p) ./$$p || exit 1; done
@@ -94,15 +95,16 @@ $(TOOLS)/protoc-gen-go-grpc:
 
 generate: tools ## Regenerate protocol code from proto/ (buf, local plugins only)
 	buf lint
-	rm -rf sdk/internal/pb
+	rm -rf sdk/internal/pb nesting/internal/pb
 	buf generate
+	buf generate --template buf.gen.nesting.yaml
 
 generate-check: generate ## Fail if the committed generated code is out of date
-	@git diff --exit-code -- sdk/internal/pb || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- sdk/internal/pb)" || { git status --porcelain -- sdk/internal/pb; echo "untracked generated files: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code -- sdk/internal/pb nesting/internal/pb || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- sdk/internal/pb nesting/internal/pb)" || { git status --porcelain -- sdk/internal/pb nesting/internal/pb; echo "untracked generated files: run 'make generate' and commit"; exit 1; }
 
 lint: ## gofmt and go vet
-	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^sdk/internal/pb/')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^sdk/internal/pb/\|^nesting/internal/pb/')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
 
 tidy-check: ## Fail if go.mod or go.sum is not what `go mod tidy` makes of it
