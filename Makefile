@@ -61,13 +61,23 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 1m; issue-grade runs use FU
 
 # Benchmarks that replay a whole scenario per iteration (cloud ramps, trace replays)
 # run once; the rest take 100 samples, enough for their p50/p99 figures.
-SCENARIO_BENCH_PKGS := ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench
+SCENARIO_BENCH_PKGS := ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench ./nesting/qemu
 BENCH_PKGS = $(filter-out $(SCENARIO_BENCH_PKGS:./%=github.com/flotilla-ci/flotilla/%),$(shell $(GO) list ./...))
 
 bench: ## Run the benchmarks (B1-B8 of the README's performance table) and print their reports into bench.out
 	-@scripts/test-services.sh # B8 needs a Docker Engine; it skips without one
 	set -o pipefail; { $(GO) test -run '^$$' -bench . -benchmem -benchtime 100x $(BENCH_FLAGS) $(BENCH_PKGS) && \
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 1x $(BENCH_FLAGS) $(wildcard $(SCENARIO_BENCH_PKGS)); } 2>&1 | tee bench.out
+
+# The qemu backend's guest image (nesting/guestimage): built offline from the host's Debian
+# packages (needs root, mmdebstrap, e2fsprogs), cached by the hash of its recipe in
+# ${XDG_CACHE_HOME:-$HOME/.cache}/flotilla/vm-images and linked as VM_IMAGE into VM_IMAGES_DIR.
+# `make test` needs no separate step: nesting/vmtest builds (or reuses) the same image.
+VM_IMAGE ?= debian
+VM_IMAGES_DIR ?=
+.PHONY: vm-image
+vm-image: ## Build the qemu backend's guest image (VM_IMAGE=debian, VM_IMAGES_DIR=…)
+	$(GO) run ./nesting/cmd/nesting image build --name $(VM_IMAGE) $(if $(VM_IMAGES_DIR),--images-dir $(VM_IMAGES_DIR))
 
 # Publishing: `make publish-plugins REGISTRY=registry.example.com/team/plugins
 # SIGNING_KEY=key.pem [PLUGIN_VERSION=1.2.3] [PUSH_FLAGS=--plain-http]` cross-builds each

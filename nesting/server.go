@@ -169,9 +169,17 @@ func (s *Server) Create(ctx context.Context, image string, slot int) (VM, string
 			vms = slices.Delete(vms, i, i+1)
 		}
 	}
-	if len(vms)+s.pending >= max {
+	// A backend lists a VM as soon as it has recorded it, before Create returns: a
+	// creation under way whose VM is listed counts once, not twice.
+	held := len(vms) + s.pending
+	for _, v := range vms {
+		if v.Slot != NoSlot && s.creating[v.Slot] {
+			held--
+		}
+	}
+	if held >= max {
 		s.mu.Unlock()
-		return VM{}, "", fmt.Errorf("%w: %d VMs run or are being created, and max_vms is %d", ErrCapacity, len(vms)+s.pending, max)
+		return VM{}, "", fmt.Errorf("%w: %d VMs run or are being created, and max_vms is %d", ErrCapacity, held, max)
 	}
 	s.pending++
 	if slot != NoSlot {

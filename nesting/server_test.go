@@ -191,3 +191,54 @@ func TestHelperDaemon(t *testing.T) {
 	os.Stdout.WriteString("ready\n")
 	select {}
 }
+
+// heldCreate is a Hypervisor whose Create records the VM (as a backend does before it
+// starts it) and then waits for release.
+type heldCreate struct {
+	*nestingtest.Hypervisor
+	release chan struct{}
+}
+
+func (h heldCreate) Create(ctx context.Context, image string, slot int) (nesting.VM, error) {
+	vm, err := h.Hypervisor.Create(ctx, image, slot)
+	<-h.release
+	return vm, err
+}
+
+// TestCreationUnderWayCountsOnce: a VM being created that the backend already lists
+// counts once against max_vms, so that concurrent creations up to max_vms succeed.
+func TestCreationUnderWayCountsOnce(t *testing.T) {
+	h := heldCreate{nestingtest.New(), make(chan struct{})}
+	c, _ := serve(t, h, false)
+	ctx := context.Background()
+	if _, err := c.Init(ctx, []byte(`{"max_vms": 2}`)); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() { _, _, err := c.Create(ctx, "debian", 0); first <- err }()
+	for deadline := time.Now().Add(10 * time.Second); h.Calls("Create") == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first Create never reached the hypervisor")
+		}
+	}
+	second := make(chan error, 1)
+	go func() { _, _, err := c.Create(ctx, "debian", 1); second <- err }()
+	for deadline := time.Now().Add(10 * time.Second); h.Calls("Create") < 2; time.Sleep(5 * time.Millisecond) {
+		select {
+		case err := <-second:
+			close(h.release)
+			t.Fatalf("Create in slot 1 while slot 0 is being created, with max_vms 2: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second Create never reached the hypervisor")
+		}
+	}
+	close(h.release)
+	if err := <-first; err != nil {
+		t.Errorf("first Create: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Errorf("second Create: %v", err)
+	}
+}

@@ -8,6 +8,8 @@
 #     other way round;
 #   - a plugin (plugins/<name>) never imports host/ nor another plugin; what plugins
 #     share lives in plugins/internal/;
+#   - nesting/ (the VM daemon, run on VM hosts) imports of host/ only host/version, and
+#     nothing of plugins/: the runner and plugins use it, not the other way round;
 #   - the runner binary links no cloud SDK, and no package of this module in it imports
 #     testing (test helpers live in *test packages, as net/http/httptest does).
 set -euo pipefail
@@ -37,6 +39,10 @@ while read -r pkg imports; do
         if [[ $pkg == $mod/host/jobs || $pkg == $mod/host/jobs/* ]] && [[ $imp == $mod/host/* ]] &&
           [[ $imp != $mod/host/jobs && $imp != $mod/host/jobs/* && $imp != $mod/host/version && $imp != $mod/host/internal/* ]]; then
           say "$pkg imports $imp (host/jobs/ must not import what builds on it)"
+        fi ;;
+      $mod/nesting|$mod/nesting/*)
+        if [[ $imp == $mod/plugins/* ]] || { [[ $imp == $mod/host/* ]] && [[ $imp != $mod/host/version ]]; }; then
+          say "$pkg imports $imp (nesting/ stands alone: of host/ only host/version, nothing of plugins/)"
         fi ;;
       $mod/plugins/*)
         [[ $imp == $mod/host/* ]] && say "$pkg imports $imp (a plugin must not import host/)"
