@@ -61,6 +61,11 @@ type Config struct {
 	AuthorizedKeyFile string `json:"authorized_key_file"`
 	// QEMU is the emulator (default qemu-system-x86_64 from PATH).
 	QEMU string `json:"qemu"`
+	// ListenAddress is the host address each VM's SSH port is forwarded on (default
+	// 127.0.0.1: only this host reaches the VMs). A daemon whose VMs are used from
+	// another machine (fleeting-plugin-nesting with nesting_ssh) listens on an address
+	// that machine reaches, e.g. "0.0.0.0".
+	ListenAddress string `json:"listen_address"`
 }
 
 // Hypervisor is the qemu backend. Create it with New.
@@ -129,6 +134,12 @@ func parseConfig(data []byte) (Config, string, error) {
 	}
 	if c.QEMU == "" {
 		c.QEMU = "qemu-system-x86_64"
+	}
+	if c.ListenAddress == "" {
+		c.ListenAddress = "127.0.0.1"
+	}
+	if ip := net.ParseIP(c.ListenAddress); ip == nil || ip.To4() == nil {
+		errs = append(errs, fmt.Sprintf("listen_address: %q: want an IPv4 address such as 127.0.0.1 or 0.0.0.0", c.ListenAddress))
 	}
 	if c.MaxVMs < 0 {
 		errs = append(errs, fmt.Sprintf("max_vms: %d: must be at least 1", c.MaxVMs))
@@ -344,18 +355,25 @@ func findImage(imagesDir, name string) (image, error) {
 
 // record is state_dir/<id>/vm.json.
 type record struct {
-	ID      string    `json:"id"`
-	Name    string    `json:"name"`
-	Image   string    `json:"image"`
-	Slot    int       `json:"slot"`
-	Port    int       `json:"port"`
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Image string `json:"image"`
+	Slot  int    `json:"slot"`
+	Port  int    `json:"port"`
+	// Listen is the host address the port is forwarded on ("" in records of older
+	// daemons: 127.0.0.1).
+	Listen  string    `json:"listen,omitempty"`
 	Created time.Time `json:"created"`
 	// PID is QEMU's, once known (QEMU also writes it to qemu.pid).
 	PID int `json:"pid,omitempty"`
 }
 
 func (r record) vm() nesting.VM {
-	return nesting.VM{ID: r.ID, Name: r.Name, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Port)),
+	host := r.Listen
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return nesting.VM{ID: r.ID, Name: r.Name, Addr: net.JoinHostPort(host, strconv.Itoa(r.Port)),
 		Image: r.Image, Slot: r.Slot, CreatedAt: r.Created}
 }
 
@@ -404,7 +422,7 @@ func (h *Hypervisor) Create(ctx context.Context, imageName string, slot int) (ne
 		delete(h.starting, id)
 		h.mu.Unlock()
 	}()
-	rec := record{ID: id, Name: "flotilla-" + id, Image: imageName, Slot: slot, Created: time.Now().UTC()}
+	rec := record{ID: id, Name: "flotilla-" + id, Image: imageName, Slot: slot, Listen: c.ListenAddress, Created: time.Now().UTC()}
 	vm, err := h.start(ctx, c, accel, img, dir, &rec)
 	if err != nil {
 		_ = h.kill(context.WithoutCancel(ctx), dir, rec)
@@ -428,7 +446,7 @@ func (h *Hypervisor) start(ctx context.Context, c Config, accel string, img imag
 	// start; another port is tried then.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
+		port, err := freePort(c.ListenAddress)
 		if err != nil {
 			return nesting.VM{}, err
 		}
@@ -446,7 +464,7 @@ func (h *Hypervisor) start(ctx context.Context, c Config, accel string, img imag
 			"-kernel", filepath.Join(img.dir, img.meta.Kernel), "-initrd", filepath.Join(img.dir, img.meta.Initrd),
 			"-append", img.meta.Cmdline + " flotilla.key=" + key,
 			"-drive", "file=" + overlay + ",if=virtio,format=qcow2,cache=unsafe",
-			"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22", port),
+			"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:%s:%d-:22", c.ListenAddress, port),
 			"-device", "virtio-net-pci,netdev=n0",
 			"-daemonize", "-pidfile", pidFile}
 		if accel == "kvm" {
@@ -477,8 +495,8 @@ func (h *Hypervisor) start(ctx context.Context, c Config, accel string, img imag
 	return nesting.VM{}, lastErr
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,7 @@ func TestConfigReportsEveryProblem(t *testing.T) {
 		{"bad key", `{"authorized_key": "ssh-ed25519 not-base64"}`, []string{"authorized key:"}},
 		{"both keys", `{"authorized_key": "` + strings.TrimSpace(key) + `", "authorized_key_file": "/k"}`, []string{"give one of them"}},
 		{"missing key file", `{"authorized_key_file": "/nonexistent/key.pub"}`, []string{"authorized_key_file:", "/nonexistent/key.pub"}},
+		{"listen address", `{"listen_address": "::1", "authorized_key": "` + strings.TrimSpace(key) + `"}`, []string{`listen_address: "::1": want an IPv4 address`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,7 +148,10 @@ func TestCreateAnswersSSHAndDeleteLeavesNothing(t *testing.T) {
 	state := t.TempDir()
 	h := New(nil)
 	if _, err := h.Init(context.Background(), configJSON(t, map[string]any{"authorized_key": key,
-		"images_dir": imagesDir, "state_dir": state, "accelerator": "tcg", "memory": 256, "vcpus": 1})); err != nil {
+		"images_dir": imagesDir, "state_dir": state, "accelerator": "tcg", "memory": 256, "vcpus": 1,
+		// Another loopback address than the default stands for a VM host's address that
+		// other machines reach: the port is forwarded there, and only there.
+		"listen_address": "127.0.0.2"})); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -156,8 +161,8 @@ func TestCreateAnswersSSHAndDeleteLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.Delete(context.Background(), vm.ID) })
-	if !strings.HasPrefix(vm.Addr, "127.0.0.1:") || vm.Slot != 1 || vm.Image != name {
-		t.Errorf("VM = %+v", vm)
+	if !strings.HasPrefix(vm.Addr, "127.0.0.2:") || vm.Slot != 1 || vm.Image != name {
+		t.Errorf("VM = %+v, want its SSH on 127.0.0.2 (listen_address)", vm)
 	}
 	out, err := vmtest.Run(ctx, vm.Addr, signer, `bash -c 'git --version && ls /etc/ssh/ssh_host_*'`)
 	if err != nil {
@@ -166,6 +171,11 @@ func TestCreateAnswersSSHAndDeleteLeavesNothing(t *testing.T) {
 	}
 	if !strings.HasPrefix(out, "git version ") || strings.Contains(out, "rsa") {
 		t.Errorf("guest says %q, want git's version and only the ed25519 host key", out)
+	}
+	_, port, _ := net.SplitHostPort(vm.Addr)
+	if c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port)); err == nil {
+		c.Close()
+		t.Errorf("the VM's port also answers on 127.0.0.1: listen_address was not applied")
 	}
 	// The key is given at boot, not baked in: another key is refused.
 	_, other := vmtest.Key(t)

@@ -13,10 +13,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -112,6 +114,30 @@ func Key(t testing.TB) (authorized string, signer ssh.Signer) {
 		t.Fatal(err)
 	}
 	return string(ssh.MarshalAuthorizedKey(signer.PublicKey())), signer
+}
+
+// KeyFile returns a new ed25519 key: its authorized_keys line and the path of its
+// private key (OpenSSH format) in a directory of the test, for clients configured by
+// file (fleeting-plugin-nesting's vm_ssh.key_file).
+func KeyFile(t testing.TB) (authorized, path string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(t.TempDir(), "vm_key")
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(ssh.MarshalAuthorizedKey(sshPub)), path
 }
 
 // Run connects to the guest at addr as User until its SSH server answers (or ctx

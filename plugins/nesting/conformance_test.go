@@ -56,13 +56,16 @@ func TestConformance(t *testing.T) {
 	tests := []struct {
 		name   string
 		remote bool
+		start  func(t *testing.T) daemon
 	}{
-		{name: "local socket"},
-		{name: "remote over SSH", remote: true},
+		{name: "local socket", start: startDaemon},
+		{name: "remote over SSH", remote: true, start: startDaemon},
+		// Real QEMU VMs: every VM the kit creates boots and answers SSH.
+		{name: "qemu VMs", start: func(t *testing.T) daemon { return startQEMUDaemon(t, 3) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := startDaemon(t)
+			d := tt.start(t)
 			extra := map[string]any{"max_size": 3}
 			if tt.remote {
 				_, extra["nesting_ssh"] = vmHost(t)

@@ -12,6 +12,8 @@ import (
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
 	nestingd "github.com/flotilla-ci/flotilla/nesting"
 	"github.com/flotilla-ci/flotilla/nesting/nestingtest"
+	"github.com/flotilla-ci/flotilla/nesting/qemu"
+	"github.com/flotilla-ci/flotilla/nesting/vmtest"
 	"github.com/flotilla-ci/flotilla/sdk/plugin"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -46,6 +48,49 @@ type fakeDaemon struct {
 // socket of `nesting serve --hypervisor qemu --config F --socket P` with an image of
 // nesting/vmtest and its login.
 func startDaemon(t *testing.T) daemon { return startFakeDaemon(t, 3, true).daemon }
+
+// startQEMUDaemon is the real nesting server in process over the qemu backend, with
+// real VMs (TCG where KVM does not work) of nesting/vmtest's guest image; its VMs are
+// deleted at the end of the test.
+func startQEMUDaemon(t *testing.T, maxVMs int) daemon {
+	t.Helper()
+	imagesDir, image := vmtest.Image(t)
+	authorized, keyFile := vmtest.KeyFile(t)
+	cfg, _ := json.Marshal(map[string]any{"images_dir": imagesDir, "state_dir": t.TempDir(), "max_vms": maxVMs,
+		"memory": 256, "accelerator": "tcg", "authorized_key": authorized})
+	h := qemu.New(nil)
+	if _, err := h.Init(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "nesting.sock")
+	sock, err := nestingd.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := nestingd.NewServer(h, true, nil).Serve(ctx, sock); err != nil {
+			t.Errorf("nesting daemon: %v", err)
+		}
+		sock.Close()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		vms, err := h.List(context.Background())
+		if err != nil {
+			t.Errorf("list VMs at the end: %v", err)
+		}
+		for _, vm := range vms {
+			if err := h.Delete(context.Background(), vm.ID); err != nil {
+				t.Errorf("delete VM %s: %v", vm.ID, err)
+			}
+		}
+	})
+	return daemon{Host: "unix://" + path, Image: image, VMUser: vmtest.User, VMKeyFile: keyFile}
+}
 
 // startFakeDaemon starts the fake with maxVMs slots; initialized says whether it is
 // initialized as by `nesting serve --config` (else the plugin must send Config).
