@@ -13,32 +13,19 @@ import (
 
 	"github.com/flotilla-ci/flotilla/nesting"
 	"github.com/flotilla-ci/flotilla/nesting/nestingtest"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // serve runs a server of h on a fresh socket and returns a client of it.
 func serve(t *testing.T, h nesting.Hypervisor, initialized bool) (*nesting.Client, <-chan struct{}) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "nesting.sock")
-	sock, err := nesting.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := nesting.NewServer(h, initialized, nil).Serve(ctx, sock); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		sock.Close()
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	c, err := nesting.Dial("unix://" + path)
+	d := nestingtest.Serve(t, h, initialized)
+	c, err := nesting.Dial(d.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c, done
+	return c, d.Done
 }
 
 func TestCallsBeforeInitAreRefused(t *testing.T) {
@@ -216,24 +203,18 @@ func TestCreationUnderWayCountsOnce(t *testing.T) {
 	}
 	first := make(chan error, 1)
 	go func() { _, _, err := c.Create(ctx, "debian", 0); first <- err }()
-	for deadline := time.Now().Add(10 * time.Second); h.Calls("Create") == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the first Create never reached the hypervisor")
-		}
-	}
+	eventually.True(t, "the first Create to reach the hypervisor", 10*time.Second, func() bool { return h.Calls("Create") == 1 })
 	second := make(chan error, 1)
 	go func() { _, _, err := c.Create(ctx, "debian", 1); second <- err }()
-	for deadline := time.Now().Add(10 * time.Second); h.Calls("Create") < 2; time.Sleep(5 * time.Millisecond) {
+	eventually.True(t, "the second Create to reach the hypervisor", 10*time.Second, func() bool {
 		select {
 		case err := <-second:
 			close(h.release)
 			t.Fatalf("Create in slot 1 while slot 0 is being created, with max_vms 2: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second Create never reached the hypervisor")
-		}
-	}
+		return h.Calls("Create") == 2
+	})
 	close(h.release)
 	if err := <-first; err != nil {
 		t.Errorf("first Create: %v", err)

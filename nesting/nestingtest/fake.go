@@ -1,16 +1,19 @@
-// Package nestingtest has a Hypervisor that keeps its VMs in memory, for tests of the
-// nesting server and of its clients (fleeting-plugin-nesting, the runner's
-// vm_isolation) where what matters is the protocol, not a real VM.
+// Package nestingtest has a Hypervisor that keeps its VMs in memory, and Serve, which
+// runs the real nesting server on a unix socket in the test's process: for tests of the
+// server and of its clients (fleeting-plugin-nesting, the runner's vm_isolation) where
+// what matters is the protocol, not a real VM.
 package nestingtest
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/flotilla-ci/flotilla/nesting"
@@ -117,3 +120,43 @@ func (h *Hypervisor) List(context.Context) ([]nesting.VM, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
+
+// Daemon is a nesting server of a Hypervisor on a unix socket, in the test's process.
+type Daemon struct {
+	// Path is the socket; Host is it as a nesting_host ("unix://" + Path).
+	Path, Host string
+	// Done is closed when the server has stopped (after Stop, or a client's Shutdown).
+	Done <-chan struct{}
+	stop func()
+}
+
+// Serve serves h on a new socket until the test ends; initialized says whether h was
+// already initialized, as by `nesting serve --config`.
+func Serve(t testing.TB, h nesting.Hypervisor, initialized bool) *Daemon {
+	t.Helper()
+	return ServeAt(t, filepath.Join(t.TempDir(), "nesting.sock"), h, initialized)
+}
+
+// ServeAt is Serve on the socket path (a test restarts a daemon on its socket).
+func ServeAt(t testing.TB, path string, h nesting.Hypervisor, initialized bool) *Daemon {
+	t.Helper()
+	sock, err := nesting.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := nesting.NewServer(h, initialized, nil).Serve(ctx, sock); err != nil {
+			t.Errorf("nesting server: %v", err)
+		}
+		sock.Close()
+	}()
+	d := &Daemon{Path: path, Host: "unix://" + path, Done: done, stop: func() { cancel(); <-done }}
+	t.Cleanup(d.Stop)
+	return d
+}
+
+// Stop stops the server (its VMs stay, as when a daemon is stopped with SIGTERM).
+func (d *Daemon) Stop() { d.stop() }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/nesting"
 	"github.com/flotilla-ci/flotilla/nesting/vmtest"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
 // daemon is a real `nesting serve --hypervisor qemu` process.
@@ -40,24 +41,23 @@ func startDaemon(t *testing.T, bin, config, socket string) (*daemon, *nesting.Cl
 	}
 	d := &daemon{cmd: cmd, socket: socket}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	deadline := time.Now().Add(time.Minute)
-	for {
-		c, err := nesting.Dial(socket)
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, _, err = c.List(ctx)
-			cancel()
-			if err == nil {
-				t.Cleanup(func() { c.Close() })
-				return d, c
-			}
-			c.Close()
+	var c *nesting.Client
+	eventually.NoError(t, "the daemon to answer on "+socket, time.Minute, func() error {
+		cl, err := nesting.Dial(socket)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon does not answer on %s: %v", socket, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, _, err := cl.List(ctx); err != nil {
+			cl.Close()
+			return err
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		c = cl
+		return nil
+	})
+	t.Cleanup(func() { c.Close() })
+	return d, c
 }
 
 func ids(vms []nesting.VM) []string {

@@ -62,23 +62,9 @@ func startQEMUDaemon(t *testing.T, maxVMs int) daemon {
 	if _, err := h.Init(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "nesting.sock")
-	sock, err := nestingd.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := nestingd.NewServer(h, true, nil).Serve(ctx, sock); err != nil {
-			t.Errorf("nesting daemon: %v", err)
-		}
-		sock.Close()
-	}()
+	d := nestingtest.Serve(t, h, true)
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		d.Stop()
 		vms, err := h.List(context.Background())
 		if err != nil {
 			t.Errorf("list VMs at the end: %v", err)
@@ -89,7 +75,7 @@ func startQEMUDaemon(t *testing.T, maxVMs int) daemon {
 			}
 		}
 	})
-	return daemon{Host: "unix://" + path, Image: image, VMUser: vmtest.User, VMKeyFile: keyFile}
+	return daemon{Host: d.Host, Image: image, VMUser: vmtest.User, VMKeyFile: keyFile}
 }
 
 // startFakeDaemon starts the fake with maxVMs slots; initialized says whether it is
@@ -118,20 +104,7 @@ func (d *fakeDaemon) start(t *testing.T, cfg []byte, initialized bool) {
 			t.Fatal(err)
 		}
 	}
-	sock, err := nestingd.Listen(d.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := nestingd.NewServer(d.h, initialized, nil).Serve(ctx, sock); err != nil {
-			t.Errorf("nesting daemon: %v", err)
-		}
-		sock.Close()
-	}()
-	d.stop = func() { cancel(); <-done }
+	d.stop = nestingtest.ServeAt(t, d.path, d.h, initialized).Stop
 }
 
 // restart stops the daemon and starts an uninitialized one on the same socket, as a

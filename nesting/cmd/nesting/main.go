@@ -65,9 +65,19 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&socket, "socket", defaultSocket(), "the daemon's unix socket (env NESTING_SOCKET)")
 
-	client := func() (*nesting.Client, error) { return nesting.Dial(socket) }
 	timeout := 10 * time.Minute
 	root.PersistentFlags().DurationVar(&timeout, "timeout", timeout, "how long a client command may take")
+	// call runs f with a client of the daemon, bounded by --timeout.
+	call := func(cmd *cobra.Command, f func(ctx context.Context, c *nesting.Client) error) error {
+		c, err := nesting.Dial(socket)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+		defer cancel()
+		return f(ctx, c)
+	}
 
 	var hv, configPath string
 	serve := &cobra.Command{
@@ -98,19 +108,14 @@ func newRoot() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			info, err := c.Init(ctx, data)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s (%s), up to %d VMs\n", info.Name, info.Accelerator, info.MaxVMs)
-			return nil
+			return call(cmd, func(ctx context.Context, c *nesting.Client) error {
+				info, err := c.Init(ctx, data)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s), up to %d VMs\n", info.Name, info.Accelerator, info.MaxVMs)
+				return nil
+			})
 		},
 	}
 	initCmd.Flags().StringVar(&initConfig, "config", "", "the hypervisor's config file (JSON)")
@@ -122,22 +127,17 @@ func newRoot() *cobra.Command {
 		Short: "Create a VM from an image",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			vm, stomped, err := c.Create(ctx, args[0], slot)
-			if err != nil {
-				return err
-			}
-			if stomped != "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "deleted %s, which held slot %d\n", stomped, slot)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s\n", vm.ID, vm.Name, vm.Addr)
-			return nil
+			return call(cmd, func(ctx context.Context, c *nesting.Client) error {
+				vm, stomped, err := c.Create(ctx, args[0], slot)
+				if err != nil {
+					return err
+				}
+				if stomped != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "deleted %s, which held slot %d\n", stomped, slot)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s\n", vm.ID, vm.Name, vm.Addr)
+				return nil
+			})
 		},
 	}
 	create.Flags().IntVar(&slot, "slot", nesting.NoSlot, "the slot to create the VM in (0 … max_vms-1); a VM in it is deleted first")
@@ -147,14 +147,9 @@ func newRoot() *cobra.Command {
 		Short: "Delete a VM",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			return c.Delete(ctx, args[0])
+			return call(cmd, func(ctx context.Context, c *nesting.Client) error {
+				return c.Delete(ctx, args[0])
+			})
 		},
 	}
 
@@ -164,37 +159,32 @@ func newRoot() *cobra.Command {
 		Short: "List the VMs and the hypervisor",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			vms, info, err := c.List(ctx)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(struct {
-					Hypervisor nesting.Info `json:"hypervisor"`
-					VMs        []nesting.VM `json:"vms"`
-				}{info, append([]nesting.VM{}, vms...)})
-			}
-			fmt.Fprintf(out, "hypervisor %s, accelerator %s, %d of %d VMs\n", info.Name, info.Accelerator, len(vms), info.MaxVMs)
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tADDR\tIMAGE\tSLOT\tAGE")
-			for _, vm := range vms {
-				s := "-"
-				if vm.Slot != nesting.NoSlot {
-					s = strconv.Itoa(vm.Slot)
+			return call(cmd, func(ctx context.Context, c *nesting.Client) error {
+				vms, info, err := c.List(ctx)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", vm.ID, vm.Name, vm.Addr, vm.Image, s, time.Since(vm.CreatedAt).Round(time.Second))
-			}
-			return tw.Flush()
+				out := cmd.OutOrStdout()
+				if asJSON {
+					enc := json.NewEncoder(out)
+					enc.SetIndent("", "  ")
+					return enc.Encode(struct {
+						Hypervisor nesting.Info `json:"hypervisor"`
+						VMs        []nesting.VM `json:"vms"`
+					}{info, append([]nesting.VM{}, vms...)})
+				}
+				fmt.Fprintf(out, "hypervisor %s, accelerator %s, %d of %d VMs\n", info.Name, info.Accelerator, len(vms), info.MaxVMs)
+				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tNAME\tADDR\tIMAGE\tSLOT\tAGE")
+				for _, vm := range vms {
+					s := "-"
+					if vm.Slot != nesting.NoSlot {
+						s = strconv.Itoa(vm.Slot)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", vm.ID, vm.Name, vm.Addr, vm.Image, s, time.Since(vm.CreatedAt).Round(time.Second))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -204,14 +194,9 @@ func newRoot() *cobra.Command {
 		Short: "Delete every VM and stop the daemon",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			return c.Shutdown(ctx)
+			return call(cmd, func(ctx context.Context, c *nesting.Client) error {
+				return c.Shutdown(ctx)
+			})
 		},
 	}
 	root.AddCommand(serve, initCmd, create, del, list, shutdown)
