@@ -411,9 +411,9 @@ func (h *Hypervisor) Create(ctx context.Context, imageName string, slot int) (ne
 	_, _ = rand.Read(idb)
 	id := "qemu-" + hex.EncodeToString(idb)
 	dir := filepath.Join(c.StateDir, id)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nesting.VM{}, fmt.Errorf("create VM: %w", err)
-	}
+	// Marked before its directory exists: a List running meanwhile (the server lists
+	// before every Create) must not take the directory, which has no record yet, for a
+	// dead VM's and remove it under this Create.
 	h.mu.Lock()
 	h.starting[id] = true
 	h.mu.Unlock()
@@ -422,6 +422,9 @@ func (h *Hypervisor) Create(ctx context.Context, imageName string, slot int) (ne
 		delete(h.starting, id)
 		h.mu.Unlock()
 	}()
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nesting.VM{}, fmt.Errorf("create VM: %w", err)
+	}
 	rec := record{ID: id, Name: "flotilla-" + id, Image: imageName, Slot: slot, Listen: c.ListenAddress, Created: time.Now().UTC()}
 	vm, err := h.start(ctx, c, accel, img, dir, &rec)
 	if err != nil {
