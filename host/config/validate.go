@@ -258,9 +258,9 @@ func (v *validator) autoscaler(path string, a *Autoscaler, r *Runner) int {
 	if a.VMIsolation.Enabled || v.set(path+".vm_isolation.connector_config") {
 		v.connector(path+".vm_isolation.connector_config", &a.VMIsolation.ConnectorConfig)
 	}
-	if a.VMIsolation.Enabled && r.Executor == ExecutorDockerAutoscaler {
-		v.warnf(path+".vm_isolation.enabled", "use executor \"instance\" for nesting VMs",
-			"vm_isolation applies to the instance executor only")
+	if a.VMIsolation.Enabled && a.VMIsolation.NestingHost == "" {
+		v.errorf(path+".vm_isolation.nesting_host", "the nesting daemon's socket on the instance, e.g. \"unix:///run/nesting.sock\"",
+			"vm_isolation is enabled but nesting_host is not set")
 	}
 	slots := 0 // job slots of the whole group; 0 = unbounded
 	if a.MaxInstances > 0 {

@@ -62,16 +62,19 @@ type Options struct {
 type Pool struct {
 	Jobs // runs jobs on the scaler's slots with the entry's executor
 
-	runner  *config.Runner
-	kind    executors.Kind
-	scaler  *taskscaler.Scaler
-	conns   *connector.Pool
-	plugin  *pluginclient.Supervised
-	store   *state.Bolt
-	cfgDir  string
-	log     *slog.Logger
-	useExt  bool
-	closers []func()
+	runner *config.Runner
+	kind   executors.Kind
+	// isolation runs each job in a VM of the instance's nesting daemon
+	// ([runners.autoscaler.vm_isolation]); nil when it is off.
+	isolation *isolation
+	scaler    *taskscaler.Scaler
+	conns     *connector.Pool
+	plugin    *pluginclient.Supervised
+	store     *state.Bolt
+	cfgDir    string
+	log       *slog.Logger
+	useExt    bool
+	closers   []func()
 }
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
@@ -100,6 +103,11 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	log = log.With("runner", r.Name)
 	m := &Pool{runner: r, kind: kind, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
 	m.Jobs = Jobs{NewEnv: m.newEnv}
+	if a.VMIsolation.Enabled {
+		if m.isolation, err = newIsolation(r, m.cfgDir); err != nil {
+			return nil, fmt.Errorf("runner %q: %w", r.Name, err)
+		}
+	}
 	defer func() {
 		if err != nil {
 			m.close() // whatever was started so far: nothing is left running
@@ -172,7 +180,12 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	topts.DeleteInstancesOnShutdown = a.DeleteInstancesOnShutdown || opts.DeleteOnShutdown
 	topts.Store, topts.Logger = m.store, log
 	// A forgotten instance's connection and host-key pin go with it.
-	topts.OnGone = func(id string) { _ = m.conns.Close(id) }
+	topts.OnGone = func(id string) {
+		_ = m.conns.Close(id)
+		if m.isolation != nil {
+			m.isolation.forget(id)
+		}
+	}
 	if opts.Metrics != nil {
 		col := metrics.New(prometheus.Labels{"runner": shortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{
 			Operation: a.InstanceOperationTimeBuckets, Creation: a.InstanceCreationTimeBuckets,
@@ -202,6 +215,22 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 			var out limitedBuffer
 			if err := m.conns.Run(ctx, inst.ConnectInfo, connector.RunOptions{Command: cmd, Stdout: &out, Stderr: &out}); err != nil {
 				return fmt.Errorf("ready command: %w: %s", err, out.String())
+			}
+			return nil
+		}
+	}
+	if m.isolation != nil {
+		// An adopted instance may hold VMs of jobs a runner that died left: they go
+		// before the instance takes jobs again.
+		readyCommand := topts.Ready
+		topts.Ready = func(ctx context.Context, inst taskscaler.InstanceInfo) error {
+			if inst.Restored {
+				if err := m.cleanAdopted(ctx, inst); err != nil {
+					return err
+				}
+			}
+			if readyCommand != nil {
+				return readyCommand(ctx, inst)
 			}
 			return nil
 		}
@@ -265,6 +294,9 @@ func (m *Pool) newEnv(ctx context.Context, job *jobs.Job, slot Slot) (executors.
 	conn, err := m.conns.Client(ctx, info)
 	if err != nil {
 		return nil, fmt.Errorf("dialing host: %w", err)
+	}
+	if m.isolation != nil {
+		return m.isolatedEnv(ctx, job, slot, conn)
 	}
 	return m.kind.New(ctx, executors.Target{Conn: conn, Slot: slot.Slot(), Runner: m.runner}, job)
 }

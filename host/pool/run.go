@@ -66,6 +66,12 @@ type RunOptions struct {
 	OnSlot func(Slot)
 }
 
+// releaser is an Env that holds something beyond the job's steps (its VM under
+// vm_isolation) until the run is over.
+type releaser interface {
+	Release(ctx context.Context) error
+}
+
 // Jobs runs jobs on slots: the part of a Pool that holds "a job on a slot", over any
 // Slots and EnvFactory (a Pool uses its taskscaler and its executor; tests use fakes).
 type Jobs struct {
@@ -121,6 +127,14 @@ func (p Jobs) Run(ctx context.Context, job *jobs.Job, key string, log io.Writer,
 	if err != nil {
 		fmt.Fprintf(log, "ERROR: Preparation failed: %v\n", err)
 		return executors.Result{Status: executors.StatusFailed, FailureReason: executors.RunnerSystemFailure, ExitCode: -1, Err: err}, slot.InstanceID()
+	}
+	if r, ok := env.(releaser); ok {
+		// After the job's steps, whatever their outcome (also when cancelled or aborted).
+		defer func() {
+			if err := r.Release(context.WithoutCancel(ctx)); err != nil {
+				fmt.Fprintf(log, "WARNING: %v\n", err)
+			}
+		}()
 	}
 	if o.Wrap != nil {
 		env = o.Wrap(env)
