@@ -91,9 +91,14 @@ func (iso *isolation) forget(id string) {
 	iso.mu.Unlock()
 }
 
-// image is the VM image of job: its image:, else vm_isolation.image, if allowed.
-func (iso *isolation) image(job *jobs.Job) (string, error) {
+// image is the VM image of job: with the instance executor its image:, else
+// vm_isolation.image; with docker-autoscaler, whose image: names the job's container
+// image, always vm_isolation.image. It must be allowed.
+func (iso *isolation) image(job *jobs.Job, executor string) (string, error) {
 	img := job.Image.Name
+	if executor == config.ExecutorDockerAutoscaler {
+		img = ""
+	}
 	if img == "" {
 		img = iso.cfg.Image
 	}
@@ -113,7 +118,7 @@ func (m *Pool) isolatedEnv(ctx context.Context, job *jobs.Job, slot Slot, inst *
 	fail := func(err error) (executors.Env, error) {
 		return nil, fmt.Errorf("vm_isolation on instance %s: %w", slot.InstanceID(), err)
 	}
-	image, err := iso.image(job)
+	image, err := iso.image(job, m.kind.Name)
 	if err != nil {
 		return fail(err)
 	}

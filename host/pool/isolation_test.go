@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,12 +18,18 @@ import (
 	"github.com/flotilla-ci/flotilla/nesting/nestingtest"
 	"github.com/flotilla-ci/flotilla/nesting/qemu"
 	"github.com/flotilla-ci/flotilla/nesting/vmtest"
+	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
-// vmPool is a pool of the local plugin whose jobs run under vm_isolation in real QEMU
-// VMs of a nesting daemon on this machine (the local instances reach its socket over
-// their SSH connection), and the daemon's hypervisor.
-func vmPool(t *testing.T, extra string) (*Pool, *qemu.Hypervisor) {
+// vmHost is a nesting daemon on this machine whose qemu backend runs real VMs (TCG
+// where KVM does not work), and what a runner entry needs to use it.
+type vmHost struct {
+	h           *qemu.Hypervisor
+	host, image string
+	keyFile     string
+}
+
+func newVMHost(t *testing.T) *vmHost {
 	t.Helper()
 	imagesDir, image := vmtest.Image(t)
 	authorized, keyFile := vmtest.KeyFile(t)
@@ -33,10 +40,41 @@ func vmPool(t *testing.T, extra string) (*Pool, *qemu.Hypervisor) {
 		t.Fatal(err)
 	}
 	d := nestingtest.Serve(t, h, true)
+	t.Cleanup(func() {
+		vms, _ := h.List(context.Background())
+		for _, vm := range vms {
+			t.Errorf("VM %s left", vm.ID)
+			_ = h.Delete(context.Background(), vm.ID)
+		}
+	})
+	return &vmHost{h: h, host: d.Host, image: image, keyFile: keyFile}
+}
+
+// poolSpec is a vm_isolation pool of the local plugin: the local instances reach the
+// daemon's socket over their SSH connection.
+type poolSpec struct {
+	executor         string // default instance
+	runner           string // extra lines in [runners]
+	autoscaler       string // extra tables at the end of [runners.autoscaler]
+	rootDir, state   string // default: new directories
+	deleteOnShutdown bool
+}
+
+func (v *vmHost) start(t *testing.T, ps poolSpec) *Pool {
+	t.Helper()
+	if ps.executor == "" {
+		ps.executor = "instance"
+	}
+	if ps.rootDir == "" {
+		ps.rootDir = t.TempDir()
+	}
+	if ps.state == "" {
+		ps.state = t.TempDir()
+	}
 	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
 [[runners]]
   name = "vm"
-  executor = "instance"
+  executor = %q
   %s
   [runners.autoscaler]
     plugin = "local"
@@ -54,27 +92,34 @@ func vmPool(t *testing.T, extra string) (*Pool, *qemu.Hypervisor) {
       [runners.autoscaler.vm_isolation.connector_config]
         username = "root"
         key_path = %q
-`, extra, t.TempDir(), d.Host, image, keyFile)))
+%s
+`, ps.executor, ps.runner, ps.rootDir, v.host, v.image, v.keyFile, ps.autoscaler)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := Start(context.Background(), cfg, &cfg.Runners[0], Options{Logger: quiet, StateDir: t.TempDir(), DeleteOnShutdown: true})
+	p, err := Start(context.Background(), cfg, &cfg.Runners[0], Options{Logger: quiet, StateDir: ps.state, DeleteOnShutdown: ps.deleteOnShutdown})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		vms, _ := h.List(context.Background())
-		for _, vm := range vms {
-			t.Errorf("VM %s left", vm.ID)
-			_ = h.Delete(context.Background(), vm.ID)
-		}
-	})
-	return p, h
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { shutdownPool(t, p) }) })
+	return p
+}
+
+func shutdownPool(t *testing.T, p *Pool) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// vmPool is a vm_isolation pool on a new daemon, and the daemon's hypervisor.
+func vmPool(t *testing.T, ps poolSpec) (*Pool, *qemu.Hypervisor) {
+	t.Helper()
+	v := newVMHost(t)
+	ps.deleteOnShutdown = true
+	return v.start(t, ps), v.h
 }
 
 func scriptJob(id string, script ...string) *jobs.Job {
@@ -85,7 +130,7 @@ func scriptJob(id string, script ...string) *jobs.Job {
 // kernel command line of the guest, none of the host's processes) and its VM is deleted
 // afterwards.
 func TestVMIsolationRunsTheJobInItsOwnVM(t *testing.T) {
-	p, h := vmPool(t, "")
+	p, h := vmPool(t, poolSpec{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var log bytes.Buffer
@@ -121,7 +166,7 @@ func TestVMIsolationRunsTheJobInItsOwnVM(t *testing.T) {
 // there, fails the job as a system failure naming the cause; it never runs on the
 // instance.
 func TestVMIsolationNeverFallsBack(t *testing.T) {
-	p, h := vmPool(t, "[runners.instance]\n    allowed_images = [\"debian\"]")
+	p, h := vmPool(t, poolSpec{runner: "[runners.instance]\n    allowed_images = [\"debian\"]"})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	job := scriptJob("2", "touch "+t.TempDir()+"/ran-on-the-instance")
@@ -133,5 +178,54 @@ func TestVMIsolationNeverFallsBack(t *testing.T) {
 	}
 	if vms, _ := h.List(ctx); len(vms) != 0 {
 		t.Errorf("VMs after a refused job: %+v", vms)
+	}
+}
+
+// TestVMIsolationDockerNeedsDockerInTheImage: docker-autoscaler under vm_isolation runs
+// the job's containers on the VM's Docker Engine; an image without one fails the job
+// with a configuration error that says so, and the VM is deleted.
+func TestVMIsolationDockerNeedsDockerInTheImage(t *testing.T) {
+	p, h := vmPool(t, poolSpec{executor: "docker-autoscaler", runner: "[runners.docker]\n    image = \"busybox\""})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	job := scriptJob("3", "true")
+	job.Image.Name = "busybox" // the container's image; the VM's is vm_isolation.image
+	res, _ := p.Run(ctx, job, "vm-3", &log, RunOptions{})
+	if res.FailureReason != executors.RunnerSystemFailure || !strings.Contains(log.String(), "has no Docker Engine socket at /var/run/docker.sock") {
+		t.Errorf("docker-autoscaler job in a VM without Docker: %+v\n%s", res, log.String())
+	}
+	if vms, _ := h.List(ctx); len(vms) != 0 {
+		t.Errorf("VMs after the job: %+v", vms)
+	}
+}
+
+// TestVMIsolationAdoptionDeletesLeftVMs: VMs a runner that died left on its instance
+// are deleted when the next runner adopts the instance, before it takes a job there.
+func TestVMIsolationAdoptionDeletesLeftVMs(t *testing.T) {
+	v := newVMHost(t)
+	spec := poolSpec{rootDir: t.TempDir(), state: t.TempDir(),
+		autoscaler: "    [[runners.autoscaler.policy]]\n      idle_count = 1\n      idle_time = \"1h\""}
+	first := v.start(t, spec)
+	eventually.True(t, "an idle instance", time.Minute, func() bool { return len(first.Status().InstanceList) == 1 })
+	shutdownPool(t, first) // the instance stays (delete_instances_on_shutdown is off)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// The job VM of the runner that "died".
+	left, err := v.h.Create(ctx, v.image, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.deleteOnShutdown = true
+	second := v.start(t, spec)
+	eventually.NoError(t, "the left VM deleted by the adopting runner", 2*time.Minute, func() error {
+		vms, err := v.h.List(ctx)
+		if err != nil || len(vms) != 0 {
+			return fmt.Errorf("VMs %+v (%v), the left one was %s", vms, err, left.ID)
+		}
+		return nil
+	})
+	if l := second.Status().InstanceList; len(l) != 1 || !l[0].Restored {
+		t.Errorf("instances of the second runner: %+v; want the first's, adopted", l)
 	}
 }
