@@ -29,7 +29,7 @@ type vmHost struct {
 	keyFile     string
 }
 
-func newVMHost(t *testing.T) *vmHost {
+func newVMHost(t testing.TB) *vmHost {
 	t.Helper()
 	imagesDir, image := vmtest.Image(t)
 	authorized, keyFile := vmtest.KeyFile(t)
@@ -60,7 +60,7 @@ type poolSpec struct {
 	deleteOnShutdown bool
 }
 
-func (v *vmHost) start(t *testing.T, ps poolSpec) *Pool {
+func (v *vmHost) start(t testing.TB, ps poolSpec) *Pool {
 	t.Helper()
 	if ps.executor == "" {
 		ps.executor = "instance"
@@ -106,7 +106,7 @@ func (v *vmHost) start(t *testing.T, ps poolSpec) *Pool {
 	return p
 }
 
-func shutdownPool(t *testing.T, p *Pool) {
+func shutdownPool(t testing.TB, p *Pool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := p.Shutdown(ctx); err != nil {

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 // load parses a one-runner config of the local plugin with max_instances = 1 and
 // pluginConfig as its [runners.autoscaler.plugin_config]; autoscaler lines go into
 // [runners.autoscaler] (keys first, then tables such as a policy).
-func load(t *testing.T, pluginConfig string, autoscaler ...string) *config.Config {
+func load(t testing.TB, pluginConfig string, autoscaler ...string) *config.Config {
 	t.Helper()
 	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
 [[runners]]
