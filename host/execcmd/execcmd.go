@@ -49,6 +49,9 @@ type Options struct {
 	Follow bool
 	// StateDir overrides where the pool keeps its state (default config or user state).
 	StateDir string
+	// Isolation is IsolationNone (the default, also for "") or IsolationVM: each job of
+	// the built-in pool in its own QEMU VM on this machine.
+	Isolation string
 
 	Stdout, Stderr io.Writer
 	// Version is the runner's version, for the job logs.
@@ -81,6 +84,9 @@ func stateHome() string {
 
 // defaultConfig is the built-in pool of `runner exec` with no config.toml: local
 // instances, quick polling (they boot in milliseconds), deleted when the command ends.
+// With --isolation vm, one instance holds every slot: the instances would share the
+// one nesting daemon on this machine, whose slots are the instance's job slots, so two
+// instances would take each other's VMs.
 func defaultConfig(o Options, state string) string {
 	executor := o.Executor
 	if executor == "" {
@@ -89,6 +95,10 @@ func defaultConfig(o Options, state string) string {
 	pluginCfg := fmt.Sprintf("root_dir = %q\n", filepath.Join(state, "exec-instances"))
 	if executor == config.ExecutorDockerAutoscaler {
 		pluginCfg += fmt.Sprintf("docker_socket = %q\n", "/var/run/docker.sock")
+	}
+	instances, capacity, vm := o.MaxInstances, o.Capacity, ""
+	if o.Isolation == IsolationVM {
+		instances, capacity, vm = 1, o.MaxInstances*o.Capacity, vmIsolationTable(newVMPaths(state))
 	}
 	return fmt.Sprintf(`concurrent = %d
 [[runners]]
@@ -106,10 +116,10 @@ func defaultConfig(o Options, state string) string {
     update_interval_when_expecting = "100ms"
     shutdown_deletion_interval = "200ms"
     [runners.autoscaler.plugin_config]
-%s    [[runners.autoscaler.policy]]
+%s%s    [[runners.autoscaler.policy]]
       idle_count = 0
       idle_time = "5m"
-`, o.MaxInstances*o.Capacity, executor, o.Image, o.Capacity, o.MaxInstances, indent(pluginCfg, "      "))
+`, o.MaxInstances*o.Capacity, executor, o.Image, capacity, instances, indent(pluginCfg, "      "), vm)
 }
 
 func indent(s, pre string) string {
@@ -145,6 +155,9 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 		file = filepath.Join(dir, file)
 	}
 	if err := checkPoolSize(&o); err != nil {
+		return 1, err
+	}
+	if err := checkIsolation(&o); err != nil {
 		return 1, err
 	}
 	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
@@ -189,6 +202,25 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 	if stateDir == "" && o.ConfigPath == "" {
 		stateDir = filepath.Join(state, "exec-state")
 	}
+	uid, name := currentUser()
+	w := where{uid: uid, name: name, builtIn: o.ConfigPath == ""}
+	if o.Isolation == IsolationVM {
+		slots := r.Autoscaler.MaxInstances * r.Autoscaler.CapacityPerInstanceOrDefault()
+		vms, err := startVMHost(ctx, o, newVMPaths(state), slots, logger)
+		if err != nil {
+			return 1, err
+		}
+		// Deferred before the pool's shutdown, so it runs after it: the pool deletes
+		// its jobs' VMs through this daemon, then the daemon deletes what is left.
+		defer func() {
+			if err := vms.stop(ctx, o.Stderr); err != nil && code == 0 {
+				code = ExitPipelineFailed
+			}
+		}()
+		w.vm = &vms.info
+		w.ignoredImages = clearImages(plan.Jobs)
+	}
+	fmt.Fprintln(o.Stderr, jobsRunLine(r, w))
 	fmt.Fprintf(o.Stderr, "Starting a pool for runner %q: plugin %s, executor %s, up to %d instances × %d slots\n",
 		r.Name, r.Autoscaler.Plugin, r.Executor, r.Autoscaler.MaxInstances, r.Autoscaler.CapacityPerInstanceOrDefault())
 	m, err := pool.Start(ctx, cfg, r, pool.Options{Logger: logger, PluginLog: pluginLog(o), StateDir: stateDir, DeleteOnShutdown: true})

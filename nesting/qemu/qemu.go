@@ -463,10 +463,10 @@ func (h *Hypervisor) start(ctx context.Context, c Config, accel string, img imag
 		args := []string{"-name", rec.Name, "-accel", accel, "-M", "pc",
 			"-smp", strconv.Itoa(c.VCPUs), "-m", strconv.Itoa(c.Memory),
 			"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-			"-serial", "file:" + filepath.Join(dir, "console.log"),
+			"-chardev", "file,id=console,path=" + qemuOptValue(filepath.Join(dir, "console.log")), "-serial", "chardev:console",
 			"-kernel", filepath.Join(img.dir, img.meta.Kernel), "-initrd", filepath.Join(img.dir, img.meta.Initrd),
 			"-append", img.meta.Cmdline + " flotilla.key=" + key,
-			"-drive", "file=" + overlay + ",if=virtio,format=qcow2,cache=unsafe",
+			"-drive", "file=" + qemuOptValue(overlay) + ",if=virtio,format=qcow2,cache=unsafe",
 			"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:%s:%d-:22", c.ListenAddress, port),
 			"-device", "virtio-net-pci,netdev=n0",
 			"-daemonize", "-pidfile", pidFile}
@@ -497,6 +497,10 @@ func (h *Hypervisor) start(ctx context.Context, c Config, accel string, img imag
 	}
 	return nesting.VM{}, lastErr
 }
+
+// qemuOptValue escapes a value inside a QEMU option list (-drive, -chardev), where a
+// comma separates options: a path with a comma is written with it doubled.
+func qemuOptValue(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 func freePort(addr string) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))

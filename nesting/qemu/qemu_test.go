@@ -145,7 +145,8 @@ func qemuProcesses(t *testing.T, stateDir string) []int {
 func TestCreateAnswersSSHAndDeleteLeavesNothing(t *testing.T) {
 	imagesDir, name := vmtest.Image(t)
 	key, signer := vmtest.Key(t)
-	state := t.TempDir()
+	// A comma in the path, which QEMU's option lists would split at.
+	state := filepath.Join(t.TempDir(), "state,dir")
 	h := New(nil)
 	if _, err := h.Init(context.Background(), configJSON(t, map[string]any{"authorized_key": key,
 		"images_dir": imagesDir, "state_dir": state, "accelerator": "tcg", "memory": 256, "vcpus": 1,

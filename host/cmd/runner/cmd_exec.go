@@ -19,7 +19,10 @@ autoscaled pool: jobs run as soon as what they need is done, concurrently, each 
 slot of an instance that the pool creates on demand and deletes at the end.
 
 With no --config it uses the built-in pool: the local plugin (each instance is a
-sandbox on this machine with its own SSH server) and the instance executor. Name jobs
+sandbox on this machine with its own SSH server) and the instance executor: jobs run
+as you on this machine, without isolation. With --isolation vm, each job runs in its
+own QEMU VM on this machine instead (a small Debian guest, built once; the jobs' image:
+keys are ignored). Every run says in one line where its jobs run and as whom. Name jobs
 to run only them and what they need; a manual job runs only when named.
 
 Every job's full log is kept in a file (see the summary); the exit code is 1 when the
@@ -54,6 +57,7 @@ starts no new ones. After a signal N the exit code is 128+N.`,
 	f.IntVar(&o.MaxInstances, "max-instances", 2, "built-in pool: most instances at once")
 	f.IntVar(&o.Capacity, "capacity", 2, "built-in pool: jobs per instance (capacity_per_instance)")
 	f.StringVar(&o.LogDir, "log-dir", "", "where job logs go (default: under ~/.local/state/flotilla/exec-logs)")
+	f.StringVar(&o.Isolation, "isolation", execcmd.IsolationNone, "built-in pool: none (jobs run on this machine as you) or vm (each job in its own QEMU VM)")
 	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
 	f.BoolVarP(&o.Follow, "follow", "F", false, "stream every job's log as it runs, each line prefixed with the job's name")
 	root.AddCommand(cmd)
