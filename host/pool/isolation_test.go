@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -227,5 +228,105 @@ func TestVMIsolationAdoptionDeletesLeftVMs(t *testing.T) {
 	})
 	if l := second.Status().InstanceList; len(l) != 1 || !l[0].Restored {
 		t.Errorf("instances of the second runner: %+v; want the first's, adopted", l)
+	}
+}
+
+// TestVMIsolationDeletesTheVMWhateverTheEnd: a failing script, a job that times out
+// and a cancelled job each leave no VM behind.
+func TestVMIsolationDeletesTheVMWhateverTheEnd(t *testing.T) {
+	p, h := vmPool(t, poolSpec{})
+	tests := []struct {
+		name   string
+		job    *jobs.Job
+		cancel time.Duration // cancel the run this long after the script starts; 0: never
+		want   executors.Status
+	}{
+		{"failure", scriptJob("f", "exit 3"), 0, executors.StatusFailed},
+		{"timeout", func() *jobs.Job { j := scriptJob("t", "sleep 600"); j.Timeout = 2 * time.Second; return j }(), 0, executors.StatusFailed},
+		{"cancel", scriptJob("c", "sleep 600"), time.Second, executors.StatusCanceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			var log scriptStartLog
+			if tt.cancel > 0 {
+				log.onStart = func() { time.AfterFunc(tt.cancel, cancel) }
+			}
+			res, _ := p.Run(ctx, tt.job, "end-"+tt.name, &log, RunOptions{})
+			if res.Status != tt.want {
+				t.Errorf("job ended %s (%v), want %s\n%s", res.Status, res.Err, tt.want, log.String())
+			}
+			if vms, _ := h.List(context.Background()); len(vms) != 0 {
+				t.Errorf("VMs after the job: %+v", vms)
+			}
+		})
+	}
+}
+
+// scriptStartLog is a job log that calls onStart once the job's script starts.
+type scriptStartLog struct {
+	mu      sync.Mutex
+	b       bytes.Buffer
+	onStart func()
+	started bool
+}
+
+func (l *scriptStartLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Write(p)
+	if !l.started && l.onStart != nil && bytes.Contains(l.b.Bytes(), []byte(":step_script")) {
+		l.started = true
+		l.onStart()
+	}
+	return len(p), nil
+}
+
+func (l *scriptStartLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestVMIsolationDaemonNotThere: with no nesting daemon on the instance, the job fails
+// as a system failure naming the socket, and does not run on the instance.
+func TestVMIsolationDaemonNotThere(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "ran-on-the-instance")
+	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
+[[runners]]
+  name = "vm"
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "local"
+    max_instances = 1
+    update_interval_when_expecting = "50ms"
+    shutdown_deletion_interval = "100ms"
+    [runners.autoscaler.plugin_config]
+      root_dir = %q
+    [runners.autoscaler.vm_isolation]
+      enabled = true
+      nesting_host = "unix:///nonexistent/nesting.sock"
+      image = "debian"
+      [runners.autoscaler.vm_isolation.connector_config]
+        username = "root"
+`, t.TempDir())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(context.Background(), cfg, &cfg.Runners[0], Options{Logger: quiet, StateDir: t.TempDir(), DeleteOnShutdown: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdownPool(t, p) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	res, _ := p.Run(ctx, scriptJob("n", "touch "+marker), "none-1", &log, RunOptions{})
+	if res.FailureReason != executors.RunnerSystemFailure || !strings.Contains(log.String(), "/nonexistent/nesting.sock") {
+		t.Errorf("job without a nesting daemon: %+v\n%s", res, log.String())
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the job ran on the instance")
 	}
 }
