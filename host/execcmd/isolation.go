@@ -175,7 +175,7 @@ func (v *vmHost) stop(ctx context.Context, stderr io.Writer) error {
 // ensureImage installs the guest image into images, building it first if it is not in
 // guestimage's cache yet (once per recipe, shared by every run).
 func ensureImage(ctx context.Context, stderr io.Writer, images string, logger *slog.Logger) error {
-	if _, err := cachedImage(); err != nil {
+	if _, err := guestimage.Cached(); err != nil {
 		if err := guestimage.CheckTools(); err != nil {
 			return fmt.Errorf("no VM guest image yet, and it cannot be built here: %w", err)
 		}
@@ -187,22 +187,6 @@ func ensureImage(ctx context.Context, stderr io.Writer, images string, logger *s
 	}
 	_, err = guestimage.Install(dir, images, vmImage)
 	return err
-}
-
-// cachedImage is the cache directory of the default recipe's image, or an error if it
-// is not built.
-func cachedImage() (string, error) {
-	hash, err := guestimage.Recipe{}.Hash()
-	if err != nil {
-		return "", err
-	}
-	cache, err := guestimage.CacheDir()
-	if err != nil {
-		return "", err
-	}
-	dir := filepath.Join(cache, hash)
-	_, err = guestimage.ReadMetadata(dir)
-	return dir, err
 }
 
 // ensureKey returns the authorized_keys line of the ed25519 key at path, making the

@@ -63,6 +63,13 @@ type poolSpec struct {
 
 func (v *vmHost) start(t testing.TB, ps poolSpec) *Pool {
 	t.Helper()
+	return startIsolated(t, v.host, v.image, v.keyFile, ps)
+}
+
+// startIsolated starts a vm_isolation pool of the local plugin on the daemon at
+// nestingHost.
+func startIsolated(t testing.TB, nestingHost, image, keyFile string, ps poolSpec) *Pool {
+	t.Helper()
 	if ps.executor == "" {
 		ps.executor = "instance"
 	}
@@ -94,7 +101,7 @@ func (v *vmHost) start(t testing.TB, ps poolSpec) *Pool {
         username = "root"
         key_path = %q
 %s
-`, ps.executor, ps.runner, ps.rootDir, v.host, v.image, v.keyFile, ps.autoscaler)))
+`, ps.executor, ps.runner, ps.rootDir, nestingHost, image, keyFile, ps.autoscaler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,32 +300,8 @@ func (l *scriptStartLog) String() string {
 // as a system failure naming the socket, and does not run on the instance.
 func TestVMIsolationDaemonNotThere(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "ran-on-the-instance")
-	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
-[[runners]]
-  name = "vm"
-  executor = "instance"
-  [runners.autoscaler]
-    plugin = "local"
-    max_instances = 1
-    update_interval_when_expecting = "50ms"
-    shutdown_deletion_interval = "100ms"
-    [runners.autoscaler.plugin_config]
-      root_dir = %q
-    [runners.autoscaler.vm_isolation]
-      enabled = true
-      nesting_host = "unix:///nonexistent/nesting.sock"
-      image = "debian"
-      [runners.autoscaler.vm_isolation.connector_config]
-        username = "root"
-`, t.TempDir())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := Start(context.Background(), cfg, &cfg.Runners[0], Options{Logger: quiet, StateDir: t.TempDir(), DeleteOnShutdown: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { shutdownPool(t, p) })
+	_, keyFile := vmtest.KeyFile(t)
+	p := startIsolated(t, "unix:///nonexistent/nesting.sock", "debian", keyFile, poolSpec{deleteOnShutdown: true})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var log bytes.Buffer

@@ -193,6 +193,22 @@ func hostSuite() (string, error) {
 	return "", errors.New("guest image: /etc/os-release has no VERSION_CODENAME: set the suite explicitly")
 }
 
+// Cached returns the cache directory of the default recipe's image, or an error if
+// it is not built yet.
+func Cached() (string, error) {
+	hash, err := Recipe{}.Hash()
+	if err != nil {
+		return "", err
+	}
+	cache, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(cache, hash)
+	_, err = ReadMetadata(dir)
+	return dir, err
+}
+
 // CacheDir is where built images are cached:
 // ${XDG_CACHE_HOME:-$HOME/.cache}/flotilla/vm-images.
 func CacheDir() (string, error) {

@@ -68,7 +68,7 @@ func Image(t testing.TB) (imagesDir, name string) {
 	buildOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		if dir, err := cached(); err == nil {
+		if dir, err := guestimage.Cached(); err == nil {
 			buildDir = dir
 			return
 		}
@@ -86,20 +86,6 @@ func Image(t testing.TB) (imagesDir, name string) {
 		t.Fatal(err)
 	}
 	return imagesDir, guestimage.DefaultName
-}
-
-func cached() (string, error) {
-	hash, err := guestimage.Recipe{}.Hash()
-	if err != nil {
-		return "", err
-	}
-	cache, err := guestimage.CacheDir()
-	if err != nil {
-		return "", err
-	}
-	dir := cache + "/" + hash
-	_, err = guestimage.ReadMetadata(dir)
-	return dir, err
 }
 
 // Key returns a new ed25519 key: its authorized_keys line and a signer of it.
