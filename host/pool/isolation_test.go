@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-ci/flotilla/connector/sshdtest"
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
@@ -311,5 +312,67 @@ func TestVMIsolationDaemonNotThere(t *testing.T) {
 	}
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the job ran on the instance")
+	}
+}
+
+// TestVMIsolationInitsTheDaemonOncePerInstance: a daemon started without a config
+// gets nesting_config once per instance, not once per job; the "VMs" of this test's
+// in-memory hypervisor are one OpenSSH server, so no QEMU is needed.
+func TestVMIsolationInitsTheDaemonOncePerInstance(t *testing.T) {
+	if ok, why := sshdtest.Available(); !ok {
+		t.Skip(why)
+	}
+	vm := sshdtest.Start(t, sshdtest.Options{})
+	h := nestingtest.New()
+	h.Addr = vm.Addr
+	d := nestingtest.Serve(t, h, false)
+	keyFile := filepath.Join(vm.Dir, "client_key")
+	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
+[[runners]]
+  name = "vm"
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "local"
+    max_instances = 1
+    update_interval_when_expecting = "50ms"
+    shutdown_deletion_interval = "100ms"
+    [runners.autoscaler.plugin_config]
+      root_dir = %q
+    [runners.autoscaler.vm_isolation]
+      enabled = true
+      nesting_host = %q
+      image = "debian"
+      [runners.autoscaler.vm_isolation.nesting_config]
+        max_vms = 1
+        images = ["debian"]
+      [runners.autoscaler.vm_isolation.connector_config]
+        username = %q
+        key_path = %q
+`, t.TempDir(), d.Host, vm.User, keyFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(context.Background(), cfg, &cfg.Runners[0], Options{Logger: quiet, StateDir: t.TempDir(), DeleteOnShutdown: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdownPool(t, p) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 2 {
+		var log bytes.Buffer
+		res, _ := p.Run(ctx, scriptJob(fmt.Sprint(i), "true"), fmt.Sprintf("init-%d", i), &log, RunOptions{})
+		if res.Status != executors.StatusSuccess {
+			t.Fatalf("job %d: %+v\n%s", i, res, log.String())
+		}
+	}
+	if n := h.Calls("Init"); n != 1 {
+		t.Errorf("Init called %d times for two jobs on one instance, want 1", n)
+	}
+	if n := h.Calls("Create"); n != 2 {
+		t.Errorf("Create called %d times for two jobs, want 2", n)
+	}
+	if vms, _ := h.List(ctx); len(vms) != 0 {
+		t.Errorf("VMs after the jobs: %+v", vms)
 	}
 }
