@@ -16,6 +16,7 @@ import (
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/nesting/nestingtest"
 	"github.com/flotilla-ci/flotilla/nesting/qemu"
@@ -59,6 +60,7 @@ type poolSpec struct {
 	runner           string // extra lines in [runners]
 	autoscaler       string // extra tables at the end of [runners.autoscaler]
 	rootDir, state   string // default: new directories
+	vmUser           string // the VMs' login, default root
 	deleteOnShutdown bool
 }
 
@@ -73,6 +75,9 @@ func startIsolated(t testing.TB, nestingHost, image, keyFile string, ps poolSpec
 	t.Helper()
 	if ps.executor == "" {
 		ps.executor = "instance"
+	}
+	if ps.vmUser == "" {
+		ps.vmUser = "root"
 	}
 	if ps.rootDir == "" {
 		ps.rootDir = t.TempDir()
@@ -99,10 +104,10 @@ func startIsolated(t testing.TB, nestingHost, image, keyFile string, ps poolSpec
       nesting_host = %q
       image = %q
       [runners.autoscaler.vm_isolation.connector_config]
-        username = "root"
+        username = %q
         key_path = %q
 %s
-`, ps.executor, ps.runner, ps.rootDir, nestingHost, image, keyFile, ps.autoscaler)))
+`, ps.executor, ps.runner, ps.rootDir, nestingHost, image, ps.vmUser, keyFile, ps.autoscaler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,5 +379,42 @@ func TestVMIsolationInitsTheDaemonOncePerInstance(t *testing.T) {
 	}
 	if vms, _ := h.List(ctx); len(vms) != 0 {
 		t.Errorf("VMs after the jobs: %+v", vms)
+	}
+}
+
+// TestVMIsolationDockerRunsOnTheVMsEngine: under vm_isolation, docker-autoscaler's
+// containers run on the Docker Engine of the job's VM, reached through the VM's SSH
+// connection. The "VM" is an OpenSSH server of this machine from the in-memory
+// hypervisor, and its engine this machine's (the guest image has no Docker Engine).
+func TestVMIsolationDockerRunsOnTheVMsEngine(t *testing.T) {
+	if ok, why := sshdtest.Available(); !ok {
+		t.Skip(why)
+	}
+	cli := dockertest.Client(t)
+	dockertest.EnsureImage(t, cli)
+	vm := sshdtest.Start(t, sshdtest.Options{})
+	h := nestingtest.New()
+	h.Addr = vm.Addr
+	if _, err := h.Init(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	d := nestingtest.Serve(t, h, true)
+	p := startIsolated(t, d.Host, "debian", filepath.Join(vm.Dir, "client_key"), poolSpec{
+		executor: "docker-autoscaler", vmUser: vm.User, deleteOnShutdown: true,
+		runner: fmt.Sprintf("[runners.docker]\n    image = %q\n    pull_policy = [\"never\"]", dockertest.Image)})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	// The test image is a bare busybox rootfs: no os-release, unlike this machine.
+	res, _ := p.Run(ctx, scriptJob("d", `if [ -e /etc/os-release ]; then echo "where=host"; else echo "where=container"; fi`),
+		"docker-vm", &log, RunOptions{Runtime: executors.RunOptions{Executor: "docker-autoscaler"}})
+	if res.Status != executors.StatusSuccess || !regexp.MustCompile(`(?m) where=container$`).MatchString(log.String()) {
+		t.Fatalf("job: %+v\n%s", res, log.String())
+	}
+	if n := h.Calls("Create"); n != 1 {
+		t.Errorf("%d VMs created for the job, want 1", n)
+	}
+	if vms, _ := h.List(ctx); len(vms) != 0 {
+		t.Errorf("VMs after the job: %+v", vms)
 	}
 }
