@@ -61,6 +61,7 @@ type poolSpec struct {
 	autoscaler       string // extra tables at the end of [runners.autoscaler]
 	rootDir, state   string // default: new directories
 	vmUser           string // the VMs' login, default root
+	nestingConfig    string // a [runners.autoscaler.vm_isolation.nesting_config] body
 	deleteOnShutdown bool
 }
 
@@ -103,11 +104,13 @@ func startIsolated(t testing.TB, nestingHost, image, keyFile string, ps poolSpec
       enabled = true
       nesting_host = %q
       image = %q
+      [runners.autoscaler.vm_isolation.nesting_config]
+%s
       [runners.autoscaler.vm_isolation.connector_config]
         username = %q
         key_path = %q
 %s
-`, ps.executor, ps.runner, ps.rootDir, nestingHost, image, ps.vmUser, keyFile, ps.autoscaler)))
+`, ps.executor, ps.runner, ps.rootDir, nestingHost, image, ps.nestingConfig, ps.vmUser, keyFile, ps.autoscaler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,37 +334,8 @@ func TestVMIsolationInitsTheDaemonOncePerInstance(t *testing.T) {
 	h := nestingtest.New()
 	h.Addr = vm.Addr
 	d := nestingtest.Serve(t, h, false)
-	keyFile := filepath.Join(vm.Dir, "client_key")
-	cfg, _, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
-[[runners]]
-  name = "vm"
-  executor = "instance"
-  [runners.autoscaler]
-    plugin = "local"
-    max_instances = 1
-    update_interval_when_expecting = "50ms"
-    shutdown_deletion_interval = "100ms"
-    [runners.autoscaler.plugin_config]
-      root_dir = %q
-    [runners.autoscaler.vm_isolation]
-      enabled = true
-      nesting_host = %q
-      image = "debian"
-      [runners.autoscaler.vm_isolation.nesting_config]
-        max_vms = 1
-        images = ["debian"]
-      [runners.autoscaler.vm_isolation.connector_config]
-        username = %q
-        key_path = %q
-`, t.TempDir(), d.Host, vm.User, keyFile)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := Start(context.Background(), cfg, &cfg.Runners[0], Options{Logger: quiet, StateDir: t.TempDir(), DeleteOnShutdown: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { shutdownPool(t, p) })
+	p := startIsolated(t, d.Host, "debian", filepath.Join(vm.Dir, "client_key"), poolSpec{vmUser: vm.User, deleteOnShutdown: true,
+		nestingConfig: "        max_vms = 1\n        images = [\"debian\"]"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i := range 2 {

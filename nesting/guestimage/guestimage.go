@@ -196,7 +196,17 @@ func hostSuite() (string, error) {
 // Cached returns the cache directory of the default recipe's image, or an error if
 // it is not built yet.
 func Cached() (string, error) {
-	hash, err := Recipe{}.Hash()
+	dir, err := Recipe{}.cacheEntry()
+	if err != nil {
+		return "", err
+	}
+	_, err = ReadMetadata(dir)
+	return dir, err
+}
+
+// cacheEntry is the directory r's image has in the cache (built or not).
+func (r Recipe) cacheEntry() (string, error) {
+	hash, err := r.Hash()
 	if err != nil {
 		return "", err
 	}
@@ -204,9 +214,7 @@ func Cached() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(cache, hash)
-	_, err = ReadMetadata(dir)
-	return dir, err
+	return filepath.Join(cache, hash), nil
 }
 
 // CacheDir is where built images are cached:
@@ -266,15 +274,11 @@ func Build(ctx context.Context, r Recipe, log *slog.Logger) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	hash, err := r.Hash()
+	dir, err := r.cacheEntry()
 	if err != nil {
 		return "", err
 	}
-	cache, err := CacheDir()
-	if err != nil {
-		return "", err
-	}
-	dir := filepath.Join(cache, hash)
+	cache, hash := filepath.Dir(dir), filepath.Base(dir)
 	if _, err := ReadMetadata(dir); err == nil {
 		log.Info("guest image cached", "dir", dir)
 		return dir, nil
