@@ -243,12 +243,13 @@ func (p *Policy) Location() (*time.Location, error) {
 	return loc, nil
 }
 
-// Preemptive is preemptive_mode, defaulting to idle_count > 0.
+// Preemptive is preemptive_mode, defaulting to idle_count > 0 (off for a forecast
+// policy).
 func (p *Policy) Preemptive() bool {
 	if p.PreemptiveMode != nil {
 		return *p.PreemptiveMode
 	}
-	return p.IdleCount > 0
+	return p.IdleCount > 0 && p.Mode != taskscaler.ModeForecast
 }
 
 // ReadKey reads key_path (relative paths against configDir). It returns nil and no
@@ -331,7 +332,8 @@ func (a *Autoscaler) ScalerPolicies() []taskscaler.Policy {
 	var out []taskscaler.Policy
 	for _, p := range a.Policy {
 		out = append(out, taskscaler.Policy{Periods: p.Periods, Timezone: p.Timezone, IdleCount: p.IdleCount,
-			IdleTime: p.IdleTime.Duration, ScaleFactor: p.ScaleFactor, ScaleFactorLimit: p.ScaleFactorLimit, PreemptiveMode: p.PreemptiveMode})
+			IdleTime: p.IdleTime.Duration, ScaleFactor: p.ScaleFactor, ScaleFactorLimit: p.ScaleFactorLimit, PreemptiveMode: p.PreemptiveMode,
+			Mode: p.Mode, TargetWait: p.TargetWait.Duration, TargetPercentile: p.TargetPercentile})
 	}
 	return out
 }

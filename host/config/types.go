@@ -190,8 +190,16 @@ type Policy struct {
 	IdleTime         Duration `toml:"idle_time"`
 	ScaleFactor      float64  `toml:"scale_factor"`
 	ScaleFactorLimit int      `toml:"scale_factor_limit"`
-	// PreemptiveMode is nil when unset, which means IdleCount > 0.
+	// PreemptiveMode is nil when unset, which means IdleCount > 0 (off for a forecast
+	// policy).
 	PreemptiveMode *bool `toml:"preemptive_mode"`
+	// Mode is a Flotilla addition: "fixed" (GitLab's idle_count, the default) or
+	// "forecast" (idle slots from the demand forecast; idle_count is its floor).
+	Mode string `toml:"mode"`
+	// TargetWait and TargetPercentile are a forecast policy's goal: that percentile
+	// of jobs get a slot within target_wait (default "5s" and 95).
+	TargetWait       Duration `toml:"target_wait"`
+	TargetPercentile float64  `toml:"target_percentile"`
 }
 
 // Docker is [runners.docker]. The keys Flotilla acts on are typed; the rest of GitLab's

@@ -16,7 +16,8 @@ import (
 )
 
 // Bucket layout: owners/<owner>/instances/<id> = JSON Instance, and
-// owners/<owner>/meta/intents = JSON []Intent. owners/version holds the schema version
+// owners/<owner>/meta/intents = JSON []Intent, owners/<owner>/meta/demand = JSON Demand
+// (added without a schema change: older files simply have none). owners/version holds the schema version
 // so that a later release can migrate the layout.
 //
 // Version 1 kept one pending count per owner (owners/<owner>/meta/pending = JSON
@@ -26,6 +27,7 @@ var (
 	bucketInstances = []byte("instances")
 	bucketMeta      = []byte("meta")
 	keyIntents      = []byte("intents")
+	keyDemand       = []byte("demand")
 	keyPendingV1    = []byte("pending")
 	keyVersion      = []byte("version")
 )
@@ -332,6 +334,12 @@ func readOwner(ob *bolt.Bucket) (Snapshot, error) {
 				return Snapshot{}, fmt.Errorf("decode creation intents: %w", err)
 			}
 		}
+		if v := mb.Get(keyDemand); v != nil {
+			snap.Demand = new(Demand)
+			if err := json.Unmarshal(v, snap.Demand); err != nil {
+				return Snapshot{}, fmt.Errorf("decode demand history: %w", err)
+			}
+		}
 	}
 	return snap, nil
 }
@@ -413,16 +421,24 @@ func (s *Bolt) Apply(_ context.Context, owner string, b Batch) error {
 					return err
 				}
 			}
-			if b.SetIntents {
+			meta := func(key []byte, val any) error {
 				mb, err := ob.CreateBucketIfNotExists(bucketMeta)
 				if err != nil {
 					return err
 				}
-				v, err := json.Marshal(b.Intents)
+				v, err := json.Marshal(val)
 				if err != nil {
 					return err
 				}
-				if err := mb.Put(keyIntents, v); err != nil {
+				return mb.Put(key, v)
+			}
+			if b.SetIntents {
+				if err := meta(keyIntents, b.Intents); err != nil {
+					return err
+				}
+			}
+			if b.Demand != nil {
+				if err := meta(keyDemand, b.Demand); err != nil {
 					return err
 				}
 			}

@@ -66,10 +66,39 @@ type Intent struct {
 	Why string `json:"why,omitempty"`
 }
 
+// Demand is what a scaler learned about its jobs, kept so that a restart does not
+// forget it: the arrival rate by time of week and of day, the size of bursts of jobs
+// that arrive together (a pipeline stage fanning out), how long instances took to
+// boot, and the forecast policy's current value of a job that does not wait. Only a
+// forecast policy reads it; every scaler keeps it.
+type Demand struct {
+	// BucketSeconds is the width of one rate bucket (900: a quarter of an hour).
+	BucketSeconds int `json:"bucket_s"`
+	// Week holds jobs per bucket by time of week from Monday 00:00 UTC, WeekSeen how
+	// many weeks each bucket was observed (capped); Day and DaySeen the same by time
+	// of day, for the first week.
+	Week     []float64 `json:"week"`
+	WeekSeen []int     `json:"week_seen"`
+	Day      []float64 `json:"day"`
+	DaySeen  []int     `json:"day_seen"`
+	// Bursts[k-1] is the decayed count of bursts of k jobs (the last entry counts
+	// every larger burst).
+	Bursts []float64 `json:"bursts"`
+	// BootsS are the last boot times (created to ready) in seconds, oldest first.
+	BootsS []float64 `json:"boots_s"`
+	// JobValueS is the forecast policy's learned value, in instance-seconds, of a job
+	// that starts within its target wait; 0 when never learned.
+	JobValueS float64 `json:"job_value_s,omitempty"`
+	// UpdatedAt is the end of the last bucket counted into the tables.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
 // Snapshot is everything stored for one owner.
 type Snapshot struct {
 	Instances []Instance
 	Intents   []Intent
+	// Demand is nil when none was recorded.
+	Demand *Demand
 }
 
 // Batch is one atomic change for one owner.
@@ -80,10 +109,14 @@ type Batch struct {
 	// SetIntents replaces every recorded intent of the owner with Intents.
 	SetIntents bool
 	Intents    []Intent
+	// Demand, when set, replaces the owner's demand record.
+	Demand *Demand
 }
 
 // Empty reports whether the batch changes nothing.
-func (b Batch) Empty() bool { return len(b.Put) == 0 && len(b.Delete) == 0 && !b.SetIntents }
+func (b Batch) Empty() bool {
+	return len(b.Put) == 0 && len(b.Delete) == 0 && !b.SetIntents && b.Demand == nil
+}
 
 // Store keeps the inventory. Implementations must apply a Batch atomically: after a
 // crash either all of it or none of it is visible.
@@ -119,6 +152,7 @@ type Memory struct {
 type memOwner struct {
 	instances map[string]Instance
 	intents   []Intent
+	demand    *Demand
 }
 
 // NewMemory returns an empty in-memory store.
@@ -135,7 +169,7 @@ func (m *Memory) Load(_ context.Context, owner string) (Snapshot, error) {
 	if !ok {
 		return Snapshot{}, nil
 	}
-	out := Snapshot{Intents: slices.Clone(o.intents)}
+	out := Snapshot{Intents: slices.Clone(o.intents), Demand: o.demand.clone()}
 	for _, in := range o.instances {
 		out.Instances = append(out.Instances, in)
 	}
@@ -165,7 +199,21 @@ func (m *Memory) Apply(_ context.Context, owner string, b Batch) error {
 	if b.SetIntents {
 		o.intents = slices.Clone(b.Intents)
 	}
+	if b.Demand != nil {
+		o.demand = b.Demand.clone()
+	}
 	return nil
+}
+
+// clone is a deep copy, so that a store never shares slices with its caller.
+func (d *Demand) clone() *Demand {
+	if d == nil {
+		return nil
+	}
+	c := *d
+	c.Week, c.WeekSeen, c.Day, c.DaySeen = slices.Clone(d.Week), slices.Clone(d.WeekSeen), slices.Clone(d.Day), slices.Clone(d.DaySeen)
+	c.Bursts, c.BootsS = slices.Clone(d.Bursts), slices.Clone(d.BootsS)
+	return &c
 }
 
 // Writes returns how many batches were applied.

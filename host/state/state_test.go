@@ -49,6 +49,9 @@ func TestStoreRoundTrip(t *testing.T) {
 				{"b", Batch{Put: []Instance{{ID: "i-9", Owner: "b"}}}},
 				{"a", Batch{Put: []Instance{{ID: "i-2", Owner: "a", Cause: "created", UseCount: 5, Removing: true, RemoveReason: "idle", CreatedAt: at}}}},
 				{"a", Batch{Delete: []string{"i-1", "i-unknown"}}},
+				{"a", Batch{Demand: &Demand{BucketSeconds: 900, Week: []float64{1, 2.5}, WeekSeen: []int{1, 0}, Bursts: []float64{3, 1}, BootsS: []float64{61.5}, JobValueS: 700, UpdatedAt: at}}},
+				{"a", Batch{Demand: &Demand{BucketSeconds: 900, Week: []float64{4, 2.5}, WeekSeen: []int{2, 0}, Bursts: []float64{3, 1}, BootsS: []float64{61.5, 58}, JobValueS: 650, UpdatedAt: at}}},
+				{"a", Batch{Delete: []string{"i-none"}}}, // a batch without demand keeps it
 			}
 			for _, st := range steps {
 				if err := s.Apply(ctx, st.owner, st.b); err != nil {
@@ -71,9 +74,12 @@ func TestStoreRoundTrip(t *testing.T) {
 				got.Intents[1].ID != "r1/2" || !got.Intents[1].At.Equal(at.Add(time.Minute)) {
 				t.Fatalf("intents %+v", got.Intents)
 			}
+			if d := got.Demand; d == nil || d.Week[0] != 4 || d.WeekSeen[0] != 2 || len(d.BootsS) != 2 || d.JobValueS != 650 || !d.UpdatedAt.Equal(at) {
+				t.Fatalf("demand %+v", got.Demand)
+			}
 			other, _ := s.Load(ctx, "b")
 			none, _ := s.Load(ctx, "nobody")
-			if len(other.Instances) != 1 || len(none.Instances) != 0 || len(none.Intents) != 0 {
+			if len(other.Instances) != 1 || other.Demand != nil || len(none.Instances) != 0 || len(none.Intents) != 0 {
 				t.Fatalf("owners mixed: b=%+v nobody=%+v", other, none)
 			}
 		})

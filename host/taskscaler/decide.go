@@ -18,6 +18,7 @@ type counts struct {
 	current  int // instances that will serve: creating, booting, ready, restoring + requested
 	total    int // every instance not gone, including removing and unvouched, + requested
 	target   int // idle target in slots
+	why      Target
 	required int
 	desired  int
 }
@@ -48,6 +49,7 @@ type InstanceCounts struct {
 }
 
 func (s *Scaler) countLocked(now time.Time) counts {
+	s.demand.advance(now)
 	c := counts{policy: activePolicy(s.policies, now)}
 	capa, maxUse := s.opts.CapacityPerInstance, s.opts.MaxUseCount
 	c.inst.Requested, c.inst.Unconfirmed = s.requested, s.unconfirmed
@@ -89,7 +91,8 @@ func (s *Scaler) countLocked(now time.Time) counts {
 	c.current = satAdd(c.current, s.requested)
 	c.total = satAdd(len(s.instances), s.requested)
 
-	c.target = max(c.policy.IdleTarget(Snapshot{Now: now, Tasks: c.tasks, CapacityPerInstance: capa}), 0)
+	c.why = c.policy.IdleTarget(Snapshot{Now: now, Tasks: c.tasks, CapacityPerInstance: capa, Demand: Demand{d: s.demand, now: now}})
+	c.target = max(c.why.Slots, 0)
 	need := satAdd(satAdd(satAdd(c.tasks.Acquired, c.tasks.Reserved), satAdd(c.tasks.Pending, c.target)),
 		satAdd(c.tasks.Unavailable, c.tasks.Unhealthy))
 	c.required = ceilDiv(need, capa)
@@ -124,14 +127,17 @@ type Decision struct {
 	Trigger string     `json:"trigger"`
 	Policy  int        `json:"policy"`
 	Tasks   TaskCounts `json:"tasks"`
-	// IdleTarget is idle_count raised by scale_factor, in slots.
-	IdleTarget          int     `json:"idle_target"`
-	IdleCount           int     `json:"idle_count"`
-	ScaleFactor         float64 `json:"scale_factor"`
-	ScaleFactorLimit    int     `json:"scale_factor_limit"`
-	CapacityPerInstance int     `json:"capacity_per_instance"`
-	MaxInstances        int     `json:"max_instances"`
-	ProviderMaxSize     int     `json:"provider_max_size"`
+	// IdleTarget is the active policy's idle slots: idle_count raised by
+	// scale_factor, or a forecast; IdleWhy says how it was reached.
+	IdleTarget          int       `json:"idle_target"`
+	IdleWhy             string    `json:"idle_why"`
+	Forecast            *Forecast `json:"forecast,omitempty"`
+	IdleCount           int       `json:"idle_count"`
+	ScaleFactor         float64   `json:"scale_factor"`
+	ScaleFactorLimit    int       `json:"scale_factor_limit"`
+	CapacityPerInstance int       `json:"capacity_per_instance"`
+	MaxInstances        int       `json:"max_instances"`
+	ProviderMaxSize     int       `json:"provider_max_size"`
 	// Required is instances needed before limits; Desired after max_instances and the
 	// provider's max size; Current counts creating, booting, ready and requested.
 	Required int `json:"required"`
@@ -151,7 +157,7 @@ type Decision struct {
 // decideLocked computes how many instances to request now, consuming throttle tokens.
 func (s *Scaler) decideLocked(now time.Time, trigger string) Decision {
 	c := s.countLocked(now)
-	d := Decision{Time: now, Trigger: trigger, Policy: c.policy.index, Tasks: c.tasks, IdleTarget: c.target,
+	d := Decision{Time: now, Trigger: trigger, Policy: c.policy.index, Tasks: c.tasks, IdleTarget: c.target, IdleWhy: c.why.Why, Forecast: c.why.Forecast,
 		IdleCount: c.policy.settings.IdleCount, ScaleFactor: c.policy.settings.ScaleFactor, ScaleFactorLimit: c.policy.settings.ScaleFactorLimit,
 		CapacityPerInstance: s.opts.CapacityPerInstance, MaxInstances: s.opts.MaxInstances, ProviderMaxSize: s.info.MaxSize,
 		Required: c.required, Desired: c.desired, Current: c.current}
@@ -278,7 +284,8 @@ func (s *Scaler) scaleUp(trigger string) {
 			s.log.Info("required scaling change", "trigger", d.Trigger, "instance_count", d.Current, "max_instance_count", s.opts.MaxInstances,
 				"acquired", d.Tasks.Acquired, "unavailable_capacity", d.Tasks.Unavailable, "pending", d.Tasks.Pending,
 				"reserved", d.Tasks.Reserved, "idle_count", d.IdleCount, "scale_factor", d.ScaleFactor,
-				"scale_factor_limit", d.ScaleFactorLimit, "capacity_per_instance", d.CapacityPerInstance, "required", d.Required, "increase", n)
+				"scale_factor_limit", d.ScaleFactorLimit, "capacity_per_instance", d.CapacityPerInstance, "required", d.Required, "increase", n,
+				"idle_target", d.IdleTarget, "idle_why", d.IdleWhy)
 			s.m.ScaleOperation("up")
 			ictx, cancel := s.opCtx()
 			accepted, err := s.group.Increase(ictx, n)

@@ -85,6 +85,9 @@ func (s *Scaler) ready(in *instance) {
 	in.failures, in.lastHealthErr, in.readyRetry = 0, "", false
 	in.phase, in.ReadyAt, in.idleSince, in.lastHeartbeat = phaseReady, now, now, now
 	s.m.ObserveInstance("readiness", now.Sub(in.runningAt))
+	if !in.restored && in.Cause == "created" {
+		s.demand.booted(now.Sub(in.CreatedAt))
+	}
 	s.breaker.success()
 	in.event(now, "ready", "readiness passed; serving slots")
 	s.dirty[in.ID] = true

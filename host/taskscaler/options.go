@@ -95,9 +95,25 @@ type Policy struct {
 	// ScaleFactorLimit caps what ScaleFactor yields (0 = no cap).
 	ScaleFactorLimit int
 	// PreemptiveMode: on, Reserve succeeds only with an idle ready slot; off, it
-	// succeeds whenever capacity could be created. Unset means IdleCount > 0.
+	// succeeds whenever capacity could be created. Unset means IdleCount > 0 for a
+	// fixed policy and off for a forecast one.
 	PreemptiveMode *bool
+	// Mode is the kind of policy: ModeFixed (GitLab's, the default) or ModeForecast.
+	Mode string
+	// TargetWait and TargetPercentile are a forecast policy's goal: TargetPercentile
+	// percent of jobs get a slot within TargetWait (0: 5s and 95).
+	TargetWait       time.Duration
+	TargetPercentile float64
 }
+
+// Policy modes.
+const (
+	// ModeFixed keeps idle_count (raised by scale_factor) idle slots: GitLab's policy.
+	ModeFixed = "fixed"
+	// ModeForecast keeps the idle slots that the jobs expected within a boot time are
+	// worth, to meet a target wait; see forecastPolicy.
+	ModeForecast = "forecast"
+)
 
 // Breaker configures the provisioning circuit breaker (a Flotilla addition).
 type Breaker struct {
@@ -241,6 +257,17 @@ func validatePolicies(ps []Policy) []error {
 		}
 		if p.ScaleFactorLimit < 0 {
 			errs = append(errs, fmt.Errorf("policy[%d].scale_factor_limit = %d: must not be negative", i, p.ScaleFactorLimit))
+		}
+		switch p.Mode {
+		case "", ModeFixed, ModeForecast:
+		default:
+			errs = append(errs, fmt.Errorf("policy[%d].mode = %q: want %q (GitLab's idle_count) or %q", i, p.Mode, ModeFixed, ModeForecast))
+		}
+		if p.TargetWait < 0 {
+			errs = append(errs, fmt.Errorf("policy[%d].target_wait = %s: must not be negative", i, p.TargetWait))
+		}
+		if tp := p.TargetPercentile; math.IsNaN(tp) || tp < 0 || tp >= 100 {
+			errs = append(errs, fmt.Errorf("policy[%d].target_percentile = %g: want a percentile above 0 and below 100, e.g. 95", i, tp))
 		}
 	}
 	return errs

@@ -24,12 +24,23 @@ func ParsePeriod(expr string) (cron.Schedule, error) {
 	return cronParser.Parse(expr)
 }
 
-// Snapshot is what an IdlePolicy sees when the scaler decides: the moment and the
-// pool's slots by state (acquired, reserved, pending, idle, …).
+// Snapshot is what an IdlePolicy sees when the scaler decides: the moment, the
+// pool's slots by state (acquired, reserved, pending, idle, …) and what the scaler
+// observed of its jobs.
 type Snapshot struct {
 	Now                 time.Time
 	Tasks               TaskCounts
 	CapacityPerInstance int
+	Demand              Demand
+}
+
+// Target is an IdlePolicy's answer: the idle slots to keep and why, in words for
+// status and logs.
+type Target struct {
+	Slots int
+	Why   string
+	// Forecast is set by a forecast policy.
+	Forecast *Forecast
 }
 
 // IdlePolicy is one kind of scaling policy. It says how much idle capacity the pool
@@ -39,8 +50,9 @@ type Snapshot struct {
 // be tested without a scaler and compared with runner simulate. Which policy is active
 // is decided by its periods (cron) and timezone, whatever its kind.
 type IdlePolicy interface {
-	// IdleTarget returns the idle slots to keep, in job slots (not instances), ≥ 0.
-	IdleTarget(Snapshot) int
+	// IdleTarget returns the idle slots to keep, in job slots (not instances), ≥ 0,
+	// with the reason.
+	IdleTarget(Snapshot) Target
 	// IdleTime is how long an instance may stay idle before it may be removed.
 	IdleTime() time.Duration
 	// Preemptive reports whether Reserve succeeds only with an idle ready slot (on) or
@@ -53,16 +65,21 @@ type IdlePolicy interface {
 // set otherwise when idle_count > 0.
 type fixedPolicy struct{ p Policy }
 
-func (f fixedPolicy) IdleTarget(s Snapshot) int {
-	target := f.p.IdleCount
+func (f fixedPolicy) IdleTarget(s Snapshot) Target {
+	t := Target{Slots: f.p.IdleCount, Why: fmt.Sprintf("idle_count %d", f.p.IdleCount)}
 	if f.p.ScaleFactor > 0 {
 		sf := floatToCount(math.Ceil(float64(s.Tasks.Acquired) * f.p.ScaleFactor))
 		if f.p.ScaleFactorLimit > 0 {
 			sf = min(sf, f.p.ScaleFactorLimit)
 		}
-		target = max(target, sf)
+		if sf > t.Slots {
+			t = Target{Slots: sf, Why: fmt.Sprintf("scale_factor %g × %d acquired slots", f.p.ScaleFactor, s.Tasks.Acquired)}
+			if f.p.ScaleFactorLimit > 0 && sf == f.p.ScaleFactorLimit {
+				t.Why += fmt.Sprintf(", capped at scale_factor_limit %d", f.p.ScaleFactorLimit)
+			}
+		}
 	}
-	return target
+	return t
 }
 
 func (f fixedPolicy) IdleTime() time.Duration { return f.p.IdleTime }
@@ -90,6 +107,9 @@ func compilePolicies(ps []Policy) ([]compiledPolicy, error) {
 	out := make([]compiledPolicy, 0, len(ps))
 	for i, p := range ps {
 		cp := compiledPolicy{settings: p, IdlePolicy: fixedPolicy{p}, index: i, loc: time.Local}
+		if p.Mode == ModeForecast {
+			cp.IdlePolicy = forecastPolicy{p}
+		}
 		if p.Timezone != "" {
 			loc, err := time.LoadLocation(p.Timezone)
 			if err != nil {

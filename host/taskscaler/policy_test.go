@@ -105,7 +105,7 @@ func TestFixedPolicyIdleTarget(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := fixedPolicy{c.p}.IdleTarget(Snapshot{Tasks: TaskCounts{Acquired: c.acquired}, CapacityPerInstance: 1})
+			got := fixedPolicy{c.p}.IdleTarget(Snapshot{Tasks: TaskCounts{Acquired: c.acquired}, CapacityPerInstance: 1}).Slots
 			if got != c.want {
 				t.Errorf("IdleTarget = %d, want %d", got, c.want)
 			}

@@ -198,6 +198,7 @@ type Scaler struct {
 	gen          uint64
 	throttled    bool // the last decision was cut by scale_throttle: look again soon
 	readyQueue   []*instance
+	demand       *demand
 
 	// inventoryLost: the store started without the records it held (a corrupt state
 	// file moved aside). Until the first successful Update, whatever is listed and not
@@ -264,6 +265,7 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 	if err != nil {
 		return nil, fmt.Errorf("load instance inventory: %w", err)
 	}
+	s.demand = newDemand(snap.Demand)
 	for _, rec := range snap.Instances {
 		in := s.newInstance(rec.ID, now)
 		in.Instance, in.Owner = rec, owner
@@ -487,11 +489,12 @@ func (s *Scaler) opCtx() (context.Context, context.CancelFunc) {
 // flushLocked writes the dirty records and the pending count in one batch. On error
 // everything stays dirty for the next attempt.
 func (s *Scaler) flushLocked() error {
-	if len(s.dirty) == 0 && len(s.deleted) == 0 && !s.intentsDirty {
+	if len(s.dirty) == 0 && len(s.deleted) == 0 && !s.intentsDirty && !s.demand.dirty {
 		return nil
 	}
 	now := s.clock.Now()
 	var b state.Batch
+	b.Demand = s.demand.take()
 	for id := range s.dirty {
 		in, ok := s.instances[id]
 		if !ok || in.phase == phaseUnvouched {
@@ -508,6 +511,9 @@ func (s *Scaler) flushLocked() error {
 	if err := s.store.Apply(s.ctx, s.owner, b); err != nil {
 		s.lastStoreErr = err.Error()
 		s.log.Error("write instance inventory", "err", err)
+		if b.Demand != nil {
+			s.demand.dirty = true
+		}
 		return err
 	}
 	s.lastStoreErr = ""

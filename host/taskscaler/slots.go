@@ -161,6 +161,7 @@ func (s *Scaler) Unreserve(key string) {
 		return
 	}
 	delete(s.reservations, key)
+	s.demand.abandoned(s.clock.Now(), key)
 	s.m.TaskOperation("unreserve")
 	if r.inst != nil {
 		s.freeSlotLocked(r.inst, r.slot, slotReserved)
@@ -194,6 +195,7 @@ func (s *Scaler) takeLocked(in *instance, sl int, key string) {
 	in.InFlight++
 	in.UseCount++
 	s.dirty[in.ID] = true
+	s.demand.served(s.clock.Now(), key)
 }
 
 // dispatchLocked hands free slots to waiting Acquire calls, oldest first, then binds
@@ -341,6 +343,7 @@ func (s *Scaler) claim(key string, wait bool) (*instance, int, *waiter, error) {
 	if _, dup := s.acquisitions[key]; dup {
 		return nil, 0, nil, fmt.Errorf("key %q already holds an acquisition", key)
 	}
+	s.demand.arrive(now, key)
 	r, reserved := s.reservations[key]
 	if reserved && r.inst != nil {
 		delete(s.reservations, key)
@@ -374,6 +377,7 @@ func (s *Scaler) claim(key string, wait bool) (*instance, int, *waiter, error) {
 func (s *Scaler) abandon(w *waiter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.demand.abandoned(s.clock.Now(), w.key)
 	for i, x := range s.waiters {
 		if x == w {
 			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
@@ -481,6 +485,9 @@ func (s *Scaler) Release(key string) {
 		s.freeSlotLocked(in, a.slot, slotAcquired)
 		in.event(now, "released", fmt.Sprintf("slot %d from %s", a.slot, key))
 		retire = s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount && in.busy() == 0
+		if s.opts.MaxUseCount == 0 || in.UseCount < s.opts.MaxUseCount {
+			s.demand.freed(now) // the slot serves another job
+		}
 		s.dispatchLocked(now)
 	}
 	s.flushLocked()
