@@ -18,64 +18,68 @@ import (
 
 func boolPtr(b bool) *bool { return &b }
 
-// b1Policies are the policies of the B1 frontier (benchmarks.md §2 baselines a–c),
-// against Flotilla's shipped example policy.
+// b1Policies are the policies of the B1 frontier: GitLab's fixed idle pools, from
+// none to 20 idle slots, a hand-tuned day/night schedule, and the forecast policy.
 var b1Policies = []struct {
 	name string
-	p    taskscaler.Policy
+	p    []taskscaler.Policy
 }{
-	// The policy every example config ships: idle_count 5, idle_time 20m, with
-	// GitLab's default of preemptive mode whenever idle_count > 0.
-	{"flotilla-default", taskscaler.Policy{IdleCount: 5, IdleTime: 20 * time.Minute}},
-	// The same without preemptive mode: demand beyond the idle pool scales up at once.
-	{"flotilla-default-nonpreemptive", taskscaler.Policy{IdleCount: 5, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}},
-	// (a) Pure reactive: no idle pool, instances go as soon as they are idle.
-	{"no-idle", taskscaler.Policy{}},
-	// (b) A fixed idle pool of 10 slots, demand beyond it scaling up at once.
-	{"fixed-idle-10", taskscaler.Policy{IdleCount: 10, IdleTime: 5 * time.Minute, PreemptiveMode: boolPtr(false)}},
-	// (c) Proportional idle: 20 % of the running jobs.
-	{"proportional-0.2", taskscaler.Policy{ScaleFactor: 0.2, IdleTime: 5 * time.Minute}},
+	{"idle_count=0", []taskscaler.Policy{{}}},
+	// GitLab's default once idle_count > 0: preemptive mode.
+	{"idle_count=5,preemptive", []taskscaler.Policy{{IdleCount: 5, IdleTime: 20 * time.Minute}}},
+	{"idle_count=5", []taskscaler.Policy{{IdleCount: 5, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}}},
+	{"idle_count=8", []taskscaler.Policy{{IdleCount: 8, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}}},
+	{"idle_count=12", []taskscaler.Policy{{IdleCount: 12, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}}},
+	{"idle_count=20", []taskscaler.Policy{{IdleCount: 20, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}}},
+	// Hand-tuned periods: 8 by night, 12 from 08:00 to 19:59 on weekdays.
+	{"idle_count=12-by-day-8-by-night", []taskscaler.Policy{
+		{IdleCount: 8, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)},
+		{Periods: []string{"* 8-19 * * mon-fri"}, IdleCount: 12, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}}},
+	{"forecast", []taskscaler.Policy{{Mode: taskscaler.ModeForecast, IdleTime: time.Minute}}},
 }
 
-// BenchmarkB1PolicyFrontier is B1: each policy replays the same seeded 10,000-job
-// synthetic day through the real taskscaler on the simulated cloud, with a fixed 45 s
-// boot and a log-normal one (median 60 s, p99 180 s), at max_use_count 10 and 1. It
-// reports job wait percentiles, idle (booting included) instance-seconds per job,
-// and the excess of instance-seconds over the clairvoyant floor C*.
+// BenchmarkB1PolicyFrontier is B1: each policy replays the same seeded CI-shaped day
+// (pipelines fanning out 1–8 jobs at once, log-normal durations around 3 minutes, a
+// day/night rate curve) through the real taskscaler on the simulated cloud with a
+// 60 s boot. Shapes: 1,712 jobs on ephemeral instances (capacity 1, max_use_count
+// 1), 10,000 jobs on ephemeral instances, 1,712 jobs with a log-normal boot (median
+// 60 s, p99 180 s), and 1,712 jobs on long-lived instances (capacity 4, max_use_count
+// 0). It reports job wait percentiles and the cost as a multiple of the clairvoyant
+// floor, all measured in one run.
 func BenchmarkB1PolicyFrontier(b *testing.B) {
-	jobs, err := Generate(GenerateOptions{Seed: 1, Jobs: 10000, Days: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	boots := []struct {
-		name string
-		b    BootTime
+	shapes := []struct {
+		name         string
+		jobs         int
+		boot         BootTime
+		capa, maxUse int
 	}{
-		{"boot=fixed45s", BootTime{Fixed: 45 * time.Second}},
-		{"boot=lognormal60s-p99-180s", BootTime{Median: time.Minute, P99: 3 * time.Minute}},
+		{"jobs=1712/ephemeral", 1712, BootTime{Fixed: time.Minute}, 1, 1},
+		{"jobs=10000/ephemeral", 10000, BootTime{Fixed: time.Minute}, 1, 1},
+		{"jobs=1712/ephemeral/boot=lognormal60s-p99-180s", 1712, BootTime{Median: time.Minute, P99: 3 * time.Minute}, 1, 1},
+		{"jobs=1712/capacity=4,max_use=0", 1712, BootTime{Fixed: time.Minute}, 4, 0},
 	}
-	for _, bt := range boots {
-		for _, maxUse := range []int{10, 1} {
-			for _, pol := range b1Policies {
-				b.Run(fmt.Sprintf("%s/max_use=%d/policy=%s", bt.name, maxUse, pol.name), func(b *testing.B) {
-					p := Params{Boot: bt.b, Seed: 1, Scaler: taskscaler.Options{MaxUseCount: maxUse, Policies: []taskscaler.Policy{pol.p}}}
-					var r *Result
-					for range b.N {
-						if r, err = Run(context.Background(), jobs, p); err != nil {
-							b.Fatal(err)
-						}
+	for _, sh := range shapes {
+		jobs, err := Generate(GenerateOptions{Seed: 1, Jobs: sh.jobs, Days: 1, MaxFanout: 8})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, pol := range b1Policies {
+			b.Run(fmt.Sprintf("%s/policy=%s", sh.name, pol.name), func(b *testing.B) {
+				p := Params{Boot: sh.boot, Seed: 1, Scaler: taskscaler.Options{CapacityPerInstance: sh.capa, MaxUseCount: sh.maxUse,
+					MaxInstances: 400, Policies: pol.p}}
+				var r *Result
+				for range b.N {
+					if r, err = Run(context.Background(), jobs, p); err != nil {
+						b.Fatal(err)
 					}
-					b.ReportMetric(r.WaitP50S, "wait_p50_s")
-					b.ReportMetric(r.WaitP95S, "wait_p95_s")
-					b.ReportMetric(r.WaitP99S, "wait_p99_s")
-					b.ReportMetric(r.IdlePerJobS, "idle+boot_s/job")
-					b.ReportMetric(r.InstanceSeconds/float64(r.Jobs), "inst_s/job")
-					b.ReportMetric(r.ClairvoyantInstanceSeconds/float64(r.Jobs), "floor_s/job")
-					b.ReportMetric(100*r.ExcessOverFloor, "excess_%")
-					b.ReportMetric(r.ZeroIdleWaitS, "zero_idle_wait_s")
-					b.ReportMetric(float64(r.FailedJobs), "failed_jobs")
-				})
-			}
+				}
+				b.ReportMetric(r.WaitP50S, "wait_p50_s")
+				b.ReportMetric(r.WaitP95S, "wait_p95_s")
+				b.ReportMetric(r.WaitP99S, "wait_p99_s")
+				b.ReportMetric(1+r.ExcessOverFloor, "cost/floor")
+				b.ReportMetric(r.IdlePerJobS, "idle+boot_s/job")
+				b.ReportMetric(float64(r.FailedJobs), "failed_jobs")
+			})
 		}
 	}
 }

@@ -133,6 +133,14 @@ func compilePolicies(ps []Policy) ([]compiledPolicy, error) {
 	return out, nil
 }
 
+// mode is the policy's kind for status.
+func (p *compiledPolicy) mode() string {
+	if _, ok := p.IdlePolicy.(forecastPolicy); ok {
+		return ModeForecast
+	}
+	return ModeFixed
+}
+
 // matches reports whether the minute containing t matches one of the periods.
 func (p *compiledPolicy) matches(t time.Time) bool {
 	lt := t.In(p.loc)

@@ -95,10 +95,16 @@ type Status struct {
 	// Run identifies this scaler process in the intents it records.
 	Run string `json:"run"`
 	// Policy is the index of the active [[runners.autoscaler.policy]] (−1: none).
-	Policy     int            `json:"policy"`
-	IdleCount  int            `json:"idle_count"`
-	IdleTime   string         `json:"idle_time"`
-	Preemptive bool           `json:"preemptive"`
+	Policy     int    `json:"policy"`
+	IdleCount  int    `json:"idle_count"`
+	IdleTime   string `json:"idle_time"`
+	Preemptive bool   `json:"preemptive"`
+	// Mode is the active policy's kind ("fixed" or "forecast"); IdleTarget its idle
+	// slots now and IdleWhy how it got there; Forecast is set for a forecast policy.
+	Mode       string         `json:"mode"`
+	IdleTarget int            `json:"idle_target"`
+	IdleWhy    string         `json:"idle_why"`
+	Forecast   *Forecast      `json:"forecast,omitempty"`
 	Tasks      TaskCounts     `json:"tasks"`
 	Instances  InstanceCounts `json:"instance_counts"`
 	Required   int            `json:"required"`
@@ -148,6 +154,7 @@ func (s *Scaler) Status() Status {
 	c := s.countLocked(now)
 	st := Status{Owner: s.owner, Provider: s.info.ID, Time: now, Policy: c.policy.index, IdleCount: c.policy.settings.IdleCount,
 		IdleTime: c.policy.IdleTime().String(), Preemptive: c.policy.Preemptive(), Tasks: c.tasks, Instances: c.inst,
+		Mode: c.policy.mode(), IdleTarget: c.target, IdleWhy: c.why.Why, Forecast: c.why.Forecast,
 		Required: c.required, Desired: c.desired, CapacityPerInstance: s.opts.CapacityPerInstance,
 		MaxInstances: s.opts.MaxInstances, MaxJobs: satMul(s.opts.MaxInstances, s.opts.CapacityPerInstance),
 		LastDecision: s.lastDecision, LastShortfall: s.lastNoCreate, Breaker: s.breaker.status(now),
@@ -327,6 +334,9 @@ func WriteReport(w io.Writer, rep Report) error {
 			fmt.Fprintf(&b, " (%d consecutive failures; last: %s)", st.Breaker.ConsecutiveFailures, st.Breaker.LastFailure)
 		}
 		b.WriteString("\n")
+		if st.IdleWhy != "" {
+			fmt.Fprintf(&b, "  idle target (%s policy): %s\n", st.Mode, st.IdleWhy)
+		}
 		if !st.LastDecision.Time.IsZero() {
 			fmt.Fprintf(&b, "  last decision (%s, %s): %s\n", st.LastDecision.Trigger, st.LastDecision.Time.UTC().Format(time.RFC3339), st.LastDecision.Reason)
 		}
