@@ -119,6 +119,27 @@ func TestCheckDiagnostics(t *testing.T) {
 		{"short intervals at the floor", okRunner + "    update_interval = \"10ms\"\n    update_interval_when_expecting = \"50ms\"\n", nil},
 		{"output_limit overflowing bytes", "[[runners]]\n  executor = \"instance\"\n  output_limit = 9007199254740993\n  [runners.autoscaler]\n    plugin = \"local\"\n",
 			[]want{{"error 3:3 runners[0].output_limit", "out of range", "kilobytes"}}},
+		// Preemptive mode caps throughput at idle_count jobs per boot on instances that
+		// are used up; config check cannot know the arrival rate, so it warns only where
+		// the cap is small.
+		{"preemptive by default, idle_count 1, one job per instance", okRunner + "    max_use_count = 1\n    [[runners.autoscaler.policy]]\n      idle_count = 1\n",
+			[]want{{"warning 8:7 runners[0].autoscaler.policy[0].idle_count", "preemptive mode (the default with idle_count > 0) with idle_count = 1 caps throughput at 1 job per instance boot time", `preemptive_mode = false, or mode = "forecast"`}}},
+		{"preemptive_mode = true, idle_count 2, max_use_count 5", okRunner + "    max_use_count = 5\n    [[runners.autoscaler.policy]]\n      idle_count = 2\n      preemptive_mode = true\n",
+			[]want{{"warning 8:7 runners[0].autoscaler.policy[0].idle_count", "preemptive_mode = true with idle_count = 2 lets at most 2 jobs start on new instances", "raise idle_count"}}},
+		{"preemptive_mode = true without idle_count starts nothing", okRunner + "    [[runners.autoscaler.policy]]\n      preemptive_mode = true\n",
+			[]want{{"warning 7:7 runners[0].autoscaler.policy[0].preemptive_mode", "no job starts while it is active", "preemptive_mode = false"}}},
+		{"not preemptive: no cap", okRunner + "    max_use_count = 1\n    [[runners.autoscaler.policy]]\n      idle_count = 1\n      preemptive_mode = false\n", nil},
+		{"forecast policy: no cap", okRunner + "    max_use_count = 1\n    [[runners.autoscaler.policy]]\n      mode = \"forecast\"\n      idle_count = 1\n", nil},
+		{"idle_count 3: above the threshold", okRunner + "    max_use_count = 1\n    [[runners.autoscaler.policy]]\n      idle_count = 3\n", nil},
+		{"reused instances: the cap only slows growth", okRunner + "    [[runners.autoscaler.policy]]\n      idle_count = 1\n", nil},
+		{"max_use_count 11: reused enough", okRunner + "    max_use_count = 11\n    [[runners.autoscaler.policy]]\n      idle_count = 1\n", nil},
+		{"forecast policy", okRunner + "    [[runners.autoscaler.policy]]\n      mode = \"forecast\"\n      target_wait = \"10s\"\n      target_percentile = 99\n", nil},
+		{"unknown policy mode", okRunner + "    [[runners.autoscaler.policy]]\n      mode = \"predictive\"\n",
+			[]want{{"error 7:7 runners[0].autoscaler.policy[0].mode", `unknown policy mode "predictive"`, `"forecast"`}}},
+		{"forecast targets out of range", okRunner + "    [[runners.autoscaler.policy]]\n      mode = \"forecast\"\n      target_percentile = 100\n",
+			[]want{{"error 8:7 runners[0].autoscaler.policy[0].target_percentile", "out of range", "above 0 and below 100"}}},
+		{"forecast key on a fixed policy", okRunner + "    [[runners.autoscaler.policy]]\n      target_wait = \"5s\"\n",
+			[]want{{"warning 7:7 runners[0].autoscaler.policy[0].target_wait", "read only by a forecast policy", `mode = "forecast"`}}},
 		{"plugin_config keeps any keys", okRunner + "    [runners.autoscaler.plugin_config]\n      anything = {nested = [1, 2.5, \"x\"]}\n", nil},
 	}
 	for _, tt := range tests {

@@ -268,8 +268,54 @@ func (v *validator) autoscaler(path string, a *Autoscaler, r *Runner) int {
 	}
 	for i := range a.Policy {
 		v.policy(indexPath(path+".policy", i), &a.Policy[i], slots)
+		v.preemptiveCap(indexPath(path+".policy", i), &a.Policy[i], a.MaxUseCount)
 	}
 	return slots
+}
+
+// PreemptiveCapIdleCount and PreemptiveCapMaxUse bound when config check warns that
+// a fixed policy in preemptive mode caps throughput: idle_count at most 2 on instances
+// used up after at most 10 jobs. The check cannot know the arrival rate; these are
+// where `runner simulate` shows jobs queueing in GitLab for more than a boot time on
+// a CI-shaped day (with more reuse the cap mostly slows the fleet's growth).
+const (
+	PreemptiveCapIdleCount = 2
+	PreemptiveCapMaxUse    = 10
+)
+
+// preemptiveCap warns about a fixed policy in preemptive mode whose idle_count caps the
+// jobs that can start: the runner asks GitLab for a job only while an idle slot is
+// ready, and a used slot is replaced one boot later.
+func (v *validator) preemptiveCap(path string, p *Policy, maxUseCount int) {
+	if p.Mode == taskscaler.ModeForecast || !p.Preemptive() || p.IdleCount < 0 || p.IdleCount > PreemptiveCapIdleCount {
+		return
+	}
+	if p.IdleCount == 0 { // preemptive only because preemptive_mode = true
+		v.warnf(path+".preemptive_mode", "set preemptive_mode = false, or idle_count above 0",
+			"preemptive_mode = true with idle_count = 0: the runner asks GitLab for a job only while an idle slot is ready, and this policy keeps none, so no job starts while it is active")
+		return
+	}
+	if maxUseCount < 1 || maxUseCount > PreemptiveCapMaxUse {
+		return
+	}
+	mode := "preemptive mode (the default with idle_count > 0)"
+	if p.PreemptiveMode != nil {
+		mode = "preemptive_mode = true"
+	}
+	hint := `set preemptive_mode = false, or mode = "forecast", or raise idle_count; runner simulate shows the time jobs wait in GitLab's queue`
+	jobs := "jobs"
+	if p.IdleCount == 1 {
+		jobs = "job"
+	}
+	if maxUseCount == 1 {
+		v.warnf(path+".idle_count", hint,
+			"%s with idle_count = %d caps throughput at %d %s per instance boot time: the runner asks GitLab for a job only while an idle slot is ready, and with max_use_count = 1 every job needs a new instance; other jobs wait in GitLab's queue",
+			mode, p.IdleCount, p.IdleCount, jobs)
+		return
+	}
+	v.warnf(path+".idle_count", hint,
+		"%s with idle_count = %d lets at most %d %s start on new instances per instance boot time: the runner asks GitLab for a job only while an idle slot is ready, and with max_use_count = %d instances are used up after %d jobs; jobs beyond the free slots wait in GitLab's queue",
+		mode, p.IdleCount, p.IdleCount, jobs, maxUseCount, maxUseCount)
 }
 
 func (v *validator) connector(path string, cc *ConnectorConfig) {
@@ -302,6 +348,23 @@ func (v *validator) policy(path string, p *Policy, slots int) {
 		v.warnf(path+".idle_count", fmt.Sprintf("lower idle_count to %d or raise max_instances", slots),
 			"idle_count = %d is more than the %d job slots of max_instances × capacity_per_instance; at most %d are kept idle",
 			p.IdleCount, slots, slots)
+	}
+	switch p.Mode {
+	case "", taskscaler.ModeFixed:
+		for _, k := range []string{"target_wait", "target_percentile"} {
+			if v.set(path + "." + k) {
+				v.warnf(path+"."+k, `set mode = "forecast" to use it, or remove it`, "%s is read only by a forecast policy; this policy is fixed", k)
+			}
+		}
+	case taskscaler.ModeForecast:
+		if p.TargetWait.Duration < 0 {
+			v.errorf(path+".target_wait", `a duration such as "5s"`, "target_wait must not be negative, got %s", p.TargetWait.Duration)
+		}
+		if tp := p.TargetPercentile; math.IsNaN(tp) || tp < 0 || tp >= 100 {
+			v.errorf(path+".target_percentile", "a percentile above 0 and below 100, e.g. 95 (the default)", "target_percentile = %g is out of range", tp)
+		}
+	default:
+		v.errorf(path+".mode", `"fixed" (GitLab's idle_count, the default) or "forecast"`, "unknown policy mode %q", p.Mode)
 	}
 	// "0s" is accepted, as GitLab Runner does (its plugins' examples use it for "remove
 	// idle instances at once"); other values below 1s are mistakes.

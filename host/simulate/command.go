@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +15,7 @@ import (
 func Command() *cobra.Command {
 	var (
 		cfgPath, tracePath, plotPath, runner, start string
+		sweep                                       string
 		asJSON                                      bool
 		bootFixed, bootMedian, bootP99              time.Duration
 		capErr                                      float64
@@ -26,12 +28,22 @@ func Command() *cobra.Command {
 			"first [[runners]] entry with a [runners.autoscaler] table, on a virtual clock and a simulated\n" +
 			"cloud whose boot time is set in the [simulate] table (boot_time, or boot_median and boot_p99)\n" +
 			"or by flags. It prints instance-seconds (busy, idle, booting), job wait percentiles, and the\n" +
-			"clairvoyant cost floor and zero-idle wait floor the policy is scored against.\n" +
+			"clairvoyant cost floor and zero-idle wait floor the policy is scored against, and how long\n" +
+			"jobs waited in GitLab's queue before the runner asked for them.\n" +
+			"--sweep KEY=FROM..TO[:STEP] runs once per value of one key and prints the cost–wait frontier,\n" +
+			"with the forecast policy's point on it.\n" +
 			"`simulate generate` writes a seeded synthetic CI trace.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfgPath == "" || tracePath == "" {
 				return fmt.Errorf("simulate needs --config FILE and --trace FILE (write a trace with `runner simulate generate`)")
+			}
+			var spec SweepSpec
+			if cmd.Flags().Changed("sweep") {
+				var err error
+				if spec, err = ParseSweep(sweep); err != nil {
+					return err
+				}
 			}
 			ov := Overrides{Runner: runner, Start: start, Boot: BootTime{Fixed: bootFixed, Median: bootMedian, P99: bootP99}}
 			if cmd.Flags().Changed("capacity-error-rate") {
@@ -51,6 +63,13 @@ func Command() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			out := cmd.OutOrStdout()
+			if spec.Key != "" {
+				return runSweep(cmd, jobs, p, spec, plotPath, asJSON)
+			}
+			for _, w := range CapWarnings(jobs, p) {
+				fmt.Fprintln(cmd.ErrOrStderr(), w)
+			}
 			res, err := Run(cmd.Context(), jobs, p)
 			if err != nil {
 				return err
@@ -60,11 +79,13 @@ func Command() *cobra.Command {
 					return err
 				}
 			}
-			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
+				// The text report carries the warnings; JSON carries them too, and stderr
+				// shows them to whoever reads it.
+				for _, w := range res.Warnings {
+					fmt.Fprintln(cmd.ErrOrStderr(), w)
+				}
+				return writeJSON(out, res)
 			}
 			return WriteText(out, res)
 		},
@@ -73,16 +94,40 @@ func Command() *cobra.Command {
 	f.StringVar(&cfgPath, "config", "", "config.toml with a [[runners]] entry that has [runners.autoscaler] (and optionally [simulate])")
 	f.StringVar(&tracePath, "trace", "", "trace CSV with the header arrival_s,duration_s (seconds from the start)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
-	f.StringVar(&plotPath, "plot", "", "write an SVG of demand, instances (booting, idle, busy) and job wait over time")
+	f.StringVar(&plotPath, "plot", "", "write an SVG of demand, instances (booting, idle, busy) and job wait over time; with --sweep, of the cost–wait frontier")
 	f.StringVar(&runner, "runner", "", "simulate the [[runners]] entry with this name (default: [simulate] runner, else the first autoscaled one)")
 	f.DurationVar(&bootFixed, "boot-time", 0, "fixed boot time (overrides [simulate])")
 	f.DurationVar(&bootMedian, "boot-median", 0, "log-normal boot time median; needs --boot-p99 (overrides [simulate])")
 	f.DurationVar(&bootP99, "boot-p99", 0, "log-normal boot time 99th percentile")
 	f.Float64Var(&capErr, "capacity-error-rate", 0, "probability that the cloud refuses one requested instance")
 	f.Uint64Var(&seed, "seed", 0, "seed of the simulated cloud (boot samples, capacity errors)")
+	f.StringVar(&sweep, "sweep", "", "run once per value of one key, KEY=FROM..TO[:STEP] (e.g. idle_count=0..20, idle_time=1m..30m:1m), and print the cost–wait frontier; keys: "+strings.Join(SweepKeys(), ", "))
 	f.StringVar(&start, "start", "", "wall-clock time of the trace's second 0, RFC 3339 (default 2026-03-02T00:00:00Z, a Monday)")
 	cmd.AddCommand(generateCommand())
 	return cmd
+}
+
+// runSweep runs a --sweep and prints its frontier: a table, or JSON, and the SVG.
+func runSweep(cmd *cobra.Command, jobs []Job, p Params, spec SweepSpec, plotPath string, asJSON bool) error {
+	sw, err := RunSweep(cmd.Context(), jobs, p, spec)
+	if err != nil {
+		return err
+	}
+	if plotPath != "" {
+		if err := writeFile(plotPath, func(w io.Writer) error { return WriteSweepSVG(w, sw) }); err != nil {
+			return err
+		}
+	}
+	if asJSON {
+		return writeJSON(cmd.OutOrStdout(), sw)
+	}
+	return WriteSweepText(cmd.OutOrStdout(), sw)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func generateCommand() *cobra.Command {
@@ -111,6 +156,7 @@ func generateCommand() *cobra.Command {
 	f.DurationVar(&o.MedianDuration, "duration-median", 3*time.Minute, "median job duration (log-normal)")
 	f.DurationVar(&o.DurationP99, "duration-p99", 20*time.Minute, "99th percentile job duration")
 	f.Float64Var(&o.MeanFanout, "fanout", 4, "mean number of parallel jobs per pipeline stage")
+	f.IntVar(&o.MaxFanout, "max-fanout", 0, "cap on the jobs of one stage (0 = no cap: 2% of stages are bursts of 20-80 more jobs)")
 	f.StringVarP(&out, "output", "o", "", "write the trace here instead of stdout")
 	return cmd
 }

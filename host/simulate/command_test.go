@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -74,7 +75,7 @@ func TestCommand(t *testing.T) {
 		if err != nil {
 			t.Fatalf("simulate: %v (%s)", err, stderr)
 		}
-		if strings.Contains(stderr, "simulate") {
+		if strings.Contains(stderr, "warning: simulate") {
 			t.Errorf("the [simulate] table drew a warning: %s", stderr)
 		}
 		var m map[string]any
@@ -114,6 +115,70 @@ func TestCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("sweep: table, JSON and the frontier plot", func(t *testing.T) {
+		cfg := withSim("[simulate]\nboot_time = \"30s\"\n")
+		svg := filepath.Join(dir, "frontier.svg")
+		out, _, err := runCLI(t, "--config", cfg, "--trace", trace, "--sweep", "scale_factor=0..1:0.5", "--plot", svg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows []string
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) > 0 {
+				rows = append(rows, f[0])
+			}
+		}
+		if len(rows) < 5 || !slices.Equal(rows[:5], []string{"scale_factor", "0", "0.5", "1", "forecast"}) {
+			t.Errorf("want a header, one row per value and the forecast row:\n%s", out)
+		}
+		checkFrontierSVG(t, svg, "0.5")
+
+		out, _, err = runCLI(t, "--config", cfg, "--trace", trace, "--sweep", "idle_count=0..1", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sw struct {
+			Key    string           `json:"key"`
+			Points []map[string]any `json:"points"`
+			Fc     map[string]any   `json:"forecast"`
+		}
+		if err := json.Unmarshal([]byte(out), &sw); err != nil || sw.Key != "idle_count" || len(sw.Points) != 2 || sw.Fc["value"] != "forecast" || sw.Points[1]["queue_wait_p95_s"] == nil {
+			t.Errorf("JSON (%v):\n%s", err, out)
+		}
+	})
+	t.Run("preemptive cap: warned before the run and explained after it", func(t *testing.T) {
+		busy := filepath.Join(dir, "busy.csv")
+		if _, _, err := runCLI(t, "generate", "--seed", "4", "--jobs", "1000", "--max-fanout", "8", "-o", busy); err != nil {
+			t.Fatal(err)
+		}
+		cfg := writeTemp(t, "config.toml", strings.NewReplacer("max_use_count = 5", "max_use_count = 1", "max_instances = 20", "max_instances = 200",
+			"idle_count = 2", "idle_count = 1", "concurrent = 20", "concurrent = 200").Replace(testConfig)+"[simulate]\nboot_time = \"1m\"\n")
+		out, stderr, err := runCLI(t, "--config", cfg, "--trace", busy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"runners[1].autoscaler.policy[0].idle_count: preemptive mode", // config check
+			"policy[0]: preemptive mode with idle_count = 1 and max_use_count = 1 starts at most 1 job per 1m0s boot (60 jobs/h)"} { // the trace's rate
+			if !strings.Contains(stderr, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, stderr)
+			}
+		}
+		if !strings.Contains(out, "queued in GitLab") || !strings.Contains(out, "Preemptive mode caps throughput") || strings.Contains(stderr, "Preemptive mode caps") {
+			t.Errorf("want the report, not stderr, to explain the queue:\n%s\nstderr:\n%s", out, stderr)
+		}
+		out, stderr, err = runCLI(t, "--config", cfg, "--trace", busy, "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatalf("not one JSON object: %v\n%s", err, out)
+		}
+		if m["queue_wait_p95_s"].(float64) < 3600 || m["queued_jobs"].(float64) < 500 || m["warnings"] == nil || !strings.Contains(stderr, "Preemptive mode caps throughput") {
+			t.Errorf("queue wait p95 %v s, queued %v, warnings %v, stderr:\n%s\nwant hours in GitLab's queue, explained in JSON and on stderr", m["queue_wait_p95_s"], m["queued_jobs"], m["warnings"], stderr)
+		}
+	})
+
 	errTests := []struct {
 		name string
 		args []string
@@ -127,6 +192,11 @@ func TestCommand(t *testing.T) {
 		{"unknown runner", []string{"--config", withSim(""), "--trace", trace, "--runner", "plain"}, `no [[runners]] entry named "plain" with a [runners.autoscaler] table`},
 		{"missing trace", []string{"--config", withSim(""), "--trace", filepath.Join(dir, "nope.csv")}, "open trace"},
 		{"bad generate", []string{"generate", "--jobs", "-3"}, "jobs = -3"},
+		{"bad sweep key", []string{"--config", withSim(""), "--trace", trace, "--sweep", "idle=0..3"}, `--sweep "idle=0..3": unknown key "idle"`},
+		{"bad sweep range", []string{"--config", withSim(""), "--trace", trace, "--sweep", "idle_count=3..0"}, "--sweep \"idle_count=3..0\": FROM 3 is above TO 0"},
+		{"sweep step 0", []string{"--config", withSim(""), "--trace", trace, "--sweep", "idle_time=0s..1m:0s"}, "STEP 0s must be above 0"},
+		{"sweep too many points", []string{"--config", withSim(""), "--trace", trace, "--sweep", "idle_count=0..1000"}, "at most 200"},
+		{"empty sweep", []string{"--config", withSim(""), "--trace", trace, "--sweep", ""}, "--sweep \"\": want KEY=FROM..TO[:STEP]"},
 	}
 	for _, tt := range errTests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,6 +235,31 @@ func checkSVG(t *testing.T, path string) {
 	for _, want := range []string{">busy<", ">idle<", ">booting<", "demand", "wait p95", "instances", "job wait (s)"} {
 		if !bytes.Contains(data, []byte(want)) {
 			t.Errorf("the SVG lacks %q", want)
+		}
+	}
+}
+
+// checkFrontierSVG parses the frontier plot and looks for its axes, reference lines,
+// the forecast point and a swept value's label.
+func checkFrontierSVG(t *testing.T, path, label string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(bytes.NewReader(data))
+	for {
+		_, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the SVG is not well-formed XML: %v", err)
+		}
+	}
+	for _, want := range []string{"cost: instance-seconds / clairvoyant floor", "job wait p95 (s)", "clairvoyant floor<", "one boot (30s)", ">forecast", ">" + label} {
+		if !bytes.Contains(data, []byte(want)) {
+			t.Errorf("the frontier SVG lacks %q", want)
 		}
 	}
 }

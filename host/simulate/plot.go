@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"time"
 )
 
 // WriteSVG draws r's series as a self-contained SVG: the top panel stacks busy, idle
@@ -129,6 +130,11 @@ func WriteSVG(w io.Writer, r *Result) error {
 	}
 
 	// Axes, ticks and labels.
+	start := se.Start
+	if start.IsZero() {
+		start = DefaultStart
+	}
+	ticks := ClockTicks(start, time.Duration(span*float64(time.Second)), 9)
 	axis := func(top, bottom, ymax, tick float64, y func(float64) float64, label string) {
 		fmt.Fprintf(b, `<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="black"/>`+"\n", left, bottom, W-right, bottom)
 		fmt.Fprintf(b, `<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="black"/>`+"\n", left, top, left, bottom)
@@ -136,17 +142,16 @@ func WriteSVG(w io.Writer, r *Result) error {
 			fmt.Fprintf(b, `<text x="%g" y="%.1f" text-anchor="end">%s</text>`+"\n", left-6, y(v)+4, fmtTick(v))
 		}
 		fmt.Fprintf(b, `<text transform="translate(16,%.1f) rotate(-90)" text-anchor="middle">%s</text>`+"\n", (top+bottom)/2, label)
-		hours := span / 3600
-		stepH := niceCeil(hours / 8)
-		for h := 0.0; h <= hours+1e-9; h += stepH {
-			px := left + (W-left-right)*h*3600/span
+		for _, t := range ticks {
+			px := left + (W-left-right)*t.At.Seconds()/span
 			fmt.Fprintf(b, `<line x1="%.1f" y1="%g" x2="%.1f" y2="%g" stroke="black"/>`+"\n", px, bottom, px, bottom+4)
-			fmt.Fprintf(b, `<text x="%.1f" y="%g" text-anchor="middle">%sh</text>`+"\n", px, bottom+16, fmtTick(h))
+			fmt.Fprintf(b, `<text x="%.1f" y="%g" text-anchor="middle">%s</text>`+"\n", px, bottom+16, t.Label)
 		}
 	}
 	axis(top1, bottom1, yMax1, tick1, y1, "instances")
 	axis(top2, bottom2, yMax2, tick2, y2, "job wait (s)")
-	fmt.Fprintf(b, `<text x="%g" y="%g" text-anchor="middle">time since the start of the trace</text>`+"\n", (left+W-right)/2, bottom2+36)
+	fmt.Fprintf(b, `<text x="%g" y="%g" text-anchor="middle">time (%s), from the trace's start %s</text>`+"\n",
+		(left+W-right)/2, bottom2+36, xmlEscape(ZoneName(start)), start.Format("Mon 2 Jan 2006 15:04"))
 
 	legend := []struct{ col, name string }{
 		{colBusy, "busy"}, {colIdle, "idle"}, {colBoot, "booting"},
@@ -190,4 +195,79 @@ func fmtTick(v float64) string {
 
 func xmlEscape(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+}
+
+// Tick is one labelled mark of the time axis: At from the trace's start.
+type Tick struct {
+	At    time.Duration
+	Label string
+}
+
+// tickSteps are the wall-clock spacings of time-axis ticks; longer spans use whole
+// days.
+var tickSteps = []time.Duration{time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 15 * time.Minute,
+	30 * time.Minute, time.Hour, 2 * time.Hour, 3 * time.Hour, 4 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour}
+
+// ClockTicks returns at most maxTicks (at least 2) ticks over [start, start+span], on
+// round wall-clock times of start's zone (06:00, 12:00, midnight) so that policy
+// periods can be read off the axis. A trace within one calendar day is labelled
+// "15:04" (a tick on the next day, such as its closing midnight, "Tue 00:00"); a
+// longer one "Mon 15:04", and one with a tick a day or more apart "Mon 2 Jan".
+func ClockTicks(start time.Time, span time.Duration, maxTicks int) []Tick {
+	maxTicks = max(maxTicks, 2)
+	if span <= 0 {
+		return []Tick{{0, start.Format("15:04")}}
+	}
+	step := time.Duration(0)
+	for _, s := range tickSteps {
+		if span/s < time.Duration(maxTicks) {
+			step = s
+			break
+		}
+	}
+	if step == 0 {
+		days := math.Ceil(span.Hours() / 24 / float64(maxTicks-1))
+		step = time.Duration(niceCeil(days)) * 24 * time.Hour
+	}
+	y, m, d := start.Date()
+	midnight := time.Date(y, m, d, 0, 0, 0, 0, start.Location())
+	first := midnight.Add((start.Sub(midnight) + step - 1) / step * step)
+	var ts []time.Time
+	for t := first; !t.After(start.Add(span)); t = t.Add(step) {
+		ts = append(ts, t)
+	}
+	sameDay := func(t time.Time) bool {
+		ty, tm, td := t.Date()
+		return ty == y && tm == m && td == d
+	}
+	oneDay := true
+	for i, t := range ts {
+		if i < len(ts)-1 && !sameDay(t) {
+			oneDay = false
+		}
+	}
+	out := make([]Tick, 0, len(ts))
+	for _, t := range ts {
+		layout := "Mon 15:04"
+		switch {
+		case step >= 24*time.Hour:
+			layout = "Mon 2 Jan"
+		case oneDay && sameDay(t):
+			layout = "15:04"
+		}
+		out = append(out, Tick{At: t.Sub(start), Label: t.Format(layout)})
+	}
+	return out
+}
+
+// ZoneName names t's zone for an axis: its IANA name, or UTC±hh:mm for a bare offset.
+func ZoneName(t time.Time) string {
+	name := t.Location().String()
+	if name == "" || name == "Local" {
+		if _, off := t.Zone(); off == 0 {
+			return "UTC"
+		}
+		return "UTC" + t.Format("-07:00")
+	}
+	return name
 }

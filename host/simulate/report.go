@@ -20,8 +20,17 @@ func WriteText(w io.Writer, r *Result) error {
 	fmt.Fprintf(tw, "instance-seconds\t%.0f (busy %.0f, idle %.0f, booting %.0f)\n", r.InstanceSeconds, r.BusyInstanceSeconds, r.IdleInstanceSeconds, r.BootingInstanceSeconds)
 	fmt.Fprintf(tw, "idle+booting per job\t%.1f s\n", r.IdlePerJobS)
 	fmt.Fprintf(tw, "job wait p50/p95/p99\t%s / %s / %s (mean %s, max %s)\n", sec(r.WaitP50S), sec(r.WaitP95S), sec(r.WaitP99S), sec(r.WaitMeanS), sec(r.WaitMaxS))
+	fmt.Fprintf(tw, "queued in GitLab\t%d jobs, p50/p95 %s / %s (max %s): part of the wait before the runner asked for the job\n", r.QueuedJobs, sec(r.QueueWaitP50S), sec(r.QueueWaitP95S), sec(r.QueueWaitMaxS))
 	fmt.Fprintf(tw, "instances\t%d created, %d at most at once, %d refused by the cloud\n", r.InstancesCreated, r.MaxInstancesSeen, r.CapacityRefused)
 	fmt.Fprintf(tw, "clairvoyant cost floor\t%.0f instance-seconds (this policy: %+.1f%%)\n", r.ClairvoyantInstanceSeconds, 100*r.ExcessOverFloor)
 	fmt.Fprintf(tw, "zero-idle wait floor\t%s (p95 %s): a job without idle capacity waits a boot\n", sec(r.ZeroIdleWaitS), sec(r.ZeroIdleWaitP95S))
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, msg := range r.Warnings {
+		if _, err := fmt.Fprintf(w, "\n%s\n", msg); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -58,14 +58,24 @@ type Result struct {
 	IdlePerJobS float64 `json:"idle_per_job_s"`
 	// Wait percentiles are over every job; a failed job counts as waiting until it
 	// failed.
-	WaitMeanS        float64 `json:"wait_mean_s"`
-	WaitP50S         float64 `json:"wait_p50_s"`
-	WaitP95S         float64 `json:"wait_p95_s"`
-	WaitP99S         float64 `json:"wait_p99_s"`
-	WaitMaxS         float64 `json:"wait_max_s"`
-	MaxInstancesSeen int     `json:"max_instances_seen"`
-	InstancesCreated int     `json:"instances_created"`
-	CapacityRefused  int     `json:"capacity_refused"`
+	WaitMeanS float64 `json:"wait_mean_s"`
+	WaitP50S  float64 `json:"wait_p50_s"`
+	WaitP95S  float64 `json:"wait_p95_s"`
+	WaitP99S  float64 `json:"wait_p99_s"`
+	WaitMaxS  float64 `json:"wait_max_s"`
+	// QueueWait is the part of the wait a job spent without a reservation: queued in
+	// GitLab, because the runner did not ask for it (preemptive mode without an idle
+	// slot, all of max_instances in use, reservation throttling). Percentiles are over
+	// every job; QueuedJobs counts the jobs that waited there at all.
+	QueueWaitP50S float64 `json:"queue_wait_p50_s"`
+	QueueWaitP95S float64 `json:"queue_wait_p95_s"`
+	QueueWaitMaxS float64 `json:"queue_wait_max_s"`
+	QueuedJobs    int     `json:"queued_jobs"`
+	// PeakHourlyJobs is the most jobs that arrived within one hour of the trace.
+	PeakHourlyJobs   int `json:"peak_hourly_jobs"`
+	MaxInstancesSeen int `json:"max_instances_seen"`
+	InstancesCreated int `json:"instances_created"`
+	CapacityRefused  int `json:"capacity_refused"`
 	// ClairvoyantInstanceSeconds is the cost floor C*; ExcessOverFloor is
 	// InstanceSeconds/C* − 1.
 	ClairvoyantInstanceSeconds float64 `json:"clairvoyant_instance_seconds"`
@@ -78,12 +88,17 @@ type Result struct {
 	// CapacityPerInstance is the slots per instance the policy ran with.
 	CapacityPerInstance int `json:"capacity_per_instance"`
 	Reconciles          int `json:"reconciles"`
+	// Warnings explain a material GitLab queue time (see QueueWait): what capped the
+	// throughput and what to change.
+	Warnings []string `json:"warnings,omitempty"`
 	// Series is the per-bucket time series behind --plot.
 	Series *Series `json:"-"`
 }
 
 // Series holds averages per time bucket.
 type Series struct {
+	// Start is the wall-clock time of the first bucket's start (Params.Start).
+	Start   time.Time
 	Step    time.Duration
 	Demand  []float64 // jobs waiting or running
 	Booting []float64 // instances
@@ -348,6 +363,8 @@ func Run(ctx context.Context, jobs []Job, p Params) (*Result, error) {
 	}
 	horizon := at()
 	account(res, sj, cloud, horizon, start, p)
+	res.PeakHourlyJobs = PeakHourlyJobs(jobs)
+	res.Warnings = queueWarnings(res, jobs, p)
 	return res, nil
 }
 
@@ -363,7 +380,7 @@ func account(res *Result, jobs []*simJob, cloud *Cloud, horizon time.Duration, s
 	}
 	step := niceStep(horizon / time.Duration(nb))
 	nb = int(horizon/step) + 1
-	se := &Series{Step: step, Demand: make([]float64, nb), Booting: make([]float64, nb), Idle: make([]float64, nb),
+	se := &Series{Start: start, Step: step, Demand: make([]float64, nb), Booting: make([]float64, nb), Idle: make([]float64, nb),
 		Busy: make([]float64, nb), WaitP95: make([]float64, nb), WaitMax: make([]float64, nb)}
 	add := func(series []float64, from, to time.Duration) {
 		for from < to {
@@ -375,10 +392,18 @@ func account(res *Result, jobs []*simJob, cloud *Cloud, horizon time.Duration, s
 	}
 
 	busyBy := map[string][]interval{}
-	var waits []float64
+	var waits, queued []float64
 	bucketWaits := make([][]float64, nb)
 	var waitSum float64
 	for _, j := range jobs {
+		q := j.failAt - j.arrival // never reserved: queued in GitLab until it failed
+		if j.reserved {
+			q = j.resAt - j.arrival
+		}
+		queued = append(queued, q.Seconds())
+		if q > 0 {
+			res.QueuedJobs++
+		}
 		if j.failed {
 			// A failed job counts as waiting until it failed: a lower bound on what
 			// its user waited, which keeps the percentiles honest.
@@ -459,6 +484,11 @@ func account(res *Result, jobs []*simJob, cloud *Cloud, horizon time.Duration, s
 		res.WaitMeanS = waitSum / float64(len(waits))
 		res.WaitP50S, res.WaitP95S, res.WaitP99S = quantile(waits, 0.50), quantile(waits, 0.95), quantile(waits, 0.99)
 		res.WaitMaxS = waits[len(waits)-1]
+	}
+	sort.Float64s(queued)
+	if len(queued) > 0 {
+		res.QueueWaitP50S, res.QueueWaitP95S = quantile(queued, 0.50), quantile(queued, 0.95)
+		res.QueueWaitMaxS = queued[len(queued)-1]
 	}
 	for b, ws := range bucketWaits {
 		if len(ws) == 0 {

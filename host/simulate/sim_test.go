@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,6 +112,10 @@ func TestRunAccounting(t *testing.T) {
 				// One idle slot at a time: the queue drains one job per boot and poll.
 				if r.WaitMaxS < 19*45 {
 					t.Errorf("max wait %.0fs: want about 20 boots", r.WaitMaxS)
+				}
+				// That wait is spent in GitLab's queue, without a reservation.
+				if r.QueuedJobs != 20 || r.QueueWaitMaxS < 19*45 || r.QueueWaitMaxS > r.WaitMaxS {
+					t.Errorf("queued %d, queue wait max %.0fs (wait max %.0fs): want all 20 queued in GitLab for about 20 boots", r.QueuedJobs, r.QueueWaitMaxS, r.WaitMaxS)
 				}
 			},
 		},
@@ -226,5 +231,146 @@ func TestRunTenThousandJobs(t *testing.T) {
 	// No idle pool: nobody waits much longer than a boot and a poll.
 	if r.WaitP99S > 45+2+1 || r.ExcessOverFloor < 0 || r.ExcessOverFloor > 0.1 {
 		t.Fatalf("wait p99 %.1fs, excess over the floor %.3f: want at most B + one poll, and within 10 %% of C*", r.WaitP99S, r.ExcessOverFloor)
+	}
+}
+
+// TestQueueWait: in preemptive mode with idle_count = 1 on ephemeral instances, the
+// runner asks GitLab for one job per boot, so jobs queue there for hours, and the
+// report says why and what to change. Not preemptive, or with max_instances as the
+// limit, the report says so instead.
+func TestQueueWait(t *testing.T) {
+	jobs := mustGenerate(t, GenerateOptions{Seed: 4, Jobs: 1000, MaxFanout: 8})
+	boot := time.Minute
+	params := func(pol taskscaler.Policy, maxInstances int) Params {
+		return Params{Boot: BootTime{Fixed: boot}, Scaler: taskscaler.Options{MaxUseCount: 1, MaxInstances: maxInstances,
+			Policies: []taskscaler.Policy{pol}}}
+	}
+	tests := []struct {
+		name string
+		p    Params
+		// queued says whether jobs must wait in GitLab's queue for longer than a boot.
+		queued bool
+		// want and not are fragments the warning must and must not contain.
+		want, not []string
+	}{
+		{"preemptive, idle_count 1", params(taskscaler.Policy{IdleCount: 1, IdleTime: 20 * time.Minute}, 0), true,
+			[]string{"waited in GitLab's queue", "Preemptive mode caps throughput", "policy[0] idle_count = 1: 1 per 1m0s boot, 60 jobs/h",
+				"busiest hour", "within one boot", `preemptive_mode = false, raise idle_count, or use mode = "forecast"`}, []string{"max_instances"}},
+		{"not preemptive", params(taskscaler.Policy{IdleCount: 1, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)}, 0), false, nil, nil},
+		{"not preemptive, max_instances 3", params(taskscaler.Policy{PreemptiveMode: boolPtr(false)}, 3), true,
+			[]string{"waited in GitLab's queue", "All max_instances = 3 instances were in use"}, []string{"Preemptive"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, jobs, tt.p)
+			var text strings.Builder
+			if err := WriteText(&text, r); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(text.String(), "queued in GitLab") {
+				t.Errorf("the report lacks the GitLab queue line:\n%s", text.String())
+			}
+			if !tt.queued {
+				if r.QueuedJobs != 0 || r.QueueWaitP95S != 0 || len(r.Warnings) != 0 {
+					t.Errorf("queued %d, queue wait p95 %.1fs, warnings %q: want none", r.QueuedJobs, r.QueueWaitP95S, r.Warnings)
+				}
+				return
+			}
+			if r.QueueWaitP95S < boot.Seconds() || r.QueuedJobs == 0 || r.QueueWaitP95S > r.WaitP95S {
+				t.Errorf("queued %d, queue wait p95 %.1fs (wait p95 %.1fs): want jobs queued longer than a boot, within their wait", r.QueuedJobs, r.QueueWaitP95S, r.WaitP95S)
+			}
+			if len(r.Warnings) != 1 {
+				t.Fatalf("warnings %q: want one", r.Warnings)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(r.Warnings[0], w) {
+					t.Errorf("the warning lacks %q:\n%s", w, r.Warnings[0])
+				}
+			}
+			for _, w := range tt.not {
+				if strings.Contains(r.Warnings[0], w) {
+					t.Errorf("the warning mentions %q:\n%s", w, r.Warnings[0])
+				}
+			}
+			if !strings.Contains(text.String(), r.Warnings[0]) {
+				t.Errorf("the report lacks the warning:\n%s", text.String())
+			}
+		})
+	}
+	// The issue's case: the median job waits hours in GitLab's queue.
+	r := run(t, jobs, tests[0].p)
+	t.Logf("preemptive idle_count 1: queue wait p50 %.0fs p95 %.0fs, %d of %d jobs queued", r.QueueWaitP50S, r.QueueWaitP95S, r.QueuedJobs, r.Jobs)
+	if r.QueueWaitP50S < 3600 || r.QueuedJobs < r.Jobs/2 {
+		t.Errorf("preemptive idle_count 1: queue wait p50 %.0fs, %d of %d jobs queued: want the median job queued for an hour or more", r.QueueWaitP50S, r.QueuedJobs, r.Jobs)
+	}
+}
+
+func TestCapWarnings(t *testing.T) {
+	// 120 jobs in the first hour, one every 30 s.
+	var pairs []float64
+	for i := range 120 {
+		pairs = append(pairs, float64(30*i), 60)
+	}
+	jobs := js(pairs...)
+	params := func(maxUse int, pols ...taskscaler.Policy) Params {
+		return Params{Boot: BootTime{Fixed: time.Minute}, Scaler: taskscaler.Options{MaxUseCount: maxUse, Policies: pols}}
+	}
+	tests := []struct {
+		name string
+		p    Params
+		want []string // one fragment per warning
+	}{
+		{"ephemeral, idle_count 1: 60 jobs/h below 120", params(1, taskscaler.Policy{IdleCount: 1}),
+			[]string{"policy[0]: preemptive mode with idle_count = 1 and max_use_count = 1 starts at most 1 job per 1m0s boot (60 jobs/h), below the trace's busiest hour of 120 jobs"}},
+		{"ephemeral, idle_count 2: 120 jobs/h is not below 120", params(1, taskscaler.Policy{IdleCount: 2}), nil},
+		{"reused, idle_count 1: 60 jobs/h is not far below 120", params(0, taskscaler.Policy{IdleCount: 1}), nil},
+		{"reused, second policy idle_count 1 of a faster trace", params(10, taskscaler.Policy{}, taskscaler.Policy{IdleCount: 1}), nil},
+		{"not preemptive", params(1, taskscaler.Policy{IdleCount: 1, PreemptiveMode: boolPtr(false)}), nil},
+		{"forecast", params(1, taskscaler.Policy{Mode: taskscaler.ModeForecast, IdleCount: 1}), nil},
+		{"preemptive_mode = true, idle_count 0", params(0, taskscaler.Policy{}, taskscaler.Policy{PreemptiveMode: boolPtr(true)}),
+			[]string{"policy[1]: preemptive_mode = true with idle_count = 0", "no job starts while it is active"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := CapWarnings(jobs, tt.p)
+			if len(tt.want) == 0 {
+				if len(got) != 0 {
+					t.Errorf("warnings %q: want none", got)
+				}
+				return
+			}
+			if len(got) != 1 {
+				t.Fatalf("warnings %q: want one", got)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(got[0], w) {
+					t.Errorf("the warning lacks %q:\n%s", w, got[0])
+				}
+			}
+		})
+	}
+	// Reused instances: the cap warns far below the busiest hour.
+	fast := make([]float64, 0, 2*400)
+	for i := range 400 {
+		fast = append(fast, float64(9*i), 60)
+	}
+	got := CapWarnings(js(fast...), params(10, taskscaler.Policy{}, taskscaler.Policy{IdleCount: 1}))
+	if len(got) != 1 || !strings.Contains(got[0], "policy[1]: preemptive mode with idle_count = 1 starts at most 1 job on new capacity per 1m0s boot (60 jobs/h), far below the trace's busiest hour of 400 jobs") {
+		t.Errorf("warnings %q: want one about policy[1] far below 400 jobs", got)
+	}
+}
+
+func TestPeakJobsWithin(t *testing.T) {
+	jobs := js(0, 1, 10, 1, 3599, 1, 3600, 1, 3600.5, 1, 7300, 1)
+	for _, tt := range []struct {
+		d    time.Duration
+		want int
+	}{{time.Hour, 4}, {time.Second, 2}, {time.Millisecond, 1}, {3 * time.Hour, 6}} {
+		if got := PeakJobsWithin(jobs, tt.d); got != tt.want {
+			t.Errorf("PeakJobsWithin(%s) = %d, want %d", tt.d, got, tt.want)
+		}
+	}
+	if PeakHourlyJobs(jobs) != 4 {
+		t.Errorf("PeakHourlyJobs = %d, want 4", PeakHourlyJobs(jobs))
 	}
 }

@@ -168,7 +168,7 @@ func (f forecastPolicy) jobValue(s Snapshot, fc *Forecast) float64 {
 const (
 	initialJobValue = 40.0
 	minJobValue     = 0.1
-	maxJobValue     = 5000.0
+	maxJobValue     = 300.0
 	learnRate       = 0.05
 	lateMargin      = 0.7
 )
