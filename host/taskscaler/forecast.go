@@ -193,7 +193,7 @@ func defaultBursts() []float64 {
 // follow bursts (bursts[k-1] = P(size k)), and F the slots freed in the window by
 // jobs ending, Poisson with mean freed. D is compound Poisson; its distribution is
 // computed with Panjer's recursion, or a normal approximation when the window holds
-// too many bursts for it.
+// too many bursts or jobs for it.
 func slotsFor(expected float64, bursts []float64, freed, threshold float64) int {
 	if threshold >= 1 || expected <= 0 {
 		return 0
@@ -205,7 +205,9 @@ func slotsFor(expected float64, bursts []float64, freed, threshold float64) int 
 		m2 += k * k * p
 	}
 	lambda := expected / m1 // bursts in the window
-	if lambda > 500 {
+	// The exact computation costs O(n·(64 + freed)) for n slots: beyond a few hundred
+	// bursts or a thousand jobs a window the normal approximation is as good.
+	if lambda > 500 || expected+freed > 1000 {
 		// Normal approximation: mean expected, variance lambda·E[K²].
 		z := normalQuantile(1 - threshold)
 		return max(int(math.Ceil(expected-freed+z*math.Sqrt(lambda*m2+freed))), 0)

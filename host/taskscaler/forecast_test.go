@@ -31,6 +31,8 @@ func TestSlotsFor(t *testing.T) {
 		{"freed slots serve arrivals", 2, single, 10, 0.05, 0},
 		// Beyond 500 bursts a window: the normal approximation, 2000 + 1.645·√2000.
 		{"many bursts", 2000, single, 0, 0.05, 2074},
+		// Many jobs and as many freed: 1.645·√(900 + 900) above the difference, 0.
+		{"many jobs, as many freed", 900, single, 900, 0.05, 70},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
