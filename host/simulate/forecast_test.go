@@ -36,26 +36,37 @@ var forecastPolicy = taskscaler.Policy{Mode: taskscaler.ModeForecast, IdleTime: 
 
 // The forecast policy keeps the p95 wait within its 5 s target, and costs no more than
 // the cheapest fixed idle_count that waits as little, on seeded CI-shaped traces
-// (ephemeral instances, boot 60 s). Deterministic: the simulator runs on a virtual
-// clock.
+// (boot 60 s; ephemeral instances, and long-lived ones with 4 slots). Deterministic:
+// the simulator runs on a virtual clock.
 func TestForecastPolicyAgainstFixedIdlePools(t *testing.T) {
 	if testing.Short() {
 		t.Skip("replays several days of jobs")
 	}
 	boot := BootTime{Fixed: time.Minute}
 	for _, tr := range []struct {
-		name       string
-		jobs       []Job
-		fixed      []int
-		maxCostRel float64 // an absolute goal on top, where one holds
+		name         string
+		jobs         []Job
+		capa, maxUse int
+		boot         BootTime // zero: the fixed 60 s boot
+		fixed        []int
+		maxCostRel   float64 // an absolute goal on top, where one holds
 	}{
-		{"seed 1, one day", ciDay(t, 1, 1712, 1), []int{10, 12, 14, 16, 18}, 0},
-		{"seed 2, one day", ciDay(t, 2, 1712, 1), []int{10, 12, 14, 16, 18}, 0},
-		{"seed 3, three days", ciDay(t, 3, 5136, 3), []int{12, 14, 16}, 0},
-		{"10,000 jobs a day", ciDay(t, 1, 10000, 1), []int{30, 35}, 1.6},
+		{"seed 1, one day", ciDay(t, 1, 1712, 1), 1, 1, BootTime{}, []int{10, 12, 14, 16, 18}, 0},
+		{"seed 2, one day", ciDay(t, 2, 1712, 1), 1, 1, BootTime{}, []int{10, 12, 14, 16, 18}, 0},
+		{"seed 3, three days", ciDay(t, 3, 5136, 3), 1, 1, BootTime{}, []int{12, 14, 16}, 0},
+		{"10,000 jobs a day", ciDay(t, 1, 10000, 1), 1, 1, BootTime{}, []int{30, 35}, 1.6},
+		{"log-normal boot (median 60 s, p99 180 s)", ciDay(t, 1, 1712, 1), 1, 1, BootTime{Median: time.Minute, P99: 3 * time.Minute}, []int{10, 12, 14, 16}, 0},
+		{"long-lived, seed 1", ciDay(t, 1, 1712, 1), 4, 0, BootTime{}, []int{1, 2, 3, 4, 5, 6}, 0},
+		{"long-lived, seed 2", ciDay(t, 2, 1712, 1), 4, 0, BootTime{}, []int{1, 2, 3, 4, 5, 6}, 0},
+		{"long-lived, seed 3", ciDay(t, 3, 1712, 1), 4, 0, BootTime{}, []int{1, 2, 3, 4, 5, 6}, 0},
+		{"long-lived, three days", ciDay(t, 1, 5136, 3), 4, 0, BootTime{}, []int{1, 2, 3, 4, 5}, 0},
 	} {
 		t.Run(tr.name, func(t *testing.T) {
-			fc := runPolicy(t, tr.jobs, boot, 1, 1, 400, forecastPolicy)
+			boot := boot
+			if tr.boot != (BootTime{}) {
+				boot = tr.boot
+			}
+			fc := runPolicy(t, tr.jobs, boot, tr.capa, tr.maxUse, 400, forecastPolicy)
 			cost := 1 + fc.ExcessOverFloor
 			if fc.WaitP95S > 5 {
 				t.Errorf("forecast: wait p95 %.1f s, want ≤ 5 s", fc.WaitP95S)
@@ -64,7 +75,7 @@ func TestForecastPolicyAgainstFixedIdlePools(t *testing.T) {
 				t.Errorf("forecast: cost %.2f × the floor, want ≤ %.1f", cost, tr.maxCostRel)
 			}
 			for _, n := range tr.fixed {
-				r := runPolicy(t, tr.jobs, boot, 1, 1, 400, taskscaler.Policy{IdleCount: n, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)})
+				r := runPolicy(t, tr.jobs, boot, tr.capa, tr.maxUse, 400, taskscaler.Policy{IdleCount: n, IdleTime: 20 * time.Minute, PreemptiveMode: boolPtr(false)})
 				t.Logf("idle_count %d: p95 %.1f s, cost %.2f; forecast: p95 %.1f s, cost %.2f", n, r.WaitP95S, 1+r.ExcessOverFloor, fc.WaitP95S, cost)
 				if r.WaitP95S <= max(fc.WaitP95S, 5) && 1+r.ExcessOverFloor < cost {
 					t.Errorf("idle_count %d waits as little (p95 %.1f s) for less: %.2f × the floor against the forecast's %.2f",

@@ -91,7 +91,7 @@ func (s *Scaler) countLocked(now time.Time) counts {
 	c.current = satAdd(c.current, s.requested)
 	c.total = satAdd(len(s.instances), s.requested)
 
-	c.why = c.policy.IdleTarget(Snapshot{Now: now, Tasks: c.tasks, CapacityPerInstance: capa, Demand: Demand{d: s.demand, now: now}})
+	c.why = c.policy.IdleTarget(Snapshot{Now: now, Tasks: c.tasks, CapacityPerInstance: capa, MaxUseCount: maxUse, Demand: Demand{d: s.demand, now: now}})
 	c.target = max(c.why.Slots, 0)
 	need := satAdd(satAdd(satAdd(c.tasks.Acquired, c.tasks.Reserved), satAdd(c.tasks.Pending, c.target)),
 		satAdd(c.tasks.Unavailable, c.tasks.Unhealthy))

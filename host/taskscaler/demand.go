@@ -20,8 +20,10 @@ const (
 	demandBucket = 15 * time.Minute
 	weekBuckets  = int(7 * 24 * time.Hour / demandBucket)
 	dayBuckets   = int(24 * time.Hour / demandBucket)
-	// recentWindow is how far back arrivals are kept one by one.
+	// recentWindow is how far back arrivals and freed slots are kept one by one.
 	recentWindow = time.Hour
+	// rateTau is the time constant of the arrival rate's exponential average.
+	rateTau = time.Hour
 	// burstGap separates bursts: arrivals closer than this to the previous one belong
 	// to the same burst (a pipeline stage's jobs become ready within seconds).
 	burstGap = 10 * time.Second
@@ -56,10 +58,14 @@ type demand struct {
 	burstSize int
 	burstLast time.Time
 	waiting   map[string]time.Time // keys that arrived and have no slot yet
-	waits     []waitSample         // the last waitSamples waits, oldest first
-	waitSeq   uint64               // waits ever recorded; waits[i] has sequence waitSeq-len(waits)+i+1
-	valueSeq  uint64               // the last wait the forecast's job value has learned from
-	dirty     bool
+	// rate is the arrival rate (jobs/s) weighted exponentially with time constant
+	// rateTau, as of rateTime.
+	rate     float64
+	rateTime time.Time
+	waits    []waitSample // the last waitSamples waits, oldest first
+	waitSeq  uint64       // waits ever recorded; waits[i] has sequence waitSeq-len(waits)+i+1
+	valueSeq uint64       // the last wait the forecast's job value has learned from
+	dirty    bool
 }
 
 func newDemand(rec *state.Demand) *demand {
@@ -118,6 +124,14 @@ func (d *demand) advance(now time.Time) {
 	}
 }
 
+// rateAt is the exponentially weighted arrival rate at now.
+func (d *demand) rateAt(now time.Time) float64 {
+	if d.rateTime.IsZero() {
+		return 0
+	}
+	return d.rate * math.Exp(-now.Sub(d.rateTime).Seconds()/rateTau.Seconds())
+}
+
 // trimRecent drops the times older than recentWindow.
 func trimRecent(ts []time.Time, now time.Time) []time.Time {
 	if len(ts) == 0 || now.Sub(ts[0]) <= recentWindow {
@@ -164,6 +178,8 @@ func (d *demand) arrive(now time.Time, key string) {
 	d.advance(now)
 	d.waiting[key] = now
 	d.recent = append(d.recent, now)
+	d.rate = d.rateAt(now) + 1/rateTau.Seconds()
+	d.rateTime = now
 	d.curCount++
 	if d.burstSize > 0 && now.Sub(d.burstLast) > burstGap {
 		d.endBurst()
@@ -232,6 +248,16 @@ func (v Demand) Arrivals(window time.Duration) int {
 		return 0
 	}
 	return countSince(v.d.recent, v.now, window)
+}
+
+// Rate returns the arrival rate in jobs per second over about the last hour,
+// weighted exponentially: each arrival raises it at once by 1/hour, and it decays
+// with a time constant of an hour.
+func (v Demand) Rate() float64 {
+	if v.d == nil {
+		return 0
+	}
+	return v.d.rateAt(v.now)
 }
 
 // Frees returns how many slots were freed for another job within the last window

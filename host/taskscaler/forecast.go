@@ -16,17 +16,18 @@ const (
 	DefaultTargetPercentile = 95.0
 	// assumedBoot is the boot time a forecast assumes before it saw an instance boot.
 	assumedBoot = time.Minute
-	// recentRateWindow is the window of the recent arrival rate.
-	recentRateWindow = 20 * time.Minute
+	// freedWindow is the window over which slots freed by ending jobs are counted.
+	freedWindow = 20 * time.Minute
 )
 
 // forecastPolicy keeps as many idle slots as the jobs it expects before a new
 // instance could be ready are worth. Demand within the next boot (less the wait a job
 // may have) is modelled as bursts (pipeline stages fanning out) arriving at a rate
-// learned from the same quarter hour of past weeks (or days) and from the last 20
-// minutes and hour, whichever is highest, with the burst sizes observed; slots that
-// jobs ending on reusable instances free within the window count against it. One more idle slot is
-// kept while the chance that it is needed is worth its cost: P(demand > S) ≥ h /
+// learned from the same quarter hour of past weeks (or days) and from the last hour
+// (an exponential average), whichever is higher, with the burst sizes observed;
+// slots that jobs ending on reusable instances free within the window count against
+// it. One more idle slot is kept while the chance that it is needed is worth its
+// cost: P(demand > S) ≥ h /
 // (value × capacity), where h is that window and value is what a job starting in
 // time is worth in instance-seconds. value is learned from the waits the jobs had: it
 // rises while more jobs than the target percentile allows wait longer than
@@ -79,6 +80,9 @@ type Forecast struct {
 	// Jobs and Late are the recent jobs and those that waited longer than the target.
 	Jobs int `json:"recent_jobs"`
 	Late int `json:"recent_late"`
+	// Unreachable is set when, with JobValue at its cap, more of the recent jobs are
+	// late than the target allows.
+	Unreachable bool `json:"unreachable,omitempty"`
 }
 
 func (f forecastPolicy) IdleTarget(s Snapshot) Target {
@@ -92,6 +96,10 @@ func (f forecastPolicy) IdleTarget(s Snapshot) Target {
 	}
 	if fc.Jobs > 0 {
 		why += fmt.Sprintf("; %d of the last %d jobs waited over %s", fc.Late, fc.Jobs, f.targetWait())
+	}
+	if fc.Unreachable {
+		why += fmt.Sprintf("; the target (%g%% within %s) is not met even at the highest job value, %.0f boot times: jobs arrive in bursts no sensible idle pool covers; raise target_wait or lower target_percentile to pay less",
+			f.percentile(), f.targetWait(), maxJobValue)
 	}
 	return Target{Slots: slots, Why: why, Forecast: &fc}
 }
@@ -115,11 +123,11 @@ func (f forecastPolicy) forecast(s Snapshot) Forecast {
 	h := fc.Window.Seconds()
 
 	// The rate: the higher of history (this quarter hour or the next, so that a
-	// morning ramp is met), the last 20 minutes and the last hour.
-	fc.Rate, fc.RateFrom = float64(d.Arrivals(recentRateWindow))/recentRateWindow.Seconds(), "the last 20m"
-	if r := float64(d.Arrivals(recentWindow)) / recentWindow.Seconds(); r > fc.Rate {
-		fc.Rate, fc.RateFrom = r, "the last hour"
-	}
+	// morning ramp is met) and the last hour. The hour is an exponential average, so
+	// that every arrival raises it at once (a burst moves the target in the same
+	// decision) and a quiet spell lowers it gradually: a count over a window would
+	// swing the target, and with it instances, each time a burst leaves the window.
+	fc.Rate, fc.RateFrom = d.Rate(), "the last hour"
 	for _, t := range []time.Time{s.Now, s.Now.Add(demandBucket)} {
 		if r, from, ok := d.Seasonal(t); ok && r > fc.Rate {
 			fc.Rate, fc.RateFrom = r, "this time last "+from
@@ -134,43 +142,53 @@ func (f forecastPolicy) forecast(s Snapshot) Forecast {
 		bursts = defaultBursts()
 	}
 	// Slots freed by jobs ending on instances that take more jobs serve arrivals too.
-	fc.Freed = float64(d.Frees(recentRateWindow)) / recentRateWindow.Seconds() * h
+	fc.Freed = float64(d.Frees(freedWindow)) / freedWindow.Seconds() * h
 	threshold := h / (fc.JobValue * float64(max(s.CapacityPerInstance, 1)))
 	fc.Slots = slotsFor(fc.Expected, bursts, fc.Freed, threshold)
 	return fc
 }
 
 // jobValue is the value of a job starting in time, learned from the waits the jobs
-// had (an integral controller): each job that waited longer than target_wait raises
-// it by a factor e^(η(1−m)), each one in time lowers it by e^(−ηm), where m is the
-// share of late jobs allowed (with a margin), so that it settles where that share is
-// met. It starts at initialJobValue boot times and stays within
-// [minJobValue, maxJobValue] boot times, so that a cause no idle slot can fix
-// (max_instances, a failing cloud) does not drive it without bound.
+// had (an integral controller). With m the share of late jobs aimed at (the
+// percentile's allowance with a margin), each job that waited longer than
+// target_wait raises the value by a factor e^(η(1−m)/m), each one in time lowers it by
+// e^(−η), so that it settles where m of the jobs are late, and moves by a fixed step
+// per job whatever the target. It starts at a value that suits the instances (high
+// for instances used once, whose every job needs a booted instance; lower for reused
+// ones, whose ending jobs free slots) and stays within [minJobValue, maxJobValue]
+// boot times, so that a cause no idle slot can fix (max_instances, a failing cloud,
+// bursts larger than any sensible pool) does not drive it without bound.
 func (f forecastPolicy) jobValue(s Snapshot, fc *Forecast) float64 {
 	boot := fc.Boot.Seconds()
-	allowed := (1 - f.percentile()/100) * lateMargin
+	aim := (1 - f.percentile()/100) * lateMargin
 	tw := f.targetWait()
-	v := s.Demand.LearnJobValue(initialJobValue*boot, func(v float64, wait time.Duration) float64 {
+	initial := initialJobValueReused * boot
+	if s.MaxUseCount == 1 {
+		initial = initialJobValueOnce * boot
+	}
+	v := s.Demand.LearnJobValue(initial, func(v float64, wait time.Duration) float64 {
 		if wait > tw {
-			v *= math.Exp(learnRate * (1 - allowed))
+			v *= math.Exp(learnRate * (1 - aim) / aim)
 		} else {
-			v *= math.Exp(-learnRate * allowed)
+			v *= math.Exp(-learnRate)
 		}
 		return min(max(v, minJobValue*boot), maxJobValue*boot)
 	})
 	fc.Jobs, fc.Late = s.Demand.Waits(tw)
+	fc.Unreachable = fc.Jobs >= 100 && v >= maxJobValue*boot*0.99 && float64(fc.Late) > float64(fc.Jobs)*(1-f.percentile()/100)
 	return v
 }
 
-// The job value's controller: its start, bounds (in boot times), step and the share
-// of the allowed late jobs it aims at.
+// The job value's controller: its start (for instances used once, and reused), its
+// bounds (in boot times), its step per job, and the share of the allowed late jobs
+// it aims at.
 const (
-	initialJobValue = 40.0
-	minJobValue     = 0.1
-	maxJobValue     = 300.0
-	learnRate       = 0.05
-	lateMargin      = 0.7
+	initialJobValueOnce   = 40.0
+	initialJobValueReused = 10.0
+	minJobValue           = 0.1
+	maxJobValue           = 300.0
+	learnRate             = 0.003
+	lateMargin            = 0.7
 )
 
 // defaultBursts is the burst-size distribution assumed before any was seen: geometric

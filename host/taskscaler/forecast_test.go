@@ -49,7 +49,7 @@ func TestForecastReactsToABurstAndSaysWhy(t *testing.T) {
 	d := newDemand(nil)
 	p := forecastPolicy{Policy{Mode: ModeForecast}}
 	snap := func(now time.Time) Snapshot {
-		return Snapshot{Now: now, CapacityPerInstance: 1, Demand: Demand{d: d, now: now}}
+		return Snapshot{Now: now, CapacityPerInstance: 1, MaxUseCount: 1, Demand: Demand{d: d, now: now}}
 	}
 	before := p.IdleTarget(snap(t0))
 	if before.Slots != 0 || before.Forecast == nil || before.Forecast.Expected != 0 {
@@ -79,20 +79,38 @@ func TestForecastReactsToABurstAndSaysWhy(t *testing.T) {
 // lower it.
 func TestForecastLearnsFromWaits(t *testing.T) {
 	p := forecastPolicy{Policy{Mode: ModeForecast}}
-	value := func(waits ...time.Duration) float64 {
+	valueFor := func(maxUse int, waits ...time.Duration) float64 {
 		d := newDemand(nil)
 		for i, w := range waits {
 			d.addWait(t0.Add(time.Duration(i)*time.Second), w)
 		}
 		var fc Forecast
 		fc.Boot = time.Minute
-		return p.jobValue(Snapshot{Now: t0, Demand: Demand{d: d, now: t0}}, &fc)
+		return p.jobValue(Snapshot{Now: t0, MaxUseCount: maxUse, Demand: Demand{d: d, now: t0}}, &fc)
 	}
+	value := func(waits ...time.Duration) float64 { return valueFor(1, waits...) }
 	start := value()
-	if want := initialJobValue * 60; start != want {
-		t.Fatalf("initial value %g, want %g", start, want)
+	if want := initialJobValueOnce * 60; start != want {
+		t.Fatalf("initial value for instances used once %g, want %g", start, want)
+	}
+	if got, want := valueFor(0), initialJobValueReused*60; got != want {
+		t.Fatalf("initial value for reused instances %g, want %g", got, want)
 	}
 	late, inTime := value(30*time.Second, 40*time.Second), value(0, time.Second)
+	// Many late jobs drive the value to its cap, and the policy says the target is
+	// out of reach instead of paying ever more.
+	waits := make([]time.Duration, 200)
+	for i := range waits {
+		waits[i] = time.Minute
+	}
+	d := newDemand(nil)
+	for i, w := range waits {
+		d.addWait(t0.Add(time.Duration(i)*time.Second), w)
+	}
+	tgt := p.IdleTarget(Snapshot{Now: t0, CapacityPerInstance: 1, MaxUseCount: 1, Demand: Demand{d: d, now: t0}})
+	if tgt.Forecast.JobValue != maxJobValue*60 || !tgt.Forecast.Unreachable || !strings.Contains(tgt.Why, "not met even at the highest job value") {
+		t.Fatalf("after 200 late jobs: value %g, unreachable %v, why %q", tgt.Forecast.JobValue, tgt.Forecast.Unreachable, tgt.Why)
+	}
 	if late <= start || inTime >= start {
 		t.Fatalf("value after two late jobs %g, after two in time %g, start %g", late, inTime, start)
 	}

@@ -31,6 +31,7 @@ type Snapshot struct {
 	Now                 time.Time
 	Tasks               TaskCounts
 	CapacityPerInstance int
+	MaxUseCount         int
 	Demand              Demand
 }
 

@@ -52,7 +52,18 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 			}
 		}
 	}
-	if surplus > 0 && len(idle) > 0 {
+	// Under a forecast policy an instance goes only when it has been idle for
+	// idle_time and the pool has had a surplus for as long: a forecast that dips for a
+	// moment (between two bursts) must not remove an instance that the next decision
+	// would boot again. A fixed target does not move by itself, so GitLab's rule
+	// (idle for idle_time and not needed) stays as it is.
+	if surplus <= 0 {
+		s.surplusSince = time.Time{}
+	} else if s.surplusSince.IsZero() {
+		s.surplusSince = now
+	}
+	settled := c.policy.mode() != ModeForecast || now.Sub(s.surplusSince) >= c.policy.IdleTime()
+	if surplus > 0 && len(idle) > 0 && settled {
 		sort.Slice(idle, func(i, j int) bool {
 			if !idle[i].idleSince.Equal(idle[j].idleSince) {
 				return idle[i].idleSince.Before(idle[j].idleSince)

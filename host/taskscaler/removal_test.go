@@ -50,6 +50,22 @@ func TestRemovalRules(t *testing.T) {
 			decreases: 1,
 		},
 		{
+			// The pool had a surplus only from the first look after the jump: a forecast
+			// policy waits idle_time more before it removes.
+			name:     "forecast: idle past idle_time, surplus just seen, is kept",
+			opts:     Options{Policies: []Policy{{Mode: ModeForecast, IdleTime: 10 * time.Minute}}},
+			steps:    []step{reserve("a"), reconcile, acquire("a"), release("a"), advance(10 * time.Minute), reconcile},
+			wantLive: 1,
+		},
+		{
+			name:      "forecast: idle and in surplus for idle_time is removed",
+			opts:      Options{Policies: []Policy{{Mode: ModeForecast, IdleTime: 10 * time.Minute}}},
+			steps:     []step{reserve("a"), reconcile, acquire("a"), release("a"), advance(10 * time.Minute), reconcile, advance(10 * time.Minute), reconcile},
+			wantLive:  0,
+			wantGone:  "idle for 20m0s (idle_time 10m0s) and not needed",
+			decreases: 1,
+		},
+		{
 			name:     "idle but within idle_time is kept",
 			opts:     Options{Policies: []Policy{{IdleTime: 10 * time.Minute}}},
 			steps:    []step{reserve("a"), reconcile, acquire("a"), release("a"), advance(9 * time.Minute), reconcile},

@@ -199,6 +199,7 @@ type Scaler struct {
 	throttled    bool // the last decision was cut by scale_throttle: look again soon
 	readyQueue   []*instance
 	demand       *demand
+	surplusSince time.Time // since when the pool has had more instances than required
 
 	// inventoryLost: the store started without the records it held (a corrupt state
 	// file moved aside). Until the first successful Update, whatever is listed and not
