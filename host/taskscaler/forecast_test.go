@@ -151,3 +151,29 @@ func TestDemandHistorySurvivesARestart(t *testing.T) {
 		t.Fatalf("the decision explains %q", why)
 	}
 }
+
+// A forecast policy applies only within its periods, like any policy, and status and
+// the report for people say which kind is active and why it keeps what it keeps.
+func TestForecastPolicyPeriodsAndReport(t *testing.T) {
+	o := Options{Policies: []Policy{
+		{IdleCount: 1},
+		{Periods: []string{"* 8-17 * * *"}, Timezone: "UTC", Mode: ModeForecast, TargetWait: 10 * time.Second},
+	}}
+	e := newEnv(t, fake.Options{}, o)
+	e.clk.Set(time.Date(2026, 3, 3, 3, 0, 0, 0, time.UTC))
+	if st := e.s.Status(); st.Mode != ModeFixed || st.IdleTarget != 1 || st.IdleWhy != "idle_count 1" || st.Forecast != nil {
+		t.Fatalf("at 03:00: mode %q, target %d, why %q", st.Mode, st.IdleTarget, st.IdleWhy)
+	}
+	e.clk.Set(time.Date(2026, 3, 3, 10, 0, 0, 0, time.UTC))
+	st := e.s.Status()
+	if st.Mode != ModeForecast || st.Forecast == nil || st.Forecast.Window != 50*time.Second {
+		t.Fatalf("at 10:00: mode %q, forecast %+v", st.Mode, st.Forecast)
+	}
+	var out strings.Builder
+	if err := WriteReport(&out, Report{Scalers: []Status{st}}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "idle target (forecast policy): forecast 0.0 jobs in the next 50s"; !strings.Contains(out.String(), want) {
+		t.Fatalf("report lacks %q:\n%s", want, out.String())
+	}
+}
