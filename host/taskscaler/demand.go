@@ -6,7 +6,6 @@ package taskscaler
 // state store.
 
 import (
-	"fmt"
 	"math"
 	"slices"
 	"sort"
@@ -20,7 +19,7 @@ const (
 	demandBucket = 15 * time.Minute
 	weekBuckets  = int(7 * 24 * time.Hour / demandBucket)
 	dayBuckets   = int(24 * time.Hour / demandBucket)
-	// recentWindow is how far back arrivals and freed slots are kept one by one.
+	// recentWindow is how far back freed slots are kept one by one.
 	recentWindow = time.Hour
 	// rateTau is the time constant of the arrival rate's exponential average.
 	rateTau = time.Hour
@@ -41,16 +40,9 @@ const (
 	burstDecay = 0.995
 )
 
-// waitSample is one job's wait for a slot and when it ended.
-type waitSample struct {
-	at   time.Time
-	wait time.Duration
-}
-
 // demand is the scaler's record of arrivals. It is used under the scaler's lock.
 type demand struct {
 	hist     state.Demand
-	recent   []time.Time // arrivals within recentWindow, oldest first
 	frees    []time.Time // slots freed for another job within recentWindow, oldest first
 	curStart time.Time   // the bucket being counted
 	curCount int
@@ -62,9 +54,9 @@ type demand struct {
 	// rateTau, as of rateTime.
 	rate     float64
 	rateTime time.Time
-	waits    []waitSample // the last waitSamples waits, oldest first
-	waitSeq  uint64       // waits ever recorded; waits[i] has sequence waitSeq-len(waits)+i+1
-	valueSeq uint64       // the last wait the forecast's job value has learned from
+	waits    []time.Duration // the last waitSamples waits, oldest first
+	waitSeq  uint64          // waits ever recorded; waits[i] has sequence waitSeq-len(waits)+i+1
+	valueSeq uint64          // the last wait the forecast's job value has learned from
 	dirty    bool
 }
 
@@ -118,7 +110,7 @@ func (d *demand) advance(now time.Time) {
 			d.curStart = start
 		}
 	}
-	d.recent, d.frees = trimRecent(d.recent, now), trimRecent(d.frees, now)
+	d.frees = trimRecent(d.frees, now)
 	if d.burstSize > 0 && now.Sub(d.burstLast) > burstGap {
 		d.endBurst()
 	}
@@ -177,7 +169,6 @@ func (d *demand) arrive(now time.Time, key string) {
 	}
 	d.advance(now)
 	d.waiting[key] = now
-	d.recent = append(d.recent, now)
 	d.rate = d.rateAt(now) + 1/rateTau.Seconds()
 	d.rateTime = now
 	d.curCount++
@@ -196,17 +187,17 @@ func (d *demand) served(now time.Time, key string) {
 		return
 	}
 	delete(d.waiting, key)
-	d.addWait(now, now.Sub(at))
+	d.addWait(now.Sub(at))
 }
 
 // abandoned records that key gave up (timed out, cancelled): it waited until now.
 func (d *demand) abandoned(now time.Time, key string) { d.served(now, key) }
 
-func (d *demand) addWait(now time.Time, w time.Duration) {
+func (d *demand) addWait(w time.Duration) {
 	if len(d.waits) == waitSamples {
 		d.waits = slices.Delete(d.waits, 0, 1)
 	}
-	d.waits = append(d.waits, waitSample{at: now, wait: w})
+	d.waits = append(d.waits, w)
 	d.waitSeq++
 }
 
@@ -240,14 +231,6 @@ func (d *demand) take() *state.Demand {
 type Demand struct {
 	d   *demand
 	now time.Time
-}
-
-// Arrivals returns how many jobs arrived within the last window (at most an hour).
-func (v Demand) Arrivals(window time.Duration) int {
-	if v.d == nil {
-		return 0
-	}
-	return countSince(v.d.recent, v.now, window)
 }
 
 // Rate returns the arrival rate in jobs per second over about the last hour,
@@ -330,7 +313,7 @@ func (v Demand) Waits(limit time.Duration) (jobs, over int) {
 		return 0, 0
 	}
 	for _, w := range v.d.waits {
-		if w.wait > limit {
+		if w > limit {
 			over++
 		}
 	}
@@ -351,7 +334,7 @@ func (v Demand) LearnJobValue(initial float64, learn func(value float64, wait ti
 	first := v.d.waitSeq - uint64(len(v.d.waits)) // sequence of waits[0], minus one
 	for i, w := range v.d.waits {
 		if seq := first + uint64(i) + 1; seq > v.d.valueSeq {
-			x = learn(x, w.wait)
+			x = learn(x, w)
 		}
 	}
 	v.d.valueSeq = v.d.waitSeq
@@ -362,36 +345,8 @@ func (v Demand) LearnJobValue(initial float64, learn func(value float64, wait ti
 	return x
 }
 
-// WaitQuantile is the q-quantile of the kept waits (0 when none).
-func (v Demand) WaitQuantile(q float64) time.Duration {
-	if v.d == nil || len(v.d.waits) == 0 {
-		return 0
-	}
-	s := make([]float64, len(v.d.waits))
-	for i, w := range v.d.waits {
-		s[i] = float64(w.wait)
-	}
-	slices.Sort(s)
-	return time.Duration(quantileSorted(s, q))
-}
-
 // quantileSorted is the nearest-rank q-quantile of sorted values.
 func quantileSorted(sorted []float64, q float64) float64 {
 	i := int(math.Ceil(q*float64(len(sorted)))) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
-}
-
-// String summarises what the history knows, for status.
-func (v Demand) String() string {
-	if v.d == nil {
-		return ""
-	}
-	weeks, days := 0, 0
-	for _, n := range v.d.hist.WeekSeen {
-		weeks = max(weeks, n)
-	}
-	for _, n := range v.d.hist.DaySeen {
-		days = max(days, n)
-	}
-	return fmt.Sprintf("%d arrivals in the last hour; history of up to %d weeks, %d days", v.Arrivals(time.Hour), weeks, days)
 }

@@ -81,8 +81,8 @@ func TestForecastLearnsFromWaits(t *testing.T) {
 	p := forecastPolicy{Policy{Mode: ModeForecast}}
 	valueFor := func(maxUse int, waits ...time.Duration) float64 {
 		d := newDemand(nil)
-		for i, w := range waits {
-			d.addWait(t0.Add(time.Duration(i)*time.Second), w)
+		for _, w := range waits {
+			d.addWait(w)
 		}
 		var fc Forecast
 		fc.Boot = time.Minute
@@ -104,8 +104,8 @@ func TestForecastLearnsFromWaits(t *testing.T) {
 		waits[i] = time.Minute
 	}
 	d := newDemand(nil)
-	for i, w := range waits {
-		d.addWait(t0.Add(time.Duration(i)*time.Second), w)
+	for _, w := range waits {
+		d.addWait(w)
 	}
 	tgt := p.IdleTarget(Snapshot{Now: t0, CapacityPerInstance: 1, MaxUseCount: 1, Demand: Demand{d: d, now: t0}})
 	if tgt.Forecast.JobValue != maxJobValue*60 || !tgt.Forecast.Unreachable || !strings.Contains(tgt.Why, "not met even at the highest job value") {
