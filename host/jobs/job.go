@@ -157,13 +157,16 @@ type Source struct {
 	Kind SourceKind
 	// Dir is the working tree for SourceLocal.
 	Dir string
-	// RepoURL, Ref, SHA and Depth describe the clone for SourceGit; the URL carries no
-	// credentials: Token is the job token used to authenticate.
-	RepoURL string
-	Ref     string
-	SHA     string
-	Depth   int
-	Token   string
+	// RepoURL, Ref, SHA, Depth and Refspecs describe the fetch for SourceGit; the URL
+	// carries no credentials: Token is the job token used to authenticate. AllowFetch
+	// is the project's choice of the fetch strategy when the job sets no GIT_STRATEGY.
+	RepoURL    string
+	Ref        string
+	SHA        string
+	Depth      int
+	Refspecs   []string
+	AllowFetch bool
+	Token      string
 }
 
 // Artifact is a set of paths to collect after a job.

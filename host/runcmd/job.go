@@ -95,6 +95,14 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 		res = executors.Result{Status: executors.StatusFailed, FailureReason: "runner_unsupported", ExitCode: -1, Err: convErr}
 	} else {
 		job.Variables = append(environment(cfg.Environment), job.Variables...)
+		// pre_build_script and post_build_script run in the script's own shell, around
+		// before_script+script, as GitLab Runner runs them.
+		if cfg.PreBuildScript != "" {
+			job.Script = append([]string{cfg.PreBuildScript}, job.Script...)
+		}
+		if cfg.PostBuildScript != "" {
+			job.Script = append(job.Script, cfg.PostBuildScript)
+		}
 		o := pool.RunOptions{
 			// Abort (a second stop signal) also cuts the job's after_script and cleanup short.
 			Stops: pool.Stops{Abort: s.abortCtx.Done()},

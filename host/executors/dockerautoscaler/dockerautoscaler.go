@@ -28,6 +28,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/gitsource"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
@@ -59,6 +60,12 @@ type Options struct {
 	AllowedPullPolicies []string
 	// AllowedServices limits service images like AllowedImages limits job images.
 	AllowedServices []string
+	// DebugTraceDisabled ignores CI_DEBUG_TRACE (config.toml debug_trace_disabled).
+	DebugTraceDisabled bool
+	// GetSourcesScripts is set when config.toml has pre_get_sources_script or
+	// post_get_sources_script, which this executor does not run (the sources are
+	// fetched on the runner host): each job's log says so.
+	GetSourcesScripts bool
 }
 
 // NewClient returns a Docker API client whose every connection goes through tunnel to
@@ -153,6 +160,12 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if err := e.ensureImage(ctx, e.image, policies, log); err != nil {
 		return errors.Join(executors.ErrImagePull, err)
 	}
+	if e.debugTrace() {
+		fmt.Fprintln(log, gitsource.DebugTraceWarning)
+	}
+	if e.opts.GetSourcesScripts && e.job.Source.Kind == jobs.SourceGit {
+		fmt.Fprintln(log, "WARNING: pre_get_sources_script and post_get_sources_script are not run by the docker-autoscaler executor")
+	}
 	if err := e.startServices(ctx, policies, log); err != nil {
 		return err
 	}
@@ -170,7 +183,7 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	case jobs.SourceLocal:
 		srcDir = e.job.Source.Dir
 	case jobs.SourceGit:
-		dir, cleanup, err := cloneOnHost(ctx, e.job.Source, log)
+		dir, cleanup, err := sourcesOnHost(ctx, e.job, log)
 		if err != nil {
 			return err
 		}
@@ -248,8 +261,14 @@ func (e *Env) create(ctx context.Context, cmd []string) (string, error) {
 // Exec runs the script in a new container of the job's image, the script on stdin.
 func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int, error) {
 	s.Shell = executors.ShellSh
-	return e.runContainer(ctx, []string{"sh", "-s"}, strings.NewReader(s.String()), out, out)
+	text := s.String()
+	if e.debugTrace() {
+		text = "set -x\n" + text
+	}
+	return e.runContainer(ctx, []string{"sh", "-s"}, strings.NewReader(text), out, out)
 }
+
+func (e *Env) debugTrace() bool { return !e.opts.DebugTraceDisabled && gitsource.DebugTrace(e.job) }
 
 // runContainer runs cmd in a new container of the job's image with stdin, and returns
 // its exit code.

@@ -2,67 +2,53 @@ package dockerautoscaler
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
+	"path/filepath"
 	"strings"
 
 	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/gitsource"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
-// cloneOnHost clones a SourceGit job's repository on the runner host into a temporary
-// directory and returns it with a cleanup function. Job images need not contain git
-// this way (GitLab Runner uses a helper image for this); the tree then travels into
-// the builds volume like a local source. The job token goes in an HTTP header passed
-// through git's environment, so it appears neither in the URL nor in argv.
-func cloneOnHost(ctx context.Context, src jobs.Source, log io.Writer) (string, func(), error) {
-	dir, err := os.MkdirTemp("", "flotilla-clone-")
+// sourcesOnHost gets a SourceGit job's sources on the runner host, into a temporary
+// directory, following the job's Git variables, and returns the project directory
+// ("" when the strategy wants an empty one) with a cleanup function. Job images need
+// not contain git this way (GitLab Runner uses a helper image for this); the tree then
+// travels into the builds volume like a local source. The builds volume is the job's
+// own, so fetch starts from an empty directory like clone, and none gives an empty
+// project directory. The script runs with the host's environment, never the job's
+// variables, so that a job cannot steer programs on the host.
+func sourcesOnHost(ctx context.Context, job *jobs.Job, log io.Writer) (string, func(), error) {
+	plan, err := gitsource.PlanFor(job)
 	if err != nil {
-		return "", nil, fmt.Errorf("clone repository: %w", err)
+		return "", nil, err
 	}
-	cleanup := func() { os.RemoveAll(dir) }
-	git := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, "git", args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1")
-		if src.Token != "" {
-			auth := base64.StdEncoding.EncodeToString([]byte("gitlab-ci-token:" + src.Token))
-			cmd.Env = append(cmd.Env, "GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=http.extraHeader",
-				"GIT_CONFIG_VALUE_0=Authorization: Basic "+auth)
-		}
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			msg := strings.TrimSpace(string(out))
-			if src.Token != "" {
-				msg = strings.ReplaceAll(msg, src.Token, executors.Masked)
-			}
-			return fmt.Errorf("git %s: %v: %s", args[0], err, msg)
-		}
-		return nil
+	if plan.Strategy == gitsource.StrategyNone || plan.Strategy == gitsource.StrategyEmpty {
+		fmt.Fprintf(log, "Skipping Git repository setup (GIT_STRATEGY=%s): the project directory starts empty\n", plan.Strategy)
+		return "", func() {}, nil
 	}
-	fmt.Fprintf(log, "Fetching changes of %s on the runner host\n", src.RepoURL)
-	args := []string{"clone", "-q"}
-	if src.Depth > 0 {
-		args = append(args, "--depth", strconv.Itoa(src.Depth))
+	tmp, err := os.MkdirTemp("", "flotilla-clone-")
+	if err != nil {
+		return "", nil, fmt.Errorf("get sources: %w", err)
 	}
-	if src.Ref != "" {
-		args = append(args, "--branch", src.Ref)
-	}
-	args = append(args, "--", src.RepoURL, ".")
-	if err := git(args...); err != nil {
+	cleanup := func() { os.RemoveAll(tmp) }
+	dir := filepath.Join(tmp, "project")
+	fmt.Fprintf(log, "Fetching changes of %s on the runner host\n", job.Source.RepoURL)
+	cmd := exec.CommandContext(ctx, "sh", "-s")
+	cmd.Dir = tmp
+	cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1")
+	cmd.Stdin = strings.NewReader(plan.Script(job.Source, gitsource.Options{Dir: dir}))
+	out := executors.NewMaskWriter(log, []string{job.Source.Token})
+	cmd.Stdout, cmd.Stderr = out, out
+	err = cmd.Run()
+	out.Close()
+	if err != nil {
 		cleanup()
-		return "", nil, fmt.Errorf("clone repository: %w", err)
-	}
-	if src.SHA != "" {
-		if err := git("checkout", "-q", src.SHA); err != nil {
-			cleanup()
-			return "", nil, fmt.Errorf("clone repository: %w", err)
-		}
-		fmt.Fprintf(log, "Checking out %s\n", src.SHA[:min(8, len(src.SHA))])
+		return "", nil, fmt.Errorf("get sources: %w", err)
 	}
 	return dir, cleanup, nil
 }

@@ -24,7 +24,9 @@ func init() {
 			}
 			env, err := New(cli, job, Options{Image: d.Image, Host: d.Host, Volumes: d.Volumes,
 				Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages,
-				AllowedPullPolicies: d.AllowedPullPolicies, AllowedServices: d.AllowedServices})
+				AllowedPullPolicies: d.AllowedPullPolicies, AllowedServices: d.AllowedServices,
+				DebugTraceDisabled: on.Runner.DebugTraceDisabled,
+				GetSourcesScripts:  on.Runner.PreGetSourcesScript != "" || on.Runner.PostGetSourcesScript != ""})
 			if err != nil {
 				return nil, err
 			}

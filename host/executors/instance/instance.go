@@ -16,6 +16,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/executors/gitsource"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
@@ -33,6 +34,12 @@ type Options struct {
 	// Slot is the job's slot on the instance; concurrent jobs use different slots and
 	// therefore different directories.
 	Slot int
+	// PreGetSourcesScript and PostGetSourcesScript are config.toml's shell text run
+	// before and after Git puts the sources of a GitLab job in place.
+	PreGetSourcesScript  string
+	PostGetSourcesScript string
+	// DebugTraceDisabled ignores CI_DEBUG_TRACE (config.toml debug_trace_disabled).
+	DebugTraceDisabled bool
 }
 
 // Env runs one job on one instance. It implements executors.Env.
@@ -66,10 +73,22 @@ func (e *Env) run(ctx context.Context, cmd string, stdin io.Reader) (string, err
 	return out.String(), nil
 }
 
+// projectName is the project's directory under the slot's: the repository's path
+// (namespace/project, as GitLab Runner lays builds out) for Git sources, whose
+// checkouts stay for later jobs, so that two projects of the same name never share one.
 func projectName(job *jobs.Job) string {
 	switch {
 	case job.Source.RepoURL != "":
-		return strings.TrimSuffix(path.Base(job.Source.RepoURL), ".git")
+		p := job.Source.RepoURL
+		if u, err := url.Parse(p); err == nil && u.Path != "" {
+			p = u.Path
+		}
+		// Clean from the root first: no ".." leads out of the builds directory.
+		p = strings.TrimPrefix(path.Clean("/"+strings.TrimSuffix(p, ".git")), "/")
+		if p == "" {
+			return "project"
+		}
+		return p
 	case job.Source.Dir != "":
 		return path.Base(strings.TrimRight(job.Source.Dir, "/"))
 	}
@@ -78,6 +97,9 @@ func projectName(job *jobs.Job) string {
 
 // Prepare finds the builds directory and puts the source in place.
 func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
+	if e.debugTrace() {
+		fmt.Fprintln(log, gitsource.DebugTraceWarning)
+	}
 	if len(e.job.Services) > 0 {
 		fmt.Fprintf(log, "WARNING: the instance executor does not start services (%d declared); use docker-autoscaler for jobs that need them\n", len(e.job.Services))
 	}
@@ -107,28 +129,23 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 			return fmt.Errorf("copy working tree: %w", err)
 		}
 	case jobs.SourceGit:
-		u, err := url.Parse(e.job.Source.RepoURL)
+		plan, err := gitsource.PlanFor(e.job)
 		if err != nil {
-			return fmt.Errorf("repository URL %q: %w", e.job.Source.RepoURL, err)
+			return err
 		}
-		fmt.Fprintf(log, "Fetching %s (%s) into %s\n", u.Redacted(), e.job.Source.Ref, e.paths.ProjectDir)
-		if e.job.Source.Token != "" {
-			u.User = url.UserPassword("gitlab-ci-token", e.job.Source.Token)
+		if u, err := url.Parse(e.job.Source.RepoURL); err == nil {
+			fmt.Fprintf(log, "Getting sources of %s (%s) into %s with GIT_STRATEGY=%s\n", u.Redacted(), e.job.Source.Ref, e.paths.ProjectDir, plan.Strategy)
 		}
-		clone := "git clone -q"
-		if e.job.Source.Depth > 0 {
-			clone += " --depth " + strconv.Itoa(e.job.Source.Depth)
-		}
-		if e.job.Source.Ref != "" {
-			clone += " --branch " + q(e.job.Source.Ref)
-		}
-		clone += " " + q(u.String()) + " " + q(e.paths.ProjectDir)
-		if e.job.Source.SHA != "" {
-			clone += " && git -C " + q(e.paths.ProjectDir) + " checkout -q " + q(e.job.Source.SHA)
-		}
-		if out, err := e.run(ctx, reset+" && "+clone, nil); err != nil {
-			// The error quotes git's output, which may echo the URL: drop the token.
-			return errors.New(strings.ReplaceAll(fmt.Sprintf("clone repository: %v %s", err, out), e.job.Source.Token, executors.Masked))
+		script := fmt.Sprintf("rm -rf %s && ", q(e.paths.TmpDir)) + "mkdir -p " + q(e.paths.TmpDir) + "\n" +
+			plan.Script(e.job.Source, gitsource.Options{Dir: e.paths.ProjectDir, Variables: e.job.Variables.Expanded(),
+				PreGetSources: e.opts.PreGetSourcesScript, PostGetSources: e.opts.PostGetSourcesScript})
+		// Git's output goes to the job log, as GitLab shows it; it names the URL, which
+		// carries no credentials, but a script could echo the token: mask it.
+		out := executors.NewMaskWriter(log, []string{e.job.Source.Token})
+		err = e.conn.Run(ctx, connector.RunOptions{Command: "sh -s", Stdin: strings.NewReader(script), Stdout: out, Stderr: out})
+		out.Close()
+		if err != nil {
+			return fmt.Errorf("get sources: %w", err)
 		}
 	default:
 		if _, err := e.run(ctx, reset, nil); err != nil {
@@ -141,7 +158,11 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 // Exec runs the script with the job's shell; the script arrives on stdin.
 func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int, error) {
 	s.Shell = e.opts.Shell
-	err := e.conn.Run(ctx, connector.RunOptions{Command: e.opts.Shell + " -s", Stdin: strings.NewReader(s.String()), Stdout: out, Stderr: out})
+	text := s.String()
+	if e.debugTrace() {
+		text = "set -x\n" + text
+	}
+	err := e.conn.Run(ctx, connector.RunOptions{Command: e.opts.Shell + " -s", Stdin: strings.NewReader(text), Stdout: out, Stderr: out})
 	var exit *connector.ExitError
 	switch {
 	case err == nil:
@@ -152,12 +173,20 @@ func (e *Env) Exec(ctx context.Context, s executors.Script, out io.Writer) (int,
 	return -1, err
 }
 
-// Cleanup removes the project and temporary directories.
+func (e *Env) debugTrace() bool { return !e.opts.DebugTraceDisabled && gitsource.DebugTrace(e.job) }
+
+// Cleanup removes the temporary directory, and the project directory unless it holds
+// a Git checkout: as with GitLab Runner, the next job of the project on this slot may
+// reuse it (GIT_STRATEGY fetch or none).
 func (e *Env) Cleanup(ctx context.Context) error {
 	if e.paths.ProjectDir == "" {
 		return nil
 	}
-	_, err := e.run(ctx, fmt.Sprintf("rm -rf %s %s", q(e.paths.ProjectDir), q(e.paths.TmpDir)), nil)
+	dirs := q(e.paths.TmpDir)
+	if e.job.Source.Kind != jobs.SourceGit {
+		dirs += " " + q(e.paths.ProjectDir)
+	}
+	_, err := e.run(ctx, "rm -rf "+dirs, nil)
 	return err
 }
 

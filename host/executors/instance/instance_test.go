@@ -113,3 +113,42 @@ func TestScriptFileShellsRejected(t *testing.T) {
 		t.Fatalf("New(pwsh) = %v", err)
 	}
 }
+
+// TestDebugTrace: CI_DEBUG_TRACE=true runs the job script with `set -x` (and says that
+// secrets may show); debug_trace_disabled turns that off.
+func TestDebugTrace(t *testing.T) {
+	conn := dial(t)
+	for _, disabled := range []bool{false, true} {
+		job := &jobs.Job{ID: "3", Name: "d", Script: []string{"X=$((40+2))", "echo x=$X"},
+			Source:    jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()},
+			Variables: jobs.Variables{{Key: "CI_DEBUG_TRACE", Value: "true"}}}
+		env, err := New(conn, job, Options{Shell: "sh", BuildsDir: t.TempDir(), DebugTraceDisabled: disabled})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		if res := executors.Run(context.Background(), job, env, &log, executors.RunOptions{Executor: "instance"}); res.Status != executors.StatusSuccess {
+			t.Fatalf("result %+v\n%s", res, log.String())
+		}
+		traced := strings.Contains(log.String(), "+ X=42") && strings.Contains(log.String(), "CI_DEBUG_TRACE is enabled")
+		if traced == disabled || !strings.Contains(log.String(), "x=42") {
+			t.Errorf("debug_trace_disabled=%v: traced %v:\n%s", disabled, traced, log.String())
+		}
+	}
+}
+
+// TestProjectName: Git checkouts live under the repository's path, which can never
+// lead out of the slot's directory.
+func TestProjectName(t *testing.T) {
+	for url, want := range map[string]string{
+		"https://gitlab.example/group/sub/project.git": "group/sub/project",
+		"https://gitlab.example/../../etc/x.git":       "etc/x",
+		"https://gitlab.example/a/%2e%2e/%2e%2e/b.git": "b",
+		"https://gitlab.example/":                      "project",
+		"file:///srv/repos/tool":                       "srv/repos/tool",
+	} {
+		if got := projectName(&jobs.Job{Source: jobs.Source{Kind: jobs.SourceGit, RepoURL: url}}); got != want {
+			t.Errorf("projectName(%s) = %q, want %q", url, got, want)
+		}
+	}
+}

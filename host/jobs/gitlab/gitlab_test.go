@@ -24,9 +24,10 @@ import (
 
 func TestToJob(t *testing.T) {
 	p := gitlab.JobResponse{
-		ID: 42, Token: "glcbt-tok",
-		JobInfo:    gitlab.JobInfo{Name: "build", Stage: "test"},
-		GitInfo:    gitlab.GitInfo{RepoURL: "https://gitlab-ci-token:glcbt-tok@gitlab.example.com/g/p.git", Ref: "main", Sha: "abc123", Depth: 20},
+		ID: 42, Token: "glcbt-tok", AllowGitFetch: true,
+		JobInfo: gitlab.JobInfo{Name: "build", Stage: "test"},
+		GitInfo: gitlab.GitInfo{RepoURL: "https://gitlab-ci-token:glcbt-tok@gitlab.example.com/g/p.git", Ref: "main", Sha: "abc123", Depth: 20,
+			Refspecs: []string{"+refs/pipelines/7:refs/pipelines/7", "+refs/heads/main:refs/remotes/origin/main"}},
 		RunnerInfo: gitlab.RunnerInfo{Timeout: 120},
 		Variables: []gitlab.JobVariable{{Key: "A", Value: "1", Public: true}, {Key: "S", Value: "sekrit", Masked: true},
 			{Key: "F", Value: "content", File: true}},
@@ -59,6 +60,9 @@ func TestToJob(t *testing.T) {
 		{"source", j.Source.Kind, jobs.SourceGit},
 		{"token", j.Source.Token, "glcbt-tok"},
 		{"sha", j.Source.SHA, "abc123"},
+		{"depth", j.Source.Depth, 20},
+		{"refspecs", strings.Join(j.Source.Refspecs, " "), "+refs/pipelines/7:refs/pipelines/7 +refs/heads/main:refs/remotes/origin/main"},
+		{"allow_git_fetch", j.Source.AllowFetch, true},
 		{"artifacts (archive only)", len(j.Artifacts), 1},
 		{"artifact when", j.Artifacts[0].When, "on_success"},
 		{"expire", j.ArtifactUploads[0].ExpireIn, "1 day"},

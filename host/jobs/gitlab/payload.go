@@ -174,7 +174,7 @@ func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
 			u.Scheme, u.Host = cu.Scheme, cu.Host
 		}
 		j.Source = jobs.Source{Kind: jobs.SourceGit, RepoURL: u.String(), Ref: r.GitInfo.Ref, SHA: r.GitInfo.Sha,
-			Depth: r.GitInfo.Depth, Token: r.Token}
+			Depth: r.GitInfo.Depth, Refspecs: r.GitInfo.Refspecs, AllowFetch: r.AllowGitFetch, Token: r.Token}
 	}
 	for _, a := range r.Artifacts {
 		// Reports (junit, dotenv, …) are archives of their own type; only the plain

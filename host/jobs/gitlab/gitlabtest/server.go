@@ -571,6 +571,34 @@ func (s *Server) AddRepo(name string, files map[string]string) (string, string) 
 	return s.URL + "/repos/" + name + ".git", sha
 }
 
+// AddCommit commits files (added or changed) on branch main of a repository AddRepo
+// made, and returns the new commit's SHA.
+func (s *Server) AddCommit(name string, files map[string]string) string {
+	s.t.Helper()
+	work := s.t.TempDir()
+	git := func(args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = work
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
+			"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_NOSYSTEM=1", "HOME="+work)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			s.t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	git("clone", "-q", filepath.Join(s.repoRoot, name+".git"), ".")
+	for p, c := range files {
+		if err := os.WriteFile(filepath.Join(work, p), []byte(c), 0o755); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	git("add", "-A")
+	git("commit", "-q", "-m", "change")
+	git("push", "-q", "origin", "HEAD:main")
+	return git("rev-parse", "HEAD")
+}
+
 // git serves repositories with git http-backend, for the token of a running job only.
 func (s *Server) git(w http.ResponseWriter, r *http.Request) {
 	user, pass, ok := r.BasicAuth()
