@@ -49,6 +49,12 @@ type Options struct {
 	Follow bool
 	// StateDir overrides where the pool keeps its state (default config or user state).
 	StateDir string
+	// Inputs are the main file's spec:inputs, each "name=value" (--input).
+	Inputs []string
+	// IncludeProjects are local checkouts for include:project, each
+	// "group/name=PATH" (--include-project); a relative PATH is relative to the
+	// current directory.
+	IncludeProjects []string
 	// Isolation is IsolationNone (the default, also for "") or IsolationVM: each job of
 	// the built-in pool in its own QEMU VM on this machine.
 	Isolation string
@@ -163,7 +169,11 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
 		return 1, fmt.Errorf("no pipeline file %s: run runner exec in a project with a .gitlab-ci.yml, or name one with -C DIR or -f FILE", file)
 	}
-	p, err := pipeline.Load(file)
+	popts, err := pipelineOptions(o, dir)
+	if err != nil {
+		return 1, err
+	}
+	p, err := pipeline.LoadWith(ctx, file, popts)
 	if err != nil {
 		return 1, err
 	}
@@ -261,6 +271,39 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 		return ExitPipelineFailed, nil
 	}
 	return 0, nil
+}
+
+// pipelineOptions reads --input and --include-project.
+func pipelineOptions(o Options, dir string) (pipeline.Options, error) {
+	po := pipeline.Options{Dir: dir}
+	for _, kv := range o.Inputs {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
+			return po, fmt.Errorf("--input %q: expected name=value", kv)
+		}
+		if po.Inputs == nil {
+			po.Inputs = map[string]string{}
+		}
+		po.Inputs[name] = value
+	}
+	for _, kv := range o.IncludeProjects {
+		project, path, ok := strings.Cut(kv, "=")
+		if !ok || project == "" || path == "" {
+			return po, fmt.Errorf("--include-project %q: expected group/name=PATH", kv)
+		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return po, fmt.Errorf("--include-project %q: %w", kv, err)
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return po, fmt.Errorf("--include-project %q: %s is not a directory", kv, abs)
+		}
+		if po.Projects == nil {
+			po.Projects = map[string]string{}
+		}
+		po.Projects[project] = abs
+	}
+	return po, nil
 }
 
 // checkPoolSize validates the built-in pool's flags: 0 means the default, a negative

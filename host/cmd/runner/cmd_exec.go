@@ -57,6 +57,8 @@ starts no new ones. After a signal N the exit code is 128+N.`,
 	f.IntVar(&o.MaxInstances, "max-instances", 2, "built-in pool: most instances at once")
 	f.IntVar(&o.Capacity, "capacity", 2, "built-in pool: jobs per instance (capacity_per_instance)")
 	f.StringVar(&o.LogDir, "log-dir", "", "where job logs go (default: under ~/.local/state/flotilla/exec-logs)")
+	f.StringArrayVar(&o.Inputs, "input", nil, "a spec:inputs value of the pipeline file, name=value (repeatable)")
+	f.StringArrayVar(&o.IncludeProjects, "include-project", nil, "a local checkout for include:project, group/name=PATH (repeatable)")
 	f.StringVar(&o.Isolation, "isolation", execcmd.IsolationNone, "built-in pool: none (jobs run on this machine as you) or vm (each job in its own QEMU VM)")
 	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
 	f.BoolVarP(&o.Follow, "follow", "F", false, "stream every job's log as it runs, each line prefixed with the job's name")

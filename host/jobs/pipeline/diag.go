@@ -39,7 +39,10 @@ func (d Diagnostic) Error() string {
 
 // diags collects errors and warnings while a file is parsed.
 type diags struct {
-	file     string
+	file string
+	// files names the file each node was read from, for files other than file
+	// (included ones) and the nodes merged from them.
+	files    map[node]string
 	errs     []error
 	warnings []Diagnostic
 	// steps counts expansion work against MaxExpansionSteps; job and jobNode name the
@@ -54,7 +57,21 @@ func (d *diags) at(n node, path, format string, args ...any) Diagnostic {
 	if n != nil {
 		line, col = n.Line, n.Column
 	}
-	return Diagnostic{File: d.file, Line: line, Col: col, Path: path, Msg: fmt.Sprintf(format, args...)}
+	return Diagnostic{File: d.fileOf(n), Line: line, Col: col, Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// fileOf returns the file a node was read from.
+func (d *diags) fileOf(n node) string {
+	if f, ok := d.files[n]; ok {
+		return f
+	}
+	return d.file
+}
+
+// errorIn reports a problem with a whole file (too large, empty, not YAML), which may
+// be an included one.
+func (d *diags) errorIn(file, hint, format string, args ...any) {
+	d.errs = append(d.errs, Diagnostic{File: file, Msg: fmt.Sprintf(format, args...), Hint: hint})
 }
 
 func (d *diags) errorf(n node, path, format string, args ...any) {

@@ -1,14 +1,17 @@
-// Package pipeline reads a .gitlab-ci.yml for `runner exec`: stages, needs, variables,
-// image, before_script, script, after_script, timeout, allow_failure, when, default:,
-// hidden jobs and extends. Keywords that `runner exec` cannot honour get a clear
-// message: an error when ignoring them would change what runs (include, trigger,
-// parallel, !reference), a warning otherwise (rules, cache, tags, …). Every message
-// names the file, line, column and key path.
+// Package pipeline reads a .gitlab-ci.yml for `runner exec` as GitLab reads it:
+// include (local, remote, project from a local checkout), spec:inputs headers and
+// $[[ inputs.name ]], anchors, aliases, merge keys and !reference, then stages, needs,
+// variables, image, before_script, script, after_script, timeout, allow_failure,
+// when, default:, hidden jobs and extends. Keywords that `runner exec` cannot honour
+// get a clear message: an error when ignoring them would change what runs (trigger,
+// parallel, include:template), a warning otherwise (rules, cache, tags, …). Every
+// message names the file, line, column and key path.
 package pipeline
 
 import (
+	"context"
 	"fmt"
-	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -68,11 +71,7 @@ func (p *Pipeline) Job(name string) *Job {
 
 // Load reads and parses a pipeline file.
 func Load(path string) (*Pipeline, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read pipeline: %w", err)
-	}
-	return Parse(path, data)
+	return LoadWith(context.Background(), path, Options{})
 }
 
 var globalKeys = []string{"stages", "variables", "default", "include", "workflow", "image", "services",
@@ -103,36 +102,24 @@ var failingJobKeys = map[string]string{
 }
 
 // Parse parses pipeline data; file names it in messages. The error, if any, joins a
-// Diagnostic per problem; warnings are in the returned pipeline.
-//
-// Parse returns in bounded time and memory whatever the input: it refuses files larger
-// than MaxFileSize, aliases that contain themselves, documents whose aliases expand
-// beyond MaxExpandedSize or MaxDepth (GitLab's defaults), and pipelines whose extends:,
-// default: and merge keys take more than MaxExpansionSteps to expand.
+// Diagnostic per problem; warnings are in the returned pipeline. Includes are read
+// from the file's directory; see ParseWith.
 func Parse(file string, data []byte) (*Pipeline, error) {
-	d := &diags{file: file}
-	if len(data) > MaxFileSize {
-		d.errorHint(nil, "", "GitLab refuses CI files over 1 MiB of keys and values; split the pipeline",
-			"the file is %d bytes, more than runner exec reads (%d)", len(data), MaxFileSize)
-		return nil, d.err()
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		d.errs = append(d.errs, yamlError(file, err))
-		return nil, d.err()
-	}
-	if doc.Kind == 0 || len(doc.Content) == 0 {
-		d.errorHint(nil, "", "add at least one job with a script", "the file is empty")
-		return nil, d.err()
-	}
-	if !checkAliases(d, doc.Content[0]) {
-		return nil, d.err()
-	}
-	return parse(d, file, doc.Content[0])
+	return ParseWith(context.Background(), file, data, Options{})
 }
 
-// parse reads a document that checkAliases accepted.
-func parse(d *diags, file string, top node) (p *Pipeline, err error) {
+// ParseWith parses pipeline data with its includes and spec inputs as GitLab reads
+// them: the header document's inputs are interpolated, included files are merged
+// under the file (mappings deeply, later files winning), then !reference tags are
+// resolved, then extends:.
+//
+// ParseWith returns in bounded time and memory whatever the input: it refuses files
+// larger than MaxFileSize, aliases that contain themselves, documents whose aliases
+// expand beyond MaxExpandedSize or MaxDepth (GitLab's defaults), more than
+// MaxIncludes included files, include cycles, and pipelines whose includes, extends:,
+// default: and merge keys take more than MaxExpansionSteps to expand.
+func ParseWith(ctx context.Context, file string, data []byte, o Options) (p *Pipeline, err error) {
+	d := &diags{file: file, files: map[node]string{}}
 	defer func() {
 		if r := recover(); r != nil {
 			if _, ok := r.(budgetExceeded); !ok {
@@ -142,6 +129,27 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 			p, err = nil, d.err()
 		}
 	}()
+	if o.Dir == "" {
+		o.Dir = filepath.Dir(file)
+	}
+	args := make(map[string]inputArg, len(o.Inputs))
+	for k, v := range o.Inputs {
+		args[k] = inputArg{str: v}
+	}
+	l := &loader{ctx: ctx, d: d, o: o, client: o.HTTPClient}
+	main := source{name: file, key: localKey(file), dir: o.Dir}
+	root := l.load(main, data, args, []source{main})
+	if root == nil || len(d.errs) > 0 {
+		return nil, d.err()
+	}
+	if !resolveReferences(d, root) {
+		return nil, d.err()
+	}
+	return parse(d, file, root)
+}
+
+// parse reads the merged document of a pipeline.
+func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 	root := resolve(top)
 	if root.Kind != yaml.MappingNode {
 		d.errorf(root, "", "the top level must be a mapping of keywords and jobs, not a %s", kindName(root))
@@ -181,16 +189,13 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 			if defaults.get(key) == nil {
 				defaults.set(kv.key, val)
 			}
-		case "include":
-			d.errorHint(kv.key, "include", "inline the included configuration into this file", "include is not supported by runner exec")
 		case "workflow":
 			d.warnf(kv.key, "workflow", "workflow rules are not evaluated by runner exec; the pipeline runs")
-		case "spec":
-			d.warnf(kv.key, "spec", "spec inputs are not supported by runner exec; ignored")
 		default:
 			if strings.HasPrefix(key, ".") && resolve(val).Kind != yaml.MappingNode {
 				// A hidden key that is not a job template: GitLab ignores it, and it is
-				// where anchors for lists and values live (.scripts: &scripts [...]).
+				// where anchors and !reference targets for lists and values live
+				// (.scripts: &scripts [...]), whatever their value.
 				continue
 			}
 			if resolve(val).Kind != yaml.MappingNode {
@@ -407,10 +412,6 @@ func (x *expander) build(name string, chain []string) (*mappingNode, int) {
 				d.errorf(pn, name+".extends", "expected a job name or a list of job names")
 				continue
 			}
-			if pn.Tag == "!reference" {
-				d.errorf(pn, name+".extends", "!reference is not supported by runner exec")
-				continue
-			}
 			if _, ok := x.defs[pn.Value]; !ok {
 				known := make([]string, 0, len(x.defs))
 				for k := range x.defs {
@@ -484,52 +485,52 @@ func scalar(d *diags, n node, path string) string {
 		d.errorf(n, path, "expected a string, got a %s", kindName(n))
 		return ""
 	}
-	if n.Tag == "!reference" {
-		d.errorf(n, path, "!reference is not supported by runner exec")
-		return ""
-	}
 	return n.Value
 }
 
-// script reads a string or a list of strings (one level of nested lists is flattened,
-// as GitLab does).
+// maxScriptNesting is how deeply GitLab flattens lists nested in a script (as
+// !reference makes them).
+const maxScriptNesting = 10
+
+// script reads a string or a list of strings; nested lists are flattened, up to
+// maxScriptNesting levels, as GitLab does.
 func script(d *diags, n node, path string) []string {
 	n = resolve(n)
 	switch n.Kind {
 	case yaml.ScalarNode:
 		return []string{scalar(d, n, path)}
 	case yaml.SequenceNode:
-		d.step(len(n.Content))
-		out := make([]string, 0, len(n.Content))
-		for i, c := range n.Content {
-			c = resolve(c)
-			if plainScalar(c) {
-				out = append(out, c.Value) // the common case, without building a path
-				continue
-			}
-			p := fmt.Sprintf("%s[%d]", path, i)
-			if c.Kind == yaml.SequenceNode {
-				d.step(len(c.Content))
-				for j, cc := range c.Content {
-					out = append(out, scalar(d, cc, fmt.Sprintf("%s[%d]", p, j)))
-				}
-				continue
-			}
-			if c.Tag == "!reference" {
-				d.errorHint(c, p, "copy the referenced lines in, or use extends", "!reference is not supported by runner exec")
-				continue
-			}
-			out = append(out, scalar(d, c, p))
-		}
-		return out
+		return scriptLines(d, n, path, nil, 1)
 	}
 	d.errorf(n, path, "expected a string or a list of strings, got a %s", kindName(n))
 	return nil
 }
 
+func scriptLines(d *diags, n node, path string, out []string, depth int) []string {
+	d.step(len(n.Content))
+	for i, c := range n.Content {
+		c = resolve(c)
+		if plainScalar(c) {
+			out = append(out, c.Value) // the common case, without building a path
+			continue
+		}
+		p := fmt.Sprintf("%s[%d]", path, i)
+		if c.Kind == yaml.SequenceNode {
+			if depth >= maxScriptNesting {
+				d.errorHint(c, p, "flatten the lists", "script lists nest deeper than %d levels", maxScriptNesting)
+				continue
+			}
+			out = scriptLines(d, c, p, out, depth+1)
+			continue
+		}
+		out = append(out, scalar(d, c, p))
+	}
+	return out
+}
+
 // plainScalar reports whether scalar would accept n without a message.
 func plainScalar(n node) bool {
-	return n.Kind == yaml.ScalarNode && n.Tag != "!!null" && n.Tag != "!reference"
+	return n.Kind == yaml.ScalarNode && n.Tag != "!!null"
 }
 
 var varName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

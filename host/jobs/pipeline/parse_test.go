@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"context"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -113,7 +115,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown need", "a:\n  script: x\n  needs: [bb]\nb:\n  script: y\n", []string{"3:11: a.needs[0]: needs unknown job \"bb\" (did you mean \"b\"?)"}},
 		{"extends cycle", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: x\n", []string{"extends cycle"}},
 		{"extends unknown", "j:\n  extends: .tmpl\n  script: x\n", []string{"2:12", "extends unknown job \".tmpl\""}},
-		{"include refused", "include: other.yml\nj:\n  script: x\n", []string{"1:1: include: include is not supported"}},
+		{"include of a missing file", "include: other.yml\nj:\n  script: x\n", []string{`.gitlab-ci.yml:1:10: include: include:local "other.yml": no such file`}},
 		{"parallel refused", "j:\n  parallel: 3\n  script: x\n", []string{"j.parallel: parallel is not supported by runner exec (expand the matrix"}},
 		{"bad timeout", "j:\n  timeout: 5 fortnights\n  script: x\n", []string{"2:12: j.timeout:", "unknown unit \"fortnights\""}},
 		{"bad when", "j:\n  when: sometimes\n  script: x\n", []string{"j.when: unknown when \"sometimes\""}},
@@ -261,8 +263,13 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(bomb(2, 3, true)))
 	f.Add([]byte("stages: [a, b]\nx:\n  stage: a\n  needs: [y]\n  script: [1]\ny:\n  stage: b\n  script: [2]\n"))
 	f.Add([]byte(".t0: {script: [x]}\n.t1: {extends: [.t0, .t0]}\n.t2: {extends: [.t1, .t1]}\nj: {extends: [.t2, .t1], when: manual}\nk: {script: [y], needs: [j]}\n"))
+	f.Add([]byte(".a: {s: [echo a]}\n.b: {s: [!reference [.a, s], echo b]}\nj:\n  script: !reference [.b, s]\n"))
+	f.Add([]byte("spec:\n  inputs:\n    n: {type: array, default: [x, y]}\n---\nj-$[[ inputs.n ]]:\n  script: $[[ inputs.n ]]\n"))
+	f.Add([]byte("include: [a.yml, 'https://example.com/x.yml', {template: T.yml}]\nj: {script: [x]}\n"))
+	// Includes find no files and no network.
+	o := Options{Dir: f.TempDir(), HTTPClient: &http.Client{Transport: refuseTransport{}}}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := Parse("fuzz.yml", data)
+		p, err := ParseWith(context.Background(), "fuzz.yml", data, o)
 		if err != nil {
 			if p != nil {
 				t.Fatal("a pipeline and an error")
