@@ -230,7 +230,7 @@ func TestInstanceRemovedUnderJobIsSystemFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	pl, _ := p.Plan()
-	rec := &removeOnRun{h: h, seen: &gotInstance}
+	rec := &removeOnRun{h: h, seen: &gotInstance, marker: marker}
 	h.runner.Progress = rec
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
@@ -248,12 +248,15 @@ func TestInstanceRemovedUnderJobIsSystemFailure(t *testing.T) {
 	}
 }
 
-// removeOnRun deletes the instance of the first job that starts running, as a cloud
-// rebalance would; only the first, so that the retry runs to completion.
+// removeOnRun deletes the instance of the first job that starts running, once its
+// script is running (it created marker), as a cloud rebalance would; only the first,
+// so that the retry runs to completion. Waiting for the script, not a fixed time,
+// keeps a slow machine from removing the instance while the job is still preparing.
 type removeOnRun struct {
-	h    *harness
-	seen *atomic.Value
-	done atomic.Bool
+	h      *harness
+	seen   *atomic.Value
+	marker string
+	done   atomic.Bool
 }
 
 func (r *removeOnRun) JobState(job string, s State, detail string) {
@@ -263,7 +266,9 @@ func (r *removeOnRun) JobState(job string, s State, detail string) {
 	id := strings.Fields(strings.TrimPrefix(detail, "on "))[0]
 	r.seen.Store(id)
 	go func() {
-		time.Sleep(300 * time.Millisecond)
+		// Without the marker within a minute the job is not running its script: remove
+		// the instance anyway, and the test fails on the log it gets.
+		eventually.Poll(time.Minute, func() bool { _, err := os.Stat(r.marker); return err == nil })
 		r.h.group.SetState(id, provider.StateDeleting)
 	}()
 }

@@ -128,13 +128,16 @@ func TestRequestJobLongPollAndErrors(t *testing.T) {
 	if _, err := c.RequestJob(context.Background(), "glrt-a", "s_x"); !gitlab.IsTemporary(err) {
 		t.Errorf("502: %v, want temporary", err)
 	}
-	// A job arriving during the long poll is handed out at once.
+	// A job arriving during the long poll is handed out. The poll is long (a minute),
+	// so that a loaded machine cannot let it end before the job comes; a poll that
+	// ended empty returns no job.
+	slow := gitlabtest.New(t, gitlabtest.Options{LongPoll: time.Minute})
+	slow.AddRunner("glrt-a")
 	go func() {
 		time.Sleep(10 * time.Millisecond)
-		srv.Enqueue(gitlab.JobResponse{JobInfo: gitlab.JobInfo{Name: "late"}})
+		slow.Enqueue(gitlab.JobResponse{JobInfo: gitlab.JobInfo{Name: "late"}})
 	}()
-	srv2 := srv // the same server, long poll 50ms: the job comes within it
-	j, err := client(t, srv2).RequestJob(context.Background(), "glrt-a", "s_x")
+	j, err := client(t, slow).RequestJob(context.Background(), "glrt-a", "s_x")
 	if err != nil || j == nil || j.JobInfo.Name != "late" {
 		t.Errorf("long poll: %+v %v", j, err)
 	}
