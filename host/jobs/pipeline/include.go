@@ -182,9 +182,13 @@ func (l *loader) load(src source, data []byte, args map[string]inputArg, chain [
 			includes = append(includes, kv)
 			continue
 		case "spec":
-			d.errorHint(kv.key, "spec", "put spec: in a header document of its own, ended by ---",
-				"spec: must be in the file's first YAML document, separated from the pipeline by ---")
-			return nil
+			// A header put in the pipeline's own document; anything else named spec
+			// is a job (GitLab's Crystal template has one).
+			if misplacedHeader(kv.value) {
+				d.errorHint(kv.key, "spec", "put spec: in a header document of its own, ended by ---",
+					"an inputs header must be the file's first YAML document, separated from the pipeline by ---")
+				return nil
+			}
 		}
 		own.Content = append(own.Content, kv.key, kv.value)
 	}
@@ -616,4 +620,23 @@ func globLocal(dir, pattern string) ([]string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// misplacedHeader reports whether a top-level spec: value is an inputs header (a
+// mapping with inputs: and none of a job's keys) rather than a job named spec.
+func misplacedHeader(v node) bool {
+	m := resolve(v)
+	if m == nil || m.Kind != yaml.MappingNode {
+		return false
+	}
+	header := false
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		switch m.Content[i].Value {
+		case "inputs":
+			header = true
+		case "script", "run", "trigger", "extends", "stage", "image", "needs", "rules":
+			return false
+		}
+	}
+	return header
 }

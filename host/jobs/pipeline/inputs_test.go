@@ -113,7 +113,7 @@ func TestInputErrors(t *testing.T) {
 		{"default of the wrong type", "spec:\n  inputs:\n    n:\n      type: number\n      default: lots\n---\njob:\n  script: [x]\n", nil,
 			[]string{`ci.yml:5:16: spec.inputs.n: input "n": lots is not a number`}},
 		{"spec in the pipeline document", "spec:\n  inputs: {}\njob:\n  script: [x]\n", nil,
-			[]string{"ci.yml:1:1: spec: spec: must be in the file's first YAML document"}},
+			[]string{"ci.yml:1:1: spec: an inputs header must be the file's first YAML document"}},
 		{"two documents without a header", "a:\n  script: [x]\n---\nb:\n  script: [y]\n", nil,
 			[]string{"the first is not a spec: header"}},
 	}
