@@ -58,6 +58,14 @@ type Options struct {
 	// Isolation is IsolationNone (the default, also for "") or IsolationVM: each job of
 	// the built-in pool in its own QEMU VM on this machine.
 	Isolation string
+	// Vars are variables for the run, each "NAME=VALUE" (--var): like GitLab's
+	// pipeline variables they override the file's, in rules and in the jobs.
+	Vars []string
+	// Source is CI_PIPELINE_SOURCE (--source); "" means push.
+	Source string
+	// DryRun prints the pipeline as it would run, without starting a pool; JSON
+	// prints it as JSON (docs/gitlab-ci-yml.md, "Dry run").
+	DryRun, JSON bool
 
 	Stdout, Stderr io.Writer
 	// Version is the runner's version, for the job logs.
@@ -69,6 +77,8 @@ const (
 	// ExitPipelineFailed: the pipeline failed, the pool's instances could not all be
 	// deleted at the end, or an error kept the pipeline from running.
 	ExitPipelineFailed = 1
+	// ExitInvalid: the pipeline file is invalid, or a flag is.
+	ExitInvalid = 2
 	// ExitSignal plus a signal's number: a stop signal ended the run (after the
 	// cleanup it allowed): 143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP.
 	ExitSignal = 128
@@ -161,30 +171,49 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 		file = filepath.Join(dir, file)
 	}
 	if err := checkPoolSize(&o); err != nil {
-		return 1, err
+		return ExitInvalid, err
 	}
 	if err := checkIsolation(&o); err != nil {
-		return 1, err
+		return ExitInvalid, err
 	}
 	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
-		return 1, fmt.Errorf("no pipeline file %s: run runner exec in a project with a .gitlab-ci.yml, or name one with -C DIR or -f FILE", file)
+		return ExitInvalid, fmt.Errorf("no pipeline file %s: run runner exec in a project with a .gitlab-ci.yml, or name one with -C DIR or -f FILE", file)
 	}
 	popts, err := pipelineOptions(o, dir)
 	if err != nil {
-		return 1, err
+		return ExitInvalid, err
+	}
+	overrides, err := parseVars(o.Vars)
+	if err != nil {
+		return ExitInvalid, err
+	}
+	if err := checkSource(o.Source); err != nil {
+		return ExitInvalid, err
 	}
 	p, err := pipeline.LoadWith(ctx, file, popts)
 	if err != nil {
-		return 1, err
+		return ExitInvalid, err
 	}
 	for _, w := range p.Warnings {
 		fmt.Fprintln(o.Stderr, "warning:", w.Error())
 	}
-	plan, err := p.Plan(o.Jobs...)
-	if err != nil {
-		return 1, err
-	}
 	state := stateHome()
+	ids := pipelineIDs{path: filepath.Join(state, "exec-pipeline-ids.json"), project: dir}
+	id, iid := ids.next()
+	env, warnings := pipeline.LocalEnv(ctx, pipeline.Local{Dir: dir, Source: o.Source, PipelineID: id, PipelineIID: iid})
+	for _, w := range warnings {
+		fmt.Fprintln(o.Stderr, "warning:", w)
+	}
+	env.Overrides = overrides
+	ev, plan, code, err := evaluate(p, env, o)
+	if ev == nil || o.DryRun {
+		if o.DryRun && code != ExitInvalid {
+			return code, dryRun(o, p, ev, plan, env, warnings, err)
+		}
+		return code, err
+	}
+	ids.commit()
+	addPredefined(plan.Jobs, env.Predefined)
 	cfg, r, err := loadRunner(o, state)
 	if err != nil {
 		return 1, err

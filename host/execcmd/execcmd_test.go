@@ -173,8 +173,8 @@ func TestExecPoolSizeFlags(t *testing.T) {
 			o := tt.o
 			o.Dir, o.Stdout, o.Stderr = dir, &bytes.Buffer{}, &bytes.Buffer{}
 			code, err := Run(context.Background(), o)
-			if err == nil || err.Error() != tt.want || code != ExitPipelineFailed {
-				t.Fatalf("Run = %d, %v; want 1, %q", code, err, tt.want)
+			if err == nil || err.Error() != tt.want || code != ExitInvalid {
+				t.Fatalf("Run = %d, %v; want 2, %q", code, err, tt.want)
 			}
 		})
 	}

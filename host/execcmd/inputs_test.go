@@ -51,7 +51,7 @@ func TestExecInputFlagErrors(t *testing.T) {
 	for _, tt := range tests {
 		tt.o.Dir, tt.o.Stdout, tt.o.Stderr = dir, &bytes.Buffer{}, &bytes.Buffer{}
 		code, err := Run(context.Background(), tt.o)
-		if code != 1 || err == nil || !strings.Contains(err.Error(), tt.want) {
+		if code != ExitInvalid || err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: code %d, err = %v; want %q", tt.o.Inputs, code, err, tt.want)
 		}
 	}

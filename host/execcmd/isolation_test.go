@@ -38,8 +38,8 @@ func TestExecIsolationFlags(t *testing.T) {
 			o := tt.o
 			o.Dir, o.Stdout, o.Stderr = dir, &bytes.Buffer{}, &bytes.Buffer{}
 			code, err := Run(context.Background(), o)
-			if err == nil || err.Error() != tt.want || code != ExitPipelineFailed {
-				t.Fatalf("Run = %d, %v; want 1, %q", code, err, tt.want)
+			if err == nil || err.Error() != tt.want || code != ExitInvalid {
+				t.Fatalf("Run = %d, %v; want 2, %q", code, err, tt.want)
 			}
 			if ents, _ := os.ReadDir(state); len(ents) != 0 {
 				t.Errorf("a refused run left state behind: %v", ents)

@@ -25,14 +25,24 @@ own QEMU VM on this machine instead (a small Debian guest, built once; the jobs'
 keys are ignored). Every run says in one line where its jobs run and as whom. Name jobs
 to run only them and what they need; a manual job runs only when named.
 
+Rules, only/except and workflow:rules are evaluated with predefined variables taken
+from the Git checkout (CI_COMMIT_BRANCH, CI_COMMIT_TAG, CI_DEFAULT_BRANCH, …), with
+CI_PIPELINE_SOURCE from --source and variables from --var. --dry-run prints the plan
+(--json as JSON) without starting a pool.
+
 Every job's full log is kept in a file (see the summary); the exit code is 1 when the
-pipeline failed or the pool's instances could not all be deleted.
+pipeline failed or the pool's instances could not all be deleted, 2 when the pipeline
+file or a flag is invalid.
 
 Signals: SIGTERM, SIGINT and SIGHUP cancel the running jobs (their after_script runs)
 and delete the instances; a second one stops waiting for the jobs but still deletes
 the instances; a third exits at once. SIGQUIT lets the running jobs finish and
 starts no new ones. After a signal N the exit code is 128+N.`,
 		RunE: func(c *cobra.Command, args []string) error {
+			if o.JSON && !o.DryRun {
+				fmt.Fprintln(c.ErrOrStderr(), "runner: --json goes with --dry-run")
+				return exitError{execcmd.ExitInvalid}
+			}
 			o.Jobs, o.Stdout, o.Stderr, o.Version = args, c.OutOrStdout(), c.ErrOrStderr(), version.Version
 			code, err := execcmd.RunWithSignals(c.Context(), o)
 			if err != nil && code <= execcmd.ExitPipelineFailed {
@@ -60,7 +70,16 @@ starts no new ones. After a signal N the exit code is 128+N.`,
 	f.StringArrayVar(&o.Inputs, "input", nil, "a spec:inputs value of the pipeline file, name=value (repeatable)")
 	f.StringArrayVar(&o.IncludeProjects, "include-project", nil, "a local checkout for include:project, group/name=PATH (repeatable)")
 	f.StringVar(&o.Isolation, "isolation", execcmd.IsolationNone, "built-in pool: none (jobs run on this machine as you) or vm (each job in its own QEMU VM)")
+	f.StringArrayVar(&o.Vars, "var", nil, "a variable for the run, NAME=VALUE, overriding the file's in rules and jobs (repeatable)")
+	f.StringVar(&o.Source, "source", "push", "CI_PIPELINE_SOURCE of the run, for rules (push, web, schedule, merge_request_event, …)")
+	f.BoolVar(&o.DryRun, "dry-run", false, "print the pipeline as it would run (stages, jobs, the rules that decided them, variables) without starting a pool")
+	f.BoolVar(&o.JSON, "json", false, "with --dry-run: print the plan as JSON (schema in docs/gitlab-ci-yml.md)")
 	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
 	f.BoolVarP(&o.Follow, "follow", "F", false, "stream every job's log as it runs, each line prefixed with the job's name")
+	// A bad flag is exit status 2, as an invalid pipeline is; 1 means the pipeline failed.
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		fmt.Fprintln(c.ErrOrStderr(), "runner:", err)
+		return exitError{execcmd.ExitInvalid}
+	})
 	root.AddCommand(cmd)
 }

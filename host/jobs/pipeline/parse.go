@@ -2,9 +2,10 @@
 // include (local, remote, project from a local checkout), spec:inputs headers and
 // $[[ inputs.name ]], anchors, aliases, merge keys and !reference, then stages, needs,
 // variables, image, before_script, script, after_script, timeout, allow_failure,
-// when, default:, hidden jobs and extends. Keywords that `runner exec` cannot honour
+// when, rules, only, except, workflow, default:, hidden jobs and extends (Evaluate
+// applies rules, only/except and workflow). Keywords that `runner exec` cannot honour
 // get a clear message: an error when ignoring them would change what runs (trigger,
-// parallel, include:template), a warning otherwise (rules, cache, tags, …). Every
+// parallel, include:template), a warning otherwise (tags, retry, …). Every
 // message names the file, line, column and key path.
 package pipeline
 
@@ -47,15 +48,27 @@ type Job struct {
 	When  string
 	// Line is where the job is defined, for messages.
 	Line int
-	// needAt is where each of Needs is written, for messages.
-	needAt []node
+	// Rules are the job's rules:, nil when it has none; Only and Except its only: and
+	// except:, nil when absent. Evaluate applies them.
+	Rules        []Rule
+	Only, Except *RefFilter
+	// needAt is where each of Needs is written, for messages; needOpt says which
+	// needs are optional: true.
+	needAt  []node
+	needOpt []bool
+	// nGlobal is how many of Variables, at the start, are the global ones.
+	nGlobal int
 }
 
 // Pipeline is a parsed .gitlab-ci.yml.
 type Pipeline struct {
-	File     string
-	Stages   []string
-	Jobs     []*Job
+	File   string
+	Stages []string
+	Jobs   []*Job
+	// Variables are the global variables:.
+	Variables jobs.Variables
+	// Workflow is the workflow: keyword, nil when the file has none.
+	Workflow *Workflow
 	Warnings []Diagnostic
 }
 
@@ -86,8 +99,7 @@ var jobKeys = []string{"stage", "script", "before_script", "after_script", "imag
 // ignoredJobKeys are valid GitLab keywords that runner exec does not act on; using them
 // earns a warning, since the job still means the same thing locally.
 var ignoredJobKeys = map[string]string{
-	"tags": "runner exec runs every job on the configured pool", "rules": "rules are not evaluated; the job runs",
-	"only": "only/except are not evaluated; the job runs", "except": "only/except are not evaluated; the job runs",
+	"tags":          "runner exec runs every job on the configured pool",
 	"retry":         "jobs are not retried, except once after a system failure",
 	"interruptible": "", "environment": "", "coverage": "", "dependencies": "all artifacts stay in the working tree",
 	"resource_group": "", "release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
@@ -190,7 +202,7 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 				defaults.set(kv.key, val)
 			}
 		case "workflow":
-			d.warnf(kv.key, "workflow", "workflow rules are not evaluated by runner exec; the pipeline runs")
+			p.Workflow = parseWorkflow(d, val)
 		default:
 			if strings.HasPrefix(key, ".") && resolve(val).Kind != yaml.MappingNode {
 				// A hidden key that is not a job template: GitLab ignores it, and it is
@@ -235,6 +247,7 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 		}
 	}
 	d.job, d.jobNode = "", nil
+	p.Variables = globalVars
 	if len(p.Jobs) == 0 && len(d.errs) == 0 {
 		d.errorHint(root, "", "add a job: a top-level key whose value has a script", "the pipeline has no jobs")
 	}
@@ -667,6 +680,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 	j := &Job{Job: jobs.Job{Name: name, Stage: "test"}, When: WhenOnSuccess, Line: 0}
 	d.step(len(globalVars))
 	j.Variables = slices.Clone(globalVars)
+	j.nGlobal = len(globalVars)
 	if len(m.entries) > 0 {
 		j.Line = m.entries[0].key.Line
 	}
@@ -688,25 +702,13 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		case "variables":
 			j.Variables = append(j.Variables, variables(d, kv.value, path)...)
 		case "needs":
-			j.Needs, j.needAt = []string{}, nil
-			for i, n := range seq(d, kv.value, path) {
-				n = resolve(n)
-				if n.Kind == yaml.MappingNode {
-					for _, f := range d.pairs(n) {
-						switch f.key.Value {
-						case "job":
-							j.Needs = append(j.Needs, scalar(d, f.value, fmt.Sprintf("%s[%d].job", path, i)))
-							j.needAt = append(j.needAt, resolve(f.value))
-						case "artifacts", "optional":
-						default:
-							d.errorf(f.key, fmt.Sprintf("%s[%d].%s", path, i, f.key.Value), "unsupported needs field (runner exec supports job, artifacts, optional)")
-						}
-					}
-					continue
-				}
-				j.Needs = append(j.Needs, scalar(d, n, fmt.Sprintf("%s[%d]", path, i)))
-				j.needAt = append(j.needAt, n)
-			}
+			j.Needs, j.needOpt, j.needAt = parseNeeds(d, kv.value, path)
+		case "rules":
+			j.Rules = parseRules(d, kv.value, path, false)
+		case "only":
+			j.Only = parseRefFilter(d, kv.value, path)
+		case "except":
+			j.Except = parseRefFilter(d, kv.value, path)
 		case "allow_failure":
 			v := resolve(kv.value)
 			if v.Kind == yaml.MappingNode {
@@ -810,6 +812,9 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		}
 	}
 	j.Script = append(before, main...)
+	if j.Rules != nil && (j.Only != nil || j.Except != nil) {
+		d.errorHint(m.get("rules"), name+".rules", "express only/except as rules", "rules cannot be used with only or except (GitLab rejects this)")
+	}
 	if !slices.Contains(p.Stages, j.Stage) {
 		d.errorHint(m.get("stage"), name+".stage", "declare it under stages: "+suggestOr(j.Stage, p.Stages), "stage %q is not declared", j.Stage)
 	}
@@ -856,24 +861,32 @@ func checkNeeds(d *diags, p *Pipeline) {
 		names[i] = j.Name
 	}
 	for _, j := range p.Jobs {
-		for i, n := range j.Needs {
-			path := fmt.Sprintf("%s.needs[%d]", j.Name, i)
-			var at node
-			if i < len(j.needAt) {
-				at = j.needAt[i]
-			}
-			dep := byName[n]
-			switch {
-			case n == j.Name:
-				d.errorf(at, path, "job %q needs itself", n)
-			case dep == nil:
-				d.errorHint(at, path, suggest(n, names), "needs unknown job %q", n)
-			case stageIndex[dep.Stage] > stageIndex[j.Stage]:
-				d.errorHint(at, path,
-					fmt.Sprintf("move %q to stage %s or earlier, or %q to stage %s or later", n, j.Stage, j.Name, dep.Stage),
-					"job %q (stage %s) needs %q of the later stage %s: GitLab rejects this (need %s is not defined in current or prior stages)",
-					j.Name, j.Stage, n, dep.Stage, n)
-			}
+		checkJobNeeds(d, j, j.Name+".needs", j.Needs, j.needAt, byName, names, stageIndex)
+		for _, r := range j.Rules {
+			checkJobNeeds(d, j, fmt.Sprintf("%s.rules[%d].needs", j.Name, r.Index), r.Needs, r.needAt, byName, names, stageIndex)
+		}
+	}
+}
+
+// checkJobNeeds checks the needs of j, written at path: the job's own or a rule's.
+func checkJobNeeds(d *diags, j *Job, base string, needs []string, needAt []node, byName map[string]*Job, names []string, stageIndex map[string]int) {
+	for i, n := range needs {
+		path := fmt.Sprintf("%s[%d]", base, i)
+		var at node
+		if i < len(needAt) {
+			at = needAt[i]
+		}
+		dep := byName[n]
+		switch {
+		case n == j.Name:
+			d.errorf(at, path, "job %q needs itself", n)
+		case dep == nil:
+			d.errorHint(at, path, suggest(n, names), "needs unknown job %q", n)
+		case stageIndex[dep.Stage] > stageIndex[j.Stage]:
+			d.errorHint(at, path,
+				fmt.Sprintf("move %q to stage %s or earlier, or %q to stage %s or later", n, j.Stage, j.Name, dep.Stage),
+				"job %q (stage %s) needs %q of the later stage %s: GitLab rejects this (need %s is not defined in current or prior stages)",
+				j.Name, j.Stage, n, dep.Stage, n)
 		}
 	}
 }

@@ -266,6 +266,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(".a: {s: [echo a]}\n.b: {s: [!reference [.a, s], echo b]}\nj:\n  script: !reference [.b, s]\n"))
 	f.Add([]byte("spec:\n  inputs:\n    n: {type: array, default: [x, y]}\n---\nj-$[[ inputs.n ]]:\n  script: $[[ inputs.n ]]\n"))
 	f.Add([]byte("include: [a.yml, 'https://example.com/x.yml', {template: T.yml}]\nj: {script: [x]}\n"))
+	f.Add([]byte("workflow:\n  name: $N\n  rules:\n    - if: $A == \"x\" || $B =~ /y/i\n      variables: {N: n}\n    - when: always\nj:\n  script: [x]\n  rules:\n    - if: $N\n      when: manual\n      needs: [k]\n    - changes: {paths: [\"**/*.go\"], compare_to: main}\n    - exists: [\"{a,b}/[!x]*\"]\n      allow_failure: true\nk:\n  script: [y]\n  needs: [{job: j, optional: true}]\n"))
+	f.Add([]byte("j:\n  script: [x]\n  only:\n    refs: [branches, '/^v[0-9]+/', main@g/p]\n    variables: [$A]\n    changes: [a]\n  except: [tags]\nk:\n  script: [y]\n  except: {kubernetes: active}\n"))
+	f.Add([]byte(".r: {rules: [{if: $X, when: never}]}\nj:\n  script: [x]\n  rules: [!reference [.r, rules], {when: on_success}]\n"))
 	// Includes find no files and no network.
 	o := Options{Dir: f.TempDir(), HTTPClient: &http.Client{Transport: refuseTransport{}}}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -280,6 +283,12 @@ func FuzzParse(f *testing.F) {
 		for _, j := range p.Jobs {
 			if j.Name == "" || strings.HasPrefix(j.Name, ".") {
 				t.Fatalf("bad job name %q", j.Name)
+			}
+		}
+		// Rules evaluate or fail cleanly, with and without variables and a diff.
+		for _, env := range []Env{{}, {Overrides: vars("A=x", "B=Y", "X=1"), Changed: fixedChanges("a", "c/d.go")}} {
+			if ev, err := p.Evaluate(env); err == nil {
+				_, _ = ev.Pipeline.Plan()
 			}
 		}
 		plan, err := p.Plan()

@@ -1,0 +1,364 @@
+package pipeline
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/jobs/pipeline/expr"
+)
+
+// Rule is one entry of a job's or the workflow's rules:. A rule matches when all of
+// its conditions (if, changes, exists) hold; a rule without conditions always matches.
+type Rule struct {
+	// Index is the rule's position in the list, from 0.
+	Index int
+	// Line is where the rule is written, for messages.
+	Line int
+	// If is the parsed rules:if, nil when the rule has none.
+	If *expr.Expr
+	// Changes is rules:changes, nil when the rule has none.
+	Changes *Changes
+	// Exists are rules:exists globs, nil when the rule has none.
+	Exists []string
+	// When is the rule's when; "" means the job's own (on_success by default).
+	When string
+	// AllowFailure overrides the job's allow_failure when set.
+	AllowFailure *bool
+	// Variables are added to the job's (and override them) when the rule matches.
+	Variables jobs.Variables
+	// Needs replace the job's needs when NeedsSet.
+	Needs    []string
+	NeedsSet bool
+	needOpt  []bool
+	needAt   []node
+}
+
+// Changes is a rules:changes or only/except:changes condition: true when a file of
+// the diff matches one of Paths.
+type Changes struct {
+	Paths []string
+	// CompareTo is the ref to diff against; "" means the default base (see
+	// docs/gitlab-ci-yml.md, "rules:changes").
+	CompareTo string
+}
+
+// RefFilter is a job's only: or except: in any of its forms. Each non-empty part is a
+// condition; only: needs all of them, except: excludes on any.
+type RefFilter struct {
+	Line int
+	// Refs are branch or tag names, /regex/ patterns, or keywords (branches, tags,
+	// merge_requests, pushes, web, schedules, api, triggers, pipelines, external,
+	// chat, external_pull_requests).
+	Refs []string
+	// Variables are expressions; one that is true satisfies the condition.
+	Variables []*expr.Expr
+	Changes   *Changes
+	// Kubernetes is "active" when set; runner exec has no Kubernetes integration, so it
+	// never holds.
+	Kubernetes string
+}
+
+// Workflow is the top-level workflow: keyword.
+type Workflow struct {
+	Line int
+	// Name is workflow:name, variables not yet expanded.
+	Name  string
+	Rules []Rule
+}
+
+// parseRules reads a rules: list. In the workflow's rules only if, changes, exists,
+// when (always or never) and variables are allowed, as in GitLab.
+func parseRules(d *diags, n node, path string, workflow bool) []Rule {
+	items := flattenRules(d, n, path, 0)
+	out := make([]Rule, 0, len(items))
+	for i, it := range items {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		m := mapping(d, it, p)
+		if m == nil {
+			continue
+		}
+		r := Rule{Index: i, Line: m.Line}
+		for _, f := range d.pairs(m) {
+			fp := p + "." + f.key.Value
+			switch f.key.Value {
+			case "if":
+				r.If = parseIf(d, f.value, fp)
+			case "changes":
+				r.Changes = parseChanges(d, f.value, fp)
+			case "exists":
+				r.Exists = parseExists(d, f.value, fp)
+			case "when":
+				w := scalar(d, f.value, fp)
+				allowed := []string{WhenOnSuccess, WhenOnFailure, WhenAlways, WhenManual, WhenNever, "delayed"}
+				hint := "use on_success, on_failure, always, manual, delayed or never"
+				if workflow {
+					allowed, hint = []string{WhenAlways, WhenNever}, "workflow rules take always or never"
+				}
+				switch {
+				case !slices.Contains(allowed, w):
+					d.errorHint(f.value, fp, hint, "unknown when %q", w)
+				case w == "delayed":
+					d.warnf(f.value, fp, "when: delayed runs at once under runner exec (as on_success)")
+					r.When = WhenOnSuccess
+				default:
+					r.When = w
+				}
+			case "allow_failure":
+				if workflow {
+					d.errorf(f.key, fp, "allow_failure is not a workflow rule keyword (allowed: if, changes, exists, when, variables)")
+					continue
+				}
+				v := resolve(f.value)
+				if v.Kind == yaml.MappingNode {
+					b := true // allow_failure: {exit_codes: …} in a rule allows failure
+					r.AllowFailure = &b
+					continue
+				}
+				b, err := strconv.ParseBool(scalar(d, v, fp))
+				if err != nil {
+					d.errorf(v, fp, "expected true or false")
+				}
+				r.AllowFailure = &b
+			case "variables":
+				r.Variables = variables(d, f.value, fp)
+			case "needs":
+				if workflow {
+					d.errorf(f.key, fp, "needs is not a workflow rule keyword (allowed: if, changes, exists, when, variables)")
+					continue
+				}
+				r.NeedsSet = true
+				r.Needs, r.needOpt, r.needAt = parseNeeds(d, f.value, fp)
+			case "start_in", "interruptible", "auto_cancel":
+				d.warnf(f.key, fp, "not supported by runner exec; ignored")
+			default:
+				allowed := []string{"if", "changes", "exists", "when", "allow_failure", "variables", "needs", "start_in", "interruptible"}
+				d.errorHint(f.key, fp, suggestOr(f.key.Value, allowed), "unknown rules keyword %q", f.key.Value)
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// flattenRules returns the entries of a rules: list with nested lists (as !reference
+// makes them) flattened, as GitLab does.
+func flattenRules(d *diags, n node, path string, depth int) []node {
+	var out []node
+	for _, it := range seq(d, n, path) {
+		if it = resolve(it); it.Kind == yaml.SequenceNode {
+			if depth >= maxScriptNesting {
+				d.errorHint(it, path, "flatten the lists", "rules lists nest deeper than %d levels", maxScriptNesting)
+				continue
+			}
+			out = append(out, flattenRules(d, it, path, depth+1)...)
+			continue
+		}
+		out = append(out, it)
+	}
+	return out
+}
+
+// parseIf parses an expression, reporting a syntax error at its column in the file.
+func parseIf(d *diags, n node, path string) *expr.Expr {
+	src := scalar(d, n, path)
+	if src == "" {
+		return nil
+	}
+	if col := bracedVariable(src); col > 0 {
+		x := d.at(n, path, "column %d of the expression: ${…} is not part of GitLab's expression language", col)
+		x.Hint = "write $NAME instead of ${NAME}"
+		d.errs = append(d.errs, x)
+		return nil
+	}
+	e, err := expr.Parse(src)
+	if err != nil {
+		x := d.at(n, path, "invalid expression %q: %v", src, err)
+		d.errs = append(d.errs, x)
+		return nil
+	}
+	return e
+}
+
+// bracedVariable returns the 1-based column of a `${` outside quotes in src, or 0.
+// GitLab's lexer accepts only $NAME; the expr package also takes ${NAME}, which would
+// make a file that works here fail on GitLab.
+func bracedVariable(src string) int {
+	var quote rune
+	prev := rune(0)
+	col := 0
+	for i, c := range src {
+		col++
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '"' || c == '\'':
+			quote = c
+		case c == '$' && prev != '\\' && strings.HasPrefix(src[i:], "${"):
+			return col
+		}
+		prev = c
+	}
+	return 0
+}
+
+// parseNeeds reads a needs: list: names or {job, artifacts, optional} mappings.
+func parseNeeds(d *diags, n node, path string) (names []string, optional []bool, at []node) {
+	names = []string{}
+	for i, it := range seq(d, n, path) {
+		it = resolve(it)
+		if it.Kind == yaml.MappingNode {
+			name, opt := "", false
+			var nameAt node
+			for _, f := range d.pairs(it) {
+				fp := fmt.Sprintf("%s[%d].%s", path, i, f.key.Value)
+				switch f.key.Value {
+				case "job":
+					name, nameAt = scalar(d, f.value, fp), resolve(f.value)
+				case "optional":
+					b, err := strconv.ParseBool(scalar(d, f.value, fp))
+					if err != nil {
+						d.errorf(f.value, fp, "expected true or false")
+					}
+					opt = b
+				case "artifacts":
+				default:
+					d.errorf(f.key, fp, "unsupported needs field (runner exec supports job, artifacts, optional)")
+				}
+			}
+			if nameAt == nil {
+				d.errorf(it, fmt.Sprintf("%s[%d]", path, i), "a needs entry needs job:")
+				continue
+			}
+			names, optional, at = append(names, name), append(optional, opt), append(at, nameAt)
+			continue
+		}
+		names = append(names, scalar(d, it, fmt.Sprintf("%s[%d]", path, i)))
+		optional, at = append(optional, false), append(at, it)
+	}
+	return names, optional, at
+}
+
+// parseChanges reads changes: a list of paths, or {paths, compare_to}.
+func parseChanges(d *diags, n node, path string) *Changes {
+	n = resolve(n)
+	c := &Changes{}
+	if n.Kind == yaml.MappingNode {
+		for _, f := range d.pairs(n) {
+			fp := path + "." + f.key.Value
+			switch f.key.Value {
+			case "paths":
+				c.Paths = script(d, f.value, fp)
+			case "compare_to":
+				c.CompareTo = scalar(d, f.value, fp)
+			default:
+				d.errorHint(f.key, fp, "allowed: paths, compare_to", "unknown changes keyword %q", f.key.Value)
+			}
+		}
+		if c.Paths == nil {
+			d.errorf(n, path+".paths", "changes needs paths")
+		}
+		return c
+	}
+	c.Paths = script(d, n, path)
+	return c
+}
+
+// parseExists reads exists: a list of globs, or {paths, project, ref}.
+func parseExists(d *diags, n node, path string) []string {
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		return script(d, n, path)
+	}
+	var out []string
+	for _, f := range d.pairs(n) {
+		fp := path + "." + f.key.Value
+		switch f.key.Value {
+		case "paths":
+			out = script(d, f.value, fp)
+		case "project", "ref":
+			d.errorHint(f.key, fp, "runner exec checks files of this checkout only; drop project/ref or vendor the files", "exists:%s is not supported by runner exec", f.key.Value)
+		default:
+			d.errorHint(f.key, fp, "allowed: paths, project, ref", "unknown exists keyword %q", f.key.Value)
+		}
+	}
+	if out == nil {
+		out = []string{}
+	}
+	return out
+}
+
+// parseRefFilter reads only: or except:: a list of refs, or a mapping of refs,
+// variables, changes and kubernetes.
+func parseRefFilter(d *diags, n node, path string) *RefFilter {
+	n = resolve(n)
+	f := &RefFilter{Line: n.Line}
+	if n.Kind != yaml.MappingNode {
+		f.Refs = parseRefs(d, n, path)
+		return f
+	}
+	for _, kv := range d.pairs(n) {
+		fp := path + "." + kv.key.Value
+		switch kv.key.Value {
+		case "refs":
+			f.Refs = parseRefs(d, kv.value, fp)
+		case "variables":
+			for i, v := range seq(d, kv.value, fp) {
+				if e := parseIf(d, v, fmt.Sprintf("%s[%d]", fp, i)); e != nil {
+					f.Variables = append(f.Variables, e)
+				}
+			}
+		case "changes":
+			f.Changes = parseChanges(d, kv.value, fp)
+		case "kubernetes":
+			f.Kubernetes = scalar(d, kv.value, fp)
+			if f.Kubernetes != "active" {
+				d.errorHint(kv.value, fp, "the only value is active", "unknown kubernetes value %q", f.Kubernetes)
+			}
+		default:
+			d.errorHint(kv.key, fp, "allowed: refs, variables, changes, kubernetes", "unknown %s keyword %q", path[strings.LastIndex(path, ".")+1:], kv.key.Value)
+		}
+	}
+	return f
+}
+
+func parseRefs(d *diags, n node, path string) []string {
+	refs := script(d, n, path)
+	for _, r := range refs {
+		if strings.HasPrefix(r, "/") {
+			if _, err := refPattern(r); err != nil {
+				d.errorf(n, path, "ref pattern %s: %v", r, err)
+			}
+		}
+	}
+	return refs
+}
+
+// refPattern compiles a /regex/flags ref pattern.
+func refPattern(s string) (*regexp.Regexp, error) {
+	end := strings.LastIndex(s, "/")
+	if end <= 0 {
+		return nil, fmt.Errorf("expected /regex/ with a closing slash")
+	}
+	body, flags := s[1:end], s[end+1:]
+	prefix := ""
+	for _, f := range flags {
+		switch f {
+		case 'i', 'm', 's', 'U':
+			prefix += string(f)
+		default:
+			return nil, fmt.Errorf("unknown flag %q (allowed: i, m, s, U)", f)
+		}
+	}
+	if prefix != "" {
+		body = "(?" + prefix + ")" + body
+	}
+	return regexp.Compile(body)
+}
