@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -47,7 +49,22 @@ func (p *TextProgress) JobState(job string, s State, detail string) {
 // verdict, naming the jobs that made the pipeline fail.
 func PrintSummary(out io.Writer, s Summary) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tSTAGE\tSTATUS\tDURATION\tWAITED\tINSTANCE\tLOG")
+	// The coverage column is there when a job reported coverage.
+	withCoverage := slices.ContainsFunc(s.Jobs, func(j JobResult) bool { return j.Coverage != "" })
+	cov := func(c string) string {
+		if !withCoverage {
+			return ""
+		}
+		if c != "" {
+			c += "%"
+		}
+		return "\t" + orDash(c)
+	}
+	header := "JOB\tSTAGE\tSTATUS\tDURATION\tWAITED\tINSTANCE\tLOG"
+	if withCoverage {
+		header = "JOB\tSTAGE\tSTATUS\tDURATION\tWAITED\tINSTANCE\tCOVERAGE\tLOG"
+	}
+	fmt.Fprintln(tw, header)
 	for _, j := range s.Jobs {
 		dur, waited := "-", "-"
 		if j.Attempts > 0 {
@@ -57,7 +74,7 @@ func PrintSummary(out io.Writer, s Summary) {
 		if j.Attempts > 1 {
 			status += fmt.Sprintf(" (%d attempts)", j.Attempts)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, orDash(j.Stage), status, dur, waited, orDash(j.InstanceID), orDash(j.LogPath))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s%s\t%s\n", j.Name, orDash(j.Stage), status, dur, waited, orDash(j.InstanceID), cov(j.Coverage), orDash(j.LogPath))
 	}
 	tw.Flush()
 	var blame []string
@@ -102,6 +119,34 @@ func short(why string) string {
 		return why[:i]
 	}
 	return why
+}
+
+// coverageNumber is the number GitLab takes from the text a coverage regex matched.
+var coverageNumber = regexp.MustCompile(`\d+(?:\.\d+)?`)
+
+// coverage returns the coverage of a job as GitLab finds it: the first number in the
+// last line of the log that re matches; "" when none does.
+func coverage(path string, re *regexp.Regexp) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	found := ""
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		l, ok := readable(strings.TrimRight(sc.Text(), "\r"))
+		if !ok {
+			continue
+		}
+		if m := re.FindString(l); m != "" {
+			if n := coverageNumber.FindString(m); n != "" {
+				found = n
+			}
+		}
+	}
+	return found
 }
 
 func orDash(s string) string {

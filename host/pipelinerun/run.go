@@ -1,7 +1,8 @@
 // Package pipelinerun is the .gitlab-ci.yml DAG scheduler of `runner exec`: it runs a
 // planned pipeline on a pool, starting every job whose dependencies allow it (the pool
-// runs it on a slot: see package pool); independent jobs run concurrently. A job whose instance failed under it (a system
-// failure) is retried once on a new slot. Progress is reported as it happens, and every
+// runs it on a slot: see package pool); independent jobs run concurrently. A failed
+// job is retried as its retry: says; one whose instance failed under it (a system
+// failure) is retried once on a new slot in any case. Progress is reported as it happens, and every
 // job's full log is kept in a file.
 package pipelinerun
 
@@ -82,6 +83,8 @@ type JobResult struct {
 	LogPath     string
 	Reason      string // why it was skipped or not started
 	Waited      time.Duration
+	// Coverage is the number coverage: found in the job's log, "" without one.
+	Coverage string
 }
 
 // Summary is how the pipeline ended.
@@ -113,6 +116,13 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 	if r.Concurrent > 0 {
 		sem = make(chan struct{}, r.Concurrent)
 	}
+	// groups holds a one-slot semaphore per resource_group: its jobs run one at a time.
+	groups := map[string]chan struct{}{}
+	for _, j := range plan.Jobs {
+		if g := j.ResourceGroup; g != "" && groups[g] == nil {
+			groups[g] = make(chan struct{}, 1)
+		}
+	}
 	var wg sync.WaitGroup
 	for i, j := range plan.Jobs {
 		wg.Add(1)
@@ -140,10 +150,15 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 				r.report(j.Name, res.State, res.Reason)
 				return
 			}
-			if sem != nil {
+			// The resource group first: a job waiting for its group holds no slot of
+			// the concurrent bound.
+			for _, s := range []chan struct{}{groups[j.ResourceGroup], sem} {
+				if s == nil {
+					continue
+				}
 				select {
-				case sem <- struct{}{}:
-					defer func() { <-sem }()
+				case s <- struct{}{}:
+					defer func() { <-s }()
 				case <-ctx.Done():
 					res.State, res.Reason = StateCanceled, "pipeline cancelled"
 					r.report(j.Name, res.State, res.Reason)
@@ -200,9 +215,9 @@ func (r *Runner) report(job string, s State, detail string) {
 	}
 }
 
-// maxAttempts: a job that failed because of the infrastructure is tried once more.
-const maxAttempts = 2
-
+// runJob runs a job until it passes or may not be retried: retry: decides (its max,
+// failure reasons and exit codes), and a job whose instance failed under it is run
+// once more on a new slot in any case.
 func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *JobResult) {
 	job := pj.Job
 	job.ID = id
@@ -220,19 +235,16 @@ func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *J
 		defer fw.flush()
 		log = io.MultiWriter(logFile, fw)
 	}
-	for attempt := 1; attempt <= maxAttempts; attempt++ {
+	for attempt := 1; ; attempt++ {
 		res.Attempts = attempt
 		result, instance, waited := r.attempt(ctx, &job, attempt, log)
 		res.Result, res.InstanceID, res.Waited = result, instance, res.Waited+waited
-		// A retry is for a job whose instance failed under it. One that got no slot
-		// has already waited out instance_acquire_timeout for one: waiting as long
-		// again would only double the wait. And a drain or an abort hands out no slot.
-		if result.SystemFailure() && instance != "" && attempt < maxAttempts && ctx.Err() == nil && !closed(r.Stops.Drain) && !closed(r.Stops.Abort) {
-			r.report(pj.Name, StateRetrying, fmt.Sprintf("system failure on %s: %v; retrying on a new slot", instance, result.Err))
-			fmt.Fprintf(log, "\n--- system failure; retrying the job on a new slot (attempt %d of %d) ---\n\n", attempt+1, maxAttempts)
-			continue
+		why, again := r.retry(ctx, pj, result, instance, attempt)
+		if !again {
+			break
 		}
-		break
+		r.report(pj.Name, StateRetrying, why)
+		fmt.Fprintf(log, "\n--- %s (attempt %d) ---\n\n", why, attempt+1)
 	}
 	switch {
 	case res.Result.Status == executors.StatusSuccess:
@@ -244,7 +256,28 @@ func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *J
 	default:
 		res.State = StateFailed
 	}
+	if pj.Coverage != nil && res.InstanceID != "" {
+		res.Coverage = coverage(res.LogPath, pj.Coverage)
+	}
 	r.report(pj.Name, res.State, describe(res))
+}
+
+// retry decides whether a job that ended with result after attempt attempts is run
+// again, and says why.
+func (r *Runner) retry(ctx context.Context, pj *pipeline.Job, result executors.Result, instance string, attempt int) (string, bool) {
+	if result.Status != executors.StatusFailed || ctx.Err() != nil || closed(r.Stops.Drain) || closed(r.Stops.Abort) {
+		return "", false
+	}
+	if pj.Retry.Retries(attempt, string(result.FailureReason), result.ExitCode) {
+		return fmt.Sprintf("%s; retry %d of %d (retry: %s)", result.FailureReason, attempt, pj.Retry.Max, pj.Retry), true
+	}
+	// A system failure is retried once whatever retry: says. Not for a job that got no
+	// slot: it has already waited out instance_acquire_timeout for one, and waiting as
+	// long again would only double the wait.
+	if result.SystemFailure() && instance != "" && attempt == 1 {
+		return fmt.Sprintf("system failure on %s: %v; retrying on a new slot", instance, result.Err), true
+	}
+	return "", false
 }
 
 func logName(job string) string {

@@ -43,6 +43,9 @@ type DryStage struct {
 // DryJob is one job of a dry run.
 type DryJob struct {
 	Name string `json:"name"`
+	// ExpandedFrom is the job's name as written when parallel: made it ("test" for
+	// "test 1/2" or "test: [a, b]").
+	ExpandedFrom string `json:"expanded_from,omitempty"`
 	// Status is "run" (it would run), "manual" (manual, not named on the command
 	// line), "skipped" (not added, when: never, or it waits for a job that does not
 	// run) or "not_selected" (jobs were named and it is not one of them nor needed).
@@ -98,7 +101,7 @@ func NewDryRun(p *Pipeline, ev *Evaluation, plan *Plan, predefined jobs.Variable
 			if j == nil {
 				j = orig
 			}
-			dj := DryJob{Name: j.Name, When: j.When, AllowFailure: j.AllowFailure, Needs: j.Needs, Variables: dryVars(j.Variables)}
+			dj := DryJob{Name: j.Name, ExpandedFrom: j.Origin, When: j.When, AllowFailure: j.AllowFailure, Needs: j.Needs, Variables: dryVars(j.Variables)}
 			if dec != nil {
 				dj.DecidedBy, dj.If, dj.Reason = dec.By, dec.If, dec.Reason
 				if dec.Rule >= 0 {
@@ -185,6 +188,9 @@ func (dr *DryRun) WriteText(w io.Writer) {
 			line := fmt.Sprintf("  %-*s  %-12s when: %s", width, j.Name, j.Status, j.When)
 			if j.AllowFailure {
 				line += ", allow_failure"
+			}
+			if j.ExpandedFrom != "" {
+				line += ", parallel: " + j.ExpandedFrom
 			}
 			switch {
 			case j.Needs == nil:

@@ -193,7 +193,7 @@ func (d *diags) step(n int) {
 }
 
 func (d *diags) budgetError() {
-	msg := fmt.Sprintf("expanding extends:, default: and merge keys takes more than %d steps (keys merged and script lines produced); the file multiplies its templates too often", MaxExpansionSteps)
+	msg := fmt.Sprintf("expanding extends:, default:, merge keys and parallel: takes more than %d steps (keys merged, script lines and parallel jobs produced); the file multiplies its templates or jobs too often", MaxExpansionSteps)
 	hint := "use fewer or smaller templates per job, or split the pipeline"
 	if d.job != "" {
 		d.errorHint(d.jobNode, d.job, hint, "%s, here while expanding job %q", msg, d.job)

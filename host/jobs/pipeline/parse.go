@@ -3,9 +3,10 @@
 // $[[ inputs.name ]], anchors, aliases, merge keys and !reference, then stages, needs,
 // variables, image, before_script, script, after_script, timeout, allow_failure,
 // when, rules, only, except, workflow, default:, hidden jobs and extends (Evaluate
-// applies rules, only/except and workflow). Keywords that `runner exec` cannot honour
+// applies rules, only/except and workflow), parallel and parallel:matrix (expanded
+// into GitLab's "job 1/3" and "job: [a, b]"). Keywords that `runner exec` cannot honour
 // get a clear message: an error when ignoring them would change what runs (trigger,
-// parallel, include:template), a warning otherwise (tags, retry, …). Every
+// include:template), a warning otherwise (tags, retry, …). Every
 // message names the file, line, column and key path.
 package pipeline
 
@@ -58,6 +59,17 @@ type Job struct {
 	needOpt []bool
 	// nGlobal is how many of Variables, at the start, are the global ones.
 	nGlobal int
+	// Retry is the job's retry: (or default:retry).
+	Retry Retry
+	// ResourceGroup is the job's resource_group: jobs of one group run one at a time.
+	ResourceGroup string
+	// Coverage is the job's coverage: regex, matched against its log; nil without one.
+	Coverage *regexp.Regexp
+	// Origin is the job's name as written for a job that parallel: made ("test" for
+	// "test 2/3" or "test: [a, b]"), "" otherwise.
+	Origin string
+	// parallel is the job's parallel:, until parse expands it.
+	parallel *parallelSpec
 }
 
 // Pipeline is a parsed .gitlab-ci.yml.
@@ -99,18 +111,16 @@ var jobKeys = []string{"stage", "script", "before_script", "after_script", "imag
 // ignoredJobKeys are valid GitLab keywords that runner exec does not act on; using them
 // earns a warning, since the job still means the same thing locally.
 var ignoredJobKeys = map[string]string{
-	"tags":          "runner exec runs every job on the configured pool",
-	"retry":         "jobs are not retried, except once after a system failure",
-	"interruptible": "", "environment": "", "coverage": "", "dependencies": "all artifacts stay in the working tree",
-	"resource_group": "", "release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
+	"tags":        "runner exec runs every job on the configured pool",
+	"environment": "", "dependencies": "all artifacts stay in the working tree",
+	"release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
 	"identity": "", "dast_configuration": "", "start_in": "", "manual_confirmation": "",
 }
 
 // failingJobKeys change what runs; silently ignoring them would mislead.
 var failingJobKeys = map[string]string{
-	"parallel": "expand the matrix into separate jobs",
-	"trigger":  "run the downstream pipeline with runner exec in its own directory",
-	"run":      "use script",
+	"trigger": "run the downstream pipeline with runner exec in its own directory",
+	"run":     "use script",
 }
 
 // Parse parses pipeline data; file names it in messages. The error, if any, joins a
@@ -251,12 +261,29 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 	if len(p.Jobs) == 0 && len(d.errs) == 0 {
 		d.errorHint(root, "", "add a job: a top-level key whose value has a script", "the pipeline has no jobs")
 	}
+	expandParallel(d, p)
 	checkNeeds(d, p)
 	p.Warnings = d.warnings
 	if err := d.err(); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// parseCoverage reads coverage: /regex/, a regular expression between slashes (RE2
+// syntax, as GitLab's).
+func parseCoverage(d *diags, n node, path string) *regexp.Regexp {
+	s := scalar(d, n, path)
+	if len(s) < 2 || s[0] != '/' || s[len(s)-1] != '/' {
+		d.errorHint(n, path, `write it between slashes, e.g. '/coverage: \d+\.\d+%/'`, "coverage %q is not a /regular expression/", s)
+		return nil
+	}
+	re, err := regexp.Compile(s[1 : len(s)-1])
+	if err != nil {
+		d.errorf(n, path, "coverage: %v", err)
+		return nil
+	}
+	return re
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+)`)
@@ -703,6 +730,18 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 			j.Variables = append(j.Variables, variables(d, kv.value, path)...)
 		case "needs":
 			j.Needs, j.needOpt, j.needAt = parseNeeds(d, kv.value, path)
+		case "parallel":
+			j.parallel = parseParallel(d, kv.value, path)
+		case "resource_group":
+			j.ResourceGroup = scalar(d, kv.value, path)
+		case "coverage":
+			j.Coverage = parseCoverage(d, kv.value, path)
+		case "interruptible":
+			// Only a newer pipeline interrupts a job; a local run has none. Checked,
+			// then accepted.
+			if _, err := strconv.ParseBool(scalar(d, kv.value, path)); err != nil {
+				d.errorf(kv.value, path, "expected true or false")
+			}
 		case "rules":
 			j.Rules = parseRules(d, kv.value, path, false)
 		case "only":
@@ -749,7 +788,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 			default:
 				d.errorHint(kv.value, path, "use on_success, on_failure, always, manual or never", "unknown when %q", w)
 			}
-		case "before_script", "after_script", "image", "services", "cache", "timeout", "extends", "artifacts":
+		case "before_script", "after_script", "image", "services", "cache", "timeout", "extends", "artifacts", "retry":
 			// read below, together with their defaults
 		default:
 			if hint, ok := failingJobKeys[key]; ok {
@@ -781,6 +820,9 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		for i, sv := range seq(d, v, name+".services") {
 			j.Services = append(j.Services, image(d, sv, fmt.Sprintf("%s.services[%d]", name, i)))
 		}
+	}
+	if v := get("retry"); v != nil {
+		j.Retry = parseRetry(d, v, name+".retry")
 	}
 	if v := get("timeout"); v != nil {
 		t, err := ParseTimeout(scalar(d, v, name+".timeout"))

@@ -116,7 +116,6 @@ func TestParseErrors(t *testing.T) {
 		{"extends cycle", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: x\n", []string{"extends cycle"}},
 		{"extends unknown", "j:\n  extends: .tmpl\n  script: x\n", []string{"2:12", "extends unknown job \".tmpl\""}},
 		{"include of a missing file", "include: other.yml\nj:\n  script: x\n", []string{`.gitlab-ci.yml:1:10: include: include:local "other.yml": no such file`}},
-		{"parallel refused", "j:\n  parallel: 3\n  script: x\n", []string{"j.parallel: parallel is not supported by runner exec (expand the matrix"}},
 		{"bad timeout", "j:\n  timeout: 5 fortnights\n  script: x\n", []string{"2:12: j.timeout:", "unknown unit \"fortnights\""}},
 		{"bad when", "j:\n  when: sometimes\n  script: x\n", []string{"j.when: unknown when \"sometimes\""}},
 		{"script of mapping", "j:\n  script: {a: b}\n", []string{"2:11: j.script: expected a string or a list of strings, got a mapping"}},

@@ -217,11 +217,25 @@ func parseNeeds(d *diags, n node, path string) (names []string, optional []bool,
 		if it.Kind == yaml.MappingNode {
 			name, opt := "", false
 			var nameAt node
+			var combos []jobs.Variables
 			for _, f := range d.pairs(it) {
 				fp := fmt.Sprintf("%s[%d].%s", path, i, f.key.Value)
 				switch f.key.Value {
 				case "job":
 					name, nameAt = scalar(d, f.value, fp), resolve(f.value)
+				case "parallel":
+					// needs:parallel:matrix names some of a matrix job's jobs.
+					pm := mapping(d, f.value, fp)
+					if pm == nil {
+						continue
+					}
+					for _, pf := range d.pairs(pm) {
+						if pf.key.Value != "matrix" {
+							d.errorHint(pf.key, fp+"."+pf.key.Value, "allowed: matrix", "unknown needs:parallel keyword %q", pf.key.Value)
+							continue
+						}
+						combos = matrixCombos(d, pf.value, fp+".matrix")
+					}
 				case "optional":
 					b, err := strconv.ParseBool(scalar(d, f.value, fp))
 					if err != nil {
@@ -230,11 +244,17 @@ func parseNeeds(d *diags, n node, path string) (names []string, optional []bool,
 					opt = b
 				case "artifacts":
 				default:
-					d.errorf(f.key, fp, "unsupported needs field (runner exec supports job, artifacts, optional)")
+					d.errorf(f.key, fp, "unsupported needs field (runner exec supports job, artifacts, optional, parallel)")
 				}
 			}
 			if nameAt == nil {
 				d.errorf(it, fmt.Sprintf("%s[%d]", path, i), "a needs entry needs job:")
+				continue
+			}
+			if combos != nil {
+				for _, c := range combos {
+					names, optional, at = append(names, matrixName(name, c)), append(optional, opt), append(at, nameAt)
+				}
 				continue
 			}
 			names, optional, at = append(names, name), append(optional, opt), append(at, nameAt)
