@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"strings"
 	"testing"
 )
 
@@ -36,10 +35,7 @@ func TestParseJobKeywordErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse(".gitlab-ci.yml", []byte(tt.yaml))
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error = %v, want %q", err, tt.want)
-			}
+			wantParseError(t, tt.yaml, tt.want)
 		})
 	}
 }

@@ -58,15 +58,7 @@ func TestParseBoundsAliases(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse(".gitlab-ci.yml", []byte(tt.yaml))
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q:\n%v", w, err)
-				}
-			}
+			wantParseError(t, tt.yaml, tt.want...)
 		})
 	}
 }

@@ -126,15 +126,7 @@ func TestParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse(".gitlab-ci.yml", []byte(tt.yaml))
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q:\n%v", w, err)
-				}
-			}
+			wantParseError(t, tt.yaml, tt.want...)
 		})
 	}
 }
@@ -321,5 +313,20 @@ func TestHiddenKeysHoldAnchors(t *testing.T) {
 	}
 	if len(p.Jobs) != 1 {
 		t.Errorf("jobs = %v", names(p.Jobs))
+	}
+}
+
+// wantParseError parses yaml as .gitlab-ci.yml and fails t unless it is refused with
+// an error that contains every one of want.
+func wantParseError(t *testing.T, yaml string, want ...string) {
+	t.Helper()
+	_, err := Parse(".gitlab-ci.yml", []byte(yaml))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"slices"
-	"strings"
 	"testing"
 )
 
@@ -44,10 +43,7 @@ func TestParseRetryErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse(".gitlab-ci.yml", []byte(tt.yaml))
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error = %v, want %q", err, tt.want)
-			}
+			wantParseError(t, tt.yaml, tt.want)
 		})
 	}
 }

@@ -552,17 +552,7 @@ func (s *Server) AddRepo(name string, files map[string]string) (string, string) 
 		}
 	}
 	bare := filepath.Join(s.repoRoot, name+".git")
-	git := func(dir string, args ...string) string {
-		cmd := exec.Command("git", args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
-			"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_NOSYSTEM=1", "HOME="+work)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			s.t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
+	git := func(dir string, args ...string) string { return s.runGit(dir, work, args...) }
 	git(work, "init", "-q", "-b", "main")
 	git(work, "add", "-A")
 	git(work, "commit", "-q", "-m", "initial")
@@ -576,17 +566,7 @@ func (s *Server) AddRepo(name string, files map[string]string) (string, string) 
 func (s *Server) AddCommit(name string, files map[string]string) string {
 	s.t.Helper()
 	work := s.t.TempDir()
-	git := func(args ...string) string {
-		cmd := exec.Command("git", args...)
-		cmd.Dir = work
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
-			"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_NOSYSTEM=1", "HOME="+work)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			s.t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
+	git := func(args ...string) string { return s.runGit(work, work, args...) }
 	git("clone", "-q", filepath.Join(s.repoRoot, name+".git"), ".")
 	for p, c := range files {
 		if err := os.WriteFile(filepath.Join(work, p), []byte(c), 0o755); err != nil {
@@ -638,4 +618,20 @@ func JobPayload(name, repoURL, sha string, script, afterScript []string, vars ..
 		p.Steps = append(p.Steps, gitlab.Step{Name: "after_script", Script: afterScript, Timeout: 60, When: "always"})
 	}
 	return p
+}
+
+// runGit runs git in dir as a fixed author, with home as HOME and no system config, so
+// that the machine's git settings do not leak into test repositories; it fails the
+// test on an error and returns the trimmed output.
+func (s *Server) runGit(dir, home string, args ...string) string {
+	s.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
+		"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_NOSYSTEM=1", "HOME="+home)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
 }
