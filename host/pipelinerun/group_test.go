@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 )
 
 // TestResourceGroupSerialises runs two jobs of one resource_group that could run at
@@ -32,14 +30,7 @@ func TestResourceGroupSerialises(t *testing.T) {
     - date +%%s%%N > %[2]s/%[1]s.end
 `, me, dir, other)
 	}
-	p, err := pipeline.Parse("ci.yml", []byte(job("a", "b")+job("b", "a")+"other:\n  script: [echo not in the group]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := p.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pl := mustPlan(t, job("a", "b")+job("b", "a")+"other:\n  script: [echo not in the group]\n")
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +59,7 @@ func TestResourceGroupSerialises(t *testing.T) {
 // of the job's log and shown in the summary.
 func TestCoverageInSummary(t *testing.T) {
 	h := newHarness(t, nil)
-	p, err := pipeline.Parse("ci.yml", []byte(`unit:
+	pl := mustPlan(t, `unit:
   coverage: '/^total:\s+\(statements\)\s+\d+\.\d+%/'
   script:
     - 'echo "total: (statements) 12.5%"'
@@ -76,14 +67,7 @@ func TestCoverageInSummary(t *testing.T) {
     - 'echo "total: (statements) 81.3%"'
 lint:
   script: [echo no coverage here]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := p.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)

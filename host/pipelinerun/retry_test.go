@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 )
 
 // TestRetry runs jobs whose script fails the first time (exit 3) and passes the next,
@@ -39,14 +37,7 @@ func TestRetry(t *testing.T) {
 	for _, tt := range tests {
 		fmt.Fprintf(&yml, "%s:\n  retry: %s\n  script: [%s]\n", tt.job, tt.retry, tt.script)
 	}
-	p, err := pipeline.Parse("ci.yml", []byte(yml.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := p.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pl := mustPlan(t, yml.String())
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)

@@ -206,11 +206,7 @@ func TestSystemFailureRetriedOnce(t *testing.T) {
 			return flakyEnv{env, &failed}, err
 		}
 	})
-	p, err := pipeline.Parse("ci.yml", []byte("only:\n  script: [echo second attempt works]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := p.Plan()
+	pl := mustPlan(t, "only:\n  script: [echo second attempt works]\n")
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)
@@ -225,11 +221,7 @@ func TestInstanceRemovedUnderJobIsSystemFailure(t *testing.T) {
 	h := newHarness(t, nil)
 	marker := filepath.Join(t.TempDir(), "first-attempt")
 	// The first attempt blocks until its instance is removed; the retry finds the marker.
-	p, err := pipeline.Parse("ci.yml", []byte("long:\n  script: ['if [ -e "+marker+" ]; then echo retried; else touch "+marker+"; sleep 30; fi']\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := p.Plan()
+	pl := mustPlan(t, "long:\n  script: ['if [ -e "+marker+" ]; then echo retried; else touch "+marker+"; sleep 30; fi']\n")
 	rec := &removeOnRun{h: h, seen: &gotInstance, marker: marker}
 	h.runner.Progress = rec
 	sum, err := h.runner.Run(context.Background(), pl)
@@ -295,7 +287,7 @@ func TestDrainStartsNoNewJobs(t *testing.T) {
 	h.runner.Concurrent = 1
 	h.runner.Stops.Drain = drain
 	h.runner.Progress = &onFirstRun{f: func(job string) { running = job; close(drain) }}
-	p, err := pipeline.Parse("ci.yml", []byte(`
+	pl := mustPlan(t, `
 first:
   script: [sleep 1, echo first-$((1+1))-done]
 parallel:
@@ -303,11 +295,7 @@ parallel:
 second:
   needs: [first]
   script: [echo second]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := p.Plan()
+`)
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)
@@ -337,15 +325,11 @@ func TestAbortCutsStepsShort(t *testing.T) {
 	h.runner.Stops.Abort = abort
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, err := pipeline.Parse("ci.yml", []byte(`
+	pl := mustPlan(t, `
 long:
   script: [echo job-$((1+1))-started, sleep 600]
   after_script: [echo after-$((1+1))-started, sleep 600, echo after-$((1+1))-done]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := p.Plan()
+`)
 	type result struct {
 		sum Summary
 		err error
@@ -406,11 +390,7 @@ func TestNoSlotIsNotRetried(t *testing.T) {
 		t.Fatal("no environment may be built without a slot")
 		return nil, nil
 	}}, LogDir: t.TempDir()}
-	p, err := pipeline.Parse("ci.yml", []byte("only:\n  script: [echo hi]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, _ := p.Plan()
+	pl := mustPlan(t, "only:\n  script: [echo hi]\n")
 	sum, err := r.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)
@@ -422,4 +402,18 @@ func TestNoSlotIsNotRetried(t *testing.T) {
 	if want := "runner_system_failure: unable to acquire instance within the configured timeout of 15m0s: the plugin's Update has failed"; j.State != StateFailed || j.Why() != want {
 		t.Errorf("job = %s (%q), want failed (%q)", j.State, j.Why(), want)
 	}
+}
+
+// mustPlan parses yaml as a pipeline file and plans it, failing t on an error.
+func mustPlan(t *testing.T, yaml string) *pipeline.Plan {
+	t.Helper()
+	p, err := pipeline.Parse("ci.yml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := p.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pl
 }
