@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
 )
@@ -126,13 +125,7 @@ func TestGitStrategies(t *testing.T) {
 // shallow checkout in the container, GIT_STRATEGY none and empty an empty project
 // directory without a request to the repository.
 func TestDockerAutoscalerGitStrategies(t *testing.T) {
-	cli := dockertest.Client(t)
-	dockertest.EnsureImage(t, cli)
-	e := startWith(t, func(url, root string) string {
-		c := configText(url, root, 2, "  [runners.docker]\n    image = \""+dockertest.Image+"\"\n    pull_policy = [\"if-not-present\"]\n")
-		c = strings.Replace(c, `executor = "instance"`, `executor = "docker-autoscaler"`, 1)
-		return strings.Replace(c, "root_dir = ", "docker_socket = \""+dockertest.Socket+"\"\n      root_dir = ", 1)
-	})
+	e := startDocker(t)
 	e.sha = e.srv.AddCommit("group/project", map[string]string{"hello.txt": "hello again\n"})
 	log := e.runOK(t, "depth", []string{"cat hello.txt", "test -f .git/shallow && echo shallow checkout"}, variable("GIT_DEPTH", "1"))
 	if !strings.Contains(log, "hello again") || !strings.Contains(log, "shallow checkout") || !strings.Contains(log, "git depth set to 1") {

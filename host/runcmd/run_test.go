@@ -303,13 +303,7 @@ func TestArtifactsUploaded(t *testing.T) {
 // repository is cloned on the host with the job token and copied into the builds
 // volume.
 func TestDockerAutoscalerJob(t *testing.T) {
-	cli := dockertest.Client(t)
-	dockertest.EnsureImage(t, cli)
-	e := startWith(t, func(url, root string) string {
-		c := configText(url, root, 2, "  [runners.docker]\n    image = \""+dockertest.Image+"\"\n    pull_policy = [\"if-not-present\"]\n")
-		c = strings.Replace(c, `executor = "instance"`, `executor = "docker-autoscaler"`, 1)
-		return strings.Replace(c, "root_dir = ", "docker_socket = \""+dockertest.Socket+"\"\n      root_dir = ", 1)
-	})
+	e := startDocker(t)
 	id := e.enqueue("in-docker", []string{"cat hello.txt", "test -f /.dockerenv && echo inside a container", "exit 4"}, nil)
 	j := e.wait(t, id)
 	if j.State != gitlabtest.Failed || j.FailureReason != "script_failure" || j.ExitCode == nil || *j.ExitCode != 4 {
@@ -323,4 +317,16 @@ func TestDockerAutoscalerJob(t *testing.T) {
 	if strings.Contains(string(j.Trace), "glcbt-job") {
 		t.Errorf("log shows the job token:\n%s", j.Trace)
 	}
+}
+
+// startDocker starts the runner against the test GitLab with one docker-autoscaler
+// entry on local instances, whose containers run on this machine's Docker Engine.
+func startDocker(t *testing.T) *env {
+	t.Helper()
+	dockertest.EnsureImage(t, dockertest.Client(t))
+	return startWith(t, func(url, root string) string {
+		c := configText(url, root, 2, "  [runners.docker]\n    image = \""+dockertest.Image+"\"\n    pull_policy = [\"if-not-present\"]\n")
+		c = strings.Replace(c, `executor = "instance"`, `executor = "docker-autoscaler"`, 1)
+		return strings.Replace(c, "root_dir = ", "docker_socket = \""+dockertest.Socket+"\"\n      root_dir = ", 1)
+	})
 }

@@ -331,11 +331,11 @@ func (v Demand) LearnJobValue(initial float64, learn func(value float64, wait ti
 	if x <= 0 {
 		x = initial
 	}
-	first := v.d.waitSeq - uint64(len(v.d.waits)) // sequence of waits[0], minus one
-	for i, w := range v.d.waits {
-		if seq := first + uint64(i) + 1; seq > v.d.valueSeq {
-			x = learn(x, w)
-		}
+	// Only the waits recorded since the last call: every decision calls this, and most
+	// see none.
+	unseen := min(v.d.waitSeq-v.d.valueSeq, uint64(len(v.d.waits)))
+	for _, w := range v.d.waits[uint64(len(v.d.waits))-unseen:] {
+		x = learn(x, w)
 	}
 	v.d.valueSeq = v.d.waitSeq
 	if x != v.d.hist.JobValueS && !math.IsNaN(x) && !math.IsInf(x, 0) {
