@@ -1,6 +1,7 @@
 package execcmd
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
@@ -45,6 +47,7 @@ func checkSource(s string) error {
 // CI_PIPELINE_IID (one per project directory), kept in a small JSON file.
 type pipelineIDs struct {
 	path, project string
+	mu            sync.Mutex // take is called by the trigger jobs of a running pipeline
 	state         struct {
 		LastID   int            `json:"last_id"`
 		LastIIDs map[string]int `json:"last_iids"`
@@ -61,6 +64,15 @@ func (p *pipelineIDs) next() (id, iid int) {
 		p.state.LastIIDs = map[string]int{}
 	}
 	return p.state.LastID + 1, p.state.LastIIDs[p.project] + 1
+}
+
+// take returns the next IDs and takes them: a child pipeline's.
+func (p *pipelineIDs) take() (id, iid int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, iid = p.next()
+	p.commit()
+	return id, iid
 }
 
 // commit takes the IDs next returned. A failure to record them only means the next
@@ -106,14 +118,15 @@ func evaluate(p *pipeline.Pipeline, env pipeline.Env, o Options) (*pipeline.Eval
 	return ev, plan, 0, nil
 }
 
-// dryRun prints what would run.
-func dryRun(o Options, p *pipeline.Pipeline, ev *pipeline.Evaluation, plan *pipeline.Plan, env pipeline.Env, warnings []string, err error) error {
+// dryRun prints what would run, with the child pipelines of trigger jobs.
+func dryRun(ctx context.Context, o Options, p *pipeline.Pipeline, ev *pipeline.Evaluation, plan *pipeline.Plan, env pipeline.Env, children pipeline.ChildOptions, warnings []string, err error) error {
 	var dr *pipeline.DryRun
 	var none *pipeline.NoPipelineError
 	if errors.As(err, &none) {
 		dr = pipeline.NoPipeline(p, none, env.Predefined)
 	} else {
 		dr = pipeline.NewDryRun(p, ev, plan, env.Predefined, o.Jobs)
+		dr.AddChildren(ctx, ev, children)
 	}
 	dr.Warnings = append(dr.Warnings, warnings...)
 	if !o.JSON {

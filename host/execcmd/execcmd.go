@@ -66,6 +66,10 @@ type Options struct {
 	// DryRun prints the pipeline as it would run, without starting a pool; JSON
 	// prints it as JSON (docs/gitlab-ci-yml.md, "Dry run").
 	DryRun, JSON bool
+	// Git gets every job's sources with Git from the local repository (HEAD's
+	// commit, so GIT_DEPTH, GIT_SUBMODULE_* and the other Git variables apply) instead
+	// of a copy of the working tree (--git).
+	Git bool
 
 	Stdout, Stderr io.Writer
 	// Version is the runner's version, for the job logs.
@@ -190,13 +194,6 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 	if err := checkSource(o.Source); err != nil {
 		return ExitInvalid, err
 	}
-	p, err := pipeline.LoadWith(ctx, file, popts)
-	if err != nil {
-		return ExitInvalid, err
-	}
-	for _, w := range p.Warnings {
-		fmt.Fprintln(o.Stderr, "warning:", w.Error())
-	}
 	state := stateHome()
 	ids := pipelineIDs{path: filepath.Join(state, "exec-pipeline-ids.json"), project: dir}
 	id, iid := ids.next()
@@ -205,10 +202,22 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 		fmt.Fprintln(o.Stderr, "warning:", w)
 	}
 	env.Overrides = overrides
+	popts.Env = &env // include:rules decide with the predefined and --var variables
+	p, err := pipeline.LoadWith(ctx, file, popts)
+	if err != nil {
+		return ExitInvalid, err
+	}
+	for _, w := range p.Warnings {
+		fmt.Fprintln(o.Stderr, "warning:", w.Error())
+	}
+	children := pipeline.ChildOptions{Load: popts, Env: env}
+	if !o.DryRun {
+		children.PipelineIDs = ids.take
+	}
 	ev, plan, code, err := evaluate(p, env, o)
 	if ev == nil || o.DryRun {
 		if o.DryRun && code != ExitInvalid {
-			return code, dryRun(o, p, ev, plan, env, warnings, err)
+			return code, dryRun(ctx, o, p, ev, plan, env, children, warnings, err)
 		}
 		return code, err
 	}
@@ -228,8 +237,16 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 	if logDir == "" {
 		logDir = filepath.Join(state, "exec-logs", filepath.Base(dir)+"-"+time.Now().Format("20060102-150405"))
 	}
-	for _, j := range plan.Jobs {
-		j.Source = jobs.Source{Kind: jobs.SourceLocal, Dir: dir}
+	srcWarnings, err := setSources(ctx, o, dir, id, plan.Jobs)
+	if err != nil {
+		return ExitInvalid, err
+	}
+	for _, w := range srcWarnings {
+		fmt.Fprintln(o.Stderr, "warning:", w)
+	}
+	var source jobs.Source // child pipelines' jobs get the parent's
+	if len(plan.Jobs) > 0 {
+		source = plan.Jobs[0].Source
 	}
 
 	logOut := io.Discard
@@ -289,6 +306,10 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 	if o.Follow {
 		runner.Follow = o.Stdout
 	}
+	runner.Children = &pipelinerun.Children{Options: children, Prepare: func(j *pipeline.Job, predefined jobs.Variables) {
+		addPredefined([]*pipeline.Job{j}, predefined)
+		j.Source = source
+	}}
 	runner.Stops = stops
 	sum, err := runner.Run(ctx, plan)
 	if err != nil {

@@ -94,7 +94,7 @@ func (c *cacheStore) save(ctx context.Context, env Env, success bool, log *Trace
 			log.Warnf("saving cache %q: %v", c.keys[i], err)
 			continue
 		}
-		err = env.Pack(ctx, jc.Paths, tmp, log)
+		err = env.Pack(ctx, PackSpec{Paths: jc.Paths}, tmp, log)
 		info, _ := tmp.Stat()
 		tmp.Close()
 		switch {
@@ -114,20 +114,31 @@ func (c *cacheStore) save(ctx context.Context, env Env, success bool, log *Trace
 	}
 }
 
-// PackScript is the shell command that writes a gzip tar of paths (globs expanded by
-// the shell) from dir to stdout, nothing if no path matches, and "<path>: no matching
-// files" on stderr for each one that does not. A path may not leave dir.
-func PackScript(dir string, paths []string) (string, error) {
-	words := make([]string, len(paths))
-	for i, p := range paths {
+// PackScript is the shell command that writes a gzip tar of spec's files from dir to
+// stdout: its paths (globs expanded by the shell), and with Untracked every file that
+// `git ls-files --others` lists; nothing if no file matches, and "<path>: no matching
+// files" on stderr for each path that matches nothing. A path may not leave dir. It
+// needs only sh and tar -z (busybox's will do), and git for Untracked: without git it
+// says so on stderr and collects the paths alone.
+func PackScript(dir string, spec PackSpec) (string, error) {
+	words := make([]string, len(spec.Paths))
+	for i, p := range spec.Paths {
 		if strings.HasPrefix(p, "/") || slices.Contains(strings.Split(p, "/"), "..") {
 			return "", fmt.Errorf("path %q: use a path inside the project directory", p)
 		}
 		words[i] = GlobWord(p)
 	}
-	return fmt.Sprintf(`cd %s && set -- && for p in %s; do if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; `+
-		`else echo "$p: no matching files" >&2; fi; done && if [ $# -gt 0 ]; then tar -czf - -- "$@"; fi`,
-		quote(dir), strings.Join(words, " ")), nil
+	untracked := ""
+	if spec.Untracked {
+		// One name a line, with word splitting on newlines only and no globbing; Git
+		// quotes names with unusual characters (quotePath), which then match nothing.
+		untracked = `if ! command -v git >/dev/null 2>&1; then echo "untracked: git is not installed; no untracked files collected" >&2; ` +
+			`elif ! u=$(git -c core.quotePath=false ls-files --others); then echo "untracked: git ls-files failed; no untracked files collected" >&2; ` +
+			`else ifs=$IFS; IFS='` + "\n" + `'; set -f; for p in $u; do set -- "$@" "$p"; done; set +f; IFS=$ifs; fi; `
+	}
+	return fmt.Sprintf(`cd %s || exit 1; set --; for p in %s; do if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; `+
+		`else echo "$p: no matching files" >&2; fi; done; %sif [ $# -gt 0 ]; then tar -czf - -- "$@"; fi`,
+		quote(dir), strings.Join(words, " "), untracked), nil
 }
 
 // GlobWord escapes every shell-special character of p except the glob characters, so

@@ -90,7 +90,7 @@ func TestCachingOffWithoutDir(t *testing.T) {
 }
 
 func TestPackScriptQuoting(t *testing.T) {
-	s, err := PackScript("/builds/p", []string{"out/", "*.log", "it's; rm -rf /"})
+	s, err := PackScript("/builds/p", PackSpec{Paths: []string{"out/", "*.log", "it's; rm -rf /"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestPackScriptQuoting(t *testing.T) {
 		t.Errorf("script does not escape all but globs: %s", s)
 	}
 	for _, bad := range []string{"/etc/passwd", "../x", "a/../../b"} {
-		if _, err := PackScript("/builds/p", []string{bad}); err == nil {
+		if _, err := PackScript("/builds/p", PackSpec{Paths: []string{bad}}); err == nil {
 			t.Errorf("PackScript accepted %q, which leaves the project", bad)
 		}
 	}

@@ -32,12 +32,20 @@ type Env interface {
 	Cleanup(ctx context.Context) error
 	// Paths returns where the project and file variables live in the environment.
 	Paths() Paths
-	// Pack writes a gzip tar of paths (relative to the project directory; shell globs
-	// allowed) to archive, and a line for each path that matches nothing to messages.
-	// It writes no archive when nothing matches.
-	Pack(ctx context.Context, paths []string, archive, messages io.Writer) error
+	// Pack writes a gzip tar of spec's files (paths relative to the project
+	// directory, shell globs allowed, and with Untracked the files Git does not track)
+	// to archive, and a line for each path that matches nothing to messages. It writes
+	// no archive when nothing matches. PackScript is the shell side of it.
+	Pack(ctx context.Context, spec PackSpec, archive, messages io.Writer) error
 	// Unpack extracts a gzip tar into the project directory.
 	Unpack(ctx context.Context, r io.Reader) error
+}
+
+// PackSpec says what Pack collects.
+type PackSpec struct {
+	Paths []string
+	// Untracked adds the files `git ls-files --others` lists in the project directory.
+	Untracked bool
 }
 
 // Paths are the directories of a job inside its environment.
@@ -62,14 +70,16 @@ type FailureReason string
 
 // Failure reasons, with GitLab's names.
 const (
-	ScriptFailure        FailureReason = "script_failure"
-	JobExecutionTimeout  FailureReason = "job_execution_timeout"
-	RunnerSystemFailure  FailureReason = "runner_system_failure"
-	UnknownFailure       FailureReason = "unknown_failure"
-	ImagePullFailure     FailureReason = "image_pull_failure"
-	NoFailure            FailureReason = ""
-	defaultJobTimeout                  = time.Hour
-	defaultCleanupBudget               = time.Minute
+	ScriptFailure       FailureReason = "script_failure"
+	JobExecutionTimeout FailureReason = "job_execution_timeout"
+	RunnerSystemFailure FailureReason = "runner_system_failure"
+	UnknownFailure      FailureReason = "unknown_failure"
+	ImagePullFailure    FailureReason = "image_pull_failure"
+	// MissingDependencyFailure: an earlier job's artifacts the job depends on are gone.
+	MissingDependencyFailure FailureReason = "missing_dependency_failure"
+	NoFailure                FailureReason = ""
+	defaultJobTimeout                      = time.Hour
+	defaultCleanupBudget                   = time.Minute
 )
 
 // Result is the outcome of a job.
@@ -106,6 +116,9 @@ type RunOptions struct {
 	// CacheDir holds the job caches on the runner host, one archive per key; "" turns
 	// caching off.
 	CacheDir string
+	// Artifacts receives the artifacts the job collects after its script; nil: none
+	// are collected.
+	Artifacts ArtifactStore
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -191,6 +204,9 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 		if errors.Is(prepErr, ErrImagePull) && res.Status == StatusFailed {
 			res.FailureReason = ImagePullFailure
 		}
+		if errors.Is(prepErr, ErrGetSources) && res.Status == StatusFailed && res.FailureReason == RunnerSystemFailure {
+			res.FailureReason = ScriptFailure
+		}
 		return finish(res)
 	}
 
@@ -203,6 +219,20 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 			caches.restore(jobCtx, env, trace)
 			return nil
 		})
+	}
+	if len(job.Dependencies) > 0 {
+		var depErr error
+		_ = trace.Section("download_artifacts", "Downloading artifacts", false, func() error {
+			depErr = restoreDependencies(jobCtx, env, job.Dependencies, trace)
+			return nil
+		})
+		if depErr != nil {
+			res = classify(ctx, jobCtx, -1, depErr)
+			if errors.Is(depErr, jobs.ErrMissingDependency) && res.Status == StatusFailed {
+				res.FailureReason = MissingDependencyFailure
+			}
+			return finish(res)
+		}
 	}
 	_ = trace.Section("step_script", "Executing \"step_script\" stage of the job script", false, func() error {
 		code, err := env.Exec(jobCtx, script, trace)
@@ -241,6 +271,9 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 			return nil
 		})
 	}
+	if opts.Artifacts != nil {
+		collectArtifacts(ctx, env, job, res.Status == StatusSuccess, opts.Artifacts, trace)
+	}
 	return finish(res)
 }
 
@@ -278,7 +311,7 @@ func allowedExit(job *jobs.Job, r Result) bool {
 }
 
 func describe(r Result) string {
-	if r.FailureReason == ScriptFailure {
+	if r.FailureReason == ScriptFailure && r.Err == nil {
 		return fmt.Sprintf("exit code %d", r.ExitCode)
 	}
 	if r.Err != nil {

@@ -61,8 +61,8 @@ func (e *localEnv) Cleanup(context.Context) error {
 	return nil
 }
 
-func (e *localEnv) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
-	script, err := PackScript(e.dir, paths)
+func (e *localEnv) Pack(ctx context.Context, spec PackSpec, archive, messages io.Writer) error {
+	script, err := PackScript(e.dir, spec)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package executors
 
 import (
 	"archive/tar"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -9,6 +10,22 @@ import (
 	pathpkg "path"
 	"path/filepath"
 )
+
+// ErrGetSources marks Prepare errors of the job's own making while its sources are
+// put in place: a Git variable GitLab would not accept (GIT_STRATEGY=bogus), or the
+// get-sources step (Git, pre_get_sources_script, post_get_sources_script) exiting
+// non-zero. The job fails with script_failure, as GitLab Runner's get_sources stage
+// does, and is not retried on a new slot, which could not help. An executor that
+// cannot reach the instance to run that step still fails with a system failure.
+var ErrGetSources = errors.New("get sources")
+
+// SourcesError marks err as ErrGetSources; its message stays err's.
+func SourcesError(err error) error { return sourcesError{err} }
+
+type sourcesError struct{ error }
+
+func (e sourcesError) Is(target error) bool { return target == ErrGetSources }
+func (e sourcesError) Unwrap() error        { return e.error }
 
 // TarDir writes the tree under dir to w as a tar stream, each name under prefix (""
 // for none): regular files, directories and symlinks with their modes; sockets,

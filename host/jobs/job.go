@@ -4,6 +4,9 @@
 package jobs
 
 import (
+	"context"
+	"errors"
+	"io"
 	"os"
 	"slices"
 	"time"
@@ -45,8 +48,13 @@ type Job struct {
 	// Source says where the job's files come from.
 	Source Source
 
-	// Artifacts are the paths to collect after the job (GitLab jobs upload them).
+	// Artifacts are the paths to collect after the job (GitLab jobs upload them): the
+	// plain archive and each report, one entry each, as GitLab's payload lists them.
 	Artifacts []Artifact
+
+	// Dependencies are the earlier jobs' artifacts archives, unpacked into the project
+	// directory before the script, in order (a later archive's files win).
+	Dependencies []Dependency
 
 	// Caches are restored into the project before the script and saved after the job,
 	// on the runner host, so they survive the instances.
@@ -167,15 +175,68 @@ type Source struct {
 	Refspecs   []string
 	AllowFetch bool
 	Token      string
+	// HostGitDir, set by `runner exec --git`, is the local repository's Git directory
+	// on the runner host, which RepoURL (file://) names: an executor whose Git runs
+	// elsewhere ships it there first.
+	HostGitDir string
 }
 
 // Artifact is a set of paths to collect after a job.
 type Artifact struct {
+	// Name is the archive's name (artifacts:name); "" for GitLab's default.
 	Name  string
 	Paths []string
+	// Exclude are doublestar patterns (** crosses directories) of files under Paths
+	// that are left out.
+	Exclude []string
+	// Untracked adds every file Git does not track (git ls-files --others).
+	Untracked bool
 	// When is on_success (default), on_failure or always.
 	When string
+	// ExpireIn is how long the source keeps the artifacts (GitLab's expire_in words).
+	ExpireIn string
+	// Type is "archive" (or "") for the plain artifacts, else the report type (junit,
+	// dotenv, coverage_report, …); Format is GitLab's artifact_format (zip, gzip, raw),
+	// "" for the type's default.
+	Type   string
+	Format string
 }
+
+// ArtifactArchive is the type of the plain artifacts archive.
+const ArtifactArchive = "archive"
+
+// IsReport reports whether the artifact is a report rather than the plain archive.
+func (a Artifact) IsReport() bool { return a.Type != "" && a.Type != ArtifactArchive }
+
+// Wanted reports whether the artifact is collected after a job that ended with success
+// or not, as its When says.
+func (a Artifact) Wanted(success bool) bool {
+	switch a.When {
+	case "always":
+		return true
+	case "on_failure":
+		return !success
+	}
+	return success
+}
+
+// Dependency is an earlier job whose artifacts a job restores. It says where the
+// archive comes from only through Open, so that the job model stays source-neutral:
+// `runner exec` opens a file of the run's directory, `runner run` downloads from
+// GitLab with the dependency's own token, and executors need to know neither.
+type Dependency struct {
+	// ID and Name identify the job that made the archive, for the log.
+	ID   string
+	Name string
+	// Open returns the archive as a gzip tar stream. An error that wraps
+	// ErrMissingDependency means the archive does not exist (any more): the job then
+	// fails with GitLab's missing_dependency_failure rather than a system failure.
+	Open func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// ErrMissingDependency marks a dependency's artifacts archive that cannot be had
+// because it does not exist, expired, or is not allowed.
+var ErrMissingDependency = errors.New("the dependency's artifacts are missing")
 
 // Expanded returns the variables with references to earlier variables ($NAME, ${NAME})
 // in their values replaced, as GitLab does before a job runs: a reference to a name not

@@ -77,13 +77,20 @@ func PrintSummary(out io.Writer, s Summary) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s%s\t%s\n", j.Name, orDash(j.Stage), status, dur, waited, orDash(j.InstanceID), cov(j.Coverage), orDash(j.LogPath))
 	}
 	tw.Flush()
-	var blame []string
+	printArtifacts(out, s)
+	var blame, childFailed []string
 	for _, j := range s.Jobs {
 		if j.State != StateFailed && j.State != StateCanceled {
 			continue
 		}
 		why := j.Why()
-		blame = append(blame, fmt.Sprintf("%s %s (%s)", j.Name, j.State, short(why)))
+		// A child pipeline's job fails the pipeline only through its trigger job
+		// (strategy: depend), which is blamed itself.
+		if j.Parent == "" {
+			blame = append(blame, fmt.Sprintf("%s %s (%s)", j.Name, j.State, short(why)))
+		} else {
+			childFailed = append(childFailed, j.Name)
+		}
 		fmt.Fprintf(out, "\n--- %s %s: %s ---\n", j.Name, j.State, orDash(why))
 		// A job that never got a slot has nothing in its log but the error above.
 		if j.State != StateFailed || j.LogPath == "" || j.InstanceID == "" {
@@ -106,7 +113,30 @@ func PrintSummary(out io.Writer, s Summary) {
 		}
 		line += ": " + strings.Join(blame, "; ")
 	}
+	if len(childFailed) > 0 && s.Passed {
+		line += fmt.Sprintf("; in child pipelines %s failed, which does not fail this pipeline (their trigger jobs have no strategy: depend)", strings.Join(childFailed, ", "))
+	}
 	fmt.Fprintln(out, line)
+}
+
+// printArtifacts lists where the jobs' artifacts and reports were saved.
+func printArtifacts(out io.Writer, s Summary) {
+	first := true
+	for _, j := range s.Jobs {
+		if j.Artifacts == "" && len(j.Reports) == 0 {
+			continue
+		}
+		if first {
+			fmt.Fprintln(out, "\nArtifacts:")
+			first = false
+		}
+		if j.Artifacts != "" {
+			fmt.Fprintf(out, "  %s: %s\n", j.Name, j.Artifacts)
+		}
+		for _, r := range j.Reports {
+			fmt.Fprintf(out, "  %s: report %s\n", j.Name, r)
+		}
+	}
 }
 
 // short is a failure's reason without the error behind it ("runner_system_failure"),

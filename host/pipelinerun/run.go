@@ -13,8 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
@@ -68,9 +71,19 @@ type Runner struct {
 	// Stops, if set, end the pipeline early in the ways cancelling Run's ctx does not:
 	// a drain and an abort (see pool.Stops).
 	Stops pool.Stops
+	// Children, if set, lets trigger jobs run their child pipelines (child.go);
+	// without it a trigger job fails.
+	Children *Children
 
 	followMu    sync.Mutex
 	followWidth int // the longest job name of the plan, to align the prefixes
+	// root is the Runner of the top pipeline when this one runs a child pipeline:
+	// the child shares its concurrent bound, job IDs and log stream; prefix names
+	// the child's jobs ("deploy › ") in progress and the log stream.
+	root   *Runner
+	prefix string
+	sem    chan struct{}
+	lastID atomic.Int64
 }
 
 // JobResult is how one job of the pipeline ended.
@@ -85,6 +98,18 @@ type JobResult struct {
 	Waited      time.Duration
 	// Coverage is the number coverage: found in the job's log, "" without one.
 	Coverage string
+	// Artifacts is the job's artifacts archive in the run's directory, "" without
+	// one; Reports are its report files there.
+	Artifacts string
+	Reports   []string
+
+	// Parent is the trigger job whose child pipeline the job is in ("deploy", or
+	// "deploy › docs" for a grandchild), "" for the pipeline's own jobs.
+	Parent string
+
+	id     string
+	dotenv jobs.Variables // the dotenv report's variables, for the jobs that get its artifacts
+	child  *Summary       // a trigger job's child pipeline
 }
 
 // Summary is how the pipeline ended.
@@ -103,8 +128,11 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 	}
 	start := time.Now()
 	for _, j := range plan.Jobs {
-		r.followWidth = max(r.followWidth, len(j.Name))
+		r.followWidth = max(r.followWidth, utf8.RuneCountInString(r.prefix+j.Name))
 	}
+	root := r.rootRunner()
+	// Job IDs (CI_JOB_ID) are unique within the run, child pipelines' jobs included.
+	firstID := root.lastID.Add(int64(len(plan.Jobs))) - int64(len(plan.Jobs)) + 1
 	done := map[string]chan struct{}{}
 	results := map[string]*JobResult{}
 	for _, j := range plan.Jobs {
@@ -112,10 +140,11 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 		results[j.Name] = &JobResult{Name: j.Name, Stage: j.Stage, State: StatePending}
 		r.report(j.Name, StatePending, "")
 	}
-	var sem chan struct{}
-	if r.Concurrent > 0 {
-		sem = make(chan struct{}, r.Concurrent)
+	// One bound for the jobs of the pipeline and of its child pipelines.
+	if root.sem == nil && root.Concurrent > 0 {
+		root.sem = make(chan struct{}, root.Concurrent)
 	}
+	sem := root.sem
 	// groups holds a one-slot semaphore per resource_group: its jobs run one at a time.
 	groups := map[string]chan struct{}{}
 	for _, j := range plan.Jobs {
@@ -153,8 +182,8 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 			// The resource group first: a job waiting for its group holds no slot of
 			// the concurrent bound.
 			for _, s := range []chan struct{}{groups[j.ResourceGroup], sem} {
-				if s == nil {
-					continue
+				if s == nil || (j.Trigger != nil && s == sem) {
+					continue // a trigger job takes no slot: its child's jobs do
 				}
 				select {
 				case s <- struct{}{}:
@@ -169,7 +198,14 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 					return
 				}
 			}
-			r.runJob(ctx, j, strconv.Itoa(i+1), res)
+			// Reading the results of the jobs waited for is safe: their done channels
+			// are closed.
+			deps, dotenv := dependencies(plan.ArtifactSources(j), results)
+			if j.Trigger != nil {
+				r.runTrigger(ctx, j, res, &wg, deps, dotenv)
+				return
+			}
+			r.runJob(ctx, j, strconv.FormatInt(firstID+int64(i), 10), res, deps, dotenv)
 		}()
 	}
 	wg.Wait()
@@ -180,6 +216,9 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 			sum.Passed = false
 		}
 		sum.Jobs = append(sum.Jobs, res)
+		if res.child != nil {
+			sum.Jobs = append(sum.Jobs, res.child.Jobs...)
+		}
 	}
 	for _, s := range plan.Skipped {
 		sum.Jobs = append(sum.Jobs, JobResult{Name: s.Name, State: StateSkipped, Reason: s.Reason})
@@ -211,16 +250,19 @@ func outcome(r *JobResult) pipeline.Outcome {
 
 func (r *Runner) report(job string, s State, detail string) {
 	if r.Progress != nil {
-		r.Progress.JobState(job, s, detail)
+		r.Progress.JobState(r.prefix+job, s, detail)
 	}
 }
 
 // runJob runs a job until it passes or may not be retried: retry: decides (its max,
 // failure reasons and exit codes), and a job whose instance failed under it is run
 // once more on a new slot in any case.
-func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *JobResult) {
+func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *JobResult, deps []jobs.Dependency, dotenv jobs.Variables) {
 	job := pj.Job
-	job.ID = id
+	job.ID, res.id = id, id
+	job.Dependencies = deps
+	// dotenv variables rank above the job's own, as in GitLab.
+	job.Variables = append(job.Variables[:len(job.Variables):len(job.Variables)], dotenv...)
 	res.LogPath = filepath.Join(r.LogDir, logName(pj.Name))
 	logFile, err := os.Create(res.LogPath)
 	if err != nil {
@@ -231,13 +273,17 @@ func (r *Runner) runJob(ctx context.Context, pj *pipeline.Job, id string, res *J
 	defer logFile.Close()
 	var log io.Writer = logFile
 	if r.Follow != nil {
-		fw := &followWriter{mu: &r.followMu, out: r.Follow, prefix: fmt.Sprintf("%-*s │ ", r.followWidth, pj.Name)}
+		fw := &followWriter{mu: &r.rootRunner().followMu, out: r.Follow, prefix: fmt.Sprintf("%-*s │ ", r.followWidth, r.prefix+pj.Name)}
 		defer fw.flush()
 		log = io.MultiWriter(logFile, fw)
 	}
 	for attempt := 1; ; attempt++ {
 		res.Attempts = attempt
-		result, instance, waited := r.attempt(ctx, &job, attempt, log)
+		store := &jobArtifacts{dir: filepath.Join(r.LogDir, ArtifactsDir), name: strings.TrimSuffix(logName(pj.Name), ".log")}
+		result, instance, waited := r.attempt(ctx, &job, attempt, log, store)
+		store.mu.Lock()
+		res.Artifacts, res.Reports, res.dotenv = store.archive, store.reports, store.dotenv
+		store.mu.Unlock()
 		res.Result, res.InstanceID, res.Waited = result, instance, res.Waited+waited
 		why, again := r.retry(ctx, pj, result, instance, attempt)
 		if !again {
@@ -297,7 +343,7 @@ func describe(res *JobResult) string {
 		d += " on " + res.InstanceID
 	}
 	switch {
-	case r.FailureReason == executors.ScriptFailure:
+	case r.FailureReason == executors.ScriptFailure && r.Err == nil:
 		return fmt.Sprintf("exit code %d, %s", r.ExitCode, d)
 	case r.FailureReason != "":
 		msg := string(r.FailureReason)
@@ -324,7 +370,7 @@ func (j JobResult) Why() string {
 	}
 	r := j.Result
 	switch {
-	case r.FailureReason == executors.ScriptFailure:
+	case r.FailureReason == executors.ScriptFailure && r.Err == nil:
 		return fmt.Sprintf("%s: exit code %d", r.FailureReason, r.ExitCode)
 	case r.FailureReason != "" && r.Err != nil:
 		return fmt.Sprintf("%s: %v", r.FailureReason, r.Err)
@@ -337,12 +383,14 @@ func (j JobResult) Why() string {
 }
 
 // attempt gets a slot, runs the job once on it and releases it.
-func (r *Runner) attempt(ctx context.Context, job *jobs.Job, attempt int, log io.Writer) (executors.Result, string, time.Duration) {
+func (r *Runner) attempt(ctx context.Context, job *jobs.Job, attempt int, log io.Writer, store executors.ArtifactStore) (executors.Result, string, time.Duration) {
 	key := fmt.Sprintf("exec-%s-%s-%d", job.ID, job.Name, attempt)
 	r.report(job.Name, StateWaiting, "")
 	waitStart := time.Now()
 	var waited time.Duration
-	res, inst := r.Pool.Run(ctx, job, key, log, pool.RunOptions{Stops: r.Stops, Runtime: r.Options, OnSlot: func(slot pool.Slot) {
+	opts := r.Options
+	opts.Artifacts = store
+	res, inst := r.Pool.Run(ctx, job, key, log, pool.RunOptions{Stops: r.Stops, Runtime: opts, OnSlot: func(slot pool.Slot) {
 		waited = time.Since(waitStart)
 		r.report(job.Name, StateRunning, fmt.Sprintf("on %s slot %d (waited %s)", slot.InstanceID(), slot.Slot(), waited.Round(10*time.Millisecond)))
 	}})

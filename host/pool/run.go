@@ -201,10 +201,10 @@ func (s slotBound) Cleanup(ctx context.Context) error {
 	return s.Env.Cleanup(ctx)
 }
 
-func (s slotBound) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
+func (s slotBound) Pack(ctx context.Context, spec executors.PackSpec, archive, messages io.Writer) error {
 	ctx, cancel := s.bind(ctx)
 	defer cancel()
-	return s.Env.Pack(ctx, paths, archive, messages)
+	return s.Env.Pack(ctx, spec, archive, messages)
 }
 
 func (s slotBound) Unpack(ctx context.Context, r io.Reader) error {

@@ -110,10 +110,10 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 				CacheDir: cacheDir(s.opts.ConfigPath, cfg)},
 		}
 		if len(job.Artifacts) > 0 {
-			o.Wrap = func(env executors.Env) executors.Env {
-				return &artifactsEnv{Env: env, client: rs.client, job: job, log: tr}
-			}
+			o.Runtime.Artifacts = &gitlabArtifacts{client: rs.client, job: job}
 		}
+		// Earlier jobs' artifacts are downloaded with their own tokens before the script.
+		job.Dependencies = rs.client.Dependencies(resp.Dependencies)
 		res, _ = rs.m.Run(jobCtx, &job.Job, key, tr, o)
 	}
 

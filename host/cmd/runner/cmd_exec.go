@@ -30,6 +30,10 @@ from the Git checkout (CI_COMMIT_BRANCH, CI_COMMIT_TAG, CI_DEFAULT_BRANCH, …),
 CI_PIPELINE_SOURCE from --source and variables from --var. --dry-run prints the plan
 (--json as JSON) without starting a pool.
 
+Each job gets a copy of the working tree (of the Git variables only GIT_STRATEGY none
+and empty apply); with --git it fetches HEAD's commit from the local repository with
+Git instead, and GIT_DEPTH, GIT_SUBMODULE_STRATEGY and the others apply.
+
 Every job's full log is kept in a file (see the summary); the exit code is 1 when the
 pipeline failed or the pool's instances could not all be deleted, 2 when the pipeline
 file or a flag is invalid.
@@ -74,6 +78,7 @@ starts no new ones. After a signal N the exit code is 128+N.`,
 	f.StringVar(&o.Source, "source", "push", "CI_PIPELINE_SOURCE of the run, for rules (push, web, schedule, merge_request_event, …)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the pipeline as it would run (stages, jobs, the rules that decided them, variables) without starting a pool")
 	f.BoolVar(&o.JSON, "json", false, "with --dry-run: print the plan as JSON (schema in docs/gitlab-ci-yml.md)")
+	f.BoolVar(&o.Git, "git", false, "get each job's sources with Git from the local repository (HEAD's commit; GIT_DEPTH, GIT_SUBMODULE_* apply) instead of a copy of the working tree")
 	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
 	f.BoolVarP(&o.Follow, "follow", "F", false, "stream every job's log as it runs, each line prefixed with the job's name")
 	// A bad flag is exit status 2, as an invalid pipeline is; 1 means the pipeline failed.

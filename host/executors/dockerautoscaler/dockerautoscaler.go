@@ -62,10 +62,11 @@ type Options struct {
 	AllowedServices []string
 	// DebugTraceDisabled ignores CI_DEBUG_TRACE (config.toml debug_trace_disabled).
 	DebugTraceDisabled bool
-	// GetSourcesScripts is set when config.toml has pre_get_sources_script or
-	// post_get_sources_script, which this executor does not run (the sources are
-	// fetched on the runner host): each job's log says so.
-	GetSourcesScripts bool
+	// PreGetSourcesScript and PostGetSourcesScript are config.toml's shell text run
+	// for a Git source in a container of the job's image on the builds volume, before
+	// and after the sources are put in place (Git itself runs on the runner host).
+	PreGetSourcesScript  string
+	PostGetSourcesScript string
 }
 
 // NewClient returns a Docker API client whose every connection goes through tunnel to
@@ -163,9 +164,6 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if e.debugTrace() {
 		fmt.Fprintln(log, gitsource.DebugTraceWarning)
 	}
-	if e.opts.GetSourcesScripts && e.job.Source.Kind == jobs.SourceGit {
-		fmt.Fprintln(log, "WARNING: pre_get_sources_script and post_get_sources_script are not run by the docker-autoscaler executor")
-	}
 	if err := e.startServices(ctx, policies, log); err != nil {
 		return err
 	}
@@ -179,10 +177,27 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 		return err
 	}
 	srcDir := ""
+	gitSource := e.job.Source.Kind == jobs.SourceGit
 	switch e.job.Source.Kind {
 	case jobs.SourceLocal:
-		srcDir = e.job.Source.Dir
+		plan, err := gitsource.PlanFor(e.job)
+		if err != nil {
+			return executors.SourcesError(err)
+		}
+		// The builds volume is the job's own: none and empty both start empty.
+		if plan.Strategy == gitsource.StrategyNone || plan.Strategy == gitsource.StrategyEmpty {
+			fmt.Fprintf(log, "Skipping the copy of the working tree (GIT_STRATEGY=%s): the project directory starts empty\n", plan.Strategy)
+		} else {
+			srcDir = e.job.Source.Dir
+		}
 	case jobs.SourceGit:
+		// sourcesOnHost validates the Git variables before any script runs.
+		if _, err := gitsource.PlanFor(e.job); err != nil {
+			return executors.SourcesError(err)
+		}
+		if err := e.getSourcesScript(ctx, "pre_get_sources_script", e.opts.PreGetSourcesScript, log); err != nil {
+			return err
+		}
 		dir, cleanup, err := sourcesOnHost(ctx, e.job, log)
 		if err != nil {
 			return err
@@ -201,6 +216,33 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	defer pr.Close()
 	if _, err := e.docker.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: e.paths.BuildsDir, Content: pr}); err != nil {
 		return fmt.Errorf("copy the source into the builds volume: %w", err)
+	}
+	if gitSource {
+		return e.getSourcesScript(ctx, "post_get_sources_script", e.opts.PostGetSourcesScript, log)
+	}
+	return nil
+}
+
+// getSourcesScript runs config.toml's pre_get_sources_script or
+// post_get_sources_script (name) in a container of the job's image on the builds
+// volume, in the project directory, with the job's shell and variables as its script
+// gets them. A failing script fails the job (script_failure), as in GitLab.
+func (e *Env) getSourcesScript(ctx context.Context, name, text string, log io.Writer) error {
+	if text == "" {
+		return nil
+	}
+	fmt.Fprintf(log, "Running %s\n", name)
+	vars := append(executors.PredefinedVariables(e.job, e.paths, executors.RunOptions{Executor: "docker-autoscaler"}, e.job.Timeout),
+		e.job.Variables...).Expanded()
+	// Docker creates the container's working directory, the project directory, on
+	// the volume if it is not there yet (before the sources).
+	s := executors.Script{Dir: e.paths.ProjectDir, FileVarDir: e.paths.TmpDir, Variables: vars, Commands: []string{text}}
+	code, err := e.Exec(ctx, s, log)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s: %w", name, err)
+	case code != 0:
+		return executors.SourcesError(fmt.Errorf("%s failed with exit code %d", name, code))
 	}
 	return nil
 }
@@ -313,15 +355,15 @@ func (e *Env) runContainer(ctx context.Context, cmd []string, stdin io.Reader, s
 	}
 }
 
-// Pack writes a gzip tar of paths in the project directory to archive, from a
+// Pack writes a gzip tar of spec's files in the project directory to archive, from a
 // container of the job's image (which needs sh, tar and gzip).
-func (e *Env) Pack(ctx context.Context, paths []string, archive, messages io.Writer) error {
-	script, err := executors.PackScript(e.paths.ProjectDir, paths)
+func (e *Env) Pack(ctx context.Context, spec executors.PackSpec, archive, messages io.Writer) error {
+	script, err := executors.PackScript(e.paths.ProjectDir, spec)
 	if err != nil {
 		return err
 	}
 	if code, err := e.runContainer(ctx, []string{"sh", "-c", script}, nil, archive, messages); err != nil || code != 0 {
-		return fmt.Errorf("pack %s (exit %d): %v", strings.Join(paths, " "), code, err)
+		return fmt.Errorf("pack %s (exit %d): %v", strings.Join(spec.Paths, " "), code, err)
 	}
 	return nil
 }

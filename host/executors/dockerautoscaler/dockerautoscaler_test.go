@@ -3,7 +3,9 @@ package dockerautoscaler
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -253,4 +255,159 @@ func TestCacheThroughContainers(t *testing.T) {
 	if log := run("cache-2", "cat vendor/lib"); !strings.Contains(log, "cached-bytes") {
 		t.Fatalf("not restored in a new volume:\n%s", log)
 	}
+}
+
+// archiveStore keeps the archives the runtime collects, by artifact name.
+type archiveStore map[string][]byte
+
+func (s archiveStore) Store(_ context.Context, a jobs.Artifact, archive io.Reader, _ io.Writer) error {
+	b, err := io.ReadAll(archive)
+	s[a.Name] = b
+	return err
+}
+
+// TestArtifactsThroughContainers: artifacts are packed in a container of the job's
+// (busybox) image, exclude leaves files out, untracked says that the image has no git,
+// and a later job in a new volume gets the archive back as a dependency.
+func TestArtifactsThroughContainers(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := archiveStore{}
+	run := func(job jobs.Job) string {
+		job.Source = jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}
+		env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Artifacts: store})
+		if res.Status != executors.StatusSuccess {
+			t.Fatalf("job %s: %+v\n%s", job.ID, res, log.String())
+		}
+		assertNothingLeft(t, local, job.ID)
+		return log.String()
+	}
+	log := run(jobs.Job{ID: "art-1", Script: []string{"mkdir -p out/obj", "echo built > out/bin", "echo o > out/obj/x.o"},
+		Artifacts: []jobs.Artifact{{Name: "build", Paths: []string{"out/"}, Exclude: []string{"out/**/*.o"}, Untracked: true, When: "on_success"}}})
+	for _, w := range []string{"out/**/*.o: 1 excluded", "untracked: git is not installed"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("log lacks %q:\n%s", w, log)
+		}
+	}
+	if store["build"] == nil {
+		t.Fatalf("nothing stored:\n%s", log)
+	}
+	dep := jobs.Dependency{ID: "art-1", Name: "build", Open: func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(store["build"])), nil
+	}}
+	if log := run(jobs.Job{ID: "art-2", Dependencies: []jobs.Dependency{dep}, Script: []string{"cat out/bin", "test ! -e out/obj/x.o"}}); !strings.Contains(log, "built") {
+		t.Errorf("dependency not restored:\n%s", log)
+	}
+}
+
+// TestGetSourcesScripts: config.toml's pre_get_sources_script runs in a container of
+// the job's image on the builds volume before the sources are there, with the job's
+// variables, post_get_sources_script after them; a failing pre script fails the job as
+// its own (script_failure) before anything else runs.
+func TestGetSourcesScripts(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"config", "user.email", "t@example.invalid"}, {"config", "user.name", "t"}} {
+		gitIn(t, repo, args...)
+	}
+	os.WriteFile(filepath.Join(repo, "VERSION"), []byte("1.2.3\n"), 0o644)
+	gitIn(t, repo, "add", ".")
+	gitIn(t, repo, "commit", "-q", "-m", "v")
+	src := jobs.Source{Kind: jobs.SourceGit, RepoURL: "file://" + repo, Ref: "main", SHA: gitIn(t, repo, "rev-parse", "HEAD")}
+	opts := Options{Image: dockertest.Image, PullPolicy: []string{PullNever},
+		PreGetSourcesScript:  `echo "pre sees $(ls -A | wc -l) files, $GREETING, in $(uname -s) $(cat /etc/passwd | head -c 4)"`,
+		PostGetSourcesScript: `echo "post sees $(cat VERSION)"`}
+
+	job := jobs.Job{ID: "gss-1", Source: src, Script: []string{"echo script sees $(cat VERSION)"}, Variables: jobs.Variables{{Key: "GREETING", Value: "hi"}}}
+	env, err := New(cli, &job, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
+	if res.Status != executors.StatusSuccess {
+		t.Fatalf("result %+v\n%s", res, log.String())
+	}
+	out := log.String()
+	pre, fetch, post, script := strings.Index(out, "pre sees 0 files, hi, in Linux root"), strings.Index(out, "Fetching changes of"),
+		strings.Index(out, "post sees 1.2.3"), strings.Index(out, "script sees 1.2.3")
+	if pre < 0 || fetch < pre || post < fetch || script < post {
+		t.Errorf("want pre (%d) < fetch (%d) < post (%d) < script (%d):\n%s", pre, fetch, post, script, out)
+	}
+	assertNothingLeft(t, local, job.ID)
+
+	job = jobs.Job{ID: "gss-2", Source: src, Script: []string{"echo script ran"}}
+	opts.PreGetSourcesScript = "echo failing pre; exit 3"
+	env, err = New(cli, &job, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Reset()
+	res = executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
+	out = log.String()
+	if res.Status != executors.StatusFailed || res.FailureReason != executors.ScriptFailure ||
+		!strings.Contains(out, "pre_get_sources_script failed with exit code 3") {
+		t.Fatalf("failing pre script: %+v\n%s", res, out)
+	}
+	if strings.Contains(out, "Fetching changes") || strings.Contains(out, "script ran") {
+		t.Errorf("sources fetched or script run after a failing pre script:\n%s", out)
+	}
+	assertNothingLeft(t, local, job.ID)
+}
+
+// TestCopiedTreeGitStrategy: a copied working tree honours GIT_STRATEGY none and empty
+// (the job's own volume starts empty), and a bad value is the job's failure.
+func TestCopiedTreeGitStrategy(t *testing.T) {
+	local := dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "data.txt"), []byte("x\n"), 0o644)
+	for _, tt := range []struct {
+		strategy string
+		reason   executors.FailureReason
+	}{{"none", ""}, {"empty", ""}, {"bogus", executors.ScriptFailure}} {
+		job := jobs.Job{ID: "strategy-" + tt.strategy, Script: []string{`test -z "$(ls -A)"`}, Source: jobs.Source{Kind: jobs.SourceLocal, Dir: src},
+			Variables: jobs.Variables{{Key: "GIT_STRATEGY", Value: tt.strategy}}}
+		env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{})
+		bad := tt.reason != "" && !strings.Contains(log.String(), `GIT_STRATEGY="bogus": want clone, fetch, none or empty`)
+		if bad || res.FailureReason != tt.reason || (tt.reason == "") != (res.Status == executors.StatusSuccess) {
+			t.Errorf("GIT_STRATEGY=%s: %+v\n%s", tt.strategy, res, log.String())
+		}
+		assertNothingLeft(t, local, job.ID)
+	}
+}
+
+func gitIn(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not installed")
+	}
+	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v %s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
 }

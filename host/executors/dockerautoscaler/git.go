@@ -2,6 +2,7 @@ package dockerautoscaler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,7 +26,7 @@ import (
 func sourcesOnHost(ctx context.Context, job *jobs.Job, log io.Writer) (string, func(), error) {
 	plan, err := gitsource.PlanFor(job)
 	if err != nil {
-		return "", nil, err
+		return "", nil, executors.SourcesError(err)
 	}
 	if plan.Strategy == gitsource.StrategyNone || plan.Strategy == gitsource.StrategyEmpty {
 		fmt.Fprintf(log, "Skipping Git repository setup (GIT_STRATEGY=%s): the project directory starts empty\n", plan.Strategy)
@@ -48,6 +49,12 @@ func sourcesOnHost(ctx context.Context, job *jobs.Job, log io.Writer) (string, f
 	out.Close()
 	if err != nil {
 		cleanup()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) && exit.Exited() {
+			// Git ran and failed (a ref or repository that is not there, a network
+			// error): another slot would fetch from the same host the same way.
+			return "", nil, executors.SourcesError(fmt.Errorf("get sources: %w", err))
+		}
 		return "", nil, fmt.Errorf("get sources: %w", err)
 	}
 	return dir, cleanup, nil

@@ -25,8 +25,8 @@ func init() {
 			env, err := New(cli, job, Options{Image: d.Image, Host: d.Host, Volumes: d.Volumes,
 				Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages,
 				AllowedPullPolicies: d.AllowedPullPolicies, AllowedServices: d.AllowedServices,
-				DebugTraceDisabled: on.Runner.DebugTraceDisabled,
-				GetSourcesScripts:  on.Runner.PreGetSourcesScript != "" || on.Runner.PostGetSourcesScript != ""})
+				DebugTraceDisabled:  on.Runner.DebugTraceDisabled,
+				PreGetSourcesScript: on.Runner.PreGetSourcesScript, PostGetSourcesScript: on.Runner.PostGetSourcesScript})
 			if err != nil {
 				return nil, err
 			}

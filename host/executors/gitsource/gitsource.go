@@ -4,7 +4,8 @@
 // GIT_CLEAN_FLAGS, GIT_FETCH_EXTRA_FLAGS, GIT_SUBMODULE_*, GIT_LFS_SKIP_SMUDGE) and the
 // runner's pre_get_sources_script and post_get_sources_script. Both executors use it:
 // the instance executor runs the script on the instance, docker-autoscaler on the
-// runner host before the tree is copied into the job's volume.
+// runner host before the tree is copied into the job's volume (it runs the config
+// scripts itself, in the job's image).
 package gitsource
 
 import (
@@ -324,4 +325,27 @@ func quoteAll(ss []string) []string {
 		out[i] = quote(s)
 	}
 	return out
+}
+
+// gitOnly are the variables that only steer a Git checkout, in the order GitLab's
+// documentation lists them.
+var gitOnly = []string{"GIT_DEPTH", "GIT_CHECKOUT", "GIT_CLEAN_FLAGS", "GIT_FETCH_EXTRA_FLAGS",
+	"GIT_SUBMODULE_STRATEGY", "GIT_SUBMODULE_PATHS", "GIT_SUBMODULE_DEPTH", "GIT_SUBMODULE_UPDATE_FLAGS", "GIT_LFS_SKIP_SMUDGE"}
+
+// GitOnlyVariables names the variables job sets that mean something only when its
+// sources come from Git (GIT_DEPTH, GIT_SUBMODULE_*, …, and GIT_STRATEGY clone or
+// fetch), for a job that gets a copy of a working tree instead. GIT_STRATEGY none and
+// empty are not among them: they apply to a copy too.
+func GitOnlyVariables(job *jobs.Job) []string {
+	vars := job.Variables.Expanded()
+	var set []string
+	if v, _ := vars.Get("GIT_STRATEGY"); strings.TrimSpace(v) == StrategyClone || strings.TrimSpace(v) == StrategyFetch {
+		set = append(set, "GIT_STRATEGY="+strings.TrimSpace(v))
+	}
+	for _, k := range gitOnly {
+		if v, ok := vars.Get(k); ok && strings.TrimSpace(v) != "" {
+			set = append(set, k)
+		}
+	}
+	return set
 }

@@ -287,3 +287,23 @@ func TestScriptWithGit(t *testing.T) {
 		}
 	})
 }
+
+// TestGitOnlyVariables: the variables a copy of the working tree ignores are named;
+// GIT_STRATEGY none and empty, which a copy honours, are not.
+func TestGitOnlyVariables(t *testing.T) {
+	tests := []struct {
+		vars []string
+		want []string
+	}{
+		{nil, nil},
+		{[]string{"GIT_STRATEGY", "none", "GIT_STRATEGY", "empty"}, nil},
+		{[]string{"GIT_STRATEGY", "fetch"}, []string{"GIT_STRATEGY=fetch"}},
+		{[]string{"GIT_DEPTH", "1", "GIT_SUBMODULE_STRATEGY", "normal", "OTHER", "x"}, []string{"GIT_DEPTH", "GIT_SUBMODULE_STRATEGY"}},
+		{[]string{"D", "", "GIT_DEPTH", "$D", "GIT_CLEAN_FLAGS", "none"}, []string{"GIT_CLEAN_FLAGS"}},
+	}
+	for _, tt := range tests {
+		if got := GitOnlyVariables(jobWith(jobs.Source{}, tt.vars...)); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("GitOnlyVariables(%q) = %q, want %q", tt.vars, got, tt.want)
+		}
+	}
+}

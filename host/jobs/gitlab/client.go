@@ -70,6 +70,10 @@ type Features struct {
 	MultiBuildSteps bool `json:"multi_build_steps"`
 	ReturnExitCode  bool `json:"return_exit_code"`
 	Refspecs        bool `json:"refspecs"`
+	// UploadRawArtifacts and ArtifactsExclude tell GitLab that raw-format reports
+	// and artifacts:exclude are handled; without them it refuses such jobs.
+	UploadRawArtifacts bool `json:"upload_raw_artifacts"`
+	ArtifactsExclude   bool `json:"artifacts_exclude"`
 }
 
 // StatusError is a non-success HTTP answer from GitLab.
@@ -133,7 +137,7 @@ func NewClient(baseURL string, o ClientOptions) (*Client, error) {
 		Architecture: runtime.GOARCH, Executor: o.Executor, Shell: o.Shell,
 		Features: Features{Variables: true, Image: true, Services: true, Artifacts: true, UploadMultiple: true,
 			Masking: true, Cancelable: true, TraceReset: true, TraceChecksum: true, TraceSize: true,
-			MultiBuildSteps: true, ReturnExitCode: true},
+			MultiBuildSteps: true, ReturnExitCode: true, UploadRawArtifacts: true, ArtifactsExclude: true},
 	}}, nil
 }
 

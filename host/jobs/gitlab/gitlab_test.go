@@ -11,6 +11,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -35,8 +36,10 @@ func TestToJob(t *testing.T) {
 			{Name: "after_script", Script: []string{"echo after"}, Timeout: 30}},
 		Image:    gitlab.Image{Name: "alpine:3", Entrypoint: []string{"/bin/sh"}},
 		Services: []gitlab.Image{{Name: "postgres:16", Alias: "db"}},
-		Artifacts: []gitlab.Artifact{{Name: "out", Paths: []string{"out/"}, ArtifactType: "archive", ArtifactFormat: "zip", ExpireIn: "1 day"},
+		Artifacts: []gitlab.Artifact{{Name: "out", Paths: []string{"out/"}, Exclude: []string{"out/**/*.o"}, Untracked: true, ArtifactType: "archive", ArtifactFormat: "zip", ExpireIn: "1 day"},
 			{Name: "junit", Paths: []string{"report.xml"}, ArtifactType: "junit", ArtifactFormat: "gzip", When: "always"}},
+		Dependencies: []gitlab.Dependency{{ID: 40, Name: "compile", Token: "t40", ArtifactsFile: gitlab.ArtifactsFile{Filename: "artifacts.zip", Size: 10}},
+			{ID: 41, Name: "lint", Token: "t41"}},
 		Cache:    []gitlab.Cache{{Key: "k", Paths: []string{"vendor/"}, Policy: "pull-push"}},
 		Features: gitlab.JobFeatures{FailureReasons: []string{"script_failure", "runner_system_failure"}},
 	}
@@ -63,9 +66,13 @@ func TestToJob(t *testing.T) {
 		{"depth", j.Source.Depth, 20},
 		{"refspecs", strings.Join(j.Source.Refspecs, " "), "+refs/pipelines/7:refs/pipelines/7 +refs/heads/main:refs/remotes/origin/main"},
 		{"allow_git_fetch", j.Source.AllowFetch, true},
-		{"artifacts (archive only)", len(j.Artifacts), 1},
+		{"artifacts (archive and report)", len(j.Artifacts), 2},
 		{"artifact when", j.Artifacts[0].When, "on_success"},
-		{"expire", j.ArtifactUploads[0].ExpireIn, "1 day"},
+		{"expire", j.Artifacts[0].ExpireIn, "1 day"},
+		{"exclude", strings.Join(j.Artifacts[0].Exclude, ","), "out/**/*.o"},
+		{"untracked", j.Artifacts[0].Untracked, true},
+		{"report type", j.Artifacts[1].Type + "/" + j.Artifacts[1].Format, "junit/gzip"},
+		{"report when", j.Artifacts[1].When, "always"},
 		{"caches", len(j.Caches), 1},
 		{"masked", strings.Join(j.Variables.MaskedValues(), ","), "sekrit,glcbt-tok"},
 		{"file", j.Variables[2].File, true},
@@ -304,4 +311,73 @@ func BenchmarkTraceUpload(b *testing.B) {
 	}
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds()/(1<<20), "MiB/s")
 	b.ReportMetric(float64(srv.Requests("PATCH trace"))/float64(b.N), "patches/job")
+}
+
+// TestRawArtifactFormat: the raw format (dotenv) is the one file as it is; two files
+// cannot be sent raw.
+func TestRawArtifactFormat(t *testing.T) {
+	tgz := func(files ...string) []byte {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(zw)
+		for _, f := range files {
+			tw.WriteHeader(&tar.Header{Name: f, Mode: 0o644, Size: 3, Typeflag: tar.TypeReg})
+			tw.Write([]byte("A=1"))
+		}
+		tw.Close()
+		zw.Close()
+		return buf.Bytes()
+	}
+	data, name, err := gitlab.TarGzToRaw(tgz("out/build.env"))
+	if err != nil || name != "build.env" || string(data) != "A=1" {
+		t.Errorf("raw = %q %q %v", data, name, err)
+	}
+	if _, _, err := gitlab.TarGzToRaw(tgz("a.env", "b.env")); err == nil || !strings.Contains(err.Error(), "one file") {
+		t.Errorf("two files sent raw: %v", err)
+	}
+}
+
+// TestDownloadArtifactsKeepsTheTokenOnGitLab is GitLab with artifacts in object
+// storage: the download is redirected to a pre-signed URL on another host, which gets
+// the archive request without the job token; a redirect within GitLab keeps it.
+func TestDownloadArtifactsKeepsTheTokenOnGitLab(t *testing.T) {
+	var mu sync.Mutex
+	tokens := map[string]string{}
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		tokens["store"] = r.Header.Get("Job-Token")
+		mu.Unlock()
+		w.Write([]byte("archive"))
+	}))
+	defer store.Close()
+	gl := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		tokens[r.URL.Path] = r.Header.Get("Job-Token")
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/api/v4/jobs/7/artifacts":
+			http.Redirect(w, r, "/api/v4/jobs/7/artifacts/moved", http.StatusFound)
+		case "/api/v4/jobs/7/artifacts/moved":
+			http.Redirect(w, r, store.URL+"/bucket/7.zip?X-Amz-Signature=s", http.StatusFound)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer gl.Close()
+	c, err := gitlab.NewClient(gl.URL, gitlab.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := c.DownloadArtifacts(context.Background(), 7, "job-secret")
+	if err != nil || string(body) != "archive" {
+		t.Fatalf("download: %q %v", body, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]string{"/api/v4/jobs/7/artifacts": "job-secret", "/api/v4/jobs/7/artifacts/moved": "job-secret", "store": ""}
+	for k, v := range want {
+		if tokens[k] != v {
+			t.Errorf("%s got token %q, want %q", k, tokens[k], v)
+		}
+	}
 }

@@ -24,7 +24,24 @@ type JobResponse struct {
 	Services      []Image       `json:"services"`
 	Artifacts     []Artifact    `json:"artifacts"`
 	Cache         []Cache       `json:"cache"`
+	Dependencies  []Dependency  `json:"dependencies"`
 	Features      JobFeatures   `json:"features"`
+}
+
+// Dependency is an earlier job whose artifacts the job gets: downloaded with its own
+// token (GET /api/v4/jobs/:id/artifacts) when it has an artifacts file.
+type Dependency struct {
+	ID            int64         `json:"id"`
+	Name          string        `json:"name"`
+	Token         string        `json:"token"`
+	ArtifactsFile ArtifactsFile `json:"artifacts_file"`
+}
+
+// ArtifactsFile names a dependency's artifacts archive; Filename is empty when it has
+// none.
+type ArtifactsFile struct {
+	Filename string `json:"filename"`
+	Size     int64  `json:"size"`
 }
 
 // JobInfo names the job and its project.
@@ -116,9 +133,6 @@ type Job struct {
 	// authenticates trace, update and artifact calls and the clone.
 	GitLabID int64
 	Token    string
-	// ArtifactUploads keeps each artifact declaration's type, format and expiry, in
-	// the order of Job.Artifacts.
-	ArtifactUploads []Artifact
 	// FailureReasons are the failure_reason values the server accepts; empty = all.
 	FailureReasons []string
 }
@@ -177,17 +191,12 @@ func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
 			Depth: r.GitInfo.Depth, Refspecs: r.GitInfo.Refspecs, AllowFetch: r.AllowGitFetch, Token: r.Token}
 	}
 	for _, a := range r.Artifacts {
-		// Reports (junit, dotenv, …) are archives of their own type; only the plain
-		// archive is collected for now.
-		if a.ArtifactType != "" && a.ArtifactType != "archive" {
-			continue
-		}
 		when := a.When
 		if when == "" {
 			when = "on_success"
 		}
-		j.Artifacts = append(j.Artifacts, jobs.Artifact{Name: a.Name, Paths: a.Paths, When: when})
-		j.ArtifactUploads = append(j.ArtifactUploads, a)
+		j.Artifacts = append(j.Artifacts, jobs.Artifact{Name: a.Name, Paths: a.Paths, Exclude: a.Exclude, Untracked: a.Untracked,
+			When: when, ExpireIn: a.ExpireIn, Type: a.ArtifactType, Format: a.ArtifactFormat})
 	}
 	return j, nil
 }

@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -63,6 +65,98 @@ type DryJob struct {
 	// Variables are the job's effective variables (global, workflow, job, rule and
 	// --var ones; not the predefined ones), masked and file variables as [masked].
 	Variables []DryVariable `json:"variables"`
+	// Artifacts are what the job collects (see DryArtifact); Dependencies its
+	// dependencies: when written (empty: none).
+	Artifacts    []DryArtifact `json:"artifacts,omitempty"`
+	Dependencies *[]string     `json:"dependencies,omitempty"`
+	// Environment is the job's environment:, its name and URL expanded.
+	Environment *DryEnvironment `json:"environment,omitempty"`
+	// Release is the tag of the job's release: (none is created locally); Pages the
+	// directory a pages job publishes (kept as an artifact, not deployed).
+	Release string `json:"release,omitempty"`
+	Pages   string `json:"pages,omitempty"`
+	// Trigger is the job's trigger:; Child the child pipeline it would run, or
+	// ChildError why it cannot be made.
+	Trigger    *DryTrigger `json:"trigger,omitempty"`
+	Child      *DryRun     `json:"child,omitempty"`
+	ChildError string      `json:"child_error,omitempty"`
+}
+
+// DryEnvironment is a job's environment as its CI_ENVIRONMENT_* variables say.
+type DryEnvironment struct {
+	Name   string `json:"name"`
+	URL    string `json:"url,omitempty"`
+	Action string `json:"action"`
+	Tier   string `json:"tier"`
+}
+
+// DryTrigger is a trigger job's trigger:.
+type DryTrigger struct {
+	// Include are the child pipeline's files; Project the downstream project of a
+	// multi-project trigger, which runner exec does not run.
+	Include []string `json:"include,omitempty"`
+	Project string   `json:"project,omitempty"`
+	// Strategy is "depend" or "".
+	Strategy        string `json:"strategy,omitempty"`
+	ForwardYAML     bool   `json:"forward_yaml_variables"`
+	ForwardPipeline bool   `json:"forward_pipeline_variables"`
+}
+
+// DryArtifact is one artifacts entry of a job: the archive or a report.
+type DryArtifact struct {
+	// Type is "archive" or the report type.
+	Type      string   `json:"type"`
+	Paths     []string `json:"paths,omitempty"`
+	Exclude   []string `json:"exclude,omitempty"`
+	Untracked bool     `json:"untracked,omitempty"`
+	When      string   `json:"when"`
+	ExpireIn  string   `json:"expire_in,omitempty"`
+}
+
+func dryArtifacts(j *Job) ([]DryArtifact, *[]string) {
+	var out []DryArtifact
+	for _, a := range j.Artifacts {
+		t := a.Type
+		if t == "" {
+			t = jobs.ArtifactArchive
+		}
+		out = append(out, DryArtifact{Type: t, Paths: a.Paths, Exclude: a.Exclude, Untracked: a.Untracked, When: a.When, ExpireIn: a.ExpireIn})
+	}
+	if j.ArtifactsFrom == nil {
+		return out, nil
+	}
+	deps := append([]string{}, j.ArtifactsFrom...)
+	return out, &deps
+}
+
+// artifactsText is the artifacts line of the text form.
+func (dj DryJob) artifactsText() string {
+	var parts []string
+	for _, a := range dj.Artifacts {
+		p := a.Type + " " + strings.Join(a.Paths, " ")
+		if a.Untracked {
+			p += " +untracked"
+		}
+		if len(a.Exclude) > 0 {
+			p += " exclude " + strings.Join(a.Exclude, " ")
+		}
+		if a.Type == jobs.ArtifactArchive {
+			p += " (when " + a.When
+			if a.ExpireIn != "" {
+				p += ", expire_in " + a.ExpireIn
+			}
+			p += ")"
+		}
+		parts = append(parts, p)
+	}
+	text := strings.Join(parts, "; ")
+	if dj.Dependencies != nil {
+		if text != "" {
+			text += "; "
+		}
+		text += "dependencies: [" + strings.Join(*dj.Dependencies, ", ") + "]"
+	}
+	return text
 }
 
 // DryVariable is a variable and the value shown for it.
@@ -101,7 +195,31 @@ func NewDryRun(p *Pipeline, ev *Evaluation, plan *Plan, predefined jobs.Variable
 			if j == nil {
 				j = orig
 			}
-			dj := DryJob{Name: j.Name, ExpandedFrom: j.Origin, When: j.When, AllowFailure: j.AllowFailure, Needs: j.Needs, Variables: dryVars(j.Variables)}
+			dj := DryJob{Name: j.Name, ExpandedFrom: j.Origin, When: j.When, AllowFailure: j.AllowFailure, Needs: j.Needs, Variables: dryVars(j.Variables), Pages: j.Pages}
+			dj.Artifacts, dj.Dependencies = dryArtifacts(j)
+			if j.Release != nil {
+				dj.Release = j.Release.TagName
+			}
+			if e := j.Environment; e != nil {
+				vs := j.Variables
+				name, _ := vs.Get("CI_ENVIRONMENT_NAME")
+				url, _ := vs.Get("CI_ENVIRONMENT_URL")
+				tier, _ := vs.Get("CI_ENVIRONMENT_TIER")
+				if dec == nil || !dec.Added {
+					name, url, tier = e.Name, e.URL, e.Tier
+				}
+				dj.Environment = &DryEnvironment{Name: name, URL: url, Action: e.Action, Tier: tier}
+			}
+			if t := j.Trigger; t != nil {
+				dt := &DryTrigger{Project: t.Project, ForwardYAML: t.ForwardYAML, ForwardPipeline: t.ForwardPipeline}
+				for _, ti := range t.Include {
+					dt.Include = append(dt.Include, ti.String())
+				}
+				if t.Depend {
+					dt.Strategy = "depend"
+				}
+				dj.Trigger = dt
+			}
 			if dec != nil {
 				dj.DecidedBy, dj.If, dj.Reason = dec.By, dec.If, dec.Reason
 				if dec.Rule >= 0 {
@@ -128,6 +246,36 @@ func NewDryRun(p *Pipeline, ev *Evaluation, plan *Plan, predefined jobs.Variable
 		}
 	}
 	return dr
+}
+
+// AddChildren adds to the dry run the child pipeline of each trigger job that is in
+// the pipeline (evaluated as ev), made with o as NewChild makes it, and theirs in
+// turn; a child that cannot be made shows why.
+func (dr *DryRun) AddChildren(ctx context.Context, ev *Evaluation, o ChildOptions) {
+	for si := range dr.Stages {
+		for ji := range dr.Stages[si].Jobs {
+			dj := &dr.Stages[si].Jobs[ji]
+			j := ev.Pipeline.Job(dj.Name)
+			if j == nil || j.Trigger == nil || j.Trigger.Project != "" || dj.Status == "skipped" {
+				continue
+			}
+			ch, err := NewChild(ctx, j, o)
+			var none *NoPipelineError
+			switch {
+			case errors.As(err, &none):
+				dj.Child = NoPipeline(ch.Pipeline, none, ch.Env.Predefined)
+				dj.ChildError = err.Error()
+			case ch != nil && ch.Plan != nil:
+				dj.Child = NewDryRun(ch.Pipeline, ch.Evaluation, ch.Plan, ch.Env.Predefined, nil)
+				dj.Child.AddChildren(ctx, ch.Evaluation, ch.Options)
+				if err != nil {
+					dj.ChildError = err.Error()
+				}
+			case err != nil:
+				dj.ChildError = err.Error()
+			}
+		}
+	}
 }
 
 // NoPipeline describes a run that workflow:rules stopped.
@@ -192,6 +340,25 @@ func (dr *DryRun) WriteText(w io.Writer) {
 			if j.ExpandedFrom != "" {
 				line += ", parallel: " + j.ExpandedFrom
 			}
+			if e := j.Environment; e != nil {
+				line += fmt.Sprintf(", environment: %s (%s, %s)", e.Name, e.Action, e.Tier)
+			}
+			if j.Release != "" {
+				line += ", release: " + j.Release + " (not created)"
+			}
+			if j.Pages != "" {
+				line += ", pages: " + j.Pages + " (not deployed)"
+			}
+			if t := j.Trigger; t != nil {
+				if t.Project != "" {
+					line += ", trigger: project " + t.Project
+				} else {
+					line += ", trigger: " + strings.Join(t.Include, ", ")
+				}
+				if t.Strategy != "" {
+					line += ", strategy: " + t.Strategy
+				}
+			}
 			switch {
 			case j.Needs == nil:
 			case len(j.Needs) == 0:
@@ -203,12 +370,29 @@ func (dr *DryRun) WriteText(w io.Writer) {
 			if j.Reason != "" && j.Reason != "no rules" {
 				fmt.Fprintf(w, "  %-*s  %s\n", width, "", j.Reason)
 			}
+			if a := j.artifactsText(); a != "" {
+				fmt.Fprintf(w, "  %-*s  artifacts: %s\n", width, "", a)
+			}
 			if j.Status != "skipped" && len(j.Variables) > 0 {
 				var vs []string
 				for _, v := range j.Variables {
 					vs = append(vs, v.Name+"="+v.Value)
 				}
 				fmt.Fprintf(w, "  %-*s  variables: %s\n", width, "", strings.Join(vs, " "))
+			}
+			if j.ChildError != "" {
+				fmt.Fprintf(w, "  %-*s  child pipeline: %s\n", width, "", j.ChildError)
+			}
+			if j.Child != nil {
+				var b strings.Builder
+				j.Child.WriteText(&b)
+				fmt.Fprintf(w, "  %-*s  child pipeline of %s:\n", width, "", j.Name)
+				for _, l := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+					if l != "" {
+						l = "      " + l
+					}
+					fmt.Fprintln(w, l)
+				}
 			}
 		}
 	}

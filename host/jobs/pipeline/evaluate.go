@@ -128,7 +128,7 @@ func (p *Pipeline) Evaluate(env Env) (*Evaluation, error) {
 	out := &Pipeline{File: p.File, Stages: p.Stages, Variables: slices.Concat(p.Variables, wfVars), Workflow: p.Workflow, Warnings: p.Warnings}
 	added := map[string]*Job{}
 	for _, j := range p.Jobs {
-		vars := slices.Concat(j.Variables[:j.nGlobal], wfVars, j.Variables[j.nGlobal:])
+		vars := slices.Concat(j.Variables[:j.nGlobal], j.inherit.variables.inherited(wfVars), j.Variables[j.nGlobal:])
 		dec, c, err := e.decide(j, vars)
 		if err != nil {
 			return nil, err
@@ -210,6 +210,13 @@ func (e *evaluator) lookup(vars jobs.Variables) func(string) (string, bool) {
 // decide evaluates one job; c is the job as added, nil when it is not.
 func (e *evaluator) decide(j *Job, vars jobs.Variables) (Decision, *Job, error) {
 	dec := Decision{Job: j.Name, Rule: -1, When: j.When}
+	var envVars jobs.Variables
+	if j.Environment != nil {
+		// GitLab's CI_ENVIRONMENT_* come before the job's own variables (they are
+		// predefined), and its rules can use them.
+		envVars = environmentVariables(j.Environment, e.lookup(vars))
+		vars = slices.Concat(envVars, vars)
+	}
 	lookup := e.lookup(vars)
 	c := *j
 	c.Variables = vars
@@ -277,8 +284,21 @@ func (e *evaluator) decide(j *Job, vars jobs.Variables) (Decision, *Job, error) 
 		dec.Added, dec.Reason = false, "when: never"
 		return dec, nil, nil
 	}
+	if j.Trigger != nil {
+		t := *j.Trigger
+		t.Variables = e.triggerVariables(c.Variables[len(envVars):])
+		c.Trigger = &t
+	}
 	c.Variables = append(c.Variables, e.env.Overrides...)
 	return dec, &c, nil
+}
+
+// triggerVariables are a trigger job's variables as its child pipeline gets them
+// (forward:yaml_variables): expanded, as GitLab expands them, with the predefined
+// variables, the run's and the earlier ones.
+func (e *evaluator) triggerVariables(yaml jobs.Variables) jobs.Variables {
+	all := slices.Concat(e.env.Predefined, e.env.Overrides, yaml).Expanded()
+	return all[len(all)-len(yaml):].Effective()
 }
 
 // firstMatch returns the first rule whose conditions all hold, or nil.
@@ -510,9 +530,7 @@ func refsMatch(refs []string, lookup func(string) (string, bool)) bool {
 	source, _ := lookup("CI_PIPELINE_SOURCE")
 	for _, r := range refs {
 		// name@project/path restricts to a project; a local run is that project.
-		if i := strings.LastIndex(r, "@"); i > 0 && !strings.HasPrefix(r, "/") {
-			r = r[:i]
-		}
+		r, _ = splitRefProject(r)
 		switch {
 		case r == "branches":
 			if _, ok := lookup("CI_COMMIT_BRANCH"); ok {
@@ -539,6 +557,17 @@ func refsMatch(refs []string, lookup func(string) (string, bool)) bool {
 	return false
 }
 
+// splitRefProject splits an only/except ref into its pattern and the project path
+// after the first @, as GitLab does (pattern.split('@', 2)), a /regex/flags pattern
+// included: "/.*/@group/proj" is the regex /.*/ in the project group/proj. An @
+// inside a regex thus ends the pattern in GitLab too. A ref starting with @ keeps it.
+func splitRefProject(r string) (pattern, project string) {
+	if i := strings.IndexByte(r, '@'); i > 0 {
+		return r[:i], r[i+1:]
+	}
+	return r, ""
+}
+
 // parseWorkflow reads the top-level workflow: keyword.
 func parseWorkflow(d *diags, n node) *Workflow {
 	m := mapping(d, n, "workflow")
@@ -552,7 +581,7 @@ func parseWorkflow(d *diags, n node) *Workflow {
 		case "name":
 			w.Name = scalar(d, kv.value, p)
 		case "rules":
-			w.Rules = parseRules(d, kv.value, p, true)
+			w.Rules = parseRules(d, kv.value, p, workflowRules)
 			if w.Rules == nil {
 				w.Rules = []Rule{}
 			}

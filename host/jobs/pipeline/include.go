@@ -47,6 +47,12 @@ type Options struct {
 	Projects map[string]string
 	// HTTPClient fetches include:remote files; default: a client with RemoteTimeout.
 	HTTPClient *http.Client
+	// Env is what include:rules decide against: the predefined variables and the
+	// run's --var ones (GitLab allows no others there: no global or job variables),
+	// the checkout for exists and its diff for changes. Nil means there is no run to
+	// decide for: include rules are not evaluated and every file is included, with
+	// a warning.
+	Env *Env
 }
 
 // LoadWith reads and parses a pipeline file with its includes and inputs.
@@ -80,6 +86,10 @@ type loader struct {
 	client *http.Client
 	// count is the number of files included so far.
 	count int
+	// eval decides include:rules, made when first needed.
+	eval *evaluator
+	// child is set when the loader reads a child pipeline's trigger:include.
+	child *childLoad
 }
 
 // load reads one file's documents, applies its inputs, checks its aliases and merges
@@ -273,10 +283,14 @@ func (l *loader) includes(src source, v node, chain []source) []node {
 		items = v.Content
 	}
 	var out []node
+	base := "include"
+	if l.child != nil && len(chain) == 1 {
+		base = l.child.job + ".trigger.include"
+	}
 	for i, it := range items {
-		p := "include"
+		p := base
 		if v.Kind == yaml.SequenceNode {
-			p = fmt.Sprintf("include[%d]", i)
+			p = fmt.Sprintf("%s[%d]", base, i)
 		}
 		it = resolve(it)
 		switch it.Kind {
@@ -293,15 +307,22 @@ func (l *loader) includes(src source, v node, chain []source) []node {
 			out = append(out, l.includeEntry(src, chain, p, it, map[string]node{kind: it}, nil)...)
 		case yaml.MappingNode:
 			fields := map[string]node{}
-			var inputs node
+			var inputs, rules node
 			for _, f := range d.pairs(it) {
 				switch k := f.key.Value; k {
 				case "local", "remote", "project", "file", "ref", "template", "component":
 					fields[k] = f.value
+				case "artifact", "job":
+					if l.child == nil {
+						d.errorHint(f.key, p+"."+k, "include:artifact makes a dynamic child pipeline: use it under a job's trigger:include", "include:%s is only for trigger:include", k)
+						fields = nil
+						break
+					}
+					fields[k] = f.value
 				case "inputs":
 					inputs = f.value
 				case "rules":
-					d.warnf(f.key, p+".rules", "include rules are not evaluated by runner exec; the file is included")
+					rules = f.value
 				case "cache", "integrity":
 					d.warnf(f.key, p+"."+k, "ignored by runner exec")
 				default:
@@ -316,6 +337,16 @@ func (l *loader) includes(src source, v node, chain []source) []node {
 			if fields == nil {
 				out = append(out, nil)
 				continue
+			}
+			if rules != nil {
+				include, ok := l.includeRules(src, rules, p+".rules")
+				if !ok {
+					out = append(out, nil)
+					continue
+				}
+				if !include {
+					continue
+				}
 			}
 			out = append(out, l.includeEntry(src, chain, p, it, fields, inputs)...)
 		default:
@@ -332,7 +363,7 @@ func isURL(s string) bool { return strings.HasPrefix(s, "https://") || strings.H
 func (l *loader) includeEntry(src source, chain []source, p string, at node, fields map[string]node, inputs node) []node {
 	d := l.d
 	var kinds []string
-	for _, k := range []string{"local", "remote", "project", "template", "component"} {
+	for _, k := range []string{"local", "remote", "project", "template", "component", "artifact"} {
 		if fields[k] != nil {
 			kinds = append(kinds, k)
 		}
@@ -343,6 +374,13 @@ func (l *loader) includeEntry(src source, chain []source, p string, at node, fie
 		return []node{nil}
 	}
 	kind := kinds[0]
+	if kind != "artifact" && fields["job"] != nil {
+		d.errorHint(at, p, "job: goes with artifact:", "include:%s does not take job:", kind)
+		return []node{nil}
+	}
+	if kind == "artifact" {
+		return []node{l.artifactFile(src, chain, p, at, fields)}
+	}
 	// at names the entry's value: the entry itself for the string shorthand.
 	vp := p + "." + kind
 	if resolve(fields[kind]) == at {
@@ -639,4 +677,29 @@ func misplacedHeader(v node) bool {
 		}
 	}
 	return header
+}
+
+// includeRules decides an include entry's rules: include reports whether the entry
+// is included; ok is false after an error. The rules see the predefined variables and
+// --var ones only, as GitLab's; exists looks in the main project's checkout.
+func (l *loader) includeRules(src source, n node, path string) (include, ok bool) {
+	d := l.d
+	errs := len(d.errs)
+	rules := parseRules(d, n, path, includeRules)
+	if len(d.errs) > errs {
+		return false, false
+	}
+	if l.o.Env == nil {
+		d.warnf(n, path, "include rules are not evaluated without a run to decide for; the file is included")
+		return true, true
+	}
+	if l.eval == nil {
+		l.eval = &evaluator{env: *l.o.Env, file: src.name, changed: map[string]changeSet{}}
+	}
+	r, err := l.eval.firstMatch(rules, l.eval.lookup(nil))
+	if err != nil {
+		d.errorf(n, path, "%v", err)
+		return false, false
+	}
+	return r != nil && r.When != WhenNever, true
 }

@@ -4,9 +4,10 @@
 // variables, image, before_script, script, after_script, timeout, allow_failure,
 // when, rules, only, except, workflow, default:, hidden jobs and extends (Evaluate
 // applies rules, only/except and workflow), parallel and parallel:matrix (expanded
-// into GitLab's "job 1/3" and "job: [a, b]"). Keywords that `runner exec` cannot honour
-// get a clear message: an error when ignoring them would change what runs (trigger,
-// include:template), a warning otherwise (tags, retry, …). Every
+// into GitLab's "job 1/3" and "job: [a, b]"), trigger (child pipelines: see NewChild),
+// inherit, environment, release and pages. Keywords that `runner exec` cannot honour
+// get a clear message: an error when ignoring them would change what runs
+// (include:template), a warning otherwise (tags, …). Every
 // message names the file, line, column and key path.
 package pipeline
 
@@ -68,8 +69,28 @@ type Job struct {
 	// Origin is the job's name as written for a job that parallel: made ("test" for
 	// "test 2/3" or "test: [a, b]"), "" otherwise.
 	Origin string
+	// Trigger is the job's trigger: (a child or multi-project pipeline), nil for a
+	// job with a script.
+	Trigger *Trigger
+	// Environment is the job's environment:, nil without one.
+	Environment *Environment
+	// Release is the job's release:, nil without one; runner exec creates none.
+	Release *Release
+	// Pages is the directory a GitLab Pages job publishes (a job named pages, or with
+	// pages:), "" for other jobs.
+	Pages string
+	// inherit is the job's inherit:.
+	inherit inheritance
+	// allowFailureSet says allow_failure: is written for the job.
+	allowFailureSet bool
 	// parallel is the job's parallel:, until parse expands it.
 	parallel *parallelSpec
+	// ArtifactsFrom is the job's dependencies: (the jobs whose artifacts it gets),
+	// nil when not given, empty for none; NoArtifactsFrom are its needs written with
+	// artifacts: false. Plan.ArtifactSources applies them (see artifacts.go).
+	ArtifactsFrom   []string
+	NoArtifactsFrom []string
+	depAt           []node
 }
 
 // Pipeline is a parsed .gitlab-ci.yml.
@@ -82,6 +103,9 @@ type Pipeline struct {
 	// Workflow is the workflow: keyword, nil when the file has none.
 	Workflow *Workflow
 	Warnings []Diagnostic
+	// Depth is 0 for a pipeline runner exec is given, 1 for its child pipelines, 2
+	// for theirs.
+	Depth int
 }
 
 // Job returns the named job, or nil.
@@ -111,16 +135,14 @@ var jobKeys = []string{"stage", "script", "before_script", "after_script", "imag
 // ignoredJobKeys are valid GitLab keywords that runner exec does not act on; using them
 // earns a warning, since the job still means the same thing locally.
 var ignoredJobKeys = map[string]string{
-	"tags":        "runner exec runs every job on the configured pool",
-	"environment": "", "dependencies": "all artifacts stay in the working tree",
-	"release": "", "secrets": "", "id_tokens": "", "hooks": "", "pages": "", "inherit": "",
+	"tags":    "runner exec runs every job on the configured pool",
+	"secrets": "", "id_tokens": "", "hooks": "",
 	"identity": "", "dast_configuration": "", "start_in": "", "manual_confirmation": "",
 }
 
 // failingJobKeys change what runs; silently ignoring them would mislead.
 var failingJobKeys = map[string]string{
-	"trigger": "run the downstream pipeline with runner exec in its own directory",
-	"run":     "use script",
+	"run": "use script",
 }
 
 // Parse parses pipeline data; file names it in messages. The error, if any, joins a
@@ -263,6 +285,8 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 	}
 	expandParallel(d, p)
 	checkNeeds(d, p)
+	checkDependencies(d, p)
+	checkEnvironments(d, p)
 	p.Warnings = d.warnings
 	if err := d.err(); err != nil {
 		return nil, err
@@ -330,6 +354,14 @@ func (d *diags) pairs(m node) []pair {
 	var merged []pair
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := m.Content[i], m.Content[i+1]
+		if rk := resolve(k); rk.Kind != yaml.ScalarNode || rk.Value == "" {
+			// GitLab names keywords, jobs and variables with non-empty strings; a list,
+			// a mapping or an empty string as a key (`[]: …`, `"": …`) names nothing.
+			d.errorHint(k, "", "write a name: a keyword, a job or a variable", "a key must be a non-empty string, not %s", keyKind(rk))
+			continue
+		} else {
+			k = rk
+		}
 		if k.Value == "<<" && k.Tag == "!!merge" {
 			v = resolve(v)
 			srcs := []node{v}
@@ -360,6 +392,14 @@ func (d *diags) pairs(m node) []pair {
 		}
 	}
 	return out
+}
+
+// keyKind describes a key that cannot name anything, for an error.
+func keyKind(k node) string {
+	if k.Kind == yaml.ScalarNode {
+		return "an empty string"
+	}
+	return "a " + kindName(k)
 }
 
 // mappingNode is an ordered key → node map built while merging extends.
@@ -705,15 +745,28 @@ func caches(d *diags, n node, path string) []jobs.Cache {
 func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *mappingNode, globalVars jobs.Variables) *Job {
 	errsBefore := len(d.errs)
 	j := &Job{Job: jobs.Job{Name: name, Stage: "test"}, When: WhenOnSuccess, Line: 0}
-	d.step(len(globalVars))
-	j.Variables = slices.Clone(globalVars)
-	j.nGlobal = len(globalVars)
+	if v := m.get("inherit"); v != nil {
+		j.inherit = parseInherit(d, v, name+".inherit")
+	}
+	if v := m.get("trigger"); v != nil {
+		// A trigger job (GitLab's bridge) takes no script and none of default:.
+		j.Trigger = parseTrigger(d, v, name+".trigger")
+		checkTriggerJob(d, name, m)
+		j.inherit.defaults = inheritSet{none: true}
+	}
+	inherited := j.inherit.variables.inherited(globalVars)
+	d.step(len(inherited))
+	j.Variables = slices.Clone(inherited)
+	j.nGlobal = len(inherited)
 	if len(m.entries) > 0 {
 		j.Line = m.entries[0].key.Line
 	}
 	get := func(key string) node {
 		if v := m.get(key); v != nil {
 			return v
+		}
+		if !j.inherit.defaults.has(key) {
+			return nil
 		}
 		return defaults.get(key)
 	}
@@ -730,6 +783,9 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 			j.Variables = append(j.Variables, variables(d, kv.value, path)...)
 		case "needs":
 			j.Needs, j.needOpt, j.needAt = parseNeeds(d, kv.value, path)
+			j.NoArtifactsFrom = needsWithoutArtifacts(d, kv.value)
+		case "dependencies":
+			parseDependencies(d, j, kv.value, path)
 		case "parallel":
 			j.parallel = parseParallel(d, kv.value, path)
 		case "resource_group":
@@ -743,12 +799,13 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 				d.errorf(kv.value, path, "expected true or false")
 			}
 		case "rules":
-			j.Rules = parseRules(d, kv.value, path, false)
+			j.Rules = parseRules(d, kv.value, path, jobRules)
 		case "only":
 			j.Only = parseRefFilter(d, kv.value, path)
 		case "except":
 			j.Except = parseRefFilter(d, kv.value, path)
 		case "allow_failure":
+			j.allowFailureSet = true
 			v := resolve(kv.value)
 			if v.Kind == yaml.MappingNode {
 				j.AllowFailure = true
@@ -788,8 +845,17 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 			default:
 				d.errorHint(kv.value, path, "use on_success, on_failure, always, manual or never", "unknown when %q", w)
 			}
-		case "before_script", "after_script", "image", "services", "cache", "timeout", "extends", "artifacts", "retry":
-			// read below, together with their defaults
+		case "environment":
+			j.Environment = parseEnvironment(d, kv.value, path)
+		case "release":
+			if j.Release = parseRelease(d, kv.value, path); j.Release != nil {
+				d.warnf(kv.key, path, "no release is created by runner exec (tag %s); the job's script runs", j.Release.TagName)
+			}
+		case "pages":
+			j.Pages = parsePages(d, kv.value, path)
+		case "before_script", "after_script", "image", "services", "cache", "timeout", "extends", "artifacts", "retry",
+			"inherit", "trigger":
+			// read above or below, together with their defaults
 		default:
 			if hint, ok := failingJobKeys[key]; ok {
 				d.errorHint(kv.key, path, hint, "%s is not supported by runner exec", key)
@@ -831,27 +897,34 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		}
 		j.Timeout = t
 	}
-	if v := m.get("artifacts"); v != nil {
-		if am := mapping(d, v, name+".artifacts"); am != nil {
-			a := jobs.Artifact{When: WhenOnSuccess}
-			for _, f := range d.pairs(am) {
-				switch f.key.Value {
-				case "paths":
-					a.Paths = script(d, f.value, name+".artifacts.paths")
-				case "name":
-					a.Name = scalar(d, f.value, name+".artifacts.name")
-				case "when":
-					a.When = scalar(d, f.value, name+".artifacts.when")
-				}
-			}
-			j.Artifacts = append(j.Artifacts, a)
-		}
+	if v := get("artifacts"); v != nil {
+		j.Artifacts = parseArtifacts(d, v, name+".artifacts")
 	}
-	if !hasScript {
-		d.errorHint(nil, name, "add script: with the commands to run", "job %q has no script", name)
+	if !hasScript && j.Trigger == nil {
+		var at node // the job's first key: its file (an included one) and line
 		if len(m.entries) > 0 {
-			d.errs[len(d.errs)-1] = withPos(d.errs[len(d.errs)-1], m.entries[0].key)
+			at = m.entries[0].key
 		}
+		d.errorHint(at, name, "add script: with the commands to run, or trigger: for a child pipeline", "job %q has no script", name)
+	}
+	// GitLab: a manual job may fail unless it says otherwise (a rule's when: manual
+	// does not change this; see Evaluate).
+	if j.When == WhenManual && !j.allowFailureSet {
+		j.AllowFailure = true
+	}
+	if name == "pages" && m.get("pages") == nil {
+		j.Pages = DefaultPagesPublish
+	}
+	if j.Pages != "" {
+		pagesArtifact(j)
+		at, path := m.get("pages"), name+".pages"
+		if at == nil && len(m.entries) > 0 {
+			at, path = m.entries[0].key, name // a job named pages
+		}
+		d.warnf(at, path, "%s", describePages(j.Pages))
+	}
+	if t := j.Trigger; t != nil && t.Project != "" {
+		d.warnf(m.get("trigger"), name+".trigger.project", "multi-project pipelines are not run by runner exec: job %q (trigger of project %s) is skipped", name, t.Project)
 	}
 	j.Script = append(before, main...)
 	if j.Rules != nil && (j.Only != nil || j.Except != nil) {
@@ -864,14 +937,6 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		return nil
 	}
 	return j
-}
-
-func withPos(err error, n node) error {
-	if dg, ok := err.(Diagnostic); ok && n != nil {
-		dg.Line, dg.Col = n.Line, n.Column
-		return dg
-	}
-	return err
 }
 
 // suggestOr is a "did you mean" hint, else the known words: at most maxListed of them,

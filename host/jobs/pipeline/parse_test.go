@@ -123,6 +123,10 @@ func TestParseErrors(t *testing.T) {
 		{"not a job", "stagez: [a]\n", []string{"\"stagez\" is neither a keyword nor a job (did you mean \"stages\"?)"}},
 		{"several problems at once", "a:\n  scirpt: x\nb:\n  when: later\n  script: y\n", []string{"a.scirpt", "b.when"}},
 		{"empty", "", []string{"the file is empty"}},
+		// Found by FuzzParse: a list as a key made a job with no name.
+		{"list as a key", "[]:\n  script: x\n", []string{"1:1: a key must be a non-empty string, not a list (write a name"}},
+		{"empty key", "j:\n  script: x\n\"\": {script: y}\n", []string{"3:1: a key must be a non-empty string, not an empty string"}},
+		{"mapping as a variable name", "variables:\n  {a: b}: c\nj:\n  script: x\n", []string{"2:3: a key must be a non-empty string, not a mapping"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -48,10 +48,12 @@ func (p *Pipeline) Plan(names ...string) (*Plan, error) {
 	plan := &Plan{Deps: map[string][]string{}}
 	skipped := map[string]string{}
 	for _, j := range p.Jobs {
-		switch j.When {
-		case WhenManual:
+		switch {
+		case j.Trigger != nil && j.Trigger.Project != "":
+			skipped[j.Name] = fmt.Sprintf("trigger:project %s: multi-project pipelines are not run by runner exec", j.Trigger.Project)
+		case j.When == WhenManual:
 			skipped[j.Name] = "when: manual jobs are not run by runner exec (name it to run it)"
-		case WhenNever:
+		case j.When == WhenNever:
 			skipped[j.Name] = "when: never"
 		}
 	}
@@ -114,6 +116,14 @@ func (p *Pipeline) Plan(names ...string) (*Plan, error) {
 	}
 	propagated := map[string]bool{}
 	cut, next := len(p.Stages), len(stageJobs)-1 // stageJobs[next+1:] are skipped
+	// A manual job that may not fail (allow_failure: false, as a rule's when: manual
+	// leaves it) blocks the later stages in GitLab until someone runs it.
+	blocking := func(x string) bool {
+		j := byName[x]
+		_, skip := skipped[x]
+		return skip && j.When == WhenManual && !j.AllowFailure
+	}
+	cutBy := ""
 	skip := func(name string) {
 		if _, done := skipped[name]; !done && !propagated[name] {
 			propagated[name] = true
@@ -126,8 +136,8 @@ func (p *Pipeline) Plan(names ...string) (*Plan, error) {
 		for _, r := range dependents[x] {
 			skip(r)
 		}
-		if s := stageIndex[byName[x].Stage]; propagated[x] && s < cut {
-			cut = s
+		if s := stageIndex[byName[x].Stage]; (propagated[x] || blocking(x)) && s < cut {
+			cut, cutBy = s, x
 			for ; next >= 0 && stageIndex[stageJobs[next].Stage] > cut; next-- {
 				skip(stageJobs[next].Name)
 			}
@@ -143,6 +153,11 @@ func (p *Pipeline) Plan(names ...string) (*Plan, error) {
 		ds := deps[j.Name]
 		if j.Needs == nil && firstSkipped >= 0 {
 			ds = stageOrder[firstSkipped : firstSkipped+1]
+		}
+		if j.Needs == nil && cutBy != "" && blocking(cutBy) && (firstSkipped < 0 || stageIndex[byName[cutBy].Stage] <= stageIndex[byName[stageOrder[firstSkipped]].Stage]) {
+			skipped[j.Name] = fmt.Sprintf("waits for the manual job %s, which blocks the later stages (allow_failure: false)", cutBy)
+			delete(deps, j.Name)
+			continue
 		}
 		skipped[j.Name] = "a job it waits for does not run"
 		for _, d := range ds {

@@ -37,10 +37,22 @@ func referencePlan(p *Pipeline, names ...string) (*Plan, error) {
 			delete(skipped, n)
 		}
 	}
+	// A manual job that may not fail blocks the later stages: the jobs there that
+	// wait for the earlier stages do not run.
+	blocking := func(o *Job) bool {
+		_, skip := skipped[o.Name]
+		return skip && o.When == WhenManual && !o.AllowFailure
+	}
 	deps := map[string][]string{}
 	for _, j := range p.Jobs {
 		if _, skip := skipped[j.Name]; skip {
 			continue
+		}
+		if j.Needs == nil {
+			if i := slices.IndexFunc(p.Jobs, func(o *Job) bool { return blocking(o) && stageIndex[o.Stage] < stageIndex[j.Stage] }); i >= 0 {
+				skipped[j.Name] = "waits for the manual job " + p.Jobs[i].Name
+				continue
+			}
 		}
 		deps[j.Name] = nil // every runnable job has an entry, even with no dependencies
 		if j.Needs != nil {
@@ -135,7 +147,7 @@ func randomPipeline(r *rand.Rand, n int) *Pipeline {
 		j.Stage = p.Stages[r.IntN(len(p.Stages))]
 		switch r.IntN(10) {
 		case 0:
-			j.When = WhenManual
+			j.When, j.AllowFailure = WhenManual, r.IntN(2) == 0
 		case 1:
 			j.When = WhenNever
 		}

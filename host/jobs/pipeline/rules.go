@@ -72,9 +72,19 @@ type Workflow struct {
 	Rules []Rule
 }
 
-// parseRules reads a rules: list. In the workflow's rules only if, changes, exists,
-// when (always or never) and variables are allowed, as in GitLab.
-func parseRules(d *diags, n node, path string, workflow bool) []Rule {
+// ruleKind says whose rules are read: GitLab allows each its own keywords.
+type ruleKind int
+
+const (
+	jobRules      ruleKind = iota
+	workflowRules          // if, changes, exists, when (always or never), variables
+	includeRules           // if, changes, exists, when (always or never)
+)
+
+// parseRules reads a rules: list: a job's, the workflow's or an include's, each with
+// the keywords GitLab allows there.
+func parseRules(d *diags, n node, path string, kind ruleKind) []Rule {
+	workflow := kind != jobRules
 	items := flattenRules(d, n, path, 0)
 	out := make([]Rule, 0, len(items))
 	for i, it := range items {
@@ -98,7 +108,7 @@ func parseRules(d *diags, n node, path string, workflow bool) []Rule {
 				allowed := []string{WhenOnSuccess, WhenOnFailure, WhenAlways, WhenManual, WhenNever, "delayed"}
 				hint := "use on_success, on_failure, always, manual, delayed or never"
 				if workflow {
-					allowed, hint = []string{WhenAlways, WhenNever}, "workflow rules take always or never"
+					allowed, hint = []string{WhenAlways, WhenNever}, kind.String()+" rules take always or never"
 				}
 				switch {
 				case !slices.Contains(allowed, w):
@@ -111,7 +121,7 @@ func parseRules(d *diags, n node, path string, workflow bool) []Rule {
 				}
 			case "allow_failure":
 				if workflow {
-					d.errorf(f.key, fp, "allow_failure is not a workflow rule keyword (allowed: if, changes, exists, when, variables)")
+					d.errorf(f.key, fp, "allow_failure is not a %s rule keyword (allowed: %s)", kind, kind.allowed())
 					continue
 				}
 				v := resolve(f.value)
@@ -126,10 +136,14 @@ func parseRules(d *diags, n node, path string, workflow bool) []Rule {
 				}
 				r.AllowFailure = &b
 			case "variables":
+				if kind == includeRules {
+					d.errorf(f.key, fp, "variables is not an include rule keyword (allowed: if, changes, exists, when)")
+					continue
+				}
 				r.Variables = variables(d, f.value, fp)
 			case "needs":
 				if workflow {
-					d.errorf(f.key, fp, "needs is not a workflow rule keyword (allowed: if, changes, exists, when, variables)")
+					d.errorf(f.key, fp, "needs is not a %s rule keyword (allowed: %s)", kind, kind.allowed())
 					continue
 				}
 				r.NeedsSet = true
@@ -144,6 +158,27 @@ func parseRules(d *diags, n node, path string, workflow bool) []Rule {
 		out = append(out, r)
 	}
 	return out
+}
+
+func (k ruleKind) String() string {
+	switch k {
+	case workflowRules:
+		return "workflow"
+	case includeRules:
+		return "include"
+	}
+	return "job"
+}
+
+// allowed lists the keywords of k's rules, for messages.
+func (k ruleKind) allowed() string {
+	switch k {
+	case workflowRules:
+		return "if, changes, exists, when, variables"
+	case includeRules:
+		return "if, changes, exists, when"
+	}
+	return "if, changes, exists, when, allow_failure, variables, needs"
 }
 
 // flattenRules returns the entries of a rules: list with nested lists (as !reference
@@ -352,8 +387,14 @@ func parseRefFilter(d *diags, n node, path string) *RefFilter {
 func parseRefs(d *diags, n node, path string) []string {
 	refs := script(d, n, path)
 	for _, r := range refs {
-		if strings.HasPrefix(r, "/") {
-			if _, err := refPattern(r); err != nil {
+		pat, _ := splitRefProject(r)
+		if !strings.HasPrefix(pat, "/") {
+			continue
+		}
+		if _, err := refPattern(pat); err != nil {
+			if pat != r {
+				d.errorf(n, path, "ref pattern %s: the pattern before the first @ (which starts the project) is %s: %v", r, pat, err)
+			} else {
 				d.errorf(n, path, "ref pattern %s: %v", r, err)
 			}
 		}

@@ -3,7 +3,8 @@
 // requests (201 with a job, 204 without), incremental traces with Content-Range
 // (416 with the server's Range on a mismatch, 403 once a job is gone), the
 // X-GitLab-Trace-Update-Interval header, job cancellation through the Job-Status
-// header, artifact uploads, and bursts of 5xx answers on demand. Repositories are
+// header, artifact uploads and downloads (GET /jobs/:id/artifacts with the job's own token,
+// as dependencies are fetched), and bursts of 5xx answers on demand. Repositories are
 // served by the real `git http-backend` (through net/http/cgi), and a clone is only
 // allowed with the token of a running job.
 package gitlabtest
@@ -52,8 +53,9 @@ type Job struct {
 	Trace []byte
 	// Output is the checksum and size of the final update.
 	Output *gitlab.Output
-	// Artifacts are the uploaded archives.
+	// Artifacts are the uploaded archives; Uploads the same with how each was sent.
 	Artifacts [][]byte
+	Uploads   []Upload
 	// Updates are the states of every accepted PUT, in order.
 	Updates []string
 	// Runner is the token of the runner that took the job.
@@ -61,6 +63,14 @@ type Job struct {
 
 	cancelRequested bool
 	finished        chan struct{}
+}
+
+// Upload is one artifacts upload of a job.
+type Upload struct {
+	// Type, Format and ExpireIn are the artifact_type, artifact_format and expire_in
+	// query parameters; FileName is the multipart file's name.
+	Type, Format, ExpireIn, FileName string
+	Data                             []byte
 }
 
 // Options tune the server.
@@ -112,6 +122,7 @@ func New(t testing.TB, o Options) *Server {
 	mux.HandleFunc("PUT /api/v4/jobs/{id}", s.update)
 	mux.HandleFunc("PATCH /api/v4/jobs/{id}/trace", s.trace)
 	mux.HandleFunc("POST /api/v4/jobs/{id}/artifacts", s.artifacts)
+	mux.HandleFunc("GET /api/v4/jobs/{id}/artifacts", s.downloadArtifacts)
 	mux.HandleFunc("/repos/", s.git)
 	s.Server = httptest.NewServer(s.faults(mux))
 	t.Cleanup(s.Server.Close)
@@ -506,6 +517,7 @@ func (s *Server) artifacts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var file []byte
+	fileName := ""
 	mr := multipart.NewReader(r.Body, params["boundary"])
 	for {
 		p, err := mr.NextPart()
@@ -518,6 +530,7 @@ func (s *Server) artifacts(w http.ResponseWriter, r *http.Request) {
 		}
 		if p.FormName() == "file" {
 			file, _ = io.ReadAll(p)
+			fileName = p.FileName()
 		}
 	}
 	if file == nil || r.URL.Query().Get("artifact_format") == "" {
@@ -531,7 +544,53 @@ func (s *Server) artifacts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	j.Artifacts = append(j.Artifacts, file)
+	q := r.URL.Query()
+	j.Uploads = append(j.Uploads, Upload{Type: q.Get("artifact_type"), Format: q.Get("artifact_format"),
+		ExpireIn: q.Get("expire_in"), FileName: fileName, Data: file})
 	w.WriteHeader(http.StatusCreated)
+}
+
+// downloadArtifacts serves a job's archive (artifact_type archive) to the holder of
+// that job's token, finished or not, as GitLab serves a dependency's artifacts: 404
+// when the job has none, 403 for another token.
+func (s *Server) downloadArtifacts(w http.ResponseWriter, r *http.Request) {
+	s.count("GET artifacts")
+	id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[id]
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]string{"message": "404 Not found"})
+		return
+	}
+	if r.Header.Get("Job-Token") != j.Payload.Token {
+		writeJSON(w, http.StatusForbidden, map[string]string{"message": "403 Forbidden"})
+		return
+	}
+	for _, u := range j.Uploads {
+		if u.Type == "archive" {
+			w.Header().Set("Content-Type", "application/zip")
+			_, _ = w.Write(u.Data)
+			return
+		}
+	}
+	writeJSON(w, http.StatusNotFound, map[string]string{"message": "404 Not found"})
+}
+
+// DependencyOn returns the payload entry by which a later job gets job id's
+// artifacts, as GitLab lists it: with the job's token, and an artifacts file when the
+// job uploaded an archive.
+func (s *Server) DependencyOn(id int64) gitlab.Dependency {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := s.jobs[id]
+	d := gitlab.Dependency{ID: id, Name: j.Payload.JobInfo.Name, Token: j.Payload.Token}
+	for _, u := range j.Uploads {
+		if u.Type == "archive" {
+			d.ArtifactsFile = gitlab.ArtifactsFile{Filename: u.FileName, Size: int64(len(u.Data))}
+		}
+	}
+	return d
 }
 
 // AddRepo creates a repository from files, committed on branch main, and returns its
