@@ -118,7 +118,7 @@ func TestDependencyErrors(t *testing.T) {
 		{"bad expire_in", "j:\n  script: x\n  artifacts:\n    paths: [a]\n    expire_in: 3 fortnights\n",
 			[]string{`5:16: j.artifacts.expire_in`, `unknown unit "fortnights"`}},
 		{"bad exclude", "j:\n  script: x\n  artifacts:\n    paths: [a]\n    exclude: [\"out/[\"]\n",
-			[]string{`5:14: j.artifacts.exclude[0]`, "syntax error in pattern"}},
+			[]string{`5:14: j.artifacts.exclude[0]`, "malformed pattern"}},
 		{"bad when", "j:\n  script: x\n  artifacts:\n    when: later\n    paths: [a]\n", []string{`4:11: j.artifacts.when: unknown artifacts when "later"`}},
 		{"path out of the project", "j:\n  script: x\n  artifacts:\n    paths: [../x]\n", []string{`j.artifacts.paths[0]: artifact path "../x" leaves the project directory`}},
 		{"unknown keyword", "j:\n  script: x\n  artifacts:\n    pathz: [a]\n", []string{`4:5: j.artifacts.pathz: unknown artifacts keyword "pathz"`, `did you mean "paths"`}},

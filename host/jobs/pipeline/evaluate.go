@@ -6,10 +6,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 
+	"github.com/bmatcuk/doublestar/v4"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/flotilla-ci/flotilla/host/jobs"
@@ -366,9 +366,9 @@ func (e *evaluator) exists(globs []string, lookup func(string) (string, bool)) b
 
 func anyMatch(globs, files []string, lookup func(string) (string, bool)) bool {
 	for _, g := range globs {
-		re := globRegexp(strings.TrimPrefix(expandVars(g, lookup), "/"))
+		g = strings.TrimPrefix(expandVars(g, lookup), "/")
 		for _, f := range files {
-			if re.MatchString(f) {
+			if globMatch(g, f) {
 				return true
 			}
 		}
@@ -398,66 +398,15 @@ func listFiles(dir string) []string {
 	return out
 }
 
-// globRegexp turns a changes/exists glob into a regexp as GitLab matches them
-// (Ruby's File.fnmatch with FNM_PATHNAME, FNM_DOTMATCH and FNM_EXTGLOB): "**/" is any
-// run of directories or none, "*" any characters but "/", "?" one such character,
-// "[…]" a class, "{a,b}" alternatives.
-func globRegexp(pattern string) *regexp.Regexp {
-	var b strings.Builder
-	b.WriteString("^")
-	depth := 0
-	for i := 0; i < len(pattern); {
-		c := pattern[i]
-		switch {
-		case strings.HasPrefix(pattern[i:], "**/"):
-			b.WriteString("(?:.*/)?")
-			i += 3
-			continue
-		case strings.HasPrefix(pattern[i:], "**"):
-			b.WriteString(".*")
-			i += 2
-			continue
-		case c == '*':
-			b.WriteString("[^/]*")
-		case c == '?':
-			b.WriteString("[^/]")
-		case c == '{':
-			b.WriteString("(?:")
-			depth++
-		case c == '}' && depth > 0:
-			b.WriteString(")")
-			depth--
-		case c == ',' && depth > 0:
-			b.WriteString("|")
-		case c == '[':
-			if end := strings.IndexByte(pattern[i+1:], ']'); end > 0 {
-				class := pattern[i+1 : i+1+end]
-				if class[0] == '!' {
-					class = "^" + class[1:]
-				}
-				b.WriteString("[" + strings.ReplaceAll(class, `\`, `\\`) + "]")
-				i += end + 2
-				continue
-			}
-			b.WriteString(`\[`)
-		case c == '\\' && i+1 < len(pattern):
-			b.WriteString(regexp.QuoteMeta(pattern[i+1 : i+2]))
-			i += 2
-			continue
-		default:
-			b.WriteString(regexp.QuoteMeta(string(c)))
-		}
-		i++
-	}
-	for ; depth > 0; depth-- {
-		b.WriteString(")")
-	}
-	b.WriteString("$")
-	re, err := regexp.Compile(b.String())
-	if err != nil {
-		return regexp.MustCompile("^" + regexp.QuoteMeta(pattern) + "$")
-	}
-	return re
+// globMatch reports whether path, slash-separated and relative to the project,
+// matches a changes/exists glob. GitLab matches them with Ruby's File.fnmatch
+// (FNM_PATHNAME, FNM_DOTMATCH, FNM_EXTGLOB): "**/" is any run of directories or none,
+// "*" any characters but "/", "?" one such character, "[…]" a class, "{a,b}"
+// alternatives, and dot files are matched. The doublestar library reads globs the
+// same way; a malformed glob matches nothing.
+func globMatch(pattern, path string) bool {
+	ok, err := doublestar.Match(pattern, path)
+	return ok && err == nil
 }
 
 // expandVars expands $NAME and ${NAME} with lookup; unknown variables become "".

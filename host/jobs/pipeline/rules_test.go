@@ -286,7 +286,7 @@ func TestRulesFromReference(t *testing.T) {
 	}
 }
 
-func TestGlobRegexp(t *testing.T) {
+func TestGlobMatch(t *testing.T) {
 	tests := []struct {
 		glob, path string
 		want       bool
@@ -303,9 +303,12 @@ func TestGlobRegexp(t *testing.T) {
 		{"file[0-9].txt", "file7.txt", true},
 		{"file[!0-9].txt", "file7.txt", false},
 		{"a+b(c).txt", "a+b(c).txt", true},
+		{"src/**", "src/a/b.go", true},
+		{"**/.env", ".env", true},
+		{"src/[", "src/[", false}, // malformed: matches nothing
 	}
 	for _, tt := range tests {
-		if got := globRegexp(tt.glob).MatchString(tt.path); got != tt.want {
+		if got := globMatch(tt.glob, tt.path); got != tt.want {
 			t.Errorf("%q ~ %q = %v, want %v", tt.glob, tt.path, got, tt.want)
 		}
 	}
