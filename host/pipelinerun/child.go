@@ -37,8 +37,10 @@ type Children struct {
 // runs on while the parent goes on (wg waits for it); with it, the job takes the
 // child's status. Either way the child's jobs are in the summary, under the job.
 // deps are the artifacts the job gets, where a dynamic child's configuration comes
-// from, and dotenv their dotenv variables, which the child gets with the job's own.
-func (r *Runner) runTrigger(ctx context.Context, j *pipeline.Job, res *JobResult, wg *sync.WaitGroup, deps []jobs.Dependency, dotenv jobs.Variables) {
+// from, and dotenv their dotenv variables, which the child gets with the job's own;
+// parent is the run the job is in, whose jobs' artifacts the child's jobs may take
+// (needs:pipeline:job).
+func (r *Runner) runTrigger(ctx context.Context, j *pipeline.Job, res *JobResult, wg *sync.WaitGroup, deps []jobs.Dependency, dotenv jobs.Variables, parent *parentRun) {
 	end := func(s State, reason string) {
 		if s == StateFailed && j.AllowFailure {
 			s = StateAllowed
@@ -58,6 +60,7 @@ func (r *Runner) runTrigger(ctx context.Context, j *pipeline.Job, res *JobResult
 		j = &jj
 	}
 	o := r.Children.Options
+	o.Parent = parent.pipeline
 	o.Artifact = func(ctx context.Context, job, path string) ([]byte, error) { return artifactFile(ctx, deps, job, path) }
 	ch, err := pipeline.NewChild(ctx, j, o)
 	if err != nil {
@@ -73,7 +76,7 @@ func (r *Runner) runTrigger(ctx context.Context, j *pipeline.Job, res *JobResult
 		Pool: r.Pool, Concurrent: r.Concurrent, Progress: r.Progress, Options: r.Options, Follow: r.Follow, Stops: r.Stops,
 		LogDir:   filepath.Join(r.LogDir, strings.TrimSuffix(logName(j.Name), ".log")),
 		Children: &Children{Options: ch.Options, Prepare: r.Children.Prepare},
-		root:     r.rootRunner(), prefix: r.prefix + j.Name + ChildSeparator,
+		root:     r.rootRunner(), prefix: r.prefix + j.Name + ChildSeparator, parent: parent,
 	}
 	run := func() *Summary {
 		sum, err := sub.Run(ctx, ch.Plan)
@@ -110,6 +113,49 @@ func (r *Runner) runTrigger(ctx context.Context, j *pipeline.Job, res *JobResult
 	default:
 		end(StateFailed, "child pipeline failed: "+strings.Join(blamed(j.Name, res.child.Jobs), ", "))
 	}
+}
+
+// parentRun is the run of a parent pipeline as its child pipelines see it.
+type parentRun struct {
+	pipeline *pipeline.Pipeline
+	// results and done are the parent run's: a job's result may be read once its
+	// done channel is closed.
+	results map[string]*JobResult
+	done    map[string]chan struct{}
+}
+
+// dependencies returns what a child pipeline's job gets from the parent pipeline's
+// jobs its needs:pipeline:job names (those written with artifacts: true): each
+// one's archive and dotenv variables, as for the jobs of its own pipeline. A parent
+// job that has not ended yet (the trigger job does not wait for it) gives a
+// dependency that fails the job with missing_dependency_failure, as the artifacts do
+// not exist yet; one that does not run in this run gives nothing, as a skipped job
+// of the child's own pipeline would.
+func (p *parentRun) dependencies(needs []pipeline.ParentNeed) ([]jobs.Dependency, jobs.Variables) {
+	var deps []jobs.Dependency
+	var vars jobs.Variables
+	for _, n := range needs {
+		if !n.Artifacts {
+			continue
+		}
+		name := n.Job
+		var ch chan struct{}
+		if p != nil {
+			ch = p.done[name]
+		}
+		switch {
+		case p != nil && ch == nil:
+			continue
+		case p == nil || !closed(ch):
+			deps = append(deps, jobs.Dependency{Name: name, Open: func(context.Context) (io.ReadCloser, error) {
+				return nil, fmt.Errorf("%w: job %s of the parent pipeline has not finished: add it to the needs of the trigger job", jobs.ErrMissingDependency, name)
+			}})
+			continue
+		}
+		d, v := dependencies([]string{name}, p.results)
+		deps, vars = append(deps, d...), append(vars, v...)
+	}
+	return deps, vars
 }
 
 // blamed names the jobs of trigger job's child pipeline that made it fail (not those

@@ -195,3 +195,79 @@ run-it:
 		t.Errorf("states %v\n%s", st, b.String())
 	}
 }
+
+// TestChildGetsParentArtifacts: a child pipeline's job with needs:pipeline:job gets
+// the archive and the dotenv variables of that job of the parent pipeline (the
+// trigger job passing the parent's pipeline ID, the child numbered on its own); with
+// artifacts: false it gets neither. The trigger job waits for build without its
+// artifacts, so that build's dotenv does not reach the child through the trigger.
+func TestChildGetsParentArtifacts(t *testing.T) {
+	h := newHarness(t, nil)
+	dir := t.TempDir()
+	files := map[string]string{
+		".gitlab-ci.yml": `stages: [build, deploy]
+build:
+  stage: build
+  script:
+    - echo built > out.txt
+    - echo FROM_BUILD=yes > build.env
+  artifacts:
+    paths: [out.txt]
+    reports: {dotenv: build.env}
+deploy:
+  stage: deploy
+  needs: [{job: build, artifacts: false}]
+  variables: {PARENT_PIPELINE_ID: $CI_PIPELINE_ID}
+  trigger: {include: child.yml, strategy: depend}
+`,
+		"child.yml": `use:
+  script:
+    - test "$(cat out.txt)" = built
+    - test "$FROM_BUILD" = yes
+  needs: [{pipeline: $PARENT_PIPELINE_ID, job: build}]
+no-artifacts:
+  script:
+    - test ! -e out.txt
+    - test -z "$FROM_BUILD"
+  needs: [{pipeline: $PARENT_PIPELINE_ID, job: build, artifacts: false}]
+`,
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := pipeline.Env{Dir: dir, Predefined: jobs.Variables{{Key: "CI_PIPELINE_SOURCE", Value: "push"}, {Key: "CI_PIPELINE_ID", Value: "1000"}}}
+	p, err := pipeline.LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), pipeline.Options{Dir: dir, Env: &env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := p.Evaluate(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := ev.Pipeline.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	source := jobs.Source{Kind: jobs.SourceLocal, Dir: dir}
+	prepare := func(j *pipeline.Job, predefined jobs.Variables) {
+		j.Source = source
+		j.Variables = slices.Concat(predefined, j.Variables)
+	}
+	for _, j := range pl.Jobs {
+		prepare(j, env.Predefined)
+	}
+	h.runner.Children = &Children{Options: pipeline.ChildOptions{Load: pipeline.Options{Dir: dir}, Env: env,
+		PipelineIDs: func() (int, int) { return 2000, 20 }}, Prepare: prepare}
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := states(sum)
+	if st["deploy › use"] != StatePassed || st["deploy › no-artifacts"] != StatePassed || !sum.Passed {
+		var b bytes.Buffer
+		PrintSummary(&b, sum)
+		t.Errorf("states %v\n%s", st, b.String())
+	}
+}

@@ -82,6 +82,9 @@ type Runner struct {
 	// the child's jobs ("deploy › ") in progress and the log stream.
 	root   *Runner
 	prefix string
+	// parent is the run of the parent pipeline when this one runs a child
+	// pipeline: its jobs' artifacts are what needs:pipeline:job gets.
+	parent *parentRun
 	sem    chan struct{}
 	lastID atomic.Int64
 }
@@ -201,8 +204,12 @@ func (r *Runner) Run(ctx context.Context, plan *pipeline.Plan) (Summary, error) 
 			// Reading the results of the jobs waited for is safe: their done channels
 			// are closed.
 			deps, dotenv := dependencies(plan.ArtifactSources(j), results)
+			if len(j.ParentNeeds) > 0 {
+				pdeps, pdotenv := r.parent.dependencies(j.ParentNeeds)
+				deps, dotenv = append(deps, pdeps...), append(dotenv, pdotenv...)
+			}
 			if j.Trigger != nil {
-				r.runTrigger(ctx, j, res, &wg, deps, dotenv)
+				r.runTrigger(ctx, j, res, &wg, deps, dotenv, &parentRun{pipeline: plan.Pipeline, results: results, done: done})
 				return
 			}
 			r.runJob(ctx, j, strconv.FormatInt(firstID+int64(i), 10), res, deps, dotenv)

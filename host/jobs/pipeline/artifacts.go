@@ -197,44 +197,18 @@ func ParseExpireIn(s string) (time.Duration, error) {
 	return total, nil
 }
 
-// parseDependencies reads dependencies: a list of job names, possibly empty.
+// parseDependencies reads dependencies: a list of job names, possibly empty. Without
+// a value (dependencies: alone, or ~) it is not written, as GitLab takes nil.
 func parseDependencies(d *diags, j *Job, n node, path string) {
+	if v := resolve(n); v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+		j.ArtifactsFrom, j.depAt = nil, nil
+		return
+	}
 	j.ArtifactsFrom, j.depAt = []string{}, nil
 	for i, it := range seq(d, n, path) {
 		j.ArtifactsFrom = append(j.ArtifactsFrom, scalar(d, it, fmt.Sprintf("%s[%d]", path, i)))
 		j.depAt = append(j.depAt, resolve(it))
 	}
-}
-
-// needsWithoutArtifacts returns the jobs of needs: written with artifacts: false.
-func needsWithoutArtifacts(d *diags, n node) []string {
-	var out []string
-	v := resolve(n)
-	if v.Kind != yaml.SequenceNode {
-		return nil
-	}
-	for _, it := range v.Content {
-		it = resolve(it)
-		if it.Kind != yaml.MappingNode {
-			continue
-		}
-		name, noArtifacts := "", false
-		for _, f := range d.pairs(it) {
-			fv := resolve(f.value)
-			switch f.key.Value {
-			case "job":
-				name = fv.Value
-			case "artifacts":
-				if b, err := strconv.ParseBool(fv.Value); err == nil {
-					noArtifacts = !b
-				}
-			}
-		}
-		if noArtifacts && name != "" {
-			out = append(out, name)
-		}
-	}
-	return out
 }
 
 // checkDependencies expands dependencies on parallel jobs into the jobs they made and
@@ -274,6 +248,8 @@ func checkDependencies(d *diags, p *Pipeline) {
 			at, path := nodeAt(j.depAt, i), fmt.Sprintf("%s.dependencies[%d]", j.Name, i)
 			dj := byName[dep]
 			switch {
+			case dj == nil && d.refused[dep]:
+				// The job is refused with an error of its own.
 			case dj == nil:
 				d.errorHint(at, path, suggestOr(dep, names), "job %q depends on the undefined job %q", j.Name, dep)
 			case j.Needs != nil && !slices.Contains(j.Needs, dep):

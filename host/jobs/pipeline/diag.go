@@ -50,6 +50,9 @@ type diags struct {
 	steps   int
 	job     string
 	jobNode node
+	// refused names the jobs left out for errors of their own, so that the jobs
+	// that need them do not report them again as unknown.
+	refused map[string]bool
 }
 
 func (d *diags) at(n node, path, format string, args ...any) Diagnostic {

@@ -56,6 +56,9 @@ type DryJob struct {
 	AllowFailure bool   `json:"allow_failure"`
 	// Needs are the jobs it waits for; null means every job of the earlier stages.
 	Needs []string `json:"needs"`
+	// ParentNeeds are its needs:pipeline:job entries: jobs of the parent pipeline
+	// whose artifacts it gets (it does not wait for them).
+	ParentNeeds []DryParentNeed `json:"parent_needs,omitempty"`
 	// DecidedBy is "rules", "only", "except" or "" (the job has none of them); Rule
 	// is the index of the rule that matched and If its if in canonical form.
 	DecidedBy string `json:"decided_by,omitempty"`
@@ -80,6 +83,13 @@ type DryJob struct {
 	Trigger    *DryTrigger `json:"trigger,omitempty"`
 	Child      *DryRun     `json:"child,omitempty"`
 	ChildError string      `json:"child_error,omitempty"`
+}
+
+// DryParentNeed is a needs:pipeline:job entry, the pipeline as written.
+type DryParentNeed struct {
+	Pipeline  string `json:"pipeline"`
+	Job       string `json:"job"`
+	Artifacts bool   `json:"artifacts"`
 }
 
 // DryEnvironment is a job's environment as its CI_ENVIRONMENT_* variables say.
@@ -197,6 +207,9 @@ func NewDryRun(p *Pipeline, ev *Evaluation, plan *Plan, predefined jobs.Variable
 			}
 			dj := DryJob{Name: j.Name, ExpandedFrom: j.Origin, When: j.When, AllowFailure: j.AllowFailure, Needs: j.Needs, Variables: dryVars(j.Variables), Pages: j.Pages}
 			dj.Artifacts, dj.Dependencies = dryArtifacts(j)
+			for _, n := range j.ParentNeeds {
+				dj.ParentNeeds = append(dj.ParentNeeds, DryParentNeed{Pipeline: n.Pipeline, Job: n.Job, Artifacts: n.Artifacts})
+			}
 			if j.Release != nil {
 				dj.Release = j.Release.TagName
 			}
@@ -252,6 +265,7 @@ func NewDryRun(p *Pipeline, ev *Evaluation, plan *Plan, predefined jobs.Variable
 // the pipeline (evaluated as ev), made with o as NewChild makes it, and theirs in
 // turn; a child that cannot be made shows why.
 func (dr *DryRun) AddChildren(ctx context.Context, ev *Evaluation, o ChildOptions) {
+	o.Parent = ev.Pipeline
 	for si := range dr.Stages {
 		for ji := range dr.Stages[si].Jobs {
 			dj := &dr.Stages[si].Jobs[ji]
@@ -359,12 +373,16 @@ func (dr *DryRun) WriteText(w io.Writer) {
 					line += ", strategy: " + t.Strategy
 				}
 			}
+			needs := slices.Clone(j.Needs)
+			for _, n := range j.ParentNeeds {
+				needs = append(needs, n.Job+" (parent pipeline)")
+			}
 			switch {
 			case j.Needs == nil:
-			case len(j.Needs) == 0:
+			case len(needs) == 0:
 				line += ", needs: []"
 			default:
-				line += ", needs: " + strings.Join(j.Needs, ", ")
+				line += ", needs: " + strings.Join(needs, ", ")
 			}
 			fmt.Fprintln(w, line)
 			if j.Reason != "" && j.Reason != "no rules" {

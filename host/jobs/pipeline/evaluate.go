@@ -250,7 +250,7 @@ func (e *evaluator) decide(j *Job, vars jobs.Variables) (Decision, *Job, error) 
 		}
 		c.Variables = slices.Concat(vars, r.Variables)
 		if r.NeedsSet {
-			c.Needs, c.needOpt, c.needAt = r.Needs, r.needOpt, r.needAt
+			c.Needs, c.needOpt, c.needAt, c.ParentNeeds = r.Needs, r.needOpt, r.needAt, r.ParentNeeds
 		}
 	case j.Only != nil || j.Except != nil:
 		if j.Only != nil {

@@ -54,6 +54,12 @@ type Job struct {
 	// except:, nil when absent. Evaluate applies them.
 	Rules        []Rule
 	Only, Except *RefFilter
+	// ParentNeeds are the job's needs:pipeline:job entries: jobs of the parent
+	// pipeline whose artifacts it gets (see NewChild).
+	ParentNeeds []ParentNeed
+	// Upstream is the project of needs: {pipeline: group/project}: the job mirrors
+	// that project's pipeline, which runner exec cannot wait for (Plan skips it).
+	Upstream string
 	// needAt is where each of Needs is written, for messages; needOpt says which
 	// needs are optional: true.
 	needAt  []node
@@ -200,6 +206,7 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 		return nil, d.err()
 	}
 	p = &Pipeline{File: file}
+	d.refused = map[string]bool{}
 	topPairs := d.pairs(root)
 	defs := map[string]node{} // every job and hidden template, by name
 	var names []string
@@ -271,12 +278,16 @@ func parse(d *diags, file string, top node) (p *Pipeline, err error) {
 		}
 		d.job, d.jobNode = name, defs[name]
 		merged := x.expand(name, nil)
-		if merged == nil {
+		var j *Job
+		if merged != nil {
+			j = decodeJob(d, p, name, merged, defaults, globalVars)
+		}
+		if j == nil {
+			// Refused with its own error: the jobs that name it do not add more.
+			d.refused[name] = true
 			continue
 		}
-		if j := decodeJob(d, p, name, merged, defaults, globalVars); j != nil {
-			p.Jobs = append(p.Jobs, j)
-		}
+		p.Jobs = append(p.Jobs, j)
 	}
 	d.job, d.jobNode = "", nil
 	p.Variables = globalVars
@@ -782,8 +793,12 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		case "variables":
 			j.Variables = append(j.Variables, variables(d, kv.value, path)...)
 		case "needs":
-			j.Needs, j.needOpt, j.needAt = parseNeeds(d, kv.value, path)
-			j.NoArtifactsFrom = needsWithoutArtifacts(d, kv.value)
+			if v := resolve(kv.value); v.Kind == yaml.MappingNode {
+				j.Upstream = parseUpstream(d, name, v, path)
+				continue
+			}
+			nl := parseNeeds(d, kv.value, path)
+			j.Needs, j.needOpt, j.needAt, j.NoArtifactsFrom, j.ParentNeeds = nl.names, nl.opt, nl.at, nl.noArtifacts, nl.parent
 		case "dependencies":
 			parseDependencies(d, j, kv.value, path)
 		case "parallel":
@@ -900,7 +915,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 	if v := get("artifacts"); v != nil {
 		j.Artifacts = parseArtifacts(d, v, name+".artifacts")
 	}
-	if !hasScript && j.Trigger == nil {
+	if !hasScript && j.Trigger == nil && j.Upstream == "" {
 		var at node // the job's first key: its file (an included one) and line
 		if len(m.entries) > 0 {
 			at = m.entries[0].key
@@ -985,6 +1000,8 @@ func checkJobNeeds(d *diags, j *Job, base string, needs []string, needAt []node,
 		}
 		dep := byName[n]
 		switch {
+		case dep == nil && d.refused[n]:
+			// The job is refused with an error of its own.
 		case n == j.Name:
 			d.errorf(at, path, "job %q needs itself", n)
 		case dep == nil:

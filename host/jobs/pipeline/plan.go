@@ -13,6 +13,8 @@ import (
 // Plan is what `runner exec` will run: the jobs in a valid order, each with the jobs it
 // waits for, and the jobs left out with the reason.
 type Plan struct {
+	// Pipeline is the pipeline planned.
+	Pipeline *Pipeline
 	// Jobs are in topological order: every job comes after the jobs it waits for.
 	Jobs []*Job
 	// Deps maps a job name to the names of the jobs it waits for.
@@ -45,10 +47,12 @@ func (p *Pipeline) Plan(names ...string) (*Plan, error) {
 			byName[j.Name], fileIndex[j.Name] = j, i
 		}
 	}
-	plan := &Plan{Deps: map[string][]string{}}
+	plan := &Plan{Pipeline: p, Deps: map[string][]string{}}
 	skipped := map[string]string{}
 	for _, j := range p.Jobs {
 		switch {
+		case j.Upstream != "":
+			skipped[j.Name] = fmt.Sprintf("needs:pipeline %s: it mirrors another project's pipeline, which runner exec does not wait for", j.Upstream)
 		case j.Trigger != nil && j.Trigger.Project != "":
 			skipped[j.Name] = fmt.Sprintf("trigger:project %s: multi-project pipelines are not run by runner exec", j.Trigger.Project)
 		case j.When == WhenManual:

@@ -32,11 +32,12 @@ type Rule struct {
 	AllowFailure *bool
 	// Variables are added to the job's (and override them) when the rule matches.
 	Variables jobs.Variables
-	// Needs replace the job's needs when NeedsSet.
-	Needs    []string
-	NeedsSet bool
-	needOpt  []bool
-	needAt   []node
+	// Needs and ParentNeeds replace the job's when NeedsSet.
+	Needs       []string
+	ParentNeeds []ParentNeed
+	NeedsSet    bool
+	needOpt     []bool
+	needAt      []node
 }
 
 // Changes is a rules:changes or only/except:changes condition: true when a file of
@@ -147,7 +148,8 @@ func parseRules(d *diags, n node, path string, kind ruleKind) []Rule {
 					continue
 				}
 				r.NeedsSet = true
-				r.Needs, r.needOpt, r.needAt = parseNeeds(d, f.value, fp)
+				nl := parseNeeds(d, f.value, fp)
+				r.Needs, r.needOpt, r.needAt, r.ParentNeeds = nl.names, nl.opt, nl.at, nl.parent
 			case "start_in", "interruptible", "auto_cancel":
 				d.warnf(f.key, fp, "not supported by runner exec; ignored")
 			default:
@@ -244,61 +246,122 @@ func bracedVariable(src string) int {
 	return 0
 }
 
-// parseNeeds reads a needs: list: names or {job, artifacts, optional} mappings.
-func parseNeeds(d *diags, n node, path string) (names []string, optional []bool, at []node) {
-	names = []string{}
+// needList is a needs: list as read: the jobs of this pipeline (with whether each is
+// optional, where it is written, and which are written with artifacts: false) and
+// the jobs of the parent pipeline (needs:pipeline:job).
+type needList struct {
+	names       []string
+	opt         []bool
+	at          []node
+	noArtifacts []string
+	parent      []ParentNeed
+}
+
+// needFields are the keys of a needs entry.
+const needFields = "job, artifacts, optional, parallel, pipeline, project, ref"
+
+// parseNeeds reads a needs: list of job's: names, {job, artifacts, optional,
+// parallel} mappings, needs:pipeline:job entries (the parent pipeline's jobs, see
+// ParentNeed) and needs:project entries, which a local run cannot fetch: they are
+// dropped with one warning for the list.
+func parseNeeds(d *diags, n node, path string) needList {
+	nl := needList{names: []string{}}
+	var dropped []string
+	var droppedAt node
+	droppedPath := ""
 	for i, it := range seq(d, n, path) {
 		it = resolve(it)
-		if it.Kind == yaml.MappingNode {
-			name, opt := "", false
-			var nameAt node
-			var combos []jobs.Variables
-			for _, f := range d.pairs(it) {
-				fp := fmt.Sprintf("%s[%d].%s", path, i, f.key.Value)
-				switch f.key.Value {
-				case "job":
-					name, nameAt = scalar(d, f.value, fp), resolve(f.value)
-				case "parallel":
-					// needs:parallel:matrix names some of a matrix job's jobs.
-					pm := mapping(d, f.value, fp)
-					if pm == nil {
-						continue
-					}
-					for _, pf := range d.pairs(pm) {
-						if pf.key.Value != "matrix" {
-							d.errorHint(pf.key, fp+"."+pf.key.Value, "allowed: matrix", "unknown needs:parallel keyword %q", pf.key.Value)
-							continue
-						}
-						combos = matrixCombos(d, pf.value, fp+".matrix")
-					}
-				case "optional":
-					b, err := strconv.ParseBool(scalar(d, f.value, fp))
-					if err != nil {
-						d.errorf(f.value, fp, "expected true or false")
-					}
-					opt = b
-				case "artifacts":
-				default:
-					d.errorf(f.key, fp, "unsupported needs field (runner exec supports job, artifacts, optional, parallel)")
-				}
-			}
-			if nameAt == nil {
-				d.errorf(it, fmt.Sprintf("%s[%d]", path, i), "a needs entry needs job:")
-				continue
-			}
-			if combos != nil {
-				for _, c := range combos {
-					names, optional, at = append(names, matrixName(name, c)), append(optional, opt), append(at, nameAt)
-				}
-				continue
-			}
-			names, optional, at = append(names, name), append(optional, opt), append(at, nameAt)
+		ip := fmt.Sprintf("%s[%d]", path, i)
+		if it.Kind != yaml.MappingNode {
+			nl.names = append(nl.names, scalar(d, it, ip))
+			nl.opt, nl.at = append(nl.opt, false), append(nl.at, it)
 			continue
 		}
-		names = append(names, scalar(d, it, fmt.Sprintf("%s[%d]", path, i)))
-		optional, at = append(optional, false), append(at, it)
+		name, opt, artifacts := "", false, true
+		var nameAt, pipelineAt node
+		var combos []jobs.Variables
+		fields := map[string]node{} // the entry's values by key
+		for _, f := range d.pairs(it) {
+			fp := ip + "." + f.key.Value
+			fields[f.key.Value] = resolve(f.value)
+			switch f.key.Value {
+			case "job":
+				name, nameAt = scalar(d, f.value, fp), resolve(f.value)
+			case "parallel":
+				// needs:parallel:matrix names some of a matrix job's jobs.
+				pm := mapping(d, f.value, fp)
+				if pm == nil {
+					continue
+				}
+				for _, pf := range d.pairs(pm) {
+					if pf.key.Value != "matrix" {
+						d.errorHint(pf.key, fp+"."+pf.key.Value, "allowed: matrix", "unknown needs:parallel keyword %q", pf.key.Value)
+						continue
+					}
+					combos = matrixCombos(d, pf.value, fp+".matrix")
+				}
+			case "optional":
+				opt = boolean(d, f.value, fp)
+			case "artifacts":
+				artifacts = boolean(d, f.value, fp)
+			case "pipeline":
+				pipelineAt = resolve(f.value)
+				scalar(d, f.value, fp)
+			case "project", "ref":
+				scalar(d, f.value, fp)
+			default:
+				d.errorf(f.key, fp, "unsupported needs field (runner exec supports %s)", needFields)
+			}
+		}
+		switch {
+		case fields["project"] != nil:
+			if nameAt == nil || fields["ref"] == nil || pipelineAt != nil {
+				d.errorHint(it, ip, "write project:, job: and ref: (and artifacts:)", "needs:project needs job: and ref:")
+				continue
+			}
+			if dropped == nil {
+				droppedAt, droppedPath = it, ip
+			}
+			dropped = append(dropped, fmt.Sprintf("job %s of %s (ref %s)", name, fields["project"].Value, fields["ref"].Value))
+			continue
+		case fields["ref"] != nil:
+			d.errorHint(fields["ref"], ip+".ref", "ref goes with project: (another project's job)", "needs:ref without project")
+			continue
+		case pipelineAt != nil:
+			if nameAt == nil {
+				d.errorHint(it, ip, "a job's needs:pipeline names the parent pipeline's job: add job:; to mirror another project's pipeline, write needs: {pipeline: group/project} instead of a list", "needs:pipeline in a list needs job:")
+				continue
+			}
+			if fields["optional"] != nil || fields["parallel"] != nil {
+				d.errorHint(it, ip, "needs:pipeline:job takes pipeline, job and artifacts", "needs:pipeline:job cannot have optional or parallel")
+				continue
+			}
+			nl.parent = append(nl.parent, ParentNeed{Pipeline: pipelineAt.Value, Job: name, Artifacts: artifacts,
+				path: ip, file: d.fileOf(pipelineAt), pipelineAt: pos{pipelineAt.Line, pipelineAt.Column}, jobAt: pos{nameAt.Line, nameAt.Column}})
+			continue
+		}
+		if nameAt == nil {
+			d.errorf(it, ip, "a needs entry needs job:")
+			continue
+		}
+		made := []string{name}
+		if combos != nil {
+			made = made[:0]
+			for _, c := range combos {
+				made = append(made, matrixName(name, c))
+			}
+		}
+		for _, m := range made {
+			nl.names, nl.opt, nl.at = append(nl.names, m), append(nl.opt, opt), append(nl.at, nameAt)
+			if !artifacts {
+				nl.noArtifacts = append(nl.noArtifacts, m)
+			}
+		}
 	}
-	return names, optional, at
+	if dropped != nil {
+		d.warnf(droppedAt, droppedPath, "needs:project is not fetched by runner exec: the job runs without the artifacts of %s", strings.Join(dropped, ", "))
+	}
+	return nl
 }
 
 // parseChanges reads changes: a list of paths, or {paths, compare_to}.
@@ -402,7 +465,7 @@ func parseRefs(d *diags, n node, path string) []string {
 	return refs
 }
 
-// refPattern compiles a /regex/flags ref pattern.
+// refPattern compiles a /regex/flags ref pattern, as rules:if patterns are compiled.
 func refPattern(s string) (*regexp.Regexp, error) {
 	end := strings.LastIndex(s, "/")
 	if end <= 0 {
@@ -418,8 +481,5 @@ func refPattern(s string) (*regexp.Regexp, error) {
 			return nil, fmt.Errorf("unknown flag %q (allowed: i, m, s, U)", f)
 		}
 	}
-	if prefix != "" {
-		body = "(?" + prefix + ")" + body
-	}
-	return regexp.Compile(body)
+	return expr.CompileRegexp(body, prefix)
 }

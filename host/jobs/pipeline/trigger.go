@@ -232,6 +232,9 @@ type ChildOptions struct {
 	Load Options
 	// Env is the parent pipeline's Env.
 	Env Env
+	// Parent is the parent pipeline as evaluated: the jobs that needs:pipeline:job
+	// of the child's jobs may name.
+	Parent *Pipeline
 	// Depth is the parent's depth: 0 for the pipeline runner exec was given, 1 for a
 	// child pipeline.
 	Depth int
@@ -300,11 +303,14 @@ func NewChild(ctx context.Context, j *Job, o ChildOptions) (*Child, error) {
 	if err != nil {
 		return &Child{Pipeline: p, Env: env}, err
 	}
+	if err := checkParentNeeds(ev.Pipeline, o, env); err != nil {
+		return &Child{Pipeline: p, Evaluation: ev, Env: env}, err
+	}
 	plan, err := ev.Pipeline.Plan()
 	if err != nil {
 		return &Child{Pipeline: p, Evaluation: ev, Env: env}, err
 	}
-	c := &Child{Pipeline: p, Evaluation: ev, Plan: plan, Env: env, Options: ChildOptions{Load: o.Load, Env: env, Depth: o.Depth + 1, Artifact: o.Artifact, PipelineIDs: o.PipelineIDs}}
+	c := &Child{Pipeline: p, Evaluation: ev, Plan: plan, Env: env, Options: ChildOptions{Load: o.Load, Env: env, Parent: ev.Pipeline, Depth: o.Depth + 1, Artifact: o.Artifact, PipelineIDs: o.PipelineIDs}}
 	if len(ev.Pipeline.Jobs) == 0 {
 		return c, fmt.Errorf("%s: the child pipeline has no jobs: its rules add none (GitLab fails the trigger job: downstream pipeline can not be created)", p.File)
 	}

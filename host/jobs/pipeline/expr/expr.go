@@ -21,9 +21,9 @@
 // written with single quotes and vice versa. Inside a pattern, `\/` stands for a
 // slash; every other backslash sequence is passed to the regular expression. A
 // pattern is at least two characters long (GitLab rejects `/./`), may only be the
-// right operand of =~ or !~, and is compiled with Go's regexp package, whose
-// syntax is RE2's, the syntax GitLab uses. An expression has at most 100 tokens,
-// GitLab's limit.
+// right operand of =~ or !~, and is compiled by CompileRegexp: RE2's syntax, which
+// GitLab matches with, plus the Ruby escapes \Z, \h and \H. An expression has at
+// most 100 tokens, GitLab's limit.
 //
 // # Semantics
 //
@@ -342,14 +342,6 @@ func (o *operand) format(b *strings.Builder) {
 // accepts and RE2 (and Go's regexp) understands.
 const flagOrder = "imsU"
 
-// compilePattern compiles a pattern body with its flags.
-func compilePattern(body, flags string) (*regexp.Regexp, error) {
-	if flags != "" {
-		body = "(?" + flags + ")" + body
-	}
-	return regexp.Compile(body)
-}
-
 // canonFlags returns flags deduplicated in flagOrder, or false if one is unknown.
 func canonFlags(flags string) (string, byte, bool) {
 	for i := 0; i < len(flags); i++ {
@@ -382,7 +374,7 @@ func patternValue(v string) *regexp.Regexp {
 	if !ok {
 		return nil
 	}
-	re, err := compilePattern(strings.ReplaceAll(v[1:end], `\/`, "/"), flags)
+	re, err := CompileRegexp(strings.ReplaceAll(v[1:end], `\/`, "/"), flags)
 	if err != nil {
 		return nil
 	}

@@ -176,7 +176,7 @@ func lexPattern(src string, i int) (token, error) {
 	if !ok {
 		return token{}, lexErr(src, fstart+strings.IndexByte(src[fstart:j], bad), "unknown pattern flag "+quote(string(bad)), "the flags are i, m, s and U")
 	}
-	re, err := compilePattern(body.String(), flags)
+	re, err := CompileRegexp(body.String(), flags)
 	if err != nil {
 		return token{}, lexErr(src, i, "invalid regular expression "+quote(src[i:j])+": "+err.Error(),
 			"patterns use RE2 syntax, which has no backreferences or lookaround")
