@@ -5,28 +5,23 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/flotilla-ci/flotilla/host/internal/gittest"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 )
 
 // gitProject makes a Git checkout on branch main holding the pipeline file y.
 func gitProject(t *testing.T, y string) string {
 	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git is not installed")
-	}
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, ".gitlab-ci.yml"), []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"add", "-A"}, {"-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "ci"}} {
-		if out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
+	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"add", "-A"}, {"commit", "-q", "-m", "ci"}} {
+		gittest.Run(t, dir, args...)
 	}
 	return dir
 }

@@ -2,27 +2,13 @@ package execcmd
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
+	"github.com/flotilla-ci/flotilla/host/internal/gittest"
 )
-
-func gitIn(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
-	}
-	cmd := exec.Command("git", append([]string{"-C", dir, "-c", "user.email=t@example.invalid", "-c", "user.name=t",
-		"-c", "protocol.file.allow=always"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %v: %v %s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
 
 func writeFile(t *testing.T, path, text string) {
 	t.Helper()
@@ -79,17 +65,17 @@ empty:
 // (a warning says so); GIT_STRATEGY=bogus fails its job once, as its own failure.
 func TestExecGit(t *testing.T) {
 	sub := t.TempDir()
-	gitIn(t, sub, "init", "-q", "-b", "main")
+	gittest.Run(t, sub, "init", "-q", "-b", "main")
 	writeFile(t, filepath.Join(sub, "SUBFILE"), "in the submodule\n")
-	gitIn(t, sub, "add", ".")
-	gitIn(t, sub, "commit", "-q", "-m", "sub")
+	gittest.Run(t, sub, "add", ".")
+	gittest.Run(t, sub, "commit", "-q", "-m", "sub")
 
 	dir := t.TempDir()
-	gitIn(t, dir, "init", "-q", "-b", "main")
+	gittest.Run(t, dir, "init", "-q", "-b", "main")
 	writeFile(t, filepath.Join(dir, "a.txt"), "1\n")
-	gitIn(t, dir, "add", ".")
-	gitIn(t, dir, "commit", "-q", "-m", "a")
-	gitIn(t, dir, "submodule", "add", "-q", sub, "sub")
+	gittest.Run(t, dir, "add", ".")
+	gittest.Run(t, dir, "commit", "-q", "-m", "a")
+	gittest.Run(t, dir, "submodule", "add", "-q", sub, "sub")
 	writeFile(t, filepath.Join(dir, ".gitlab-ci.yml"), `
 shallow:
   variables:
@@ -105,9 +91,9 @@ shallow:
     - cat sub/SUBFILE
     - git rev-parse HEAD
 `)
-	gitIn(t, dir, "add", ".")
-	gitIn(t, dir, "commit", "-q", "-m", "ci")
-	sha := gitIn(t, dir, "rev-parse", "HEAD")
+	gittest.Run(t, dir, "add", ".")
+	gittest.Run(t, dir, "commit", "-q", "-m", "ci")
+	sha := gittest.Run(t, dir, "rev-parse", "HEAD")
 	writeFile(t, filepath.Join(dir, "dirty.txt"), "not committed\n")
 
 	logs := t.TempDir()
@@ -126,7 +112,7 @@ shallow:
 	}
 
 	writeFile(t, filepath.Join(dir, ".gitlab-ci.yml"), "bad:\n  variables: {GIT_STRATEGY: bogus}\n  script: [echo never]\n")
-	gitIn(t, dir, "commit", "-q", "-a", "-m", "bad")
+	gittest.Run(t, dir, "commit", "-q", "-a", "-m", "bad")
 	code, out, errOut = run(t, dir, Options{Git: true, LogDir: logs})
 	log = readLog(t, logs, "bad")
 	if code != ExitPipelineFailed || !strings.Contains(out, "script_failure") || !strings.Contains(log, `GIT_STRATEGY="bogus": want clone, fetch, none or empty`) {
@@ -143,10 +129,10 @@ func TestExecGitDockerAutoscaler(t *testing.T) {
 	cli := dockertest.Client(t)
 	dockertest.EnsureImage(t, cli)
 	dir := t.TempDir()
-	gitIn(t, dir, "init", "-q", "-b", "main")
+	gittest.Run(t, dir, "init", "-q", "-b", "main")
 	writeFile(t, filepath.Join(dir, "a.txt"), "first\n")
-	gitIn(t, dir, "add", ".")
-	gitIn(t, dir, "commit", "-q", "-m", "a")
+	gittest.Run(t, dir, "add", ".")
+	gittest.Run(t, dir, "commit", "-q", "-m", "a")
 	writeFile(t, filepath.Join(dir, "a.txt"), "committed\n")
 	writeFile(t, filepath.Join(dir, ".gitlab-ci.yml"), `
 shallow:
@@ -156,9 +142,9 @@ shallow:
     - test ! -e dirty.txt
     - cat .git/shallow
 `)
-	gitIn(t, dir, "add", ".")
-	gitIn(t, dir, "commit", "-q", "-m", "ci")
-	sha := gitIn(t, dir, "rev-parse", "HEAD")
+	gittest.Run(t, dir, "add", ".")
+	gittest.Run(t, dir, "commit", "-q", "-m", "ci")
+	sha := gittest.Run(t, dir, "rev-parse", "HEAD")
 	writeFile(t, filepath.Join(dir, "dirty.txt"), "not committed\n")
 	logs := t.TempDir()
 	code, out, errOut := run(t, dir, Options{Git: true, Executor: "docker-autoscaler", Image: dockertest.Image, LogDir: logs})

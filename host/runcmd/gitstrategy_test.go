@@ -2,11 +2,11 @@ package runcmd
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/flotilla-ci/flotilla/host/internal/gittest"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
 )
@@ -43,15 +43,6 @@ func indexLine(log, s string) int {
 		return strings.Index(log, " 00O "+rest)
 	}
 	return strings.Index(log, s)
-}
-
-func gitOut(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %v: %v\n%s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
 }
 
 func variable(k, v string) gitlab.JobVariable {
@@ -109,13 +100,13 @@ func TestGitStrategies(t *testing.T) {
 	if !strings.Contains(log, "Fetching changes with git depth set to 1...") || !strings.Contains(log, "commits=1") {
 		t.Fatalf("GIT_DEPTH 1 job log:\n%s", log)
 	}
-	if n := gitOut(t, project, "rev-list", "--count", "HEAD"); n != "1" {
+	if n := gittest.Run(t, project, "rev-list", "--count", "HEAD"); n != "1" {
 		t.Errorf("git rev-list --count HEAD in the project directory = %s, want 1", n)
 	}
-	if head := gitOut(t, project, "rev-parse", "HEAD"); head != e.sha {
+	if head := gittest.Run(t, project, "rev-parse", "HEAD"); head != e.sha {
 		t.Errorf("HEAD = %s, want %s", head, e.sha)
 	}
-	if strings.Contains(log, "glcbt-") || strings.Contains(gitOut(t, project, "config", "--list", "--local"), "gitlab-ci-token") {
+	if strings.Contains(log, "glcbt-") || strings.Contains(gittest.Run(t, project, "config", "--list", "--local"), "gitlab-ci-token") {
 		t.Errorf("the job token shows in the log or in .git/config:\n%s", log)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
+	"github.com/flotilla-ci/flotilla/host/internal/gittest"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
@@ -322,12 +322,12 @@ func TestGetSourcesScripts(t *testing.T) {
 	}
 	repo := t.TempDir()
 	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"config", "user.email", "t@example.invalid"}, {"config", "user.name", "t"}} {
-		gitIn(t, repo, args...)
+		gittest.Run(t, repo, args...)
 	}
 	os.WriteFile(filepath.Join(repo, "VERSION"), []byte("1.2.3\n"), 0o644)
-	gitIn(t, repo, "add", ".")
-	gitIn(t, repo, "commit", "-q", "-m", "v")
-	src := jobs.Source{Kind: jobs.SourceGit, RepoURL: "file://" + repo, Ref: "main", SHA: gitIn(t, repo, "rev-parse", "HEAD")}
+	gittest.Run(t, repo, "add", ".")
+	gittest.Run(t, repo, "commit", "-q", "-m", "v")
+	src := jobs.Source{Kind: jobs.SourceGit, RepoURL: "file://" + repo, Ref: "main", SHA: gittest.Run(t, repo, "rev-parse", "HEAD")}
 	opts := Options{Image: dockertest.Image, PullPolicy: []string{PullNever},
 		PreGetSourcesScript:  `echo "pre sees $(ls -A | wc -l) files, $GREETING, in $(uname -s) $(cat /etc/passwd | head -c 4)"`,
 		PostGetSourcesScript: `echo "post sees $(cat VERSION)"`}
@@ -398,16 +398,4 @@ func TestCopiedTreeGitStrategy(t *testing.T) {
 		}
 		assertNothingLeft(t, local, job.ID)
 	}
-}
-
-func gitIn(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
-	}
-	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %v: %v %s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
 }

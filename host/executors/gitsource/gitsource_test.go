@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flotilla-ci/flotilla/host/internal/gittest"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
@@ -145,37 +146,23 @@ func TestScriptSteps(t *testing.T) {
 	}
 }
 
-// git runs git in dir and returns its trimmed output.
-func git(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
-		"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_NOSYSTEM=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %v: %v\n%s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // repo makes a repository with n commits on main, each writing n.txt, plus a
 // submodule "sub" when withSub, and returns its file:// URL and head SHA.
 func repo(t *testing.T, n int, withSub bool) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
-	git(t, dir, "init", "-q", "-b", "main")
+	gittest.Run(t, dir, "init", "-q", "-b", "main")
 	for i := 1; i <= n; i++ {
 		os.WriteFile(filepath.Join(dir, "commit.txt"), []byte(strings.Repeat("x", i)), 0o644)
-		git(t, dir, "add", "-A")
-		git(t, dir, "commit", "-q", "-m", "c")
+		gittest.Run(t, dir, "add", "-A")
+		gittest.Run(t, dir, "commit", "-q", "-m", "c")
 	}
 	if withSub {
 		subURL, _ := repo(t, 1, false)
-		git(t, dir, "-c", "protocol.file.allow=always", "submodule", "add", "-q", subURL, "sub")
-		git(t, dir, "commit", "-q", "-m", "sub")
+		gittest.Run(t, dir, "-c", "protocol.file.allow=always", "submodule", "add", "-q", subURL, "sub")
+		gittest.Run(t, dir, "commit", "-q", "-m", "sub")
 	}
-	return "file://" + dir, git(t, dir, "rev-parse", "HEAD")
+	return "file://" + dir, gittest.Run(t, dir, "rev-parse", "HEAD")
 }
 
 // run runs the job's sources script with sh, as the executors do, and returns its
@@ -208,10 +195,10 @@ func TestScriptWithGit(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		if got := git(t, dir, "rev-list", "--count", "HEAD"); got != "1" {
+		if got := gittest.Run(t, dir, "rev-list", "--count", "HEAD"); got != "1" {
 			t.Errorf("rev-list --count HEAD = %s, want 1", got)
 		}
-		if got := git(t, dir, "rev-parse", "HEAD"); got != sha {
+		if got := gittest.Run(t, dir, "rev-parse", "HEAD"); got != sha {
 			t.Errorf("HEAD = %s, want %s", got, sha)
 		}
 		if _, err := os.Stat(filepath.Join(dir, "sub", "commit.txt")); err != nil {
@@ -234,7 +221,7 @@ func TestScriptWithGit(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, "untracked")); !os.IsNotExist(err) {
 			t.Errorf("untracked file survived git clean -ffdx: %v", err)
 		}
-		if got := git(t, dir, "rev-list", "--count", "HEAD"); got != "4" {
+		if got := gittest.Run(t, dir, "rev-list", "--count", "HEAD"); got != "4" {
 			t.Errorf("GIT_DEPTH 0 fetched %s commits, want all 4", got)
 		}
 	})
@@ -276,7 +263,7 @@ func TestScriptWithGit(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, "commit.txt")); !os.IsNotExist(err) {
 			t.Errorf("commit.txt checked out: %v", err)
 		}
-		if got := git(t, dir, "rev-parse", "refs/remotes/origin/main"); got != sha {
+		if got := gittest.Run(t, dir, "rev-parse", "refs/remotes/origin/main"); got != sha {
 			t.Errorf("origin/main = %s, want %s", got, sha)
 		}
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
 	"github.com/flotilla-ci/flotilla/host/executors"
+	"github.com/flotilla-ci/flotilla/host/internal/gittest"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
@@ -215,29 +216,15 @@ func TestArtifactsOverSSH(t *testing.T) {
 func gitRepo(t *testing.T, commits ...[2]string) string {
 	t.Helper()
 	repo := t.TempDir()
-	gitIn(t, repo, "init", "-q", "-b", "main")
+	gittest.Run(t, repo, "init", "-q", "-b", "main")
 	for _, c := range commits {
 		if err := os.WriteFile(filepath.Join(repo, c[0]), []byte(c[1]), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		gitIn(t, repo, "add", ".")
-		gitIn(t, repo, "commit", "-q", "-m", c[0])
+		gittest.Run(t, repo, "add", ".")
+		gittest.Run(t, repo, "commit", "-q", "-m", c[0])
 	}
 	return repo
-}
-
-func gitIn(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
-	}
-	cmd := exec.Command("git", append([]string{"-C", dir, "-c", "user.email=t@example.invalid", "-c", "user.name=t",
-		"-c", "protocol.file.allow=always"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %v: %v %s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
 }
 
 func runJob(t *testing.T, conn Conn, job *jobs.Job, opts Options) (executors.Result, string) {
@@ -287,7 +274,7 @@ func TestLocalSourceGitStrategy(t *testing.T) {
 func TestGetSourcesFailuresAreTheJobs(t *testing.T) {
 	conn := dial(t)
 	repo := gitRepo(t, [2]string{"VERSION", "1\n"})
-	git := jobs.Source{Kind: jobs.SourceGit, RepoURL: "file://" + repo, Ref: "main", SHA: gitIn(t, repo, "rev-parse", "HEAD")}
+	git := jobs.Source{Kind: jobs.SourceGit, RepoURL: "file://" + repo, Ref: "main", SHA: gittest.Run(t, repo, "rev-parse", "HEAD")}
 	gone := git
 	gone.Ref, gone.SHA = "gone", "0123456789012345678901234567890123456789"
 	tests := []struct {
@@ -328,10 +315,10 @@ func TestShippedRepository(t *testing.T) {
 	conn := dial(t)
 	sub := gitRepo(t, [2]string{"SUBFILE", "in the submodule\n"})
 	repo := gitRepo(t, [2]string{"a.txt", "1\n"}, [2]string{"b.txt", "2\n"})
-	gitIn(t, repo, "submodule", "add", "-q", sub, "sub")
-	gitIn(t, repo, "commit", "-q", "-m", "sub")
+	gittest.Run(t, repo, "submodule", "add", "-q", sub, "sub")
+	gittest.Run(t, repo, "commit", "-q", "-m", "sub")
 	os.WriteFile(filepath.Join(repo, "dirty.txt"), []byte("not committed\n"), 0o644)
-	sha := gitIn(t, repo, "rev-parse", "HEAD")
+	sha := gittest.Run(t, repo, "rev-parse", "HEAD")
 	job := &jobs.Job{ID: "ship", Name: "s", Source: jobs.Source{Kind: jobs.SourceGit, Dir: repo, RepoURL: "file:///nonexistent/elsewhere.git",
 		HostGitDir: filepath.Join(repo, ".git"), Ref: "main", SHA: sha, Refspecs: []string{"+" + sha + ":refs/pipelines/7"}},
 		Variables: jobs.Variables{{Key: "GIT_DEPTH", Value: "1"}, {Key: "GIT_SUBMODULE_STRATEGY", Value: "normal"},
