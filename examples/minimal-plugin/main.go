@@ -16,10 +16,9 @@ import (
 
 // Group is the plugin; its JSON-tagged fields are its plugin_config.
 type Group struct {
-	provider.NoSuspend        // Suspend and Resume answer ErrNotSupported
-	Dir                string `json:"dir"`     // instance files live here; they outlive the plugin
-	Address            string `json:"address"` // host:port every instance is reached at
-	settings           provider.Settings
+	Dir      string `json:"dir"`     // instance files live here; they outlive the plugin
+	Address  string `json:"address"` // host:port every instance is reached at
+	settings provider.Settings
 }
 
 // Validate reports every configuration problem at once, each naming its key.

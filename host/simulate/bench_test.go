@@ -87,7 +87,6 @@ func BenchmarkB1PolicyFrontier(b *testing.B) {
 // latencyGroup answers every call at once and notes when Increase is called, so that
 // B2 measures the scaler's decision, not a cloud.
 type latencyGroup struct {
-	provider.NoSuspend
 	mu      sync.Mutex
 	want    int
 	total   int

@@ -126,7 +126,6 @@ type cloudInstance struct {
 // and every call answers instantly. It keeps every instance it ever created, so that
 // the simulator can bill instance-seconds exactly.
 type Cloud struct {
-	provider.NoSuspend
 	clk  clock.Clock
 	opts CloudOptions
 

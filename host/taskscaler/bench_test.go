@@ -14,7 +14,6 @@ import (
 // staticGroup lists a fixed set of running instances, so that the benchmark measures
 // the scaler and not a fake's bookkeeping.
 type staticGroup struct {
-	provider.NoSuspend
 	ids []string
 }
 

@@ -105,7 +105,7 @@ func (s *Scaler) readiness(ctx context.Context, in *instance) (final bool, err e
 		}
 	}
 	hctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
-	err = s.group.Heartbeat(hctx, in.ID)
+	err = pluginHeartbeat(hctx, s.group, in.ID)
 	cancel()
 	if err != nil && !errors.Is(err, provider.ErrNotSupported) {
 		s.m.InternalOperation("heartbeat_failure")
@@ -201,12 +201,24 @@ func (s *Scaler) runHeartbeats(ctx context.Context, due []*instance, probe []boo
 	s.mu.Unlock()
 }
 
+// pluginHeartbeat calls the group's Heartbeat. A group without one (a plugin of the
+// first fleeting generation, in process) answers ErrNotSupported, as such a plugin does
+// over the wire; callers count that as healthy, as GitLab's host does, and the probe
+// (connecting to the instance) is then what judges its health.
+func pluginHeartbeat(ctx context.Context, g provider.InstanceGroup, id string) error {
+	hb, ok := g.(provider.Heartbeater)
+	if !ok {
+		return fmt.Errorf("heartbeat: %w", provider.ErrNotSupported)
+	}
+	return hb.Heartbeat(ctx, id)
+}
+
 // heartbeat calls the plugin's Heartbeat (ErrNotSupported counts as healthy) and,
 // when probe is set, the host's probe command.
 func (s *Scaler) heartbeat(ctx context.Context, in *instance, probe bool) error {
 	hctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
 	defer cancel()
-	if err := s.group.Heartbeat(hctx, in.ID); err != nil && !errors.Is(err, provider.ErrNotSupported) {
+	if err := pluginHeartbeat(hctx, s.group, in.ID); err != nil && !errors.Is(err, provider.ErrNotSupported) {
 		s.m.InternalOperation("heartbeat_failure")
 		return stepErr("heartbeat", "", err)
 	}

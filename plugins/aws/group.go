@@ -55,8 +55,6 @@ const describePageSize = 1000
 
 // InstanceGroup is the AWS provider. Its JSON-tagged fields are plugin_config.
 type InstanceGroup struct {
-	provider.NoSuspend
-
 	// Name is the Auto Scaling group's name.
 	Name string `json:"name"`
 	// Profile is the shared-config profile; default "default" (or AWS_PROFILE).

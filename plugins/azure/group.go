@@ -63,8 +63,6 @@ const defaultOperationWait = 20 * time.Second
 
 // InstanceGroup is the Azure provider. Its JSON-tagged fields are plugin_config.
 type InstanceGroup struct {
-	provider.NoSuspend
-
 	// Name is the virtual machine scale set's name.
 	Name string `json:"name"`
 	// SubscriptionID is the subscription that holds the scale set.

@@ -79,8 +79,6 @@ var (
 
 // InstanceGroup is the Google Cloud provider. Its JSON-tagged fields are plugin_config.
 type InstanceGroup struct {
-	provider.NoSuspend
-
 	// Name is the managed instance group's name.
 	Name string `json:"name"`
 	// Project is the project ID the group is in.

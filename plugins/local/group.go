@@ -29,8 +29,6 @@ import (
 // directory under RootDir with its own SSH server on 127.0.0.1. Its JSON-tagged fields
 // are the plugin_config.
 type InstanceGroup struct {
-	provider.NoSuspend
-
 	// MaxInstances caps the group; 0 means no cap.
 	MaxInstances int `json:"max_instances"`
 	// BootDelay is a Go duration ("5s"): instances stay creating, refusing SSH

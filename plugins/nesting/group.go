@@ -42,8 +42,6 @@ var Version = plugin.VersionInfo{Name: "fleeting-plugin-nesting", Version: "0.1.
 
 // InstanceGroup is the nesting provider. Its JSON-tagged fields are plugin_config.
 type InstanceGroup struct {
-	provider.NoSuspend
-
 	// NestingHost is the daemon's socket, "unix:///path/to/nesting.sock": on this
 	// machine, or on the VM host NestingSSH names.
 	NestingHost string `json:"nesting_host"`

@@ -23,6 +23,11 @@ import (
 type checker struct {
 	cfg     Config
 	results map[string]Result
+	// implements is what the plugin was found to implement of the optional methods
+	// (CapabilityHeartbeat, CapabilitySuspendResume): set by L0.info from the announced
+	// capabilities, refined by L0.not-found from Heartbeat's answer; nil if the plugin
+	// could not be initialised.
+	implements map[provider.Capability]bool
 }
 
 // outcome is what a clause function decides.
@@ -108,7 +113,7 @@ func (c *checker) start(ctx context.Context, config []byte, withProbe bool) (*ru
 			return nil, fmt.Errorf("decode plugin_config: %w", err)
 		}
 		pr = &probe{InstanceGroup: impl}
-		impl, config = pr, []byte(`{}`)
+		impl, config = pr.withOptional(impl), []byte(`{}`)
 	}
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
 	logOut := c.cfg.LogOutput
@@ -249,7 +254,8 @@ type probe struct {
 	returned chan struct{}
 }
 
-// panicID is the instance whose Heartbeat the probe turns into a panic.
+// panicID is the instance whose ConnectInfo the probe turns into a panic. ConnectInfo is
+// a method every generation of plugin has.
 const panicID = "flotilla-conformance-panic"
 
 // arm makes the next Update report when it enters and returns.
@@ -272,9 +278,37 @@ func (p *probe) Update(ctx context.Context, fn func(string, provider.State)) err
 	return p.InstanceGroup.Update(ctx, fn)
 }
 
-func (p *probe) Heartbeat(ctx context.Context, id string) error {
+func (p *probe) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
 	if id == panicID {
 		panic("conformance: deliberate panic to check that the plugin survives it")
 	}
-	return p.InstanceGroup.Heartbeat(ctx, id)
+	return p.InstanceGroup.ConnectInfo(ctx, id)
+}
+
+// withOptional returns p with exactly the optional interfaces of impl (which p wraps),
+// so that the SDK serves and announces what the plugin itself implements. Each is a
+// pointer to a struct, as the SDK's configuration decoding requires (the kit has
+// already decoded the configuration into impl; the wrapper gets {}).
+func (p *probe) withOptional(impl provider.InstanceGroup) provider.InstanceGroup {
+	hb, isHB := impl.(provider.Heartbeater)
+	sr, isSR := impl.(provider.Suspender)
+	switch {
+	case isHB && isSR:
+		return &struct {
+			*probe
+			provider.Heartbeater
+			provider.Suspender
+		}{p, hb, sr}
+	case isHB:
+		return &struct {
+			*probe
+			provider.Heartbeater
+		}{p, hb}
+	case isSR:
+		return &struct {
+			*probe
+			provider.Suspender
+		}{p, sr}
+	}
+	return p
 }

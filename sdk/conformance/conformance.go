@@ -74,6 +74,8 @@ type Config struct {
 	// Panic makes the launched plugin panic inside a call and returns that call's error
 	// [L0.panic]. In process the kit injects the panic itself; for a binary the clause
 	// is skipped unless this is set, since an arbitrary plugin cannot be made to panic.
+	// g is the host's side of the plugin, which has every call, the optional ones too
+	// (g.(provider.Heartbeater).Heartbeat(ctx, id)).
 	Panic func(ctx context.Context, g provider.InstanceGroup) error
 
 	// LogOutput receives the plugin's log lines. Default: discarded.
@@ -109,14 +111,14 @@ var Clauses = []Clause{
 	{"L0.init.first", 0, "a call before Init is refused, not served"},
 	{"L0.config.all-problems", 0, "a plugin_config with several problems fails Init with ErrInvalidConfig naming every problem"},
 	{"L0.info", 0, "Init succeeds and returns sane provider info: an ID without spaces, MaxSize >= 0, named capabilities"},
-	{"L0.unsupported", 0, "without the suspend_resume capability, Suspend and Resume answer ErrNotSupported"},
-	{"L0.not-found", 0, "ConnectInfo and Heartbeat of an unknown ID answer ErrNotFound"},
+	{"L0.unsupported", 0, "a plugin that does not implement Suspend and Resume (no suspend_resume capability) answers both with ErrNotSupported"},
+	{"L0.not-found", 0, "ConnectInfo and Heartbeat (if implemented) of an unknown ID answer ErrNotFound"},
 	{"L0.cancel", 0, "a call whose context is cancelled returns promptly with the context's error, in the host and in the plugin"},
 	{"L0.panic", 0, "a panic in a call becomes that call's error and the plugin keeps serving"},
 	{"L0.shutdown.idempotent", 0, "Shutdown answers OK, and again OK when called a second time"},
 	{"L1.increase", 1, "Increase(n) yields exactly n new instances that reach running, with unique IDs that stay the same"},
 	{"L1.connect", 1, "ConnectInfo of each running instance names it and its address is dialable"},
-	{"L1.heartbeat", 1, "Heartbeat of each running instance answers OK"},
+	{"L1.heartbeat", 1, "Heartbeat of each running instance answers OK (skipped for a plugin without Heartbeat)"},
 	{"L1.decrease.subset", 1, "Decrease of one instance removes it and leaves every other instance running"},
 	{"L1.decrease.unknown", 1, "Decrease of an unknown ID answers ErrNotFound and harms nothing; an empty Decrease succeeds"},
 	{"L1.relaunch", 1, "after the plugin is killed and launched again, it has the same ID and lists the same instances"},
@@ -135,9 +137,55 @@ type Result struct {
 // Report is the outcome of a Check, one Result per clause in the order of Clauses.
 type Report struct {
 	// Mode is "in-process" or "binary"; Target names the binary in binary mode.
-	Mode    string   `json:"mode"`
-	Target  string   `json:"target,omitempty"`
-	Results []Result `json:"results"`
+	Mode   string `json:"mode"`
+	Target string `json:"target,omitempty"`
+	// Generation is the generation of GitLab's fleeting provider interface the plugin
+	// implements: 1 (Init, Update, Increase, Decrease, ConnectInfo, Shutdown), 2 (and
+	// Heartbeat) or 3 (and Suspend and Resume); 0 when it could not be found out (the
+	// plugin was not initialised). Clauses of optional methods the plugin does not
+	// implement are skipped, not failed.
+	Generation int `json:"generation"`
+	// Optional lists the optional methods the plugin implements: "Heartbeat",
+	// "Suspend/Resume".
+	Optional []string `json:"optional,omitempty"`
+	Results  []Result `json:"results"`
+}
+
+// generation derives Report.Generation and Report.Optional from what the plugin was
+// found to implement (nil: unknown).
+func generation(implements map[provider.Capability]bool) (int, []string) {
+	if implements == nil {
+		return 0, nil
+	}
+	hb, sr := implements[provider.CapabilityHeartbeat], implements[provider.CapabilitySuspendResume]
+	var optional []string
+	if hb {
+		optional = append(optional, "Heartbeat")
+	}
+	if sr {
+		optional = append(optional, "Suspend/Resume")
+	}
+	switch {
+	case hb && sr:
+		return 3, optional
+	case hb:
+		return 2, optional
+	}
+	// Suspend and Resume without Heartbeat is no generation of GitLab's; the first is
+	// the one whose every method it has, and Optional says the rest.
+	return 1, optional
+}
+
+// describeGeneration is the report's line about the plugin's interface.
+func (r Report) describeGeneration() string {
+	if r.Generation == 0 {
+		return "unknown (the plugin was not initialised)"
+	}
+	optional := "no optional methods"
+	if len(r.Optional) > 0 {
+		optional = "optional methods: " + strings.Join(r.Optional, ", ")
+	}
+	return fmt.Sprintf("fleeting generation %d (%s)", r.Generation, optional)
 }
 
 // Failed returns the IDs of the clauses that failed.
@@ -172,6 +220,7 @@ func (r Report) WriteText(w io.Writer) error {
 		target += " " + r.Target
 	}
 	fmt.Fprintf(&b, "conformance check of %s\n", target)
+	fmt.Fprintf(&b, "plugin interface: %s\n", r.describeGeneration())
 	counts := map[Status]int{}
 	for _, res := range r.Results {
 		counts[res.Status]++
@@ -245,6 +294,7 @@ func Check(ctx context.Context, cfg Config) (Report, error) {
 	}
 	c.runL0(ctx)
 	c.runL1(ctx)
+	rep.Generation, rep.Optional = generation(c.implements)
 	for _, cl := range Clauses {
 		res, ok := c.results[cl.ID]
 		if !ok {

@@ -135,10 +135,11 @@ func (g *validated) Validate() error {
 	return errors.Join(errs...)
 }
 
-// suspendOK answers Suspend with success although it cannot suspend.
-type suspendOK struct{ *fake.Group }
+// suspendOnly has Suspend but no Resume, so it is not a provider.Suspender: the SDK
+// serves neither and announces no suspend_resume.
+type suspendOnly struct{ *fake.Group }
 
-func (g *suspendOK) Suspend(context.Context, []string) ([]string, error) { return nil, nil }
+func (g *suspendOnly) Suspend(context.Context, []string) ([]string, error) { return nil, nil }
 
 // noAddress reports connect info without any address.
 type noAddress struct{ *fake.Group }
@@ -160,8 +161,19 @@ func TestKitOnFaultInjectedFakes(t *testing.T) {
 		new     func() provider.InstanceGroup
 		tweak   func(*conformance.Config)
 		failing []string
+		// skipped are the clauses a conforming plugin of this generation skips;
+		// generation, when not 0, is the generation the report must name.
+		skipped    []string
+		generation int
 	}{
-		{name: "sdk/fake conforms", new: shared(func(g *fake.Group) provider.InstanceGroup { return g })},
+		{name: "sdk/fake conforms", new: shared(func(g *fake.Group) provider.InstanceGroup { return g }),
+			generation: 2},
+		{name: "a first-generation plugin (no Heartbeat) conforms",
+			new:     shared(func(g *fake.Group) provider.InstanceGroup { return fake.FirstGeneration(g) }),
+			skipped: []string{"L1.heartbeat"}, generation: 1},
+		{name: "a third-generation plugin (Suspend and Resume) conforms",
+			new:     shared(func(g *fake.Group) provider.InstanceGroup { return &fake.Suspending{Group: g} }),
+			skipped: []string{"L0.unsupported"}, generation: 3},
 		{name: "fake with a validated configuration conforms",
 			new: shared(func(g *fake.Group) provider.InstanceGroup { return &validated{Group: g} }),
 			tweak: func(c *conformance.Config) {
@@ -192,9 +204,9 @@ func TestKitOnFaultInjectedFakes(t *testing.T) {
 				c.BadConfig, c.BadConfigWant = json.RawMessage(`{"a":""}`), []string{"plugin_config.a", "plugin_config.b"}
 			},
 			failing: []string{"L0.config.all-problems"}},
-		{name: "Suspend answers OK without the capability",
-			new:     shared(func(g *fake.Group) provider.InstanceGroup { return &suspendOK{g} }),
-			failing: []string{"L0.unsupported"}},
+		{name: "Suspend without Resume is served as neither",
+			new:        shared(func(g *fake.Group) provider.InstanceGroup { return &suspendOnly{g} }),
+			generation: 2},
 		{name: "connect info without an address",
 			new:     shared(func(g *fake.Group) provider.InstanceGroup { return &noAddress{g} }),
 			failing: []string{"L1.connect"}},
@@ -218,15 +230,26 @@ func TestKitOnFaultInjectedFakes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var b strings.Builder
+			_ = rep.WriteText(&b)
 			if got := rep.Failed(); !slices.Equal(got, tt.failing) {
-				var b strings.Builder
-				_ = rep.WriteText(&b)
 				t.Fatalf("failing clauses = %v, want %v\n%s", got, tt.failing, b.String())
 			}
 			for _, res := range rep.Results {
-				if res.Status == conformance.Skip && res.Clause != "L0.version" && len(tt.failing) == 0 {
+				if res.Status == conformance.Skip && res.Clause != "L0.version" && len(tt.failing) == 0 && !slices.Contains(tt.skipped, res.Clause) {
 					t.Errorf("%s skipped on a conforming plugin: %s", res.Clause, res.Detail)
 				}
+			}
+			for _, id := range tt.skipped {
+				if res, _ := rep.Result(id); res.Status != conformance.Skip {
+					t.Errorf("%s: %s, want skipped (the plugin does not implement what it checks)\n%s", id, res.Status, b.String())
+				}
+			}
+			if tt.generation != 0 && rep.Generation != tt.generation {
+				t.Errorf("report names generation %d, want %d\n%s", rep.Generation, tt.generation, b.String())
+			}
+			if want := fmt.Sprintf("plugin interface: fleeting generation %d", tt.generation); tt.generation != 0 && !strings.Contains(b.String(), want) {
+				t.Errorf("text report does not say %q:\n%s", want, b.String())
 			}
 		})
 	}
@@ -299,7 +322,9 @@ func TestKitOnBinaries(t *testing.T) {
 			cfg := conformance.Config{Binary: tt.binary, L1: true, Timeout: 20 * time.Second, PollInterval: 5 * time.Millisecond,
 				PluginConfig: json.RawMessage(fmt.Sprintf(tt.config, dir, addr))}
 			if tt.panic {
-				cfg.Panic = func(ctx context.Context, g provider.InstanceGroup) error { return g.Heartbeat(ctx, "panic") }
+				cfg.Panic = func(ctx context.Context, g provider.InstanceGroup) error {
+					return g.(provider.Heartbeater).Heartbeat(ctx, "panic")
+				}
 			}
 			rep, err := conformance.Check(t.Context(), cfg)
 			if err != nil {

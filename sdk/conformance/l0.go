@@ -79,18 +79,22 @@ func (c *checker) runL0(ctx context.Context) {
 		if len(problems) > 0 {
 			return fail("provider info %+v: %s", info, strings.Join(problems, "; "))
 		}
+		c.implements = map[provider.Capability]bool{
+			provider.CapabilityHeartbeat:     info.HasCapability(provider.CapabilityHeartbeat),
+			provider.CapabilitySuspendResume: info.HasCapability(provider.CapabilitySuspendResume),
+		}
 		return pass("ID %q, MaxSize %d, version %q, capabilities %v", info.ID, info.MaxSize, info.Version, info.Capabilities)
 	})
 	initialised := []string{"L0.info"}
 
 	c.clause(ctx, "L0.unsupported", initialised, func(ctx context.Context) outcome {
 		if info.HasCapability(provider.CapabilitySuspendResume) {
-			return skip("the plugin announces %s", provider.CapabilitySuspendResume)
+			return skip("the plugin implements Suspend and Resume (it announces %s)", provider.CapabilitySuspendResume)
 		}
 		cctx, cancel := c.call(ctx)
 		defer cancel()
 		var problems []string
-		for name, call := range map[string]func(context.Context, []string) ([]string, error){"Suspend": sess.Suspend, "Resume": sess.Resume} {
+		for name, call := range map[string]func(context.Context, []string) ([]string, error){"Suspend": sess.plugin.Suspend, "Resume": sess.plugin.Resume} {
 			done, err := call(cctx, []string{unknownID})
 			if !errors.Is(err, provider.ErrNotSupported) {
 				problems = append(problems, fmt.Sprintf("%s answered %v, %v; want ErrNotSupported", name, done, err))
@@ -110,11 +114,18 @@ func (c *checker) runL0(ctx context.Context) {
 		if ci, err := sess.ConnectInfo(cctx, unknownID); !errors.Is(err, provider.ErrNotFound) {
 			problems = append(problems, fmt.Sprintf("ConnectInfo(%q) answered %+v, %v; want ErrNotFound", unknownID, ci, err))
 		}
-		if err := sess.Heartbeat(cctx, unknownID); !errors.Is(err, provider.ErrNotFound) {
-			problems = append(problems, fmt.Sprintf("Heartbeat(%q) answered %v; want ErrNotFound", unknownID, err))
+		hb, problem := heartbeatAnswer(sess.plugin.Heartbeat(cctx, unknownID), info)
+		if problem != "" {
+			problems = append(problems, problem)
+		}
+		if c.implements != nil {
+			c.implements[provider.CapabilityHeartbeat] = hb
 		}
 		if len(problems) > 0 {
 			return fail("%s", strings.Join(problems, "\n"))
+		}
+		if !hb {
+			return pass("ConnectInfo of %q answers ErrNotFound; Heartbeat is not implemented (it answers ErrNotSupported, as a plugin of the first fleeting generation)", unknownID)
 		}
 		return pass("ConnectInfo and Heartbeat of %q answer ErrNotFound", unknownID)
 	})
@@ -127,9 +138,9 @@ func (c *checker) runL0(ctx context.Context) {
 		var err error
 		switch {
 		case sess.probe != nil:
-			err = sess.Heartbeat(cctx, panicID)
+			_, err = sess.ConnectInfo(cctx, panicID)
 		case c.cfg.Panic != nil:
-			err = c.cfg.Panic(cctx, sess)
+			err = c.cfg.Panic(cctx, sess.plugin)
 		default:
 			return skip("binary mode: an arbitrary plugin cannot be made to panic; set Config.Panic to a call that makes it panic")
 		}
@@ -325,4 +336,20 @@ func (c *checker) checkCancel(ctx context.Context, sess *running) outcome {
 		return pass("cancelled calls return within %s in the host (binary mode: the plugin's side is not observable)", prompt)
 	}
 	return pass("cancelled calls return within %s, in the host and in the plugin", prompt)
+}
+
+// heartbeatAnswer judges what Heartbeat of an unknown ID answered: whether the plugin
+// implements Heartbeat, and a problem when the answer breaks the contract. A plugin
+// built with an SDK older than the heartbeat capability implements Heartbeat without
+// announcing it, so the answer, not the announcement, says whether it is implemented.
+func heartbeatAnswer(err error, info provider.ProviderInfo) (implemented bool, problem string) {
+	switch {
+	case errors.Is(err, provider.ErrNotFound):
+		return true, ""
+	case errors.Is(err, provider.ErrNotSupported) && info.HasCapability(provider.CapabilityHeartbeat):
+		return false, fmt.Sprintf("Heartbeat answered %v although the plugin announces %s", err, provider.CapabilityHeartbeat)
+	case errors.Is(err, provider.ErrNotSupported):
+		return false, ""
+	}
+	return true, fmt.Sprintf("Heartbeat(%q) answered %v; want ErrNotFound", unknownID, err)
 }

@@ -81,8 +81,12 @@ func (c *checker) runL1(ctx context.Context) {
 	c.clause(ctx, "L1.heartbeat", created, func(ctx context.Context) outcome {
 		for _, id := range s.ours {
 			cctx, cancel := c.call(ctx)
-			err := s.sess.Heartbeat(cctx, id)
+			err := s.sess.plugin.Heartbeat(cctx, id)
 			cancel()
+			if errors.Is(err, provider.ErrNotSupported) && !s.info.HasCapability(provider.CapabilityHeartbeat) {
+				return skip("the plugin does not implement Heartbeat (a first-generation fleeting plugin): " +
+					"the host counts its instances healthy and judges them by connecting")
+			}
 			if err != nil {
 				return fail("Heartbeat(%s) of a running instance: %v", id, err)
 			}

@@ -30,8 +30,9 @@ type Options struct {
 	// DeletingUpdates is how many Updates a deleted instance is reported as deleting
 	// before it disappears. 0 makes it disappear at once.
 	DeletingUpdates int
-	// Capabilities are announced in ProviderInfo; with CapabilitySuspendResume,
-	// Suspend and Resume work.
+	// Capabilities are announced in ProviderInfo. Served through sdk/plugin, the SDK
+	// sets heartbeat and suspend_resume from what the value implements: a Group has
+	// Heartbeat, a Suspending also Suspend and Resume, FirstGeneration neither.
 	Capabilities []provider.Capability
 	// ID is the ProviderInfo.ID (default "fake/local/group").
 	ID string
@@ -63,7 +64,10 @@ type Group struct {
 	shutdowns int
 }
 
-var _ provider.InstanceGroup = (*Group)(nil)
+var (
+	_ provider.InstanceGroup = (*Group)(nil)
+	_ provider.Heartbeater   = (*Group)(nil)
+)
 
 // New returns an empty group.
 func New(opts Options) *Group {
@@ -261,12 +265,28 @@ func (g *Group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	})
 }
 
-// Suspend moves running instances to suspending, if the capability is announced.
-func (g *Group) Suspend(ctx context.Context, ids []string) ([]string, error) {
-	if !slices.Contains(g.opts.Capabilities, provider.CapabilitySuspendResume) {
-		return nil, provider.ErrSuspendResumeNotSupported
-	}
-	return g.transition(ctx, "Suspend", ids, func(in *instance) error {
+// Suspending is a Group that also implements provider.Suspender, as a plugin of the
+// third fleeting generation does: Suspend and Resume drive the suspend states.
+type Suspending struct{ *Group }
+
+var (
+	_ provider.Suspender   = (*Suspending)(nil)
+	_ provider.Heartbeater = (*Suspending)(nil)
+)
+
+// NewSuspending returns an empty group that can suspend and resume instances.
+func NewSuspending(opts Options) *Suspending { return &Suspending{New(opts)} }
+
+// FirstGeneration returns g as a plugin of the first fleeting generation would be: the
+// provider.InstanceGroup methods only, without Heartbeat, Suspend and Resume.
+func FirstGeneration(g *Group) provider.InstanceGroup {
+	// A pointer to a struct, as sdk/plugin's configuration decoding requires.
+	return &struct{ provider.InstanceGroup }{g}
+}
+
+// Suspend moves running instances to suspending.
+func (s *Suspending) Suspend(ctx context.Context, ids []string) ([]string, error) {
+	return s.transition(ctx, "Suspend", ids, func(in *instance) error {
 		if in.state != provider.StateRunning {
 			return fmt.Errorf("instance is %s, not running", in.state)
 		}
@@ -275,12 +295,9 @@ func (g *Group) Suspend(ctx context.Context, ids []string) ([]string, error) {
 	})
 }
 
-// Resume moves suspended instances to resuming, if the capability is announced.
-func (g *Group) Resume(ctx context.Context, ids []string) ([]string, error) {
-	if !slices.Contains(g.opts.Capabilities, provider.CapabilitySuspendResume) {
-		return nil, provider.ErrSuspendResumeNotSupported
-	}
-	return g.transition(ctx, "Resume", ids, func(in *instance) error {
+// Resume moves suspended instances to resuming.
+func (s *Suspending) Resume(ctx context.Context, ids []string) ([]string, error) {
+	return s.transition(ctx, "Resume", ids, func(in *instance) error {
 		if in.state != provider.StateSuspended {
 			return fmt.Errorf("instance is %s, not suspended", in.state)
 		}

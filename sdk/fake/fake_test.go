@@ -75,20 +75,46 @@ func TestMaxSizeAndInjectedErrors(t *testing.T) {
 	}
 }
 
-func TestSuspendNeedsCapability(t *testing.T) {
-	g := New(Options{})
-	if _, err := g.Suspend(context.Background(), []string{"x"}); !errors.Is(err, provider.ErrNotSupported) {
-		t.Fatalf("Suspend without capability: %v", err)
+func TestGenerations(t *testing.T) {
+	// Each fleeting generation's method set, as the SDK detects it.
+	tests := []struct {
+		name                string
+		g                   provider.InstanceGroup
+		heartbeat, suspends bool
+	}{
+		{"FirstGeneration", FirstGeneration(New(Options{})), false, false},
+		{"Group", New(Options{}), true, false},
+		{"Suspending", NewSuspending(Options{}), true, true},
 	}
-	g = New(Options{Capabilities: []provider.Capability{provider.CapabilitySuspendResume}})
+	for _, tt := range tests {
+		_, hb := tt.g.(provider.Heartbeater)
+		_, sr := tt.g.(provider.Suspender)
+		if hb != tt.heartbeat || sr != tt.suspends {
+			t.Errorf("%s: Heartbeater %v, Suspender %v; want %v, %v", tt.name, hb, sr, tt.heartbeat, tt.suspends)
+		}
+	}
+}
+
+func TestSuspendResume(t *testing.T) {
+	g := NewSuspending(Options{})
 	id := g.AddInstance(provider.StateRunning)
+	if done, err := g.Resume(context.Background(), []string{id}); len(done) != 0 || err == nil {
+		t.Fatalf("Resume of a running instance = %v, %v; want an error", done, err)
+	}
 	if done, err := g.Suspend(context.Background(), []string{id}); len(done) != 1 || err != nil {
 		t.Fatalf("Suspend = %v, %v", done, err)
 	}
-	if got := states(t, g); got[id] != provider.StateSuspending {
-		t.Fatalf("state = %v", got)
+	for _, want := range []provider.State{provider.StateSuspending, provider.StateSuspended} {
+		if got := states(t, g.Group); got[id] != want {
+			t.Fatalf("state = %v, want %s", got, want)
+		}
 	}
-	if got := states(t, g); got[id] != provider.StateSuspended {
-		t.Fatalf("state = %v", got)
+	if done, err := g.Resume(context.Background(), []string{id}); len(done) != 1 || err != nil {
+		t.Fatalf("Resume = %v, %v", done, err)
+	}
+	for _, want := range []provider.State{provider.StateResuming, provider.StateRunning} {
+		if got := states(t, g.Group); got[id] != want {
+			t.Fatalf("state = %v, want %s", got, want)
+		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -95,6 +96,14 @@ const LogLevelEnv = "FLEETING_PLUGIN_LOG_LEVEL"
 // Main runs the plugin and never returns. See the package documentation.
 func Main(impl provider.InstanceGroup, info VersionInfo) {
 	MainArgs(impl, info, os.Args[1:])
+}
+
+// Serve runs the plugin and never returns, as Main does, with the version taken from
+// the binary's name and build information. It is the entry point of GitLab's first
+// fleeting generation (plugin.Serve(&InstanceGroup{})), so such a plugin's main ports
+// by changing its imports.
+func Serve(impl provider.InstanceGroup) {
+	Main(impl, VersionInfo{Name: filepath.Base(os.Args[0])})
 }
 
 // MainArgs is Main with the arguments given: for a program that serves a plugin from a

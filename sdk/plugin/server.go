@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,10 +130,54 @@ func (s *server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitRespons
 	if err != nil {
 		return nil, wire.ToStatus(err)
 	}
+	info.Capabilities = capabilities(s.impl, info.Capabilities, s.logger)
 	s.initialized = true
 	s.inUse.Store(true)
 	return &pb.InitResponse{Info: wire.InfoToPB(info)}, nil
 }
+
+// implemented maps each capability the SDK derives to whether impl has it. A fleeting
+// plugin of an earlier generation has neither: it is served as it is, and the host is
+// told what it lacks.
+func implemented(impl provider.InstanceGroup) map[provider.Capability]bool {
+	_, hb := impl.(provider.Heartbeater)
+	_, sr := impl.(provider.Suspender)
+	return map[provider.Capability]bool{provider.CapabilityHeartbeat: hb, provider.CapabilitySuspendResume: sr}
+}
+
+// capabilities returns what the plugin announced, with the capabilities the SDK derives
+// set from what impl implements: added when implemented (a ported fleeting plugin lists
+// none), removed when not (the host would otherwise call what answers ErrNotSupported).
+func capabilities(impl provider.InstanceGroup, announced []provider.Capability, logger hclog.Logger) []provider.Capability {
+	has := implemented(impl)
+	var out []provider.Capability
+	for _, c := range announced {
+		switch ok, derived := has[c]; {
+		case !derived:
+			out = append(out, c)
+		case !ok:
+			logger.Warn(fmt.Sprintf("ProviderInfo announces %q but the plugin does not implement it; not announced", c))
+		}
+	}
+	for _, c := range []provider.Capability{provider.CapabilityHeartbeat, provider.CapabilitySuspendResume} {
+		if has[c] && !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	_, suspend := impl.(interface {
+		Suspend(context.Context, []string) ([]string, error)
+	})
+	_, resume := impl.(interface {
+		Resume(context.Context, []string) ([]string, error)
+	})
+	if suspend != resume {
+		logger.Warn("the plugin implements only one of Suspend and Resume; both answer not supported")
+	}
+	return out
+}
+
+// errNoHeartbeat is what Heartbeat answers for a plugin without one.
+var errNoHeartbeat = fmt.Errorf("heartbeat: the plugin does not implement it: %w", provider.ErrNotSupported)
 
 func (s *server) Update(ctx context.Context, _ *pb.UpdateRequest) (*pb.UpdateResponse, error) {
 	if err := s.ready(); err != nil {
@@ -193,8 +238,28 @@ func (s *server) Decrease(ctx context.Context, req *pb.DecreaseRequest) (*pb.Dec
 	return &pb.DecreaseResponse{Succeeded: done, Failures: failures}, nil
 }
 
+// suspender returns the implementation's Suspend and Resume, or calls that answer
+// ErrNotSupported for a plugin without them.
+func (s *server) suspender() provider.Suspender {
+	if sr, ok := s.impl.(provider.Suspender); ok {
+		return sr
+	}
+	return noSuspend{}
+}
+
+// noSuspend answers Suspend and Resume of a plugin that is not a provider.Suspender.
+type noSuspend struct{}
+
+func (noSuspend) Suspend(context.Context, []string) ([]string, error) {
+	return nil, provider.ErrSuspendResumeNotSupported
+}
+
+func (noSuspend) Resume(context.Context, []string) ([]string, error) {
+	return nil, provider.ErrSuspendResumeNotSupported
+}
+
 func (s *server) Suspend(ctx context.Context, req *pb.SuspendRequest) (*pb.SuspendResponse, error) {
-	done, failures, err := s.batch(ctx, req.GetInstances(), s.impl.Suspend)
+	done, failures, err := s.batch(ctx, req.GetInstances(), s.suspender().Suspend)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +267,7 @@ func (s *server) Suspend(ctx context.Context, req *pb.SuspendRequest) (*pb.Suspe
 }
 
 func (s *server) Resume(ctx context.Context, req *pb.ResumeRequest) (*pb.ResumeResponse, error) {
-	done, failures, err := s.batch(ctx, req.GetInstances(), s.impl.Resume)
+	done, failures, err := s.batch(ctx, req.GetInstances(), s.suspender().Resume)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +289,11 @@ func (s *server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
-	if err := s.impl.Heartbeat(ctx, req.GetInstance()); err != nil {
+	hb, ok := s.impl.(provider.Heartbeater)
+	if !ok {
+		return nil, wire.ToStatus(errNoHeartbeat)
+	}
+	if err := hb.Heartbeat(ctx, req.GetInstance()); err != nil {
 		return nil, wire.ToStatus(err)
 	}
 	return &pb.HeartbeatResponse{}, nil

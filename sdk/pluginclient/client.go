@@ -109,7 +109,12 @@ func (s *servedSocket) remove() {
 	}
 }
 
-var _ provider.InstanceGroup = (*Plugin)(nil)
+// The host side has every call: what a plugin does not implement answers ErrNotSupported.
+var (
+	_ provider.InstanceGroup = (*Plugin)(nil)
+	_ provider.Heartbeater   = (*Plugin)(nil)
+	_ provider.Suspender     = (*Plugin)(nil)
+)
 
 // tail keeps what a plugin wrote to stderr that explains its end: the last lines, and
 // the Go runtime's crash report. Go prints the cause first ("panic: …", "fatal error: …")

@@ -39,6 +39,9 @@ func (b *breaker) Suspend(ctx context.Context, ids []string) ([]string, error) {
 	return append(ids, "i-not-asked"), nil
 }
 
+// Resume makes breaker a provider.Suspender, so that the SDK serves its Suspend.
+func (b *breaker) Resume(ctx context.Context, ids []string) ([]string, error) { return nil, nil }
+
 // TestAnswersBreakingTheContractAreRefused checks the host's decoding of a plugin's
 // answers over real gRPC: counts beyond the request, IDs not asked for and instances
 // without an ID are reported as errors and never passed on as valid.

@@ -130,7 +130,11 @@ type health struct {
 	silentSince time.Time
 }
 
-var _ provider.InstanceGroup = (*Supervised)(nil)
+var (
+	_ provider.InstanceGroup = (*Supervised)(nil)
+	_ provider.Heartbeater   = (*Supervised)(nil)
+	_ provider.Suspender     = (*Supervised)(nil)
+)
 
 // outage is the time between a plugin's exit and a successful relaunch.
 type outage struct {

@@ -21,8 +21,8 @@ var (
 	ErrInvalidConfig = errors.New("invalid configuration")
 )
 
-// ErrSuspendResumeNotSupported is returned by Suspend and Resume of a plugin without
-// CapabilitySuspendResume. It wraps ErrNotSupported.
+// ErrSuspendResumeNotSupported is what Suspend and Resume answer for a plugin that does
+// not implement Suspender. It wraps ErrNotSupported.
 var ErrSuspendResumeNotSupported = fmt.Errorf("suspend/resume: %w", ErrNotSupported)
 
 // Sentinels maps each sentinel to the stable name the wire protocol uses for it.

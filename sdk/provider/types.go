@@ -25,8 +25,8 @@ const (
 	// StateTimeout: the plugin gave up on the instance. The host forgets it without
 	// calling Decrease, so the plugin must clean it up itself.
 	StateTimeout State = "timeout"
-	// StateSuspending, StateSuspended and StateResuming are used only by plugins with
-	// CapabilitySuspendResume.
+	// StateSuspending, StateSuspended and StateResuming are used only by plugins that
+	// implement Suspender.
 	StateSuspending State = "suspending"
 	StateSuspended  State = "suspended"
 	StateResuming   State = "resuming"
@@ -119,8 +119,15 @@ func (c ConnectInfo) Addr(useExternal bool) (string, error) {
 // Capability is an optional feature a plugin announces in ProviderInfo.
 type Capability string
 
-// CapabilitySuspendResume: Suspend and Resume work.
-const CapabilitySuspendResume Capability = "suspend_resume"
+// The capabilities the SDK announces for a plugin, from the optional interfaces its
+// implementation has: a plugin need not list them itself (sdk/plugin adds the ones it
+// implements and removes the ones it does not).
+const (
+	// CapabilityHeartbeat: the plugin implements Heartbeater.
+	CapabilityHeartbeat Capability = "heartbeat"
+	// CapabilitySuspendResume: the plugin implements Suspender.
+	CapabilitySuspendResume Capability = "suspend_resume"
+)
 
 // ProviderInfo describes an initialised instance group.
 type ProviderInfo struct {
@@ -131,7 +138,8 @@ type ProviderInfo struct {
 	// Version and BuildInfo identify the plugin build.
 	Version   string `json:"version"`
 	BuildInfo string `json:"build_info"`
-	// Capabilities lists optional features. Absent means none.
+	// Capabilities lists optional features. Absent means none. The SDK sets
+	// CapabilityHeartbeat and CapabilitySuspendResume from what the plugin implements.
 	Capabilities []Capability `json:"capabilities"`
 }
 

@@ -33,7 +33,6 @@ import (
 )
 
 type group struct {
-	provider.NoSuspend
 	Dir       string `json:"dir"`
 	Address   string `json:"address"`
 	MaxSize   int    `json:"max_size"`

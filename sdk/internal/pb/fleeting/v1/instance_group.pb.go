@@ -256,8 +256,10 @@ type ProviderInfo struct {
 	MaxSize   int64  `protobuf:"varint,2,opt,name=max_size,json=maxSize,proto3" json:"max_size,omitempty"`
 	Version   string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	BuildInfo string `protobuf:"bytes,4,opt,name=build_info,json=buildInfo,proto3" json:"build_info,omitempty"`
-	// Optional features. The only one defined is "suspend_resume". Unknown values are
-	// ignored by the host, so new capabilities can be added without a new protocol version.
+	// Optional features: "heartbeat" (Heartbeat is implemented) and "suspend_resume"
+	// (Suspend and Resume are). A plugin built with an SDK older than "heartbeat" may
+	// implement Heartbeat without announcing it. Unknown values are ignored by the host,
+	// so new capabilities can be added without a new protocol version.
 	Capabilities  []string `protobuf:"bytes,5,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

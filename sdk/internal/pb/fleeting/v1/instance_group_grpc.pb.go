@@ -95,12 +95,15 @@ type InstanceGroupClient interface {
 	// RUNNING [L1.connect].
 	ConnectInfo(ctx context.Context, in *ConnectInfoRequest, opts ...grpc.CallOption) (*ConnectInfoResponse, error)
 	// Heartbeat answers OK if the instance is healthy [L1.heartbeat], INSTANCE_UNHEALTHY if
-	// it exists but must not get jobs, NOT_FOUND if it does not exist [L0.not-found]. Plugins without a health signal
-	// answer OK for every known instance.
+	// it exists but must not get jobs, NOT_FOUND if it does not exist [L0.not-found]. It is
+	// optional, as in GitLab's first fleeting generation: a plugin that implements it
+	// announces the "heartbeat" capability; one that does not answers NOT_SUPPORTED, and
+	// the host then counts its instances healthy and judges them by connecting to them.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
-	// Suspend stops the named RUNNING instances without deleting them. It is called only
-	// when Init announced the "suspend_resume" capability; otherwise it answers
-	// NOT_SUPPORTED [L0.unsupported]. Partial success as for Decrease.
+	// Suspend stops the named RUNNING instances without deleting them. It is optional (a
+	// plugin that implements it and Resume announces the "suspend_resume" capability) and
+	// called only when Init announced that; otherwise it answers NOT_SUPPORTED
+	// [L0.unsupported]. Partial success as for Decrease.
 	Suspend(ctx context.Context, in *SuspendRequest, opts ...grpc.CallOption) (*SuspendResponse, error)
 	// Resume starts SUSPENDED instances again. Same rules as Suspend.
 	Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (*ResumeResponse, error)
@@ -247,12 +250,15 @@ type InstanceGroupServer interface {
 	// RUNNING [L1.connect].
 	ConnectInfo(context.Context, *ConnectInfoRequest) (*ConnectInfoResponse, error)
 	// Heartbeat answers OK if the instance is healthy [L1.heartbeat], INSTANCE_UNHEALTHY if
-	// it exists but must not get jobs, NOT_FOUND if it does not exist [L0.not-found]. Plugins without a health signal
-	// answer OK for every known instance.
+	// it exists but must not get jobs, NOT_FOUND if it does not exist [L0.not-found]. It is
+	// optional, as in GitLab's first fleeting generation: a plugin that implements it
+	// announces the "heartbeat" capability; one that does not answers NOT_SUPPORTED, and
+	// the host then counts its instances healthy and judges them by connecting to them.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
-	// Suspend stops the named RUNNING instances without deleting them. It is called only
-	// when Init announced the "suspend_resume" capability; otherwise it answers
-	// NOT_SUPPORTED [L0.unsupported]. Partial success as for Decrease.
+	// Suspend stops the named RUNNING instances without deleting them. It is optional (a
+	// plugin that implements it and Resume announces the "suspend_resume" capability) and
+	// called only when Init announced that; otherwise it answers NOT_SUPPORTED
+	// [L0.unsupported]. Partial success as for Decrease.
 	Suspend(context.Context, *SuspendRequest) (*SuspendResponse, error)
 	// Resume starts SUSPENDED instances again. Same rules as Suspend.
 	Resume(context.Context, *ResumeRequest) (*ResumeResponse, error)
