@@ -172,6 +172,7 @@ func TestCheckDiagnostics(t *testing.T) {
 func TestCheckReportsEverything(t *testing.T) {
 	doc := `concurrent = "ten"
 log_level = "verbose"
+log_format = "xml"
 [[runners]]
   executor = "instance"
   limit = -1
@@ -190,16 +191,16 @@ log_level = "verbose"
 	for _, d := range diags {
 		paths = append(paths, d.Path)
 	}
-	wantPaths := "concurrent log_level runners[0].limit runners[0].autoscaler.update_interval " +
+	wantPaths := "concurrent log_level log_format runners[0].limit runners[0].autoscaler.update_interval " +
 		"runners[0].autoscaler.policy[0].idle_time runners[0].autoscaler.policy[0].timezone"
 	if strings.Join(paths, " ") != wantPaths {
 		t.Errorf("paths %q\nwant  %q", strings.Join(paths, " "), wantPaths)
 	}
 	ds, ok := AsInvalid(err)
-	if !ok || len(ds) != 6 {
+	if !ok || len(ds) != 7 {
 		t.Fatalf("AsInvalid = %d, %v", len(ds), ok)
 	}
-	if msg := err.Error(); !strings.Contains(msg, "6 errors") || !strings.Contains(msg, "all.toml:10:7: error: runners[0].autoscaler.policy[0].idle_time") {
+	if msg := err.Error(); !strings.Contains(msg, "7 errors") || !strings.Contains(msg, "all.toml:11:7: error: runners[0].autoscaler.policy[0].idle_time") {
 		t.Errorf("error text:\n%s", msg)
 	}
 }

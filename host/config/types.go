@@ -256,6 +256,22 @@ type Docker struct {
 	EnableIPv6                 bool       `toml:"enable_ipv6"`
 	NetworkMTU                 int        `toml:"network_mtu"`
 	Gpus                       string     `toml:"gpus"`
+	// LoadImages are `docker save` archives (paths on the runner host) loaded into
+	// each instance's Docker Engine before a job, for instances without registry
+	// access; an image they hold is not pulled. A Flotilla addition; `runner exec
+	// --load-image` sets it too.
+	LoadImages []string `toml:"load_images"`
+	// GitLab's service_* limits, oom_score_adjust and helper-image keys: accepted,
+	// not acted on.
+	ServiceMemory               string `toml:"service_memory"`
+	ServiceMemorySwap           string `toml:"service_memory_swap"`
+	ServiceMemoryReservation    string `toml:"service_memory_reservation"`
+	ServiceCPUSetCPUs           string `toml:"service_cpuset_cpus"`
+	ServiceCPUs                 string `toml:"service_cpus"`
+	ServiceCPUShares            int64  `toml:"service_cpu_shares"`
+	ServiceGpus                 string `toml:"service_gpus"`
+	OOMScoreAdjust              int    `toml:"oom_score_adjust"`
+	HelperImageAutosetArchAndOS bool   `toml:"helper_image_autoset_arch_and_os"`
 	// Accepted, not acted on.
 	Services          any `toml:"services"`
 	Sysctls           any `toml:"sysctls"`

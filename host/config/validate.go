@@ -24,6 +24,9 @@ var knownPullPolicies = []string{"always", "if-not-present", "never"}
 
 var knownLogLevels = []string{"debug", "info", "warn", "warning", "error", "fatal", "panic"}
 
+// knownLogFormats are GitLab Runner's log_format values.
+var knownLogFormats = []string{"runner", "text", "json"}
+
 var knownProtocols = []string{"ssh", "winrm", "winrm+https"}
 
 // Bounds on the counts and intervals of [runners.autoscaler]. GitLab Runner sets none;
@@ -139,6 +142,9 @@ func (v *validator) validate() {
 	}
 	if c.LogLevel != "" && !slices.Contains(knownLogLevels, c.LogLevel) {
 		v.errorf("log_level", "one of "+strings.Join(knownLogLevels, ", "), "unknown log_level %q", c.LogLevel)
+	}
+	if c.LogFormat != "" && !slices.Contains(knownLogFormats, c.LogFormat) {
+		v.errorf("log_format", "one of "+strings.Join(knownLogFormats, ", "), "unknown log_format %q", c.LogFormat)
 	}
 	if len(c.Runners) == 0 && !v.set("runners") {
 		v.warnf("", "add a [[runners]] table", "no [[runners]] configured")

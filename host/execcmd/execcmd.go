@@ -37,6 +37,9 @@ type Options struct {
 	Executor string
 	// Image is the default image for docker-autoscaler jobs without one.
 	Image string
+	// LoadImages are `docker save` archives loaded into each instance's Docker Engine
+	// before its jobs (--load-image), added to [runners.docker] load_images.
+	LoadImages []string
 	// MaxInstances and Capacity size the built-in default pool.
 	MaxInstances, Capacity int
 	// LogDir receives the jobs' logs; default under the user's state directory.
@@ -233,6 +236,7 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 	if o.Image != "" {
 		r.Docker.Image = o.Image
 	}
+	r.Docker.LoadImages = append(r.Docker.LoadImages, o.LoadImages...)
 	logDir := o.LogDir
 	if logDir == "" {
 		logDir = filepath.Join(state, "exec-logs", filepath.Base(dir)+"-"+time.Now().Format("20060102-150405"))

@@ -103,7 +103,7 @@ type Options struct {
 	// Root is the install root; empty means InstallDir(Getenv).
 	Root string
 	// Defaults complete partial references; empty fields come from the environment
-	// (EnvRegistry, EnvRepository) and then the built-in GitLab values.
+	// (EnvRegistry, EnvRepository) and then the built-in Flotilla values.
 	Defaults Defaults
 	// Path is the list of directories searched for plain binaries; nil means the
 	// PATH environment variable.
@@ -119,25 +119,46 @@ func (o Options) getenv(k string) string {
 	return os.Getenv(k)
 }
 
-// NotFoundError is returned when Resolve finds nothing; it lists every place looked.
+// NotFoundError is returned when Resolve finds nothing; it lists every place looked
+// and every binary found but skipped because it is not a plugin.
 type NotFoundError struct {
 	Value  string
 	Looked []string
+	// Skipped are the programs on PATH that have the plugin's bare name but are not
+	// plugins, each "found <path>: not a Flotilla plugin (<why>)". None was started.
+	Skipped []string
 }
 
-// Error says what was looked for and everywhere it was looked.
+// Error says what was looked for, what was skipped and why, and everywhere it was
+// looked.
 func (e *NotFoundError) Error() string {
-	return fmt.Sprintf("%s: %q: looked in %s", ErrPluginNotFound, e.Value, strings.Join(e.Looked, "; "))
+	msg := fmt.Sprintf("%s: %q", ErrPluginNotFound, e.Value)
+	if len(e.Skipped) > 0 {
+		msg += ": " + strings.Join(e.Skipped, "; ")
+	}
+	msg += ": looked in " + strings.Join(e.Looked, "; ")
+	if len(e.Skipped) > 0 && !strings.ContainsAny(e.Value, "/:") {
+		msg += fmt.Sprintf("; install the plugin with `runner fleeting install`, put it on PATH as %s%s, or set plugin to the path of its binary",
+			PluginPrefixes[0], e.Value)
+	}
+	return msg
 }
 
 // Unwrap makes errors.Is(err, ErrPluginNotFound) hold.
 func (e *NotFoundError) Unwrap() error { return ErrPluginNotFound }
 
+// PluginPrefixes are the name prefixes that mark a program on PATH as a plugin:
+// Flotilla's own, then GitLab's. A program named so is trusted to be one.
+var PluginPrefixes = []string{"flotilla-plugin-", "fleeting-plugin-"}
+
 // Resolve finds the binary for a `plugin = "…"` value: EmbeddedName is the built-in
 // provider; a path (absolute, or starting with ./ or ../) is used as is; otherwise
 // the value is a reference looked up in the install root (highest installed version
 // matching its constraint), and a bare name (no "/" or ":") is then searched on PATH
-// as fleeting-plugin-<name> and as <name>.
+// as flotilla-plugin-<name>, fleeting-plugin-<name> and, last, <name> itself. A
+// program found under the bare name (plugin = "aws" finds the AWS CLI) is used only
+// if it is built as a plugin (IsPluginBinary); otherwise it is skipped, never
+// started, and the error says what it is.
 func Resolve(value string, opts Options) (Resolved, error) {
 	if value == EmbeddedName {
 		return Resolved{Source: SourceEmbedded, Embedded: true}, nil
@@ -177,24 +198,36 @@ func Resolve(value string, opts Options) (Resolved, error) {
 		return Resolved{}, &NotFoundError{Value: value, Looked: looked}
 	}
 	names := []string{value}
-	if !strings.HasPrefix(value, "fleeting-plugin-") {
-		names = []string{"fleeting-plugin-" + value, value}
+	if !hasPluginPrefix(value) {
+		names = nil
+		for _, p := range PluginPrefixes {
+			names = append(names, p+value)
+		}
+		names = append(names, value)
 	}
+	var skipped []string
 	dirs := opts.Path
 	if dirs == nil {
 		dirs = filepath.SplitList(opts.getenv("PATH"))
 	}
-	// Each name is searched across the whole PATH before the next, as two exec.LookPath
-	// calls would: fleeting-plugin-<name> anywhere beats a literal <name>.
+	// Each name is searched across the whole PATH before the next, as successive
+	// exec.LookPath calls would: a prefixed name anywhere beats a literal <name>.
 	for _, n := range names {
 		for _, dir := range dirs {
 			if dir == "" || !filepath.IsAbs(dir) {
 				continue
 			}
 			for _, cand := range withExeSuffix(filepath.Join(dir, n)) {
-				if executable(cand) == "" {
-					return Resolved{Path: cand, Source: SourcePath}, nil
+				if executable(cand) != "" {
+					continue
 				}
+				if !hasPluginPrefix(n) {
+					if why := notPluginReason(cand, n); why != "" {
+						skipped = append(skipped, fmt.Sprintf("found %s: not a Flotilla plugin (%s; it was not started)", cand, why))
+						continue
+					}
+				}
+				return Resolved{Path: cand, Source: SourcePath}, nil
 			}
 		}
 	}
@@ -205,12 +238,21 @@ func Resolve(value string, opts Options) (Resolved, error) {
 			looked = append(looked, fmt.Sprintf("PATH entry %q (skipped: not absolute)", dir))
 			continue
 		}
-		looked = append(looked, fmt.Sprintf("PATH %s (no %s)", dir, strings.Join(names, " or ")))
+		looked = append(looked, fmt.Sprintf("PATH %s (no plugin named %s)", dir, strings.Join(names, " or ")))
 	}
 	if len(dirs) == 0 {
 		looked = append(looked, "PATH (empty)")
 	}
-	return Resolved{}, &NotFoundError{Value: value, Looked: looked}
+	return Resolved{}, &NotFoundError{Value: value, Looked: looked, Skipped: skipped}
+}
+
+func hasPluginPrefix(name string) bool {
+	for _, p := range PluginPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // InstalledVersions lists the versions of ref's plugin installed under root that have

@@ -39,7 +39,7 @@ func writeExe(t testing.TB, dir, name string, mode os.FileMode) string {
 func TestResolve(t *testing.T) {
 	root := t.TempDir()
 	bin1, bin2 := t.TempDir(), t.TempDir()
-	const gl = "registry.gitlab.com/gitlab-org/fleeting/plugins"
+	const gl = BuiltinRegistry + "/" + BuiltinRepository
 	aws100 := installFake(t, root, gl+"/aws", "1.0.0", 0o755)
 	aws120 := installFake(t, root, gl+"/aws", "1.2.0", 0o755)
 	aws200 := installFake(t, root, gl+"/aws", "2.0.0", 0o755)
@@ -47,7 +47,7 @@ func TestResolve(t *testing.T) {
 	installFake(t, root, gl+"/aws", "4.0.0", 0o644) // not executable: ignored
 	os.MkdirAll(filepath.Join(root, gl, "aws", ".install-123"), 0o755)
 	mirror := installFake(t, root, "mirror.example:5000/ci/aws", "1.5.0", 0o755)
-	vsphere := installFake(t, root, "registry.gitlab.com/santhanuv/fleeting-plugin-vmware-vsphere", "0.1.0", 0o755)
+	vsphere := installFake(t, root, BuiltinRegistry+"/santhanuv/fleeting-plugin-vmware-vsphere", "0.1.0", 0o755)
 	installFake(t, root, gl+"/local", "1.0.0", 0o755)
 	pathGC := writeExe(t, bin2, "fleeting-plugin-googlecloud", 0o755)
 	pathLiteral := writeExe(t, bin1, "my-provider", 0o755)
@@ -55,6 +55,9 @@ func TestResolve(t *testing.T) {
 	pathPrefixed := writeExe(t, bin2, "fleeting-plugin-azure", 0o755)
 	writeExe(t, bin1, "azure", 0o755) // loses: fleeting-plugin-azure is searched across all of PATH first
 	fileValue := writeExe(t, t.TempDir(), "custom", 0o755)
+	pathFlotilla := writeExe(t, bin2, "flotilla-plugin-both", 0o755)
+	writeExe(t, bin1, "fleeting-plugin-both", 0o755) // loses: Flotilla's own prefix is searched first
+	installFake(t, root, GitLabRegistry+"/"+GitLabRepository+"/gitlab-only", "1.0.0", 0o755)
 
 	path := []string{bin1, bin2}
 	tests := []struct {
@@ -73,7 +76,7 @@ func TestResolve(t *testing.T) {
 		{name: "major.minor", value: "aws:1.0", wantPath: aws100, wantVersion: "1.0.0", wantSource: SourceInstalled},
 		{name: "exact", value: "aws:1.0.0", wantPath: aws100, wantVersion: "1.0.0", wantSource: SourceInstalled},
 		{name: "exact prerelease", value: "aws:3.0.0-rc.1", wantVersion: "3.0.0-rc.1", wantSource: SourceInstalled},
-		{name: "full reference", value: "registry.gitlab.com/gitlab-org/fleeting/plugins/aws:1.2", wantPath: aws120, wantVersion: "1.2.0", wantSource: SourceInstalled},
+		{name: "full reference", value: gl + "/aws:1.2", wantPath: aws120, wantVersion: "1.2.0", wantSource: SourceInstalled},
 		{name: "repository form", value: "santhanuv/fleeting-plugin-vmware-vsphere", wantPath: vsphere, wantVersion: "0.1.0", wantSource: SourceInstalled},
 		{name: "configured default registry", value: "aws", opts: Options{Defaults: Defaults{Registry: "mirror.example:5000", Repository: "ci"}}, wantPath: mirror, wantVersion: "1.5.0", wantSource: SourceInstalled},
 		{name: "env default registry", value: "aws", opts: Options{Getenv: envOf(map[string]string{EnvRegistry: "mirror.example:5000", EnvRepository: "ci"})}, wantPath: mirror, wantVersion: "1.5.0", wantSource: SourceInstalled},
@@ -81,7 +84,8 @@ func TestResolve(t *testing.T) {
 		{name: "local with constraint is a reference", value: "local:1", wantVersion: "1.0.0", wantSource: SourceInstalled},
 		{name: "PATH prefixed name", value: "googlecloud", wantPath: pathGC, wantSource: SourcePath},
 		{name: "PATH full binary name", value: "fleeting-plugin-googlecloud", wantPath: pathGC, wantSource: SourcePath},
-		{name: "PATH literal name", value: "my-provider", wantPath: pathLiteral, wantSource: SourcePath},
+		{name: "PATH literal name that is a script is skipped", value: "my-provider", wantMissing: []string{
+			"found " + pathLiteral + ": not a Flotilla plugin (a script run by \"/bin/sh\", not a plugin binary; it was not started)"}},
 		{name: "prefixed name anywhere on PATH beats literal", value: "azure", wantPath: pathPrefixed, wantSource: SourcePath},
 		{name: "PATH prefixed only", value: "fleeting-plugin-azure", wantPath: pathPrefixed, wantSource: SourcePath},
 		{name: "file path", value: fileValue, wantPath: fileValue, wantSource: SourceFile},
@@ -89,9 +93,12 @@ func TestResolve(t *testing.T) {
 			filepath.Join(root, gl, "aws") + ` (no installed version matches "5"; installed: 3.0.0-rc.1, 2.0.0, 1.2.0, 1.0.0)`}},
 		{name: "missing everywhere", value: "hetzner", wantMissing: []string{
 			filepath.Join(root, gl, "hetzner") + " (not installed)",
-			"PATH " + bin1 + " (no fleeting-plugin-hetzner or hetzner)",
-			"PATH " + bin2 + " (no fleeting-plugin-hetzner or hetzner)"}},
-		{name: "not executable on PATH", value: "noexec", wantMissing: []string{"PATH " + bin1 + " (no fleeting-plugin-noexec or noexec)"}},
+			"PATH " + bin1 + " (no plugin named flotilla-plugin-hetzner or fleeting-plugin-hetzner or hetzner)",
+			"PATH " + bin2 + " (no plugin named flotilla-plugin-hetzner or fleeting-plugin-hetzner or hetzner)"}},
+		{name: "not executable on PATH", value: "noexec", wantMissing: []string{"PATH " + bin1 + " (no plugin named flotilla-plugin-noexec or fleeting-plugin-noexec or noexec)"}},
+		{name: "Flotilla prefix beats GitLab's", value: "both", wantPath: pathFlotilla, wantSource: SourcePath},
+		{name: "GitLab's registry is not the default", value: "gitlab-only", wantMissing: []string{
+			filepath.Join(root, gl, "gitlab-only") + " (not installed)"}},
 		{name: "relative PATH entry skipped", value: "nothing", opts: Options{Path: []string{"rel/bin"}}, wantMissing: []string{`PATH entry "rel/bin" (skipped: not absolute)`}},
 		{name: "missing file path", value: "/nonexistent/plugin", wantMissing: []string{"/nonexistent/plugin (does not exist)"}},
 		{name: "bad reference with colon", value: "aws:v1", wantErr: "constraint"},
@@ -138,8 +145,8 @@ func TestResolve(t *testing.T) {
 
 func TestResolveReadsMetadata(t *testing.T) {
 	root := t.TempDir()
-	p := installFake(t, root, "registry.gitlab.com/gitlab-org/fleeting/plugins/aws", "1.0.0", 0o755)
-	want := InstallMetadata{Reference: "registry.gitlab.com/gitlab-org/fleeting/plugins/aws:1.0.0", Version: "1.0.0",
+	p := installFake(t, root, BuiltinRegistry+"/"+BuiltinRepository+"/aws", "1.0.0", 0o755)
+	want := InstallMetadata{Reference: BuiltinRegistry + "/" + BuiltinRepository + "/aws:1.0.0", Version: "1.0.0",
 		Signature: SignatureRecord{Verified: true, KeyID: "SHA256:abc"}}
 	if err := WriteMetadata(filepath.Dir(p), want); err != nil {
 		t.Fatal(err)

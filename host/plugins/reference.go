@@ -10,10 +10,16 @@ import (
 // pass Defaults from configuration, and DefaultsFromEnv reads the environment, so a
 // mirror or a private registry never needs a code change.
 const (
-	// BuiltinRegistry is the registry a bare plugin name resolves against (GitLab's).
-	BuiltinRegistry = "registry.gitlab.com"
-	// BuiltinRepository is the repository a bare plugin name lives under (GitLab's).
-	BuiltinRepository = "gitlab-org/fleeting/plugins"
+	// BuiltinRegistry is the registry a bare plugin name resolves against: Flotilla's
+	// plugin repository, not GitLab's, whose artifacts are not Flotilla plugins (they
+	// carry neither Flotilla's artifact type nor a signature Flotilla can check).
+	BuiltinRegistry = "ghcr.io"
+	// BuiltinRepository is the repository a bare plugin name lives under.
+	BuiltinRepository = "flotilla-ci/plugins"
+	// GitLabRegistry and GitLabRepository are where GitLab Runner looks for bare
+	// names; messages name them to explain why their artifacts do not install.
+	GitLabRegistry   = "registry.gitlab.com"
+	GitLabRepository = "gitlab-org/fleeting/plugins"
 	// LatestConstraint is the constraint a reference without one gets.
 	LatestConstraint = "latest"
 )
@@ -35,7 +41,7 @@ type Defaults struct {
 }
 
 // DefaultsFromEnv returns the defaults from EnvRegistry and EnvRepository, falling back
-// to the built-in GitLab values. A nil getenv means os.Getenv.
+// to the built-in Flotilla values. A nil getenv means os.Getenv.
 func DefaultsFromEnv(getenv func(string) string) Defaults {
 	if getenv == nil {
 		getenv = os.Getenv

@@ -3,6 +3,7 @@ package taskscaler
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,14 +15,85 @@ import (
 var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow)
 
 // ParsePeriod parses one policy period (5-field cron: minute hour day-of-month month
-// day-of-week; names such as mon-fri allowed). It is the one parser of periods:
+// day-of-week; names such as mon-fri allowed, in any case). Day of week is 0–7 or
+// SUN–SAT with 0 and 7 both Sunday, as GitLab documents it ("1 - 7 or MON-SUN"), so
+// "* * * * 1-7" and "* * * * MON-SUN" mean every day. It is the one parser of periods:
 // configuration checks them with it, so what loads is what the scaler runs.
 // Descriptors such as @hourly are refused with a message that says what to write.
 func ParsePeriod(expr string) (cron.Schedule, error) {
 	if strings.HasPrefix(strings.TrimSpace(expr), "@") {
 		return nil, fmt.Errorf("descriptors such as %q are not supported; write 5 fields", expr)
 	}
+	fields := strings.Fields(expr)
+	if len(fields) == 5 {
+		dow, err := sundayAsSeven(fields[4])
+		if err != nil {
+			return nil, err
+		}
+		fields[4] = dow
+		expr = strings.Join(fields, " ")
+	}
 	return cronParser.Parse(expr)
+}
+
+// weekdays are the day-of-week names, Sunday first (0), as cron numbers them.
+var weekdays = []string{"sun", "mon", "tue", "wed", "thu", "fri", "sat"}
+
+// sundayAsSeven rewrites a day-of-week field so that robfig/cron, which knows only
+// 0–6, reads 7 as Sunday: a lone 7 (or a range ending in SUN after another day, such
+// as MON-SUN) becomes 0, and a range ending in 7 becomes the list of its days. Other
+// items are left to the cron parser, which reports their errors.
+func sundayAsSeven(field string) (string, error) {
+	items := strings.Split(field, ",")
+	for i, item := range items {
+		rng, step := item, ""
+		if j := strings.IndexByte(item, '/'); j >= 0 {
+			rng, step = item[:j], item[j:]
+		}
+		lo, hi, isRange := strings.Cut(rng, "-")
+		a, aok := weekdayNumber(lo)
+		if !isRange {
+			if aok && a == 7 && step == "" {
+				items[i] = "0"
+			}
+			continue
+		}
+		b, bok := weekdayNumber(hi)
+		if !aok || !bok {
+			continue
+		}
+		if b == 0 && a > 0 && strings.EqualFold(hi, "sun") {
+			b = 7 // MON-SUN: Sunday closes the week
+		}
+		if b != 7 || a > b {
+			continue
+		}
+		n := 1
+		if step != "" {
+			v, err := strconv.Atoi(step[1:])
+			if err != nil || v <= 0 {
+				return "", fmt.Errorf("day of week %q: step %q is not a positive number", item, step[1:])
+			}
+			n = v
+		}
+		var days []string
+		for d := a; d <= b; d += n {
+			days = append(days, strconv.Itoa(d%7))
+		}
+		items[i] = strings.Join(days, ",")
+	}
+	return strings.Join(items, ","), nil
+}
+
+// weekdayNumber reads a day of week as a number 0–7 or a name (any case).
+func weekdayNumber(s string) (int, bool) {
+	for i, n := range weekdays {
+		if strings.EqualFold(s, n) {
+			return i, true
+		}
+	}
+	v, err := strconv.Atoi(s)
+	return v, err == nil && v >= 0 && v <= 7
 }
 
 // Snapshot is what an IdlePolicy sees when the scaler decides: the moment, the

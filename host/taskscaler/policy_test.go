@@ -15,6 +15,7 @@ func TestPolicyPeriods(t *testing.T) {
 	_ = berlin
 	mon0930 := time.Date(2026, 3, 2, 9, 30, 0, 0, time.UTC) // Monday
 	sat0930 := time.Date(2026, 3, 7, 9, 30, 0, 0, time.UTC) // Saturday
+	sun0930 := time.Date(2026, 3, 8, 9, 30, 0, 0, time.UTC) // Sunday
 	cases := []struct {
 		name     string
 		policies []Policy
@@ -30,6 +31,19 @@ func TestPolicyPeriods(t *testing.T) {
 		{"step in minutes misses", []Policy{{Periods: []string{"*/20 * * * *"}, Timezone: "UTC"}}, mon0930, -1},
 		{"seconds inside the minute still match", []Policy{{Periods: []string{"30 9 * * *"}, Timezone: "UTC"}}, mon0930.Add(59 * time.Second), 0},
 		{"list of periods", []Policy{{Periods: []string{"* 1 * * *", "* 9 * * *"}, Timezone: "UTC"}}, mon0930, 0},
+		// GitLab: day of week "1 - 7 or MON-SUN, 0 is an alias for Sunday".
+		{"day of week 7 is sunday", []Policy{{Periods: []string{"* * * * 7"}, Timezone: "UTC"}}, sun0930, 0},
+		{"day of week 0 is sunday", []Policy{{Periods: []string{"* * * * 0"}, Timezone: "UTC"}}, sun0930, 0},
+		{"day of week 7 is not monday", []Policy{{Periods: []string{"* * * * 7"}, Timezone: "UTC"}}, mon0930, -1},
+		{"range 1-7 includes sunday", []Policy{{Periods: []string{"* * * * 1-7"}, Timezone: "UTC"}}, sun0930, 0},
+		{"range 1-7 includes monday", []Policy{{Periods: []string{"* * * * 1-7"}, Timezone: "UTC"}}, mon0930, 0},
+		{"MON-SUN includes sunday", []Policy{{Periods: []string{"* * * * MON-SUN"}, Timezone: "UTC"}}, sun0930, 0},
+		{"MON-SUN includes saturday", []Policy{{Periods: []string{"* * * * MON-SUN"}, Timezone: "UTC"}}, sat0930, 0},
+		{"SAT-SUN is the weekend", []Policy{{Periods: []string{"* * * * SAT-SUN"}, Timezone: "UTC"}}, sun0930, 0},
+		{"SAT-SUN excludes monday", []Policy{{Periods: []string{"* * * * sat-sun"}, Timezone: "UTC"}}, mon0930, -1},
+		{"upper-case SUN", []Policy{{Periods: []string{"0-30 9,16 * * SUN"}, Timezone: "UTC"}}, sun0930, 0},
+		{"stepped range to 7", []Policy{{Periods: []string{"* * * * 1-7/6"}, Timezone: "UTC"}}, sun0930, 0},
+		{"stepped range to 7 misses", []Policy{{Periods: []string{"* * * * 2-7/6"}, Timezone: "UTC"}}, sun0930, -1},
 		{"month names", []Policy{{Periods: []string{"* * * mar *"}, Timezone: "UTC"}}, mon0930, 0},
 		{"timezone shifts the hour", []Policy{{Periods: []string{"* 10 * * *"}, Timezone: "Europe/Berlin"}}, mon0930, 0},
 		{"timezone shifts the hour (miss)", []Policy{{Periods: []string{"* 9 * * *"}, Timezone: "Europe/Berlin"}}, mon0930, -1},
@@ -56,6 +70,8 @@ func TestPolicyErrors(t *testing.T) {
 	}{
 		{Policy{Periods: []string{"* * * *"}}, `policy[0].periods[0] = "* * * *"`},
 		{Policy{Periods: []string{"* * * * funday"}}, "periods[0]"},
+		{Policy{Periods: []string{"* * * * 8"}}, "periods[0]"},
+		{Policy{Periods: []string{"* * * * 1-7/0"}}, "step"},
 		{Policy{Timezone: "Mars/Olympus"}, `policy[0].timezone = "Mars/Olympus"`},
 		// The scaler refuses what configuration refuses: one parser for both.
 		{Policy{Periods: []string{"@hourly"}}, `descriptors such as "@hourly" are not supported`},

@@ -67,6 +67,12 @@ type Options struct {
 	// and after the sources are put in place (Git itself runs on the runner host).
 	PreGetSourcesScript  string
 	PostGetSourcesScript string
+	// LoadImages are `docker save` archives on the runner host (relative paths from
+	// the runner's working directory) loaded into the instance's Docker Engine before
+	// the job's image is looked for ([runners.docker] load_images, `runner exec
+	// --load-image`): images for instances without registry access. An image they
+	// hold is not pulled, whatever the pull policy.
+	LoadImages []string
 }
 
 // NewClient returns a Docker API client whose every connection goes through tunnel to
@@ -114,6 +120,9 @@ type Env struct {
 	// the job's containers reach each service there by its aliases.
 	network string
 
+	// loaded are the image names the LoadImages archives held, to the archive.
+	loaded map[string]string
+
 	mu         sync.Mutex
 	containers []string
 }
@@ -124,9 +133,8 @@ func New(docker *client.Client, job *jobs.Job, opts Options) (*Env, error) {
 	if img == "" {
 		img = opts.Image
 	}
-	if img == "" {
-		return nil, errors.New("the job names no image and [runners.docker] image is not set")
-	}
+	// No image is refused by Prepare, as an image failure: a configuration problem
+	// that retrying on a new instance cannot mend (a New error is a system failure).
 	project := "project"
 	if job.Source.Dir != "" {
 		project = path.Base(strings.TrimRight(job.Source.Dir, "/"))
@@ -148,8 +156,14 @@ func sanitize(s string) string {
 // Prepare checks the daemon, the image (allow-list and pull policy), creates the builds
 // volume and copies the source into it.
 func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
+	if e.image == "" {
+		return errors.Join(executors.ErrImagePull, ErrNoImage)
+	}
 	if _, err := e.docker.Ping(ctx, client.PingOptions{}); err != nil {
 		return fmt.Errorf("reach Docker on the instance: %w", err)
+	}
+	if err := e.loadImages(ctx, log); err != nil {
+		return errors.Join(executors.ErrImagePull, err)
 	}
 	if err := imageAllowed(e.image, e.opts.AllowedImages); err != nil {
 		return errors.Join(executors.ErrImagePull, err)
@@ -249,6 +263,10 @@ func (e *Env) getSourcesScript(ctx context.Context, name, text string, log io.Wr
 
 func (e *Env) ensureImage(ctx context.Context, img string, policies []string, log io.Writer) error {
 	var errs []error
+	if from, ok := e.loaded[img]; ok {
+		fmt.Fprintf(log, "Using image %s loaded from %s (not pulled)\n", img, from)
+		return nil
+	}
 	for _, p := range policies {
 		if p != PullAlways {
 			if _, err := e.docker.ImageInspect(ctx, img); err == nil {

@@ -37,12 +37,7 @@ func tunnel(t *testing.T) *connector.Client {
 }
 
 func TestJobInContainerThroughTunnel(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "data.txt"), []byte("from the working tree\n"), 0o644)
 
@@ -93,12 +88,7 @@ func TestJobInContainerThroughTunnel(t *testing.T) {
 }
 
 func TestCancelledJobLeavesNoContainer(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	job := &jobs.Job{ID: "cancel-1", Script: []string{"echo started", "sleep 60"}}
 	env, err := New(cli, job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
 	if err != nil {
@@ -166,12 +156,7 @@ func TestImageAllowed(t *testing.T) {
 }
 
 func TestServicesReachableByAlias(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	// The service serves a file written from a job variable: services get the job's
 	// variables, and the job reaches them by their aliases on the job's network.
 	svc := jobs.Image{Name: dockertest.Image, Alias: "web",
@@ -182,17 +167,12 @@ func TestServicesReachableByAlias(t *testing.T) {
 	job := jobs.Job{ID: "svc-1", Services: []jobs.Image{svc}, Variables: jobs.Variables{{Key: "GREETING", Value: "hello from the job"}},
 		Script: []string{fetch("web"), fetch("flotilla-test__busybox"), fetch("flotilla-test-busybox")},
 		Source: jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}}
-	env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var log bytes.Buffer
-	res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
+	res, log := runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, executors.RunOptions{Executor: "docker-autoscaler"})
 	if res.Status != executors.StatusSuccess {
-		t.Fatalf("result %+v\n%s", res, log.String())
+		t.Fatalf("result %+v\n%s", res, log)
 	}
-	if got := strings.Count(log.String(), "greeting=hello from the job"); got != 3 {
-		t.Errorf("service answered %d times by alias, want 3 (web, __ and - forms):\n%s", got, log.String())
+	if got := strings.Count(log, "greeting=hello from the job"); got != 3 {
+		t.Errorf("service answered %d times by alias, want 3 (web, __ and - forms):\n%s", got, log)
 	}
 	assertNothingLeft(t, local, job.ID)
 	nets, err := local.NetworkList(context.Background(), client.NetworkListOptions{Filters: make(client.Filters).Add("label", LabelJob+"="+job.ID)})
@@ -202,9 +182,8 @@ func TestServicesReachableByAlias(t *testing.T) {
 
 	// A service image outside allowed_services is refused before anything starts.
 	job.ID = "svc-2"
-	env, _ = New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}, AllowedServices: []string{"postgres:*"}})
-	res = executors.Run(context.Background(), &job, env, &log, executors.RunOptions{})
-	if res.FailureReason != executors.ImagePullFailure || !strings.Contains(log.String(), "allowed_services") {
+	res, log = runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}, AllowedServices: []string{"postgres:*"}}, executors.RunOptions{})
+	if res.FailureReason != executors.ImagePullFailure || !strings.Contains(log, "allowed_services") {
 		t.Errorf("disallowed service: %+v", res)
 	}
 	assertNothingLeft(t, local, job.ID)
@@ -227,27 +206,17 @@ func TestServiceAliases(t *testing.T) {
 }
 
 func TestCacheThroughContainers(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	cacheDir := t.TempDir()
 	run := func(id string, script ...string) string {
 		job := jobs.Job{ID: id, Script: script, Caches: []jobs.Cache{{Key: "c", Paths: []string{"vendor/"}}},
 			Source: jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}}
-		env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var log bytes.Buffer
-		res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{CacheDir: cacheDir})
+		res, log := runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, executors.RunOptions{CacheDir: cacheDir})
 		if res.Status != executors.StatusSuccess {
-			t.Fatalf("job %s: %+v\n%s", id, res, log.String())
+			t.Fatalf("job %s: %+v\n%s", id, res, log)
 		}
 		assertNothingLeft(t, local, id)
-		return log.String()
+		return log
 	}
 	if log := run("cache-1", "mkdir -p vendor", "echo cached-bytes > vendor/lib"); !strings.Contains(log, `Saved cache "c"`) {
 		t.Fatalf("not saved:\n%s", log)
@@ -270,26 +239,16 @@ func (s archiveStore) Store(_ context.Context, a jobs.Artifact, archive io.Reade
 // (busybox) image, exclude leaves files out, untracked says that the image has no git,
 // and a later job in a new volume gets the archive back as a dependency.
 func TestArtifactsThroughContainers(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	store := archiveStore{}
 	run := func(job jobs.Job) string {
 		job.Source = jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}
-		env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var log bytes.Buffer
-		res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Artifacts: store})
+		res, log := runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, executors.RunOptions{Artifacts: store})
 		if res.Status != executors.StatusSuccess {
-			t.Fatalf("job %s: %+v\n%s", job.ID, res, log.String())
+			t.Fatalf("job %s: %+v\n%s", job.ID, res, log)
 		}
 		assertNothingLeft(t, local, job.ID)
-		return log.String()
+		return log
 	}
 	log := run(jobs.Job{ID: "art-1", Script: []string{"mkdir -p out/obj", "echo built > out/bin", "echo o > out/obj/x.o"},
 		Artifacts: []jobs.Artifact{{Name: "build", Paths: []string{"out/"}, Exclude: []string{"out/**/*.o"}, Untracked: true, When: "on_success"}}})
@@ -314,12 +273,7 @@ func TestArtifactsThroughContainers(t *testing.T) {
 // variables, post_get_sources_script after them; a failing pre script fails the job as
 // its own (script_failure) before anything else runs.
 func TestGetSourcesScripts(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	repo := t.TempDir()
 	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"config", "user.email", "t@example.invalid"}, {"config", "user.name", "t"}} {
 		gittest.Run(t, repo, args...)
@@ -333,16 +287,10 @@ func TestGetSourcesScripts(t *testing.T) {
 		PostGetSourcesScript: `echo "post sees $(cat VERSION)"`}
 
 	job := jobs.Job{ID: "gss-1", Source: src, Script: []string{"echo script sees $(cat VERSION)"}, Variables: jobs.Variables{{Key: "GREETING", Value: "hi"}}}
-	env, err := New(cli, &job, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var log bytes.Buffer
-	res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
+	res, out := runJob(t, cli, &job, opts, executors.RunOptions{Executor: "docker-autoscaler"})
 	if res.Status != executors.StatusSuccess {
-		t.Fatalf("result %+v\n%s", res, log.String())
+		t.Fatalf("result %+v\n%s", res, out)
 	}
-	out := log.String()
 	pre, fetch, post, script := strings.Index(out, "pre sees 0 files, hi, in Linux root"), strings.Index(out, "Fetching changes of"),
 		strings.Index(out, "post sees 1.2.3"), strings.Index(out, "script sees 1.2.3")
 	if pre < 0 || fetch < pre || post < fetch || script < post {
@@ -352,13 +300,7 @@ func TestGetSourcesScripts(t *testing.T) {
 
 	job = jobs.Job{ID: "gss-2", Source: src, Script: []string{"echo script ran"}}
 	opts.PreGetSourcesScript = "echo failing pre; exit 3"
-	env, err = New(cli, &job, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log.Reset()
-	res = executors.Run(context.Background(), &job, env, &log, executors.RunOptions{Executor: "docker-autoscaler"})
-	out = log.String()
+	res, out = runJob(t, cli, &job, opts, executors.RunOptions{Executor: "docker-autoscaler"})
 	if res.Status != executors.StatusFailed || res.FailureReason != executors.ScriptFailure ||
 		!strings.Contains(out, "pre_get_sources_script failed with exit code 3") {
 		t.Fatalf("failing pre script: %+v\n%s", res, out)
@@ -372,12 +314,7 @@ func TestGetSourcesScripts(t *testing.T) {
 // TestCopiedTreeGitStrategy: a copied working tree honours GIT_STRATEGY none and empty
 // (the job's own volume starts empty), and a bad value is the job's failure.
 func TestCopiedTreeGitStrategy(t *testing.T) {
-	local := dockertest.Client(t)
-	dockertest.EnsureImage(t, local)
-	cli, err := NewClient(tunnel(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	local, cli := dockerOverTunnel(t)
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "data.txt"), []byte("x\n"), 0o644)
 	for _, tt := range []struct {
@@ -386,16 +323,37 @@ func TestCopiedTreeGitStrategy(t *testing.T) {
 	}{{"none", ""}, {"empty", ""}, {"bogus", executors.ScriptFailure}} {
 		job := jobs.Job{ID: "strategy-" + tt.strategy, Script: []string{`test -z "$(ls -A)"`}, Source: jobs.Source{Kind: jobs.SourceLocal, Dir: src},
 			Variables: jobs.Variables{{Key: "GIT_STRATEGY", Value: tt.strategy}}}
-		env, err := New(cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var log bytes.Buffer
-		res := executors.Run(context.Background(), &job, env, &log, executors.RunOptions{})
-		bad := tt.reason != "" && !strings.Contains(log.String(), `GIT_STRATEGY="bogus": want clone, fetch, none or empty`)
+		res, log := runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, executors.RunOptions{})
+		bad := tt.reason != "" && !strings.Contains(log, `GIT_STRATEGY="bogus": want clone, fetch, none or empty`)
 		if bad || res.FailureReason != tt.reason || (tt.reason == "") != (res.Status == executors.StatusSuccess) {
-			t.Errorf("GIT_STRATEGY=%s: %+v\n%s", tt.strategy, res, log.String())
+			t.Errorf("GIT_STRATEGY=%s: %+v\n%s", tt.strategy, res, log)
 		}
 		assertNothingLeft(t, local, job.ID)
 	}
+}
+
+// dockerOverTunnel is this machine's Docker Engine twice: as the test inspects it
+// (local) and as a job's executor reaches it, through an SSH tunnel (cli); the test
+// image is there.
+func dockerOverTunnel(t *testing.T) (local, cli *client.Client) {
+	t.Helper()
+	local = dockertest.Client(t)
+	dockertest.EnsureImage(t, local)
+	cli, err := NewClient(tunnel(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return local, cli
+}
+
+// runJob runs job once in a new environment and returns the result and the log.
+func runJob(t *testing.T, cli *client.Client, job *jobs.Job, o Options, ro executors.RunOptions) (executors.Result, string) {
+	t.Helper()
+	env, err := New(cli, job, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	res := executors.Run(context.Background(), job, env, &log, ro)
+	return res, log.String()
 }

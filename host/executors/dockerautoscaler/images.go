@@ -1,11 +1,24 @@
 package dockerautoscaler
 
 import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
+	"strings"
+
+	"github.com/moby/moby/client"
 
 	"github.com/flotilla-ci/flotilla/host/executors"
 )
+
+// ErrNoImage is the error of a job that names no image on a runner without a default.
+var ErrNoImage = errors.New("the job names no image and [runners.docker] image is not set: " +
+	"add image: to the job, set image in [runners.docker] of config.toml, or pass `runner exec --image IMAGE`")
 
 // Pull policies of [runners.docker] pull_policy.
 const (
@@ -36,4 +49,69 @@ func pullPolicies(configured, allowed []string) ([]string, error) {
 		}
 	}
 	return policies, nil
+}
+
+// loadImages loads each LoadImages archive into the instance's Docker Engine through
+// the executor's connection (the local plugin's instance is this machine; a cloud
+// instance is reached over SSH) and records the image names each held.
+func (e *Env) loadImages(ctx context.Context, log io.Writer) error {
+	for _, path := range e.opts.LoadImages {
+		names, err := LoadImage(ctx, e.docker, path)
+		if err != nil {
+			return err
+		}
+		if e.loaded == nil {
+			e.loaded = map[string]string{}
+		}
+		for _, n := range names {
+			e.loaded[n] = path
+		}
+		fmt.Fprintf(log, "Loaded %s from %s\n", strings.Join(names, ", "), path)
+	}
+	return nil
+}
+
+// LoadImage loads the `docker save` archive at path into the Docker Engine of docker
+// and returns the image names it held ("busybox:1.37", or the image ID for an
+// untagged image).
+func LoadImage(ctx context.Context, docker *client.Client, path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load image archive: %w", err)
+	}
+	defer f.Close()
+	res, err := docker.ImageLoad(ctx, f, client.ImageLoadWithQuiet(true))
+	if err != nil {
+		return nil, fmt.Errorf("load image archive %s into the instance's Docker: %w", path, err)
+	}
+	defer res.Close()
+	var names []string
+	sc := bufio.NewScanner(res)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		var msg struct {
+			Stream      string `json:"stream"`
+			ErrorDetail *struct {
+				Message string `json:"message"`
+			} `json:"errorDetail"`
+		}
+		if json.Unmarshal(sc.Bytes(), &msg) != nil {
+			continue
+		}
+		if msg.ErrorDetail != nil {
+			return nil, fmt.Errorf("load image archive %s: %s", path, msg.ErrorDetail.Message)
+		}
+		for _, prefix := range []string{"Loaded image: ", "Loaded image ID: "} {
+			if n, ok := strings.CutPrefix(strings.TrimSpace(msg.Stream), prefix); ok {
+				names = append(names, n)
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("load image archive %s: %w", path, err)
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("load image archive %s: Docker reported no image; make it with `docker save IMAGE -o FILE.tar`", path)
+	}
+	return names, nil
 }

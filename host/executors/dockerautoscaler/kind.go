@@ -26,7 +26,8 @@ func init() {
 				Privileged: d.Privileged, PullPolicy: d.PullPolicy, AllowedImages: d.AllowedImages,
 				AllowedPullPolicies: d.AllowedPullPolicies, AllowedServices: d.AllowedServices,
 				DebugTraceDisabled:  on.Runner.DebugTraceDisabled,
-				PreGetSourcesScript: on.Runner.PreGetSourcesScript, PostGetSourcesScript: on.Runner.PostGetSourcesScript})
+				PreGetSourcesScript: on.Runner.PreGetSourcesScript, PostGetSourcesScript: on.Runner.PostGetSourcesScript,
+				LoadImages: d.LoadImages})
 			if err != nil {
 				return nil, err
 			}

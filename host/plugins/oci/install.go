@@ -157,7 +157,7 @@ func (in *Installer) platform() ocispec.Platform {
 func (in *Installer) download(ctx context.Context, src source, origin string, ref plugins.Reference, v plugins.Version, index ocispec.Descriptor) (Result, error) {
 	name := ref.WithVersion(v)
 	if index.MediaType != ocispec.MediaTypeImageIndex {
-		return Result{}, fmt.Errorf("%s: media type %q is not an OCI index; was it published with `runner fleeting package`?", name, index.MediaType)
+		return Result{}, notAPlugin(name, index, nil)
 	}
 	raw, err := content.FetchAll(ctx, src, index)
 	if err != nil {
@@ -166,6 +166,11 @@ func (in *Installer) download(ctx context.Context, src source, origin string, re
 	var idx ocispec.Index
 	if err := json.Unmarshal(raw, &idx); err != nil {
 		return Result{}, fmt.Errorf("decode index of %s: %w", name, err)
+	}
+	// What it is comes before whether it is signed: an artifact that is no Flotilla
+	// plugin at all is refused as such, not as "unsigned".
+	if idx.ArtifactType != ArtifactType {
+		return Result{}, notAPlugin(name, index, &idx)
 	}
 	if t := idx.Annotations[AnnotationTitle]; t != "" && t != ref.Name {
 		return Result{}, fmt.Errorf("%s: artifact is plugin %q, not %q", name, t, ref.Name)
@@ -334,4 +339,28 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// ErrNotAPlugin is wrapped by the error for an artifact that is not a Flotilla plugin.
+var ErrNotAPlugin = errors.New("not a Flotilla plugin")
+
+// notAPlugin says what the artifact at name is instead of a Flotilla plugin: a single
+// image (a container image), an image index without Flotilla's artifact type (a
+// multi-platform container image, or a plugin in GitLab's fleeting layout), or an
+// artifact of some other type. idx is nil when desc is not an index.
+func notAPlugin(name string, desc ocispec.Descriptor, idx *ocispec.Index) error {
+	var what string
+	switch {
+	case idx == nil && (desc.MediaType == ocispec.MediaTypeImageManifest || desc.MediaType == "application/vnd.docker.distribution.manifest.v2+json"):
+		what = fmt.Sprintf("it is a single image manifest (%s), such as a container image", desc.MediaType)
+	case idx == nil:
+		what = fmt.Sprintf("its media type is %q, not an OCI image index", desc.MediaType)
+	case idx.ArtifactType == "":
+		what = fmt.Sprintf("it is an OCI image index with no artifact type and %d manifest(s): a multi-platform container image, or a plugin in GitLab's fleeting layout (as published to %s/%s), which Flotilla neither verifies nor installs",
+			len(idx.Manifests), plugins.GitLabRegistry, plugins.GitLabRepository)
+	default:
+		what = fmt.Sprintf("it is an OCI artifact of type %q", idx.ArtifactType)
+	}
+	return fmt.Errorf("%s: %w: %s; a Flotilla plugin is an index of artifact type %q, as `runner fleeting package` makes (bare names resolve against %s/%s unless [fleeting] registry or %s say otherwise)",
+		name, ErrNotAPlugin, what, ArtifactType, plugins.BuiltinRegistry, plugins.BuiltinRepository, plugins.EnvRegistry)
 }
