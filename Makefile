@@ -12,8 +12,12 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BRANCH ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+BUILT_AT ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -X github.com/flotilla-ci/flotilla/host/version.Version=$(VERSION) \
-           -X github.com/flotilla-ci/flotilla/host/version.Revision=$(REVISION)
+           -X github.com/flotilla-ci/flotilla/host/version.Revision=$(REVISION) \
+           -X github.com/flotilla-ci/flotilla/host/version.Branch=$(BRANCH) \
+           -X github.com/flotilla-ci/flotilla/host/version.BuiltAt=$(BUILT_AT)
 TEST_FLAGS ?= -timeout 20m
 
 PLUGINS := $(wildcard plugins/*/cmd/fleeting-plugin-*)

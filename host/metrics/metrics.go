@@ -1,6 +1,7 @@
-// Package metrics exposes a taskscaler's measurements as Prometheus collectors with
-// the fleeting_taskscaler_* and fleeting_provisioner_* names of GitLab Runner, so that
-// existing dashboards and alerts keep working.
+// Package metrics exposes the runner's measurements as Prometheus collectors with
+// GitLab Runner's names, so that existing dashboards and alerts keep working: a
+// taskscaler's fleeting_taskscaler_* and fleeting_provisioner_* (Collector), and
+// `runner run`'s gitlab_runner_* (Runner).
 package metrics
 
 import (

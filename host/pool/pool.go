@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -100,7 +99,12 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("runner", r.Name)
+	// GitLab Runner's field names: runner is the token's short form, runner_name the name.
+	if r.Token != "" {
+		log = log.With("runner", metrics.RunnerLabel(r.Token), "runner_name", r.Name)
+	} else {
+		log = log.With("runner_name", r.Name)
+	}
 	m := &Pool{runner: r, kind: kind, cfgDir: cfg.Dir(), log: log, useExt: a.ConnectorConfig.UseExternalAddr}
 	m.Jobs = Jobs{NewEnv: m.newEnv}
 	if a.VMIsolation.Enabled {
@@ -187,7 +191,7 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		}
 	}
 	if opts.Metrics != nil {
-		col := metrics.New(prometheus.Labels{"runner": shortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{
+		col := metrics.New(prometheus.Labels{"runner": metrics.RunnerLabel(r.Token), "runner_name": r.Name}, metrics.Buckets{
 			Operation: a.InstanceOperationTimeBuckets, Creation: a.InstanceCreationTimeBuckets,
 			IsRunning: a.InstanceIsRunningTimeBuckets, Deletion: a.InstanceDeletionTimeBuckets,
 			Readiness: a.InstanceReadinessTimeBuckets, Life: a.InstanceLifeDurationBuckets,
@@ -241,15 +245,6 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	}
 	m.Slots = m.scaler
 	return m, nil
-}
-
-// shortToken is the token's identifying prefix, as GitLab shows it (the first 8
-// characters after a known prefix), so metrics and logs never carry a whole token.
-func shortToken(token string) string {
-	for _, p := range []string{"glrt-", "glrtr-", "GR1348941"} {
-		token = strings.TrimPrefix(token, p)
-	}
-	return token[:min(8, len(token))]
 }
 
 // limitedBuffer keeps the first 4 KiB of a command's output, for error messages.

@@ -15,13 +15,16 @@ import (
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
+	"github.com/flotilla-ci/flotilla/host/metrics"
 	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/version"
 )
 
 // Prometheus collectors of the GitLab side, in the default registry next to the
-// taskscaler's.
+// taskscaler's: GitLab Runner's gitlab_runner_* and Flotilla's own flotilla_gitlab_*.
 var (
+	gitlabMetrics = metrics.NewRunner(metrics.BuildInfo{Name: "flotilla", Version: version.Version, Revision: version.Revision,
+		Branch: version.Branch, BuiltAt: version.BuiltAt})
 	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flotilla_gitlab_job_requests_total",
 		Help: "Job requests by outcome: job, no_job, error, or no_capacity (no slot could be reserved, so GitLab was not asked).",
@@ -36,7 +39,7 @@ var (
 	}, []string{"runner"})
 )
 
-func init() { prometheus.MustRegister(requestsTotal, jobsTotal, jobsRunning) }
+func init() { prometheus.MustRegister(gitlabMetrics, requestsTotal, jobsTotal, jobsRunning) }
 
 // cacheDir is where a runner entry's caches live on this host: its cache_dir (relative
 // to config.toml), else cache/<runner name> next to config.toml.
@@ -67,7 +70,9 @@ const JobCanceledReason = "job_canceled"
 // runJob runs one job GitLab gave rs, streaming its log, and reports its final state
 // until GitLab accepts it. key holds the job's slot reservation.
 func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *gitlab.JobResponse) {
-	log := s.log.With("runner", cfg.Name, "job", resp.ID)
+	label := metrics.RunnerLabel(cfg.Token)
+	log := s.log.With("job", resp.ID, who(cfg))
+	mjob := gitlabMetrics.StartJob(label, cfg.Name, s.systemID, cfg.Executor)
 	jobsRunning.WithLabelValues(cfg.Name).Inc()
 	defer jobsRunning.WithLabelValues(cfg.Name).Dec()
 	job, convErr := resp.ToJob(cfg.CloneURL)
@@ -80,7 +85,7 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 		Limit: cfg.OutputLimit * 1024, OnStop: cancel, Logger: log})
 	// The uploader outlives a canceled job so the cancellation itself reaches the log.
 	tr.Start(s.abortCtx)
-	log.Info("job received", "name", job.Name, "repo", job.Source.RepoURL)
+	log.Info("job received", "name", job.Name, "repo_url", job.Source.RepoURL)
 
 	if r, err := rs.client.UpdateJob(jobCtx, job.GitLabID, gitlab.UpdateRequest{Token: job.Token, State: "running"}); err != nil {
 		log.Warn("reporting job running", "error", err)
@@ -114,7 +119,7 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 		}
 		// Earlier jobs' artifacts are downloaded with their own tokens before the script.
 		job.Dependencies = rs.client.Dependencies(resp.Dependencies)
-		res, _ = rs.m.Run(jobCtx, &job.Job, key, tr, o)
+		res, _ = rs.m.Run(jobCtx, &job.Job, key, mjob.Trace(tr), o)
 	}
 
 	state, reason := finalState(res, context.Cause(jobCtx))
@@ -126,12 +131,14 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 		code := res.ExitCode
 		upd.ExitCode = &code
 	}
-	if err := s.report(rs.client, job, upd); err != nil {
+	err := s.report(rs.client, job, upd)
+	mjob.Finish(state, upd.FailureReason)
+	if err != nil {
 		log.Error("final job state NOT reported", "state", state, "error", err)
 		return
 	}
 	jobsTotal.WithLabelValues(cfg.Name, state, upd.FailureReason).Inc()
-	log.Info("job finished", "state", state, "failure_reason", upd.FailureReason, "duration", res.Duration.Round(time.Millisecond))
+	log.Info("job finished", "state", state, "failure_reason", upd.FailureReason, "duration_s", res.Duration.Seconds())
 }
 
 // finalState maps a job result to GitLab's state and failure_reason.

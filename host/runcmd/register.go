@@ -45,12 +45,29 @@ type RegisterOptions struct {
 	// Template is a TOML file holding one [[runners]] entry used as the basis: its
 	// settings are kept, and the registration's keys are set on it.
 	Template string
+	// TLSCAFile is a PEM bundle trusted for GitLab (tls-ca-file): used to register
+	// and written to the entry.
+	TLSCAFile string
+	// MaintenanceNote is sent with a legacy registration.
+	MaintenanceNote string
+	// Settings are more keys of the entry (register's --limit, --docker-privileged, …);
+	// they win over the template's.
+	Settings []Setting
 	// Warn receives warnings (deprecations); nil discards them.
 	Warn io.Writer
 	// HTTP replaces the HTTP client (tests).
 	HTTP *http.Client
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+}
+
+// Setting is one key of a [[runners]] entry written at registration.
+type Setting struct {
+	// Table is "" for the entry itself or "docker" for [runners.docker].
+	Table string
+	// Key is the TOML key; Value a string, bool, int or []string.
+	Key   string
+	Value any
 }
 
 // Register verifies a runner authentication token (or, deprecated, registers with a
@@ -111,7 +128,14 @@ func Register(ctx context.Context, o RegisterOptions) (*config.Runner, error) {
 		template = string(b)
 	}
 
-	client, err := gitlab.NewClient(o.URL, gitlab.ClientOptions{HTTP: o.HTTP, Executor: o.Executor})
+	if template != "" && hasDockerTable(templateBody(template)) {
+		for _, st := range o.Settings {
+			if st.Table == "docker" {
+				return nil, fmt.Errorf("register: %s: the template has [runners.docker] and %s is given as a flag too: set it in one place", o.Template, st.Key)
+			}
+		}
+	}
+	client, err := gitlab.NewClient(o.URL, gitlab.ClientOptions{HTTP: o.HTTP, CAFile: o.TLSCAFile, Executor: o.Executor})
 	if err != nil {
 		return nil, fmt.Errorf("register: %w", err)
 	}
@@ -125,7 +149,8 @@ func Register(ctx context.Context, o RegisterOptions) (*config.Runner, error) {
 		fmt.Fprintln(warn, "WARNING: registration tokens are deprecated by GitLab and will stop working; create the runner in GitLab's UI "+
 			"(or with POST /user/runners) and register it with --token glrt-…")
 		reg, err = client.RegisterRunner(ctx, gitlab.RegisterRequest{Token: o.RegistrationToken, Description: nonEmpty(o.Description, o.Name),
-			TagList: o.TagList, RunUntagged: o.RunUntagged, Locked: o.Locked, Paused: o.Paused, AccessLevel: o.AccessLevel, MaximumTimeout: o.MaximumTimeout})
+			TagList: o.TagList, RunUntagged: o.RunUntagged, Locked: o.Locked, Paused: o.Paused, AccessLevel: o.AccessLevel, MaximumTimeout: o.MaximumTimeout,
+			MaintenanceNote: o.MaintenanceNote})
 	} else {
 		if !strings.HasPrefix(o.Token, "glrt-") {
 			fmt.Fprintln(warn, "WARNING: the token does not start with glrt-; if it is a registration token, use --registration-token (deprecated)")
@@ -184,13 +209,46 @@ func renderEntry(o RegisterOptions, reg gitlab.RegisteredRunner, now time.Time, 
 	expires := reg.TokenExpiresAt
 	fmt.Fprintf(&b, "  token_expires_at = %s\n", expires.UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "  executor = %s\n", q(o.Executor))
+	if o.TLSCAFile != "" {
+		fmt.Fprintf(&b, "  tls-ca-file = %s\n", q(o.TLSCAFile))
+	}
+	set := map[string]bool{}
+	var docker []Setting
+	for _, st := range o.Settings {
+		if st.Table == "docker" {
+			docker = append(docker, st)
+			continue
+		}
+		set[st.Key] = true
+		fmt.Fprintf(&b, "  %s = %s\n", st.Key, tomlValue(st.Value))
+	}
+	writeDocker := func() {
+		for _, st := range docker {
+			fmt.Fprintf(&b, "    %s = %s\n", st.Key, tomlValue(st.Value))
+		}
+	}
 	if template != "" {
-		b.WriteString(templateBody(template))
+		body := templateBody(template)
+		if len(set) > 0 || o.TLSCAFile != "" {
+			set["tls-ca-file"] = o.TLSCAFile != ""
+			body = dropTopKeys(body, set)
+		}
+		b.WriteString(body)
+		if len(docker) > 0 {
+			b.WriteString("  [runners.docker]\n")
+			writeDocker()
+		}
 		return b.String()
 	}
-	b.WriteString("  shell = \"bash\"\n")
-	if o.Executor == config.ExecutorDockerAutoscaler {
-		fmt.Fprintf(&b, "  [runners.docker]\n    image = %s\n", q(nonEmpty(o.DockerImage, "busybox:latest")))
+	if !set["shell"] {
+		b.WriteString("  shell = \"bash\"\n")
+	}
+	if o.Executor == config.ExecutorDockerAutoscaler || len(docker) > 0 {
+		b.WriteString("  [runners.docker]\n")
+		if o.Executor == config.ExecutorDockerAutoscaler {
+			fmt.Fprintf(&b, "    image = %s\n", q(nonEmpty(o.DockerImage, "busybox:latest")))
+		}
+		writeDocker()
 	}
 	capa, maxi := o.CapacityPerInstance, o.MaxInstances
 	if capa <= 0 {
@@ -242,6 +300,50 @@ func templateBody(t string) string {
 		s += "\n"
 	}
 	return s
+}
+
+// tomlValue renders a Setting's value as TOML.
+func tomlValue(v any) string {
+	switch v := v.(type) {
+	case string:
+		return q(v)
+	case []string:
+		parts := make([]string, len(v))
+		for i, s := range v {
+			parts[i] = q(s)
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// dropTopKeys removes from a template body the entry-level keys in drop (before its
+// first table), which flags set instead.
+func dropTopKeys(body string, drop map[string]bool) string {
+	var b strings.Builder
+	inTop := true
+	for _, l := range splitLines([]byte(body)) {
+		trim := strings.TrimSpace(l)
+		if strings.HasPrefix(trim, "[") {
+			inTop = false
+		}
+		if key, _, ok := strings.Cut(trim, "="); inTop && ok && drop[strings.TrimSpace(key)] {
+			continue
+		}
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+// hasDockerTable reports whether a template body has a [runners.docker] table.
+func hasDockerTable(body string) bool {
+	for _, l := range splitLines([]byte(body)) {
+		if m := tableHeader.FindStringSubmatch(strings.TrimSpace(l)); m != nil && strings.Trim(m[1], `"'`) == "runners.docker" {
+			return true
+		}
+	}
+	return false
 }
 
 func contains(list []string, s string) bool {

@@ -32,6 +32,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
+	"github.com/flotilla-ci/flotilla/host/metrics"
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
@@ -67,6 +68,10 @@ type Options struct {
 	// Metrics receives each pool's fleeting_* collectors (nil: none); /metrics serves
 	// the default registry, so the runner passes prometheus.DefaultRegisterer.
 	Metrics prometheus.Registerer
+	// LogConfig, if set, receives config.toml's log_level and log_format on start and
+	// on every reload (the runner applies them where no flag or environment variable
+	// set them); its error stops the start, or the reload.
+	LogConfig func(level, format string) error
 }
 
 // Service is a running `runner run`.
@@ -128,10 +133,14 @@ func New(opts Options) (*Service, error) {
 		}
 		return nil, err
 	}
+	if err := applyLogConfig(opts, cfg); err != nil {
+		return nil, err
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
+	log = slog.New(gitlabMetrics.CountLogs(log.Handler()))
 	for _, d := range diags.Warnings() {
 		log.Warn("config", "warning", d.String())
 	}
@@ -146,6 +155,17 @@ func New(opts Options) (*Service, error) {
 	s.stamp, _ = stampOf(opts.ConfigPath)
 	s.abortCtx, s.abort = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// applyLogConfig hands config.toml's log settings to opts.LogConfig.
+func applyLogConfig(opts Options, cfg *config.Config) error {
+	if opts.LogConfig == nil {
+		return nil
+	}
+	if err := opts.LogConfig(cfg.LogLevel, cfg.LogFormat); err != nil {
+		return fmt.Errorf("%s: %w", opts.ConfigPath, err)
+	}
+	return nil
 }
 
 func stampOf(path string) (fileStamp, error) {
@@ -262,6 +282,12 @@ func (s *Service) Handler() http.Handler {
 
 func runnerKey(r *config.Runner) string { return r.URL + "|" + r.Token }
 
+// who names a runner entry in the log with GitLab Runner's fields: runner (the
+// token's short form, as in the metrics) and runner_name.
+func who(r *config.Runner) slog.Attr {
+	return slog.Group("", "runner", metrics.RunnerLabel(r.Token), "runner_name", r.Name)
+}
+
 // Run serves until ctx ends (SIGTERM/SIGINT: running jobs are canceled and their
 // final state reported) or Drain is called and the running jobs have finished.
 func (s *Service) Run(ctx context.Context) error {
@@ -295,6 +321,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	close(s.ready)
+	gitlabMetrics.SetConcurrent(s.cfg.ConcurrentOrDefault())
 	s.log.Info("runner started", "runners", len(s.runners), "concurrent", s.cfg.ConcurrentOrDefault(), "system_id", s.systemID)
 
 	var poll <-chan time.Time
@@ -403,13 +430,15 @@ func orNone(ids []string) string {
 
 func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 	if !r.NeedsAutoscaler() {
-		s.log.Warn("skipping runner: Flotilla runs the instance and docker-autoscaler executors only", "runner", r.Name, "executor", r.Executor)
+		s.log.Warn("skipping runner: Flotilla runs the instance and docker-autoscaler executors only", who(r), "executor", r.Executor)
 		return nil
 	}
 	if r.URL == "" || r.Token == "" {
 		return fmt.Errorf("runner %q: url and token are required (use `runner register`)", r.Name)
 	}
-	client, err := gitlab.NewClient(r.URL, gitlab.ClientOptions{CAFile: r.TLSCAFile, HTTP: s.opts.HTTP, Executor: r.Executor, Shell: r.ShellOrDefault()})
+	label := metrics.RunnerLabel(r.Token)
+	client, err := gitlab.NewClient(r.URL, gitlab.ClientOptions{CAFile: r.TLSCAFile, HTTP: s.opts.HTTP, Executor: r.Executor, Shell: r.ShellOrDefault(),
+		Transport: func(rt http.RoundTripper) http.RoundTripper { return gitlabMetrics.APITransport(rt, label, s.systemID) }})
 	if err != nil {
 		return fmt.Errorf("runner %q: %w", r.Name, err)
 	}
@@ -425,11 +454,12 @@ func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 	s.mu.Lock()
 	s.runners[rs.key] = rs
 	s.mu.Unlock()
+	gitlabMetrics.SetEntry(label, s.systemID, r.Limit)
 	go func() {
 		defer close(rs.loopDone)
 		s.loop(lctx, rs)
 	}()
-	s.log.Info("serving runner", "runner", r.Name, "url", r.URL, "executor", r.Executor, "limit", r.Limit,
+	s.log.Info("serving runner", who(r), "url", r.URL, "executor", r.Executor, "limit", r.Limit,
 		"request_concurrency", r.RequestConcurrencyOrDefault())
 	return nil
 }
@@ -446,9 +476,14 @@ func (s *Service) reload(ctx context.Context) {
 		s.log.Error("config reload failed; keeping the running configuration", "error", err)
 		return
 	}
+	if err := applyLogConfig(s.opts, cfg); err != nil {
+		s.log.Error("config reload failed; keeping the running configuration", "error", err)
+		return
+	}
 	for _, d := range diags.Warnings() {
 		s.log.Warn("config", "warning", d.String())
 	}
+	gitlabMetrics.SetConcurrent(cfg.ConcurrentOrDefault())
 	s.mu.Lock()
 	old := s.cfg
 	s.cfg = cfg
@@ -464,12 +499,13 @@ func (s *Service) reload(ctx context.Context) {
 			continue
 		}
 		for _, what := range restartOnly(rs.cfg, r) {
-			s.log.Warn("config reload: this change takes effect after a restart of `runner run`", "runner", r.Name, "setting", what)
+			s.log.Warn("config reload: this change takes effect after a restart of `runner run`", who(r), "setting", what)
 		}
 		rs.cfg = r
+		gitlabMetrics.SetEntry(metrics.RunnerLabel(r.Token), s.systemID, r.Limit)
 		if r.Autoscaler != nil {
 			if err := rs.m.ConfigureSchedule(r.Autoscaler.ScalerPolicies()); err != nil {
-				s.log.Error("config reload: policies", "runner", r.Name, "error", err)
+				s.log.Error("config reload: policies", who(r), "error", err)
 			}
 		}
 	}
@@ -478,6 +514,7 @@ func (s *Service) reload(ctx context.Context) {
 		if !seen[k] {
 			removed = append(removed, rs)
 			delete(s.runners, k)
+			gitlabMetrics.RemoveEntry(metrics.RunnerLabel(rs.cfg.Token), s.systemID)
 		}
 	}
 	s.notifyLocked()
@@ -495,11 +532,11 @@ func (s *Service) reload(ctx context.Context) {
 			continue
 		}
 		if err := s.startRunner(ctx, r); err != nil {
-			s.log.Error("config reload: starting runner", "runner", r.Name, "error", err)
+			s.log.Error("config reload: starting runner", who(r), "error", err)
 		}
 	}
 	for _, rs := range removed {
-		s.log.Info("config reload: runner removed or re-registered; finishing its jobs", "runner", rs.cfg.Name)
+		s.log.Info("config reload: runner removed or re-registered; finishing its jobs", who(rs.cfg))
 		rs.stop()
 		next := replaces[rs.cfg.Name]
 		s.jobsWG.Add(1) // Run waits for the handover too
@@ -510,11 +547,11 @@ func (s *Service) reload(ctx context.Context) {
 			sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			if err := rs.m.Shutdown(sctx); err != nil {
-				s.log.Warn("stopping pool of removed runner", "runner", rs.cfg.Name, "error", err)
+				s.log.Warn("stopping pool of removed runner", who(rs.cfg), "error", err)
 			}
 			if next != nil && ctx.Err() == nil {
 				if err := s.startRunner(ctx, next); err != nil {
-					s.log.Error("config reload: starting runner", "runner", next.Name, "error", err)
+					s.log.Error("config reload: starting runner", who(next), "error", err)
 				}
 			}
 		}()
@@ -553,15 +590,23 @@ func (s *Service) notifyLocked() {
 // take waits until one more job request of rs fits within concurrent, limit and
 // request_concurrency, and counts it.
 func (s *Service) take(ctx context.Context, rs *runnerState) bool {
+	counted := false
 	for {
 		s.mu.Lock()
 		lim := rs.cfg.Limit
-		if s.running+s.requesting < s.cfg.ConcurrentOrDefault() && (lim <= 0 || rs.running+rs.requesting < lim) &&
-			rs.requesting < rs.cfg.RequestConcurrencyOrDefault() {
+		room := s.running+s.requesting < s.cfg.ConcurrentOrDefault() && (lim <= 0 || rs.running+rs.requesting < lim)
+		if room && rs.requesting < rs.cfg.RequestConcurrencyOrDefault() {
 			s.requesting++
 			rs.requesting++
+			gitlabMetrics.SetRequests(metrics.RunnerLabel(rs.cfg.Token), s.systemID, rs.requesting)
 			s.mu.Unlock()
 			return true
+		}
+		if room && !counted {
+			// Held back by request_concurrency alone: one excess request, as GitLab
+			// Runner counts them.
+			gitlabMetrics.RequestConcurrencyExceeded(metrics.RunnerLabel(rs.cfg.Token), s.systemID)
+			counted = true
 		}
 		ch := s.changed
 		s.mu.Unlock()
@@ -579,6 +624,7 @@ func (s *Service) endRequest(rs *runnerState, started bool) {
 	defer s.mu.Unlock()
 	s.requesting--
 	rs.requesting--
+	gitlabMetrics.SetRequests(metrics.RunnerLabel(rs.cfg.Token), s.systemID, rs.requesting)
 	if started {
 		s.running++
 		rs.running++
@@ -651,7 +697,7 @@ func (s *Service) loop(ctx context.Context, rs *runnerState) {
 		if err := rs.m.Reserve(ctx, key); err != nil {
 			s.endRequest(rs, false)
 			requestsTotal.WithLabelValues(name, "no_capacity").Inc()
-			s.log.Debug("no capacity to take a job", "runner", name, "reason", err)
+			s.log.Debug("no capacity to take a job", who(rs.cfg), "reason", err)
 			if !sleep(ctx, min(s.checkInterval(), time.Second)) {
 				return
 			}
@@ -682,7 +728,7 @@ func (s *Service) loop(ctx context.Context, rs *runnerState) {
 					}
 					requestsTotal.WithLabelValues(name, "error").Inc()
 					wait = s.backoff(fails - 1)
-					s.log.Warn("requesting a job failed; backing off", "runner", name, "error", err, "retry_in", wait.Round(time.Millisecond))
+					s.log.Warn("requesting a job failed; backing off", who(rs.cfg), "error", err, "retry_in", wait.Round(time.Millisecond))
 				} else {
 					requestsTotal.WithLabelValues(name, "no_job").Inc()
 				}

@@ -4,19 +4,47 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flotilla-ci/flotilla/host/config"
 )
 
-// defaultConfigPath is $CONFIG_FILE, else ./config.toml, as for gitlab-runner.
+// defaultConfigPath is where a command reads config.toml without -c/--config:
+// $CONFIG_FILE, else GitLab Runner's location (/etc/gitlab-runner/config.toml for
+// root, ~/.gitlab-runner/config.toml otherwise) when that file exists, else
+// ./config.toml when it exists (Flotilla's default before it followed GitLab, kept so
+// that existing setups go on working), else GitLab's location (where register creates
+// the file).
 func defaultConfigPath() string {
-	if p := os.Getenv("CONFIG_FILE"); p != "" {
+	home, _ := os.UserHomeDir()
+	return configPathFor(os.Getenv, os.Geteuid(), home, func(p string) bool {
+		_, err := os.Stat(p)
+		return err == nil
+	})
+}
+
+// configPathFor is defaultConfigPath with its inputs given (tests).
+func configPathFor(getenv func(string) string, euid int, home string, exists func(string) bool) string {
+	if p := getenv("CONFIG_FILE"); p != "" {
 		return p
 	}
-	return "config.toml"
+	gitlab := filepath.Join(home, ".gitlab-runner", "config.toml")
+	if euid == 0 || home == "" {
+		gitlab = "/etc/gitlab-runner/config.toml"
+	}
+	switch {
+	case exists(gitlab):
+		return gitlab
+	case exists("config.toml"):
+		return "config.toml"
+	}
+	return gitlab
 }
+
+// configUsage is the help of every -c/--config flag.
+const configUsage = "config file: $CONFIG_FILE, else GitLab Runner's (/etc/gitlab-runner/config.toml as root, ~/.gitlab-runner/config.toml otherwise), or ./config.toml if only that exists"
 
 func init() {
 	cfgCmd := &cobra.Command{
@@ -24,16 +52,21 @@ func init() {
 		Short: "Check config.toml, or migrate docker+machine runners to docker-autoscaler",
 	}
 	var path string
-	cfgCmd.PersistentFlags().StringVarP(&path, "config", "c", defaultConfigPath(),
-		"config file (default $CONFIG_FILE or ./config.toml)")
+	cfgCmd.PersistentFlags().StringVarP(&path, "config", "c", defaultConfigPath(), configUsage)
 
 	check := &cobra.Command{
-		Use:   "check",
+		Use:   "check [FILE]",
 		Short: "Report every problem in config.toml with file:line:column, key path and hint",
-		Long: "Report every problem in config.toml. Unknown keys are warnings; wrong types and\n" +
-			"invalid values are errors. Exits 1 only when there are errors.",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Long: "Report every problem in config.toml (FILE, or -c FILE). Unknown keys are warnings;\n" +
+			"wrong types and invalid values are errors. Exits 1 only when there are errors.",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				if c := cmd.Flags().Lookup("config"); c.Changed && path != args[0] {
+					return usageError{cmd, fmt.Errorf("config check: the file is given twice (%s and -c %s): give one", args[0], path)}
+				}
+				path = args[0]
+			}
 			_, diags, err := config.Load(path)
 			out := cmd.OutOrStdout()
 			for _, d := range diags {

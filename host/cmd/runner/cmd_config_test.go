@@ -1,10 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,22 +14,7 @@ import (
 // exit code main would use.
 func runConfigCmd(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errOut)
-	root.SetArgs(append([]string{"config"}, args...))
-	defer root.SetArgs(nil)
-	err := root.Execute()
-	code := 0
-	var ee exitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.code
-	case err != nil:
-		errOut.WriteString(err.Error())
-		code = 1
-	}
-	return out.String(), errOut.String(), code
+	return runCLI(t, "", append([]string{"config"}, args...)...)
 }
 
 func TestConfigCheckCommand(t *testing.T) {
@@ -58,6 +42,9 @@ func TestConfigCheckCommand(t *testing.T) {
 			"bad.toml:2:3: error: runners[0].executor: executor requires autoscaler config",
 			"bad.toml:3:3: error: runners[0].limit: wrong type", "2 error(s), 0 warning(s)"}},
 		{"missing file", []string{"check", "-c", filepath.Join(dir, "none.toml")}, 1, []string{"reading config file"}},
+		{"file as argument", []string{"check", bad}, 1, []string{"bad.toml:3:3: error: runners[0].limit: wrong type"}},
+		{"same file twice", []string{"check", "-c", good, good}, 0, []string{"good.toml: OK"}},
+		{"two files", []string{"check", "-c", good, bad}, 2, []string{"the file is given twice"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,13 +90,32 @@ func TestConfigMigrateCommand(t *testing.T) {
 	}
 }
 
+// TestDefaultConfigPath: without -c, $CONFIG_FILE, then GitLab Runner's location
+// when it exists, then ./config.toml when it exists (Flotilla's earlier default), then
+// GitLab's location. Before, the default was ./config.toml whatever existed.
 func TestDefaultConfigPath(t *testing.T) {
-	t.Setenv("CONFIG_FILE", "/etc/flotilla/config.toml")
-	if got := defaultConfigPath(); got != "/etc/flotilla/config.toml" {
-		t.Errorf("with $CONFIG_FILE: %q", got)
+	const root, user = "/etc/gitlab-runner/config.toml", "/home/ci/.gitlab-runner/config.toml"
+	tests := []struct {
+		name   string
+		env    string
+		euid   int
+		exists []string
+		want   string
+	}{
+		{"$CONFIG_FILE wins", "/etc/flotilla/config.toml", 0, []string{root, "config.toml"}, "/etc/flotilla/config.toml"},
+		{"root, GitLab's file", "", 0, []string{root, "config.toml"}, root},
+		{"user, GitLab's file", "", 1000, []string{user, "config.toml"}, user},
+		{"only ./config.toml", "", 1000, []string{"config.toml"}, "config.toml"},
+		{"nothing: root", "", 0, nil, root},
+		{"nothing: user", "", 1000, nil, user},
 	}
-	t.Setenv("CONFIG_FILE", "")
-	if got := defaultConfigPath(); got != "config.toml" {
-		t.Errorf("default: %q", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := configPathFor(func(string) string { return tt.env }, tt.euid, "/home/ci",
+				func(p string) bool { return slices.Contains(tt.exists, p) })
+			if got != tt.want {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

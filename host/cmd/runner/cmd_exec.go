@@ -79,12 +79,10 @@ starts no new ones. After a signal N the exit code is 128+N.`,
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the pipeline as it would run (stages, jobs, the rules that decided them, variables) without starting a pool")
 	f.BoolVar(&o.JSON, "json", false, "with --dry-run: print the plan as JSON (schema in docs/gitlab-ci-yml.md)")
 	f.BoolVar(&o.Git, "git", false, "get each job's sources with Git from the local repository (HEAD's commit; GIT_DEPTH, GIT_SUBMODULE_* apply) instead of a copy of the working tree")
+	f.StringArrayVar(&o.LoadImages, "load-image", nil, "a docker save archive to load into each instance's Docker Engine before its jobs, for images no registry serves (repeatable)")
 	f.BoolVarP(&o.Verbose, "verbose", "v", false, "show the pool's and the plugin's logs on stderr")
 	f.BoolVarP(&o.Follow, "follow", "F", false, "stream every job's log as it runs, each line prefixed with the job's name")
-	// A bad flag is exit status 2, as an invalid pipeline is; 1 means the pipeline failed.
-	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		fmt.Fprintln(c.ErrOrStderr(), "runner:", err)
-		return exitError{execcmd.ExitInvalid}
-	})
+	// A bad flag is exit status 2 (exitUsage, as for every command), as an invalid
+	// pipeline is; 1 means the pipeline failed.
 	root.AddCommand(cmd)
 }

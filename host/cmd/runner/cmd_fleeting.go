@@ -23,7 +23,7 @@ func init() {
 		Use:   "fleeting",
 		Short: "Install, list and publish fleeting plugins (OCI artifacts, signed)",
 	}
-	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", defaultConfigPath(), "config file (default $CONFIG_FILE or ./config.toml)")
+	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", defaultConfigPath(), configUsage)
 	cmd.PersistentFlags().BoolVar(&plainHTTP, "plain-http", false, "talk plain HTTP to the registry (local or test registries only)")
 	remote := func() oci.RemoteOptions { return oci.RemoteOptions{PlainHTTP: plainHTTP} }
 	// defaults reads the [fleeting] defaults when the config exists; commands that

@@ -2,8 +2,6 @@ package main
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"log/slog"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,7 +11,6 @@ import (
 
 func init() {
 	var cfgPath string
-	var debug bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Take jobs from GitLab and run them on autoscaled instances",
@@ -25,19 +22,14 @@ func init() {
 			"could not be stopped cleanly. listen_address serves /metrics, /healthz and /status.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			level := slog.LevelInfo
-			if debug {
-				level = slog.LevelDebug
-			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			svc, err := runcmd.New(runcmd.Options{ConfigPath: cfgPath, Logger: log, ReloadPoll: 3 * time.Second, Metrics: prometheus.DefaultRegisterer})
+			svc, err := runcmd.New(runcmd.Options{ConfigPath: cfgPath, Logger: logSetup.Logger(), ReloadPoll: 3 * time.Second,
+				Metrics: prometheus.DefaultRegisterer, LogConfig: logSetup.ApplyConfig})
 			if err != nil {
 				return err
 			}
 			return runcmd.RunWithSignals(cmd.Context(), svc)
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", defaultConfigPath(), "config file (default $CONFIG_FILE or ./config.toml)")
-	cmd.Flags().BoolVar(&debug, "debug", false, "log at debug level")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", defaultConfigPath(), configUsage)
 	root.AddCommand(cmd)
 }

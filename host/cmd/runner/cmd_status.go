@@ -15,13 +15,20 @@ import (
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
+// poolCmd is `runner pool`: Flotilla's own view of a running host. (`runner status`
+// is the service's status, as in GitLab Runner.)
+var poolCmd = &cobra.Command{
+	Use:   "pool",
+	Short: "Inspect the pools of a running host",
+}
+
 func init() {
 	var statusURL, instance string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the taskscalers of a running host: capacity, decisions, and why each instance exists",
-		Long: "status reads the JSON status endpoint of a running `runner run` and prints, per runner, the\n" +
+		Long: "pool status reads the JSON status endpoint of a running `runner run` and prints, per runner, the\n" +
 			"capacity in jobs and instances, the last scaling decision, why fewer instances than wanted\n" +
 			"were created (throttle, max_instances, circuit breaker), and every instance. With --instance\n" +
 			"it explains one instance: its cause and lifecycle history.",
@@ -35,7 +42,8 @@ func init() {
 	cmd.Flags().StringVar(&statusURL, "url", envOr("FLOTILLA_STATUS_URL", "http://127.0.0.1:9252/status"), "status endpoint of the running host (env FLOTILLA_STATUS_URL)")
 	cmd.Flags().StringVar(&instance, "instance", "", "explain this instance ID")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the endpoint's JSON unchanged")
-	root.AddCommand(cmd)
+	poolCmd.AddCommand(cmd)
+	root.AddCommand(poolCmd)
 }
 
 func envOr(key, def string) string {

@@ -34,11 +34,5 @@ func main() {
 	// its instances. Notify, not Ignore: an ignored signal would stay ignored in the
 	// plugins and jobs this process starts, and change how their pipes behave.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	if err := root.Execute(); err != nil {
-		if e, ok := err.(exitError); ok {
-			os.Exit(e.code)
-		}
-		fmt.Fprintln(os.Stderr, "runner:", err)
-		os.Exit(1)
-	}
+	os.Exit(execute(os.Args[1:]))
 }

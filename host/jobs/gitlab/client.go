@@ -40,6 +40,9 @@ type ClientOptions struct {
 	HTTP *http.Client
 	// Executor and Shell are reported to GitLab in the runner info.
 	Executor, Shell string
+	// Transport, if set, wraps the client's transport (the runner counts its API
+	// calls with it).
+	Transport func(http.RoundTripper) http.RoundTripper
 }
 
 // VersionInfo describes the runner to GitLab in every request.
@@ -131,6 +134,11 @@ func NewClient(baseURL string, o ClientOptions) (*Client, error) {
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
 		hc = &http.Client{Transport: tr}
+	}
+	if o.Transport != nil {
+		wrapped := *hc
+		wrapped.Transport = o.Transport(hc.Transport)
+		hc = &wrapped
 	}
 	return &Client{base: u, http: hc, info: VersionInfo{
 		Name: "flotilla", Version: version.Version, Revision: version.Revision, Platform: runtime.GOOS,
@@ -228,6 +236,9 @@ type RegisterRequest struct {
 	AccessLevel    string      `json:"access_level,omitempty"`
 	MaximumTimeout int         `json:"maximum_timeout,omitempty"`
 	Info           VersionInfo `json:"info"`
+
+	// MaintenanceNote is free text for the runner's administrators.
+	MaintenanceNote string `json:"maintenance_note,omitempty"`
 }
 
 // RegisterRunner creates a runner with a registration token (deprecated by GitLab in

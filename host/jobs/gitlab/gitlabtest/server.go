@@ -103,6 +103,10 @@ type Server struct {
 	requests  map[string]int
 	running   int
 	peak      int
+
+	// resettoken.go
+	registrations []gitlab.RegisterRequest
+	pats          map[string]bool
 }
 
 // New starts a server; it is closed when the test ends.
@@ -118,6 +122,7 @@ func New(t testing.TB, o Options) *Server {
 	mux.HandleFunc("POST /api/v4/runners", s.register)
 	mux.HandleFunc("DELETE /api/v4/runners", s.unregister)
 	mux.HandleFunc("DELETE /api/v4/runners/managers", s.unregisterManager)
+	s.handleResetToken(mux) // resettoken.go
 	mux.HandleFunc("POST /api/v4/jobs/request", s.request)
 	mux.HandleFunc("PUT /api/v4/jobs/{id}", s.update)
 	mux.HandleFunc("PATCH /api/v4/jobs/{id}/trace", s.trace)
@@ -248,6 +253,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusForbidden, map[string]string{"message": "403 Forbidden"})
 		return
 	}
+	s.mu.Lock()
+	s.registrations = append(s.registrations, in)
+	s.mu.Unlock()
 	token := fmt.Sprintf("legacy-%d-%s", time.Now().UnixNano(), strings.ReplaceAll(in.Description, " ", "_"))
 	id := s.AddRunner(token)
 	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "token": token, "token_expires_at": nil})
