@@ -9,11 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/creack/pty"
 )
 
 // logRun starts `runner run` on a config.toml with no runners whose listen_address
@@ -123,7 +122,7 @@ func TestLogBadValues(t *testing.T) {
 	}{
 		{"flag", "", nil, []string{"--log-level", "loud"}, 2, `--log-level: unknown log level "loud"`},
 		{"env", "", []string{"LOG_FORMAT=xml"}, nil, 2, `LOG_FORMAT: unknown log format "xml"`},
-		{"config", "log_format = \"xml\"\n", nil, nil, 1, `config.toml: log_format: unknown log format "xml"`},
+		{"config", "log_format = \"xml\"\n", nil, nil, 1, `config.toml:3:1: error: log_format: unknown log_format "xml" (hint: one of runner, text, json)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, code := logRun(t, tc.globals, tc.env, nil, tc.args...)
@@ -168,22 +167,10 @@ func TestLogColourOnTerminal(t *testing.T) {
 // openPTY returns a pseudo-terminal's controlling end and its terminal.
 func openPTY(t *testing.T) (*os.File, *os.File) {
 	t.Helper()
-	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	m, s, err := pty.Open()
 	if err != nil {
 		t.Skipf("no pseudo-terminals: %v", err)
 	}
-	t.Cleanup(func() { m.Close() })
-	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() { m.Close(); s.Close() })
 	return m, s
 }
