@@ -81,29 +81,9 @@ func TestChildPipeline(t *testing.T) {
 			h := newHarness(t, nil)
 			dir := childProject(t, tt.depend, tt.fail)
 			env := pipeline.Env{Dir: dir, Predefined: jobs.Variables{{Key: "CI_PIPELINE_SOURCE", Value: "push"}}}
-			p, err := pipeline.LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), pipeline.Options{Dir: dir, Env: &env})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ev, err := p.Evaluate(env)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pl, err := ev.Pipeline.Plan()
-			if err != nil {
-				t.Fatal(err)
-			}
-			source := jobs.Source{Kind: jobs.SourceLocal, Dir: dir}
-			prepare := func(j *pipeline.Job, predefined jobs.Variables) {
-				j.Source = source
-				j.Variables = slices.Concat(predefined, j.Variables)
-			}
-			for _, j := range pl.Jobs {
-				prepare(j, env.Predefined)
-			}
+			pl := planWithChildren(t, h, dir, env, nil)
 			rec := &recorder{}
 			h.runner.Progress = rec
-			h.runner.Children = &Children{Options: pipeline.ChildOptions{Load: pipeline.Options{Dir: dir}, Env: env}, Prepare: prepare}
 			sum, err := h.runner.Run(context.Background(), pl)
 			if err != nil {
 				t.Fatal(err)
@@ -170,20 +150,7 @@ run-it:
 		t.Fatal(err)
 	}
 	env := pipeline.Env{Dir: dir}
-	p, err := pipeline.LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), pipeline.Options{Dir: dir, Env: &env})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := p.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	source := jobs.Source{Kind: jobs.SourceLocal, Dir: dir}
-	for _, j := range pl.Jobs {
-		j.Source = source
-	}
-	h.runner.Children = &Children{Options: pipeline.ChildOptions{Load: pipeline.Options{Dir: dir}, Env: env},
-		Prepare: func(j *pipeline.Job, _ jobs.Variables) { j.Source = source }}
+	pl := planWithChildren(t, h, dir, env, nil)
 	sum, err := h.runner.Run(context.Background(), pl)
 	if err != nil {
 		t.Fatal(err)
@@ -238,6 +205,24 @@ no-artifacts:
 		}
 	}
 	env := pipeline.Env{Dir: dir, Predefined: jobs.Variables{{Key: "CI_PIPELINE_SOURCE", Value: "push"}, {Key: "CI_PIPELINE_ID", Value: "1000"}}}
+	pl := planWithChildren(t, h, dir, env, func() (int, int) { return 2000, 20 })
+	sum, err := h.runner.Run(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := states(sum)
+	if st["deploy › use"] != StatePassed || st["deploy › no-artifacts"] != StatePassed || !sum.Passed {
+		var b bytes.Buffer
+		PrintSummary(&b, sum)
+		t.Errorf("states %v\n%s", st, b.String())
+	}
+}
+
+// planWithChildren loads, evaluates and plans the pipeline of dir with env, gives its
+// jobs the working tree and their predefined variables, and lets the runner make
+// child pipelines the same way (numbered by ids, if set).
+func planWithChildren(t *testing.T, h *harness, dir string, env pipeline.Env, ids func() (int, int)) *pipeline.Plan {
+	t.Helper()
 	p, err := pipeline.LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), pipeline.Options{Dir: dir, Env: &env})
 	if err != nil {
 		t.Fatal(err)
@@ -258,16 +243,6 @@ no-artifacts:
 	for _, j := range pl.Jobs {
 		prepare(j, env.Predefined)
 	}
-	h.runner.Children = &Children{Options: pipeline.ChildOptions{Load: pipeline.Options{Dir: dir}, Env: env,
-		PipelineIDs: func() (int, int) { return 2000, 20 }}, Prepare: prepare}
-	sum, err := h.runner.Run(context.Background(), pl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := states(sum)
-	if st["deploy › use"] != StatePassed || st["deploy › no-artifacts"] != StatePassed || !sum.Passed {
-		var b bytes.Buffer
-		PrintSummary(&b, sum)
-		t.Errorf("states %v\n%s", st, b.String())
-	}
+	h.runner.Children = &Children{Options: pipeline.ChildOptions{Load: pipeline.Options{Dir: dir}, Env: env, PipelineIDs: ids}, Prepare: prepare}
+	return pl
 }

@@ -239,20 +239,7 @@ func TestNeedsPipelineJob(t *testing.T) {
 func TestDryRunShowsParentNeeds(t *testing.T) {
 	dir := writeTree(t, parentTree("use:\n  script: x\n  needs: [{pipeline: $PARENT_PIPELINE_ID, job: build}]\n"))
 	env := Env{Dir: dir, Predefined: vars("CI_PIPELINE_SOURCE=push", "CI_PIPELINE_ID=1000")}
-	p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir, Env: &env})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev, err := p.Evaluate(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := ev.Pipeline.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dr := NewDryRun(p, ev, plan, env.Predefined, nil)
-	dr.AddChildren(context.Background(), ev, ChildOptions{Load: Options{Dir: dir}, Env: env})
+	dr := dryRunWithChildren(t, dir, env)
 	deploy := dr.Stages[1].Jobs[0]
 	if deploy.ChildError != "" || deploy.Child == nil {
 		t.Fatalf("deploy: child %v, error %s", deploy.Child, deploy.ChildError)

@@ -216,6 +216,20 @@ func TestOnlyExcept(t *testing.T) {
 		{"except: any condition excludes", "except:\n    refs: [main]\n    variables: [$SKIP]", Env{Predefined: branch, Overrides: vars("SKIP=1")}, false},
 		{"only kubernetes never holds", "only:\n    kubernetes: active", Env{Predefined: branch}, false},
 		{"only and except", "only: [branches]\n  except: ['/^feature\\//']", Env{Predefined: branch}, false},
+		// A ref may end in @project/path, a /regex/flags ref too (GitLab's only:refs
+		// "@project" suffix): GitLab splits it at its first @; the local run is taken as
+		// that project, so only the pattern decides.
+		{"regex@project matches", "only: ['/.*/@gitlab-org/gitlab-runner']", Env{Predefined: branch}, true},
+		{"regex@project misses", "only: ['/^release/@gitlab-org/gitlab-runner']", Env{Predefined: branch}, false},
+		{"regex with flags@project", "only: ['/^FEATURE/i@group/proj']", Env{Predefined: branch}, true},
+		// The project's last path element is made of regex flag letters: still a project.
+		{"regex@project ending in flag letters", "only: ['/^feature/@group/sUmi']", Env{Predefined: branch}, true},
+		{"regex@project under refs", "only:\n    refs: ['/^v\\d/@group/proj']", Env{Predefined: tag}, true},
+		{"except regex@project", "except: ['/^feature\\//@group/proj']", Env{Predefined: branch}, false},
+		{"except regex@project misses", "except: ['/^v\\d/@group/proj']", Env{Predefined: branch}, true},
+		{"branches@project", "only: [branches@group/proj]", Env{Predefined: branch}, true},
+		{"tags@project on a branch", "only: [tags@group/proj]", Env{Predefined: branch}, false},
+		{"regex without a project", "only: ['/^feature/']", Env{Predefined: branch}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

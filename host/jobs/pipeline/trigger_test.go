@@ -491,20 +491,7 @@ func TestChildErrors(t *testing.T) {
 func TestDryRunChild(t *testing.T) {
 	dir := writeTree(t, childTree)
 	env := Env{Dir: dir, Predefined: vars("CI_PIPELINE_SOURCE=push", "CI_COMMIT_BRANCH=main")}
-	p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir, Env: &env})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev, err := p.Evaluate(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := ev.Pipeline.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dr := NewDryRun(p, ev, plan, env.Predefined, nil)
-	dr.AddChildren(context.Background(), ev, ChildOptions{Load: Options{Dir: dir}, Env: env})
+	dr := dryRunWithChildren(t, dir, env)
 	data, err := json.Marshal(dr)
 	if err != nil {
 		t.Fatal(err)
@@ -582,4 +569,25 @@ func TestDryRunChild(t *testing.T) {
 			t.Errorf("text lacks %q:\n%s", want, b.String())
 		}
 	}
+}
+
+// dryRunWithChildren is `runner exec --dry-run` of the pipeline in dir: loaded,
+// evaluated and planned with env, its trigger jobs' child plans added.
+func dryRunWithChildren(t *testing.T, dir string, env Env) *DryRun {
+	t.Helper()
+	p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir, Env: &env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := p.Evaluate(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ev.Pipeline.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr := NewDryRun(p, ev, plan, env.Predefined, nil)
+	dr.AddChildren(context.Background(), ev, ChildOptions{Load: Options{Dir: dir}, Env: env})
+	return dr
 }
