@@ -4,13 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/flotilla-ci/flotilla/host/internal/treetest"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 )
 
@@ -31,18 +30,10 @@ deploy:
 
 func writeChildFiles(t *testing.T, dir string) {
 	t.Helper()
-	for name, body := range map[string]string{
+	treetest.WriteIn(t, dir, map[string]string{
 		"ci/main-only.yml": "main-only: {stage: build, script: [echo main]}\n",
 		"ci/child.yml":     "child-job:\n  script: ['echo \"child got $GREETING from $CI_PIPELINE_SOURCE\"', 'echo \"child pipeline $CI_PIPELINE_ID\"']\n",
-	} {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 }
 
 // TestExecDryRunChild: --dry-run --json shows the trigger job with its child's plan,

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flotilla-ci/flotilla/host/internal/treetest"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/pipeline"
 )
@@ -47,15 +48,7 @@ second:
   script: test "$CHILD_FAIL" != yes
 `,
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	treetest.WriteIn(t, dir, files)
 	return dir
 }
 
@@ -199,11 +192,7 @@ no-artifacts:
   needs: [{pipeline: $PARENT_PIPELINE_ID, job: build, artifacts: false}]
 `,
 	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	treetest.WriteIn(t, dir, files)
 	env := pipeline.Env{Dir: dir, Predefined: jobs.Variables{{Key: "CI_PIPELINE_SOURCE", Value: "push"}, {Key: "CI_PIPELINE_ID", Value: "1000"}}}
 	pl := planWithChildren(t, h, dir, env, func() (int, int) { return 2000, 20 })
 	sum, err := h.runner.Run(context.Background(), pl)

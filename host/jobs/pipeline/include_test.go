@@ -12,28 +12,13 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// writeTree writes files (slash-separated paths relative to a new directory) and
-// returns the directory.
-func writeTree(t testing.TB, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, body := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
+	"github.com/flotilla-ci/flotilla/host/internal/treetest"
+)
 
 func loadTree(t *testing.T, files map[string]string, o Options) (*Pipeline, error) {
 	t.Helper()
-	dir := writeTree(t, files)
+	dir := treetest.Write(t, files)
 	o.Dir = dir
 	return LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), o)
 }
@@ -239,7 +224,7 @@ func TestIncludeErrors(t *testing.T) {
 // the project: the working tree, or the ref through git; the included file's own
 // local includes are of that project.
 func TestIncludeProject(t *testing.T) {
-	proj := writeTree(t, map[string]string{
+	proj := treetest.Write(t, map[string]string{
 		"templates/build.yml": "include: templates/base.yml\nbuild:\n  extends: .base\n  script: [make working-tree]\n",
 		"templates/base.yml":  ".base:\n  stage: build\n",
 	})
@@ -325,7 +310,7 @@ func FuzzInclude(f *testing.F) {
 	f.Add([]byte(".a: &a {script: [!reference [.b, script]]}\n.b: {script: [!reference [.a, script]]}\nj: {<<: *a}\n"), []byte(""))
 	f.Add([]byte("include: {project: g/p, file: a.yml}\n"), []byte("spec:\n---\nj: {script: [x]}\n"))
 	f.Fuzz(func(t *testing.T, main, inc []byte) {
-		dir := writeTree(t, map[string]string{".gitlab-ci.yml": string(main), "a.yml": string(inc)})
+		dir := treetest.Write(t, map[string]string{".gitlab-ci.yml": string(main), "a.yml": string(inc)})
 		p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"),
 			Options{Dir: dir, Projects: map[string]string{"g/p": dir}, Inputs: map[string]string{"s": "x"},
 				HTTPClient: &http.Client{Transport: refuseTransport{}}})

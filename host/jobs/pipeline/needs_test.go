@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/flotilla-ci/flotilla/host/internal/treetest"
 )
 
 // joined returns the errors an error joins (itself when it joins none).
@@ -187,7 +189,7 @@ deploy:
 // the child of its deploy job, numbered 2000.
 func makeChild(t *testing.T, files map[string]string) (*Child, error) {
 	t.Helper()
-	dir := writeTree(t, files)
+	dir := treetest.Write(t, files)
 	env := Env{Dir: dir, Predefined: vars("CI_PIPELINE_SOURCE=push", "CI_PIPELINE_ID=1000")}
 	p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir, Env: &env})
 	if err != nil {
@@ -237,7 +239,7 @@ func TestNeedsPipelineJob(t *testing.T) {
 // TestDryRunShowsParentNeeds: the dry run shows a child job's needs:pipeline:job, in
 // the JSON and in the text.
 func TestDryRunShowsParentNeeds(t *testing.T) {
-	dir := writeTree(t, parentTree("use:\n  script: x\n  needs: [{pipeline: $PARENT_PIPELINE_ID, job: build}]\n"))
+	dir := treetest.Write(t, parentTree("use:\n  script: x\n  needs: [{pipeline: $PARENT_PIPELINE_ID, job: build}]\n"))
 	env := Env{Dir: dir, Predefined: vars("CI_PIPELINE_SOURCE=push", "CI_PIPELINE_ID=1000")}
 	dr := dryRunWithChildren(t, dir, env)
 	deploy := dr.Stages[1].Jobs[0]

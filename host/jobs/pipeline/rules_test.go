@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flotilla-ci/flotilla/host/internal/treetest"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
@@ -66,9 +67,9 @@ func TestRules(t *testing.T) {
 		}}, added: true, when: "on_success", rule: 0},
 		{name: "changes path with a variable", rules: "- changes: [\"$DIR/*\"]", job: "variables: {DIR: svc}", env: Env{Changed: fixedChanges("svc/main.go")}, added: true, when: "on_success", rule: 0},
 		{name: "if and changes both needed", rules: "- if: $CI_COMMIT_TAG\n  changes: [a]\n- when: manual", env: Env{Predefined: branchMain, Changed: fixedChanges("a")}, added: true, when: "manual", rule: 1},
-		{name: "exists", rules: "- exists: [Dockerfile]", env: Env{Dir: writeTree(t, map[string]string{"Dockerfile": "FROM x"})}, added: true, when: "on_success", rule: 0},
-		{name: "exists deep glob", rules: "- exists: {paths: [\"**/go.mod\"]}", env: Env{Dir: writeTree(t, map[string]string{"a/b/go.mod": "module x"})}, added: true, when: "on_success", rule: 0},
-		{name: "exists misses", rules: "- exists: [Dockerfile]", env: Env{Dir: writeTree(t, map[string]string{"x": ""})}, rule: -1},
+		{name: "exists", rules: "- exists: [Dockerfile]", env: Env{Dir: treetest.Write(t, map[string]string{"Dockerfile": "FROM x"})}, added: true, when: "on_success", rule: 0},
+		{name: "exists deep glob", rules: "- exists: {paths: [\"**/go.mod\"]}", env: Env{Dir: treetest.Write(t, map[string]string{"a/b/go.mod": "module x"})}, added: true, when: "on_success", rule: 0},
+		{name: "exists misses", rules: "- exists: [Dockerfile]", env: Env{Dir: treetest.Write(t, map[string]string{"x": ""})}, rule: -1},
 		{name: "allow_failure", rules: "- allow_failure: true", added: true, when: "on_success", rule: 0, check: func(t *testing.T, j *Job) {
 			if !j.AllowFailure {
 				t.Error("allow_failure not applied")

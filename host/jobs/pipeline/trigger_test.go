@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/flotilla-ci/flotilla/host/internal/treetest"
 )
 
 // TestParseTrigger: the forms of trigger: as GitLab reads them.
@@ -311,7 +313,7 @@ base: {script: x}
 		"global.yml": "global-job: {script: x}\n",
 		"Dockerfile": "FROM scratch\n",
 	}
-	dir := writeTree(t, files)
+	dir := treetest.Write(t, files)
 	load := func(env *Env) []string {
 		t.Helper()
 		p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir, Env: env})
@@ -392,7 +394,7 @@ nested:
 // and the trigger job's variables (expanded) as pipeline variables, or the run's with
 // forward:pipeline_variables; children nest MaxChildDepth levels deep.
 func TestNewChild(t *testing.T) {
-	dir := writeTree(t, childTree)
+	dir := treetest.Write(t, childTree)
 	env := Env{Dir: dir, Predefined: vars("CI_PIPELINE_SOURCE=push", "CI_COMMIT_BRANCH=main"), Overrides: vars("RUN=1")}
 	p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir, Env: &env})
 	if err != nil {
@@ -473,7 +475,7 @@ func TestChildErrors(t *testing.T) {
 			if tt.child != "" {
 				files["c.yml"] = tt.child
 			}
-			dir := writeTree(t, files)
+			dir := treetest.Write(t, files)
 			p, err := LoadWith(context.Background(), filepath.Join(dir, ".gitlab-ci.yml"), Options{Dir: dir})
 			if err != nil {
 				t.Fatal(err)
@@ -489,7 +491,7 @@ func TestChildErrors(t *testing.T) {
 // TestDryRunChild: the dry run's trigger job carries its child's plan, in the text
 // and in the JSON (schema 1, fields added).
 func TestDryRunChild(t *testing.T) {
-	dir := writeTree(t, childTree)
+	dir := treetest.Write(t, childTree)
 	env := Env{Dir: dir, Predefined: vars("CI_PIPELINE_SOURCE=push", "CI_COMMIT_BRANCH=main")}
 	dr := dryRunWithChildren(t, dir, env)
 	data, err := json.Marshal(dr)
