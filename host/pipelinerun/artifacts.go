@@ -3,9 +3,7 @@ package pipelinerun
 import (
 	"archive/tar"
 	"bufio"
-	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -95,41 +93,28 @@ func (s *jobArtifacts) Store(_ context.Context, a jobs.Artifact, archive io.Read
 
 // extract writes the regular files of a gzip tar under dir and returns their paths.
 func extract(r io.Reader, dir string) ([]string, error) {
-	zr, err := gzip.NewReader(r)
-	if err != nil {
-		return nil, err
-	}
-	tr := tar.NewReader(zr)
 	var out []string
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return out, err
-		}
-		if h.Typeflag != tar.TypeReg {
-			continue
-		}
+	err := jobs.EachArchiveFile(r, func(h *tar.Header, content io.Reader) error {
 		// Cleaned from the root: no name leads out of dir.
 		path := filepath.Join(dir, filepath.FromSlash(pathpkg.Clean("/"+h.Name)))
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			return out, err
+			return err
 		}
 		f, err := os.Create(path)
 		if err != nil {
-			return out, err
+			return err
 		}
-		_, err = io.Copy(f, tr)
+		_, err = io.Copy(f, content)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return out, err
+			return err
 		}
 		out = append(out, path)
-	}
+		return nil
+	})
+	return out, err
 }
 
 var dotenvKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

@@ -2,11 +2,10 @@ package pipelinerun
 
 import (
 	"archive/tar"
-	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	pathpkg "path"
 	"path/filepath"
@@ -185,24 +184,28 @@ func artifactFile(ctx context.Context, deps []jobs.Dependency, job, path string)
 		return nil, err
 	}
 	defer rc.Close()
-	zr, err := gzip.NewReader(rc)
-	if err != nil {
-		return nil, fmt.Errorf("read the artifacts of %s: %w", job, err)
-	}
 	want := pathpkg.Clean("/" + path)
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s is not in the artifacts of %s: %w", path, job, os.ErrNotExist)
+	var data []byte
+	found := false
+	err = jobs.EachArchiveFile(rc, func(h *tar.Header, content io.Reader) error {
+		if pathpkg.Clean("/"+h.Name) != want {
+			return nil
 		}
+		found = true
+		b, err := io.ReadAll(io.LimitReader(content, pipeline.MaxFileSize+1))
 		if err != nil {
-			return nil, fmt.Errorf("read the artifacts of %s: %w", job, err)
+			return err
 		}
-		if h.Typeflag == tar.TypeReg && pathpkg.Clean("/"+h.Name) == want {
-			return io.ReadAll(io.LimitReader(tr, pipeline.MaxFileSize+1))
-		}
+		data = b
+		return fs.SkipAll
+	})
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("read the artifacts of %s: %w", job, err)
+	case !found:
+		return nil, fmt.Errorf("%s is not in the artifacts of %s: %w", path, job, os.ErrNotExist)
 	}
+	return data, nil
 }
 
 // rootRunner is the Runner of the pipeline runner exec was given, whose bounds and

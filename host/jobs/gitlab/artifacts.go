@@ -58,7 +58,7 @@ func (c *Client) UploadJobArtifacts(ctx context.Context, job *Job, a jobs.Artifa
 func TarGzToGzip(tgz []byte) ([]byte, int, error) {
 	var buf bytes.Buffer
 	n := 0
-	err := eachFile(tgz, func(h *tar.Header, r io.Reader) error {
+	err := jobs.EachArchiveFile(bytes.NewReader(tgz), func(h *tar.Header, r io.Reader) error {
 		zw := gzip.NewWriter(&buf)
 		zw.Name, zw.ModTime = h.Name, h.ModTime
 		if _, err := io.Copy(zw, r); err != nil {
@@ -75,7 +75,7 @@ func TarGzToGzip(tgz []byte) ([]byte, int, error) {
 func TarGzToRaw(tgz []byte) ([]byte, string, error) {
 	var data []byte
 	var name string
-	err := eachFile(tgz, func(h *tar.Header, r io.Reader) error {
+	err := jobs.EachArchiveFile(bytes.NewReader(tgz), func(h *tar.Header, r io.Reader) error {
 		if name != "" {
 			return fmt.Errorf("the raw artifact format takes one file; found %s and %s", name, h.Name)
 		}
@@ -88,29 +88,6 @@ func TarGzToRaw(tgz []byte) ([]byte, string, error) {
 		err = errors.New("no file to upload in the raw format")
 	}
 	return data, path.Base(name), err
-}
-
-// eachFile calls fn for every regular file of a gzip tar stream.
-func eachFile(tgz []byte, fn func(h *tar.Header, r io.Reader) error) error {
-	zr, err := gzip.NewReader(bytes.NewReader(tgz))
-	if err != nil {
-		return fmt.Errorf("read artifacts: %w", err)
-	}
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read artifacts: %w", err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			if err := fn(h, tr); err != nil {
-				return err
-			}
-		}
-	}
 }
 
 // ZipToTarGz converts a zip archive, as GitLab serves artifacts, into the gzip tar
