@@ -147,7 +147,7 @@ func TestParseExpireIn(t *testing.T) {
 // TestDryRunShowsArtifacts: --dry-run shows each job's artifacts with expire_in, and
 // its dependencies when written.
 func TestDryRunShowsArtifacts(t *testing.T) {
-	p, err := Parse(".gitlab-ci.yml", []byte(`
+	dr := dryRunOf(t, `
 stages: [build, test]
 build:
   stage: build
@@ -157,19 +157,7 @@ test:
   stage: test
   script: x
   dependencies: []
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev, err := p.Evaluate(Env{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := ev.Pipeline.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dr := NewDryRun(p, ev, plan, nil, nil)
+`)
 	data, _ := json.Marshal(dr)
 	for _, w := range []string{`"artifacts":[{"type":"archive","paths":["out/"],"exclude":["out/*.o"],"when":"on_success","expire_in":"1 week"},{"type":"junit","paths":["r.xml"],"when":"always","expire_in":"1 week"}]`,
 		`"dependencies":[]`} {

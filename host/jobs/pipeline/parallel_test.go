@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/flotilla-ci/flotilla/host/jobs"
 )
 
 func TestParallelExpansion(t *testing.T) {
@@ -169,19 +167,7 @@ func TestParallelErrors(t *testing.T) {
 }
 
 func TestDryRunShowsParallelExpansions(t *testing.T) {
-	p, err := Parse(".gitlab-ci.yml", []byte("test:\n  parallel:\n    matrix:\n      - GO: ['1.25', '1.26']\n  script: x\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev, err := p.Evaluate(Env{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := ev.Pipeline.Plan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dr := NewDryRun(p, ev, plan, jobs.Variables{}, nil)
+	dr := dryRunOf(t, "test:\n  parallel:\n    matrix:\n      - GO: ['1.25', '1.26']\n  script: x\n")
 	data, err := json.Marshal(dr)
 	if err != nil {
 		t.Fatal(err)

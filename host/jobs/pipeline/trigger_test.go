@@ -593,3 +593,21 @@ func dryRunWithChildren(t *testing.T, dir string, env Env) *DryRun {
 	dr.AddChildren(context.Background(), ev, ChildOptions{Load: Options{Dir: dir}, Env: env})
 	return dr
 }
+
+// dryRunOf is the dry run of pipeline file text y, evaluated without variables.
+func dryRunOf(t *testing.T, y string) *DryRun {
+	t.Helper()
+	p, err := Parse(".gitlab-ci.yml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := p.Evaluate(Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ev.Pipeline.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewDryRun(p, ev, plan, nil, nil)
+}
