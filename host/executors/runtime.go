@@ -121,6 +121,11 @@ type RunOptions struct {
 	Artifacts ArtifactStore
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// OnStage, if set, is told each build stage of the job as it starts (the job log's
+	// section names: prepare_executor, which gets the sources too, restore_cache,
+	// download_artifacts, step_script, after_script, archive_cache,
+	// upload_artifacts_on_success or _on_failure).
+	OnStage func(stage string)
 }
 
 // PredefinedVariables returns the CI_* variables a job sees before its own variables.
@@ -157,6 +162,7 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 	mask := NewMaskWriter(out, job.Variables.MaskedValues())
 	defer mask.Close()
 	trace := NewTrace(mask, now)
+	trace.OnSection = opts.OnStage
 	timeout := job.Timeout
 	if timeout == 0 {
 		timeout = opts.DefaultTimeout

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -143,6 +144,22 @@ func TestRun(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestRunReportsStages: OnStage hears each build stage as its log section starts, in
+// order, so that gitlab_runner_jobs follows the job without reading its log.
+func TestRunReportsStages(t *testing.T) {
+	env := localEnv{dir: t.TempDir(), shell: ShellSh}
+	var stages []string
+	job := jobs.Job{Script: []string{"true"}, AfterScript: []string{"true"}}
+	res := Run(context.Background(), &job, &env, io.Discard, RunOptions{OnStage: func(s string) { stages = append(stages, s) }})
+	if res.Status != StatusSuccess {
+		t.Fatalf("result %+v", res)
+	}
+	i := slices.Index(stages, "step_script")
+	if i < 0 || !slices.Contains(stages[i+1:], "after_script") {
+		t.Errorf("stages %v: want step_script, then after_script", stages)
 	}
 }
 

@@ -25,6 +25,9 @@ type Trace struct {
 	out         io.Writer
 	now         func() time.Time
 	atLineStart bool
+	// OnSection, if set, is told the name of each section as it starts (GitLab
+	// Runner's build stages: get_sources, step_script, …).
+	OnSection func(name string)
 }
 
 // NewTrace writes to out; now is the clock (time.Now when nil).
@@ -91,6 +94,9 @@ func (t *Trace) Section(name, header string, collapsed bool, fn func() error) er
 	opt := ""
 	if collapsed {
 		opt = "[collapsed=true]"
+	}
+	if t.OnSection != nil {
+		t.OnSection(name)
 	}
 	t.line(fmt.Sprintf("section_start:%d:%s%s\r%s%s%s%s", t.now().Unix(), name, opt, ansiClearLine, ansiBoldGreen, header, ansiReset))
 	err := fn()

@@ -1,12 +1,9 @@
 package metrics
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -209,7 +206,6 @@ type Job struct {
 	mu                     sync.Mutex
 	stage, executorStage   string
 	finished               bool
-	carry                  []byte
 }
 
 // StartJob counts a job received for an entry (runner label and name) and shows
@@ -255,43 +251,6 @@ func (j *Job) Stage() (stage, executorStage string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.stage, j.executorStage
-}
-
-// sectionStart finds the sections the job log opens ("section_start:<unix>:<name>"):
-// the executors name them after GitLab Runner's build stages.
-// A marker cut at the end of a write is only matched once its name is complete
-// (followed by its options or the carriage return).
-var sectionStart = regexp.MustCompile(`section_start:[0-9]+:([a-z0-9_]+)[\[\r]`)
-
-// Trace returns w, watching what is written for the job log's sections to follow
-// the job's stage.
-func (j *Job) Trace(w io.Writer) io.Writer { return traceWatch{j, w} }
-
-type traceWatch struct {
-	j *Job
-	w io.Writer
-}
-
-func (t traceWatch) Write(p []byte) (int, error) {
-	t.j.watch(p)
-	return t.w.Write(p)
-}
-
-// watch looks for section starts in p, keeping a short tail so that a marker split
-// across writes is still seen.
-func (j *Job) watch(p []byte) {
-	const keep = 96
-	j.mu.Lock()
-	buf := make([]byte, 0, len(j.carry)+len(p))
-	buf = append(append(buf, j.carry...), p...)
-	j.carry = append(j.carry[:0], buf[max(0, len(buf)-keep):]...)
-	j.mu.Unlock()
-	if !bytes.Contains(buf, []byte("section_start:")) {
-		return
-	}
-	if m := sectionStart.FindAllSubmatch(buf, -1); len(m) > 0 {
-		j.SetStage(string(m[len(m)-1][1]))
-	}
 }
 
 // Finish ends the job with GitLab's final state and failure reason: it observes its

@@ -80,17 +80,11 @@ func TestRunnerCollector(t *testing.T) {
 	if s, e := j.Stage(); s != "prepare_executor" || e != "docker_prepare" {
 		t.Errorf("new job: stage %s/%s, want prepare_executor/docker_prepare", s, e)
 	}
-	w := j.Trace(io.Discard)
-	io.WriteString(w, "Running with flotilla\nsection_start:1700000000:get_sou")
-	if s, _ := j.Stage(); s != "prepare_executor" {
-		t.Errorf("half a marker changed the stage to %s", s)
-	}
-	io.WriteString(w, "rces\r\x1b[0KGetting sources\n")
+	j.SetStage("get_sources")
 	if s, e := j.Stage(); s != "get_sources" || e != "docker_run" {
 		t.Errorf("after get_sources: %s/%s", s, e)
 	}
-	io.WriteString(w, "section_end:1700000001:get_sources\r\x1b[0K\nsection_start:1700000001:step_script[collapsed=false]\r\x1b[0Kscript\n")
-
+	j.SetStage("step_script")
 	fams := families(t, reg)
 	want := map[string][]string{
 		"gitlab_runner_jobs":                               {"executor_stage", "runner", "stage", "state", "system_id"},

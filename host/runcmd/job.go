@@ -112,14 +112,14 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 			// Abort (a second stop signal) also cuts the job's after_script and cleanup short.
 			Stops: pool.Stops{Abort: s.abortCtx.Done()},
 			Runtime: executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
-				CacheDir: cacheDir(s.opts.ConfigPath, cfg)},
+				CacheDir: cacheDir(s.opts.ConfigPath, cfg), OnStage: mjob.SetStage},
 		}
 		if len(job.Artifacts) > 0 {
 			o.Runtime.Artifacts = &gitlabArtifacts{client: rs.client, job: job}
 		}
 		// Earlier jobs' artifacts are downloaded with their own tokens before the script.
 		job.Dependencies = rs.client.Dependencies(resp.Dependencies)
-		res, _ = rs.m.Run(jobCtx, &job.Job, key, mjob.Trace(tr), o)
+		res, _ = rs.m.Run(jobCtx, &job.Job, key, tr, o)
 	}
 
 	state, reason := finalState(res, context.Cause(jobCtx))
