@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"go.yaml.in/yaml/v3"
 
@@ -159,42 +158,27 @@ func ParseExpireIn(s string) (time.Duration, error) {
 	if t == "never" {
 		return 0, nil
 	}
-	var total time.Duration
-	rest := strings.ReplaceAll(strings.ReplaceAll(t, " and ", " "), ",", " ")
-	for rest = strings.TrimSpace(rest); rest != ""; rest = strings.TrimSpace(rest) {
-		i := strings.IndexFunc(rest, func(r rune) bool { return !unicode.IsDigit(r) })
-		if i < 0 {
-			i = len(rest)
-		}
-		if i == 0 {
-			return 0, fmt.Errorf("expire_in %q: expected a number at %q", s, rest)
-		}
-		n, err := strconv.Atoi(rest[:i])
-		if err != nil || n > 1<<20 {
-			return 0, fmt.Errorf("expire_in %q: number %q out of range", s, rest[:i])
-		}
-		rest = strings.TrimSpace(rest[i:])
-		j := strings.IndexFunc(rest, func(r rune) bool { return !unicode.IsLetter(r) })
-		if j < 0 {
-			j = len(rest)
-		}
-		unit, ok := expireUnits[rest[:j]]
-		if !ok {
-			unit, ok = durationUnits[rest[:j]]
-		}
-		if rest[:j] == "" {
-			unit, ok = time.Second, true
-		}
-		if !ok {
-			return 0, fmt.Errorf("expire_in %q: unknown unit %q", s, rest[:j])
-		}
-		total += time.Duration(n) * unit
-		rest = rest[j:]
+	total, err := wordDuration(t, expireUnit)
+	if err != nil {
+		return 0, fmt.Errorf("expire_in %q: %w", s, err)
 	}
 	if total <= 0 {
 		return 0, fmt.Errorf("expire_in %q: want a positive duration or never", s)
 	}
 	return total, nil
+}
+
+// expireUnit is a unit of expire_in: a job timeout's, months and years, and none for
+// seconds.
+func expireUnit(u string) (time.Duration, bool) {
+	if u == "" {
+		return time.Second, true
+	}
+	if d, ok := expireUnits[u]; ok {
+		return d, true
+	}
+	d, ok := durationUnits[u]
+	return d, ok
 }
 
 // parseDependencies reads dependencies: a list of job names, possibly empty. Without

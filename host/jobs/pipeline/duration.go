@@ -35,32 +35,45 @@ func ParseTimeout(s string) (time.Duration, error) {
 		}
 		return d, nil
 	}
+	total, err := wordDuration(s, func(u string) (time.Duration, bool) { d, ok := durationUnits[u]; return d, ok })
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: %w", s, err)
+	}
+	if total <= 0 {
+		return 0, fmt.Errorf("duration %q must be positive", s)
+	}
+	return total, nil
+}
+
+// wordDuration adds up numbers with units as GitLab writes durations ("1h 30m",
+// "3 weeks and 2 days", "6 mos, 1 day"); unit maps a unit word (possibly "", a
+// number alone) to its length.
+func wordDuration(s string, unit func(string) (time.Duration, bool)) (time.Duration, error) {
 	var total time.Duration
-	rest := strings.ReplaceAll(s, " and ", " ")
-	rest = strings.ReplaceAll(rest, ",", " ")
+	rest := strings.ReplaceAll(strings.ReplaceAll(strings.ToLower(s), " and ", " "), ",", " ")
 	for rest = strings.TrimSpace(rest); rest != ""; rest = strings.TrimSpace(rest) {
 		i := strings.IndexFunc(rest, func(r rune) bool { return !unicode.IsDigit(r) })
-		if i <= 0 {
-			return 0, fmt.Errorf("duration %q: expected a number at %q", s, rest)
+		if i < 0 {
+			i = len(rest)
+		}
+		if i == 0 {
+			return 0, fmt.Errorf("expected a number at %q", rest)
 		}
 		n, err := strconv.Atoi(rest[:i])
 		if err != nil || n > 1<<20 {
-			return 0, fmt.Errorf("duration %q: number %q out of range", s, rest[:i])
+			return 0, fmt.Errorf("number %q out of range", rest[:i])
 		}
 		rest = strings.TrimSpace(rest[i:])
 		j := strings.IndexFunc(rest, func(r rune) bool { return !unicode.IsLetter(r) })
 		if j < 0 {
 			j = len(rest)
 		}
-		unit, ok := durationUnits[rest[:j]]
+		u, ok := unit(rest[:j])
 		if !ok {
-			return 0, fmt.Errorf("duration %q: unknown unit %q (use s, m, h, d or words such as minutes)", s, rest[:j])
+			return 0, fmt.Errorf("unknown unit %q (use s, m, h, d or words such as minutes)", rest[:j])
 		}
-		total += time.Duration(n) * unit
+		total += time.Duration(n) * u
 		rest = rest[j:]
-	}
-	if total <= 0 {
-		return 0, fmt.Errorf("duration %q must be positive", s)
 	}
 	return total, nil
 }
