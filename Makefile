@@ -9,6 +9,9 @@ export PATH := $(TOOLS):$(PATH)
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+VERSITYGW_VERSION := v1.8.0
+FAKE_GCS_SERVER_VERSION := v1.56.1
+AZURITE_VERSION := 3.37.0
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -36,7 +39,7 @@ plugins: ## Build every plugin binary into bin/
 
 test: lint check-deps tidy-check generate-check test-go ## Lint, check boundaries, go.mod and generated code, run all tests
 
-test-go: ## Run the Go tests only (starts dockerd for the Docker tests when it can)
+test-go: test-tools ## Run the Go tests only (starts dockerd for the Docker tests when it can)
 	@scripts/test-services.sh
 	$(GO) test $(TEST_FLAGS) ./...
 
@@ -65,7 +68,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 1m; issue-grade runs use FU
 
 # Benchmarks that replay a whole scenario per iteration (cloud ramps, trace replays)
 # run once; the rest take 100 samples, enough for their p50/p99 figures.
-SCENARIO_BENCH_PKGS := ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench ./nesting/qemu ./host/pool
+SCENARIO_BENCH_PKGS := ./host/executors/instance ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench ./nesting/qemu ./host/pool
 BENCH_PKGS = $(filter-out $(SCENARIO_BENCH_PKGS:./%=github.com/flotilla-ci/flotilla/%),$(shell $(GO) list ./...))
 
 bench: ## Run the benchmarks (B1-B10 of the README's performance table) and print their reports into bench.out
@@ -99,6 +102,19 @@ publish-plugins: build ## Package, sign and push every plugin (REGISTRY=…, SIG
 	  $(BIN)/runner fleeting $(PUSH_FLAGS) push dist/$$n.tar $(REGISTRY)/$$n:$(PLUGIN_VERSION); done
 
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+
+# The object stores the cache tests run on loopback (host/cachestore/storetest): an
+# S3-compatible gateway, a GCS emulator and Azure's own emulator, Azurite. Pinned,
+# installed once into .tools.
+.PHONY: test-tools
+test-tools: $(TOOLS)/versitygw $(TOOLS)/fake-gcs-server $(TOOLS)/azurite-blob
+$(TOOLS)/versitygw:
+	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+$(TOOLS)/fake-gcs-server:
+	GOBIN=$(TOOLS) $(GO) install github.com/fsouza/fake-gcs-server@$(FAKE_GCS_SERVER_VERSION)
+$(TOOLS)/azurite-blob:
+	npm install --silent --no-audit --no-fund --prefix $(CURDIR)/.tools/node azurite@$(AZURITE_VERSION)
+	mkdir -p $(TOOLS) && ln -sf ../node/node_modules/.bin/azurite-blob $@
 
 $(TOOLS)/buf:
 	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)

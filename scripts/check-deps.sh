@@ -10,7 +10,9 @@
 #     share lives in plugins/internal/;
 #   - nesting/ (the VM daemon, run on VM hosts) imports of host/ only host/version, and
 #     nothing of plugins/: the runner and plugins use it, not the other way round;
-#   - the runner binary links no cloud SDK, and no package of this module in it imports
+#   - the runner binary links no cloud compute SDK (instances are the plugins' business;
+#     only the object-storage clients of the shared cache are linked), and no package
+#     of this module in it imports
 #     testing (test helpers live in *test packages, as net/http/httptest does).
 set -euo pipefail
 mod=github.com/flotilla-ci/flotilla
@@ -55,8 +57,9 @@ while read -r pkg imports; do
 done < <(go list -f '{{.ImportPath}} {{join .Imports " "}} {{join .TestImports " "}}' ./...)
 
 if go list ./host/cmd/runner >/dev/null 2>&1; then
-  clouds=$(go list -deps ./host/cmd/runner | grep -E '^(github.com/aws/aws-sdk-go-v2|cloud.google.com/go|github.com/Azure/azure-sdk-for-go)' || true)
-  [ -z "$clouds" ] || say "the runner binary links cloud SDKs:
+  clouds=$(go list -deps ./host/cmd/runner |
+    grep -E '^(github.com/aws/aws-sdk-go-v2/service/(ec2|autoscaling|ssm)|cloud.google.com/go/compute/apiv|github.com/Azure/azure-sdk-for-go/sdk/resourcemanager)' || true)
+  [ -z "$clouds" ] || say "the runner binary links cloud compute SDKs (plugins' business):
 $clouds"
   # Third-party packages may import testing (go-plugin does, for its own test
   # helpers, which the linker drops); ours must not.

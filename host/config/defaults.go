@@ -93,6 +93,13 @@ func (r *Runner) NeedsAutoscaler() bool {
 	return slices.Contains(Executors, r.Executor)
 }
 
+// HostCacheDisabled reports whether [runners.docker] disable_cache turns off the job
+// cache kept on the runner host (docker-autoscaler only; a [runners.cache] store still
+// applies, as GitLab's disable_cache only turns off the local cache).
+func (r *Runner) HostCacheDisabled() bool {
+	return r.Executor == ExecutorDockerAutoscaler && r.Docker.DisableCache
+}
+
 // CapacityPerInstanceOrDefault is capacity_per_instance, 1 when unset.
 func (a *Autoscaler) CapacityPerInstanceOrDefault() int {
 	if a.CapacityPerInstance <= 0 {

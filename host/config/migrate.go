@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,7 +79,8 @@ var driverPlugins = map[string]struct {
 // docker-autoscaler runner, following the mapping in docs/configuration.md: executor,
 // MaxBuilds → max_use_count, limit → max_instances, IdleCount/IdleTime/IdleScaleFactor
 // and each [[runners.machine.autoscaling]] (and legacy OffPeak*) → policies with 5-field
-// periods, MaxGrowthRate → scale_throttle, MachineDriver → plugin. Other runners and
+// periods, MaxGrowthRate → scale_throttle, MachineDriver → plugin, MachineOptions
+// engine-registry-mirror → [runners.docker] registry_mirrors. Other runners and
 // keys are kept; comments are not. The input must load without errors.
 func Migrate(file string, data []byte) (*MigrateResult, error) {
 	cfg, _, err := Parse(file, data)
@@ -108,6 +110,7 @@ func Migrate(file string, data []byte) (*MigrateResult, error) {
 			res.Warnings = append(res.Warnings, prefix+": "+fmt.Sprintf(format, args...))
 		}
 		a := migrateRunner(r, warn)
+		migrateMirrors(r, m, warn)
 		m["executor"] = ExecutorDockerAutoscaler
 		delete(m, "machine")
 		m["autoscaler"] = a
@@ -290,7 +293,9 @@ func migrateDriver(mc *Machine, a *migratedAutoscaler, warn func(string, ...any)
 		a.Plugin = "REPLACE-ME"
 		warn("MachineDriver %q has no known fleeting plugin: set plugin to the plugin for that platform", mc.MachineDriver)
 		for _, o := range mc.MachineOptions {
-			warn("MachineOptions %q has no autoscaler equivalent", o)
+			if k, _, _ := strings.Cut(o, "="); k != engineRegistryMirror {
+				warn("MachineOptions %q has no autoscaler equivalent", o)
+			}
 		}
 	} else {
 		a.Plugin = d.plugin
@@ -304,6 +309,7 @@ func migrateDriver(mc *Machine, a *migratedAutoscaler, warn func(string, ...any)
 				user = v
 			case slices.Contains(d.privateOpts, k):
 				private = private || v == "" || v == "true"
+			case k == engineRegistryMirror: // migrateMirrors
 			default:
 				warn("MachineOptions %q has no autoscaler equivalent: set it on the %s (template, image, network) instead", o, d.group)
 			}
@@ -322,3 +328,78 @@ func migrateDriver(mc *Machine, a *migratedAutoscaler, warn func(string, ...any)
 }
 
 func secondsDuration(n int) time.Duration { return time.Duration(n) * time.Second }
+
+// engineRegistryMirror is the Docker Machine option that started each machine's
+// Docker Engine with --registry-mirror.
+const engineRegistryMirror = "engine-registry-mirror"
+
+// migrateMirrors carries every MachineOptions engine-registry-mirror=URL into
+// registry_mirrors of the runner's [runners.docker] (m is the runner's table), after
+// the mirrors already there: the docker-autoscaler executor then pulls Docker Hub
+// images through them. Only a plain-HTTP mirror elsewhere than on loopback is worth a
+// warning: the instances' Docker Engine must be told it may use HTTP there, which
+// --registry-mirror did by itself.
+func migrateMirrors(r *Runner, m map[string]any, warn func(string, ...any)) {
+	if r.Machine == nil {
+		return
+	}
+	mirrors := slices.Clone(r.Docker.RegistryMirrors)
+	var hosts []string
+	for _, mirror := range mirrors {
+		h, _ := RegistryMirrorHost(mirror)
+		hosts = append(hosts, h)
+	}
+	added := false
+	for _, o := range r.Machine.MachineOptions {
+		k, v, _ := strings.Cut(o, "=")
+		if k != engineRegistryMirror {
+			continue
+		}
+		host, err := RegistryMirrorHost(v)
+		if err != nil {
+			warn("MachineOptions %q is not carried over to registry_mirrors: %v", o, err)
+			continue
+		}
+		if slices.Contains(hosts, host) {
+			continue
+		}
+		mirrors, hosts, added = append(mirrors, v), append(hosts, host), true
+		if strings.HasPrefix(strings.ToLower(v), "http://") && !loopbackHost(host) {
+			warn("MachineOptions %q became [runners.docker] registry_mirrors; the instances' Docker Engine pulls from it over "+
+				"HTTPS unless %q is in its insecure-registries (daemon.json)", o, host)
+		}
+	}
+	if !added {
+		return
+	}
+	docker := tableIgnoringCase(m, "docker")
+	for k := range docker {
+		if strings.EqualFold(k, "registry_mirrors") {
+			delete(docker, k)
+		}
+	}
+	docker["registry_mirrors"] = mirrors
+}
+
+// loopbackHost says whether a registry host[:port] is on loopback, where Docker
+// allows plain HTTP without configuration.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	return host == "localhost" || net.ParseIP(host).IsLoopback()
+}
+
+// tableIgnoringCase returns m's table under key, matched ignoring case as the loader
+// does, adding an empty one when there is none.
+func tableIgnoringCase(m map[string]any, key string) map[string]any {
+	for k, v := range m {
+		if t, ok := v.(map[string]any); ok && strings.EqualFold(k, key) {
+			return t
+		}
+	}
+	t := map[string]any{}
+	m[key] = t
+	return t
+}

@@ -69,6 +69,7 @@ func TestMigrate(t *testing.T) {
 		in       string
 		migrated int
 		warnings []string // fragments that must each appear in some warning
+		absent   []string // fragments that no warning may contain
 		check    check
 	}{
 		{
@@ -125,7 +126,8 @@ func TestMigrate(t *testing.T) {
 			name: "seed: legacy OffPeak on virtualbox", in: string(offpeak), migrated: 1,
 			warnings: []string{
 				`MachineDriver "virtualbox" has no known fleeting plugin`,
-				`MachineOptions "engine-registry-mirror=http://192.168.1.10:6000" has no autoscaler equivalent`,
+				`MachineOptions "engine-registry-mirror=http://192.168.1.10:6000" became [runners.docker] registry_mirrors`,
+				`unless "192.168.1.10:6000" is in its insecure-registries`,
 				"OffPeak* settings have been ignored by GitLab Runner since 14.0; they are carried over as policy[1]",
 				"limit = 0",
 			},
@@ -135,8 +137,47 @@ func TestMigrate(t *testing.T) {
 					!slices.Equal(a.Policy[1].Periods, []string{"* 0-9,18-23 * * mon-fri", "* * * * sat,sun"}) {
 					t.Errorf("%+v", a)
 				}
-				if c.Runners[0].Cache["Path"] != "/node_modules" {
+				if c.Runners[0].Cache == nil || c.Runners[0].Cache.Path != "/node_modules" {
 					t.Error("[runners.cache] lost")
+				}
+				if m := c.Runners[0].Docker.RegistryMirrors; !slices.Equal(m, []string{"http://192.168.1.10:6000"}) {
+					t.Errorf("registry_mirrors = %q", m)
+				}
+			},
+			absent: []string{"engine-registry-mirror=http://192.168.1.10:6000\" has no autoscaler equivalent"},
+		},
+		{
+			name: "engine-registry-mirror: merged into registry_mirrors", migrated: 2,
+			in: `[[runners]]
+  name = "with-docker"
+  executor = "docker+machine"
+  limit = 1
+  [runners.docker]
+    image = "alpine"
+    registry_mirrors = ["https://mirror.example.com"]
+  [runners.machine]
+    MachineDriver = "amazonec2"
+    MachineOptions = ["amazonec2-region=eu-west-1", "engine-registry-mirror=https://MIRROR.example.com/",
+      "engine-registry-mirror=http://127.0.0.1:5000", "engine-registry-mirror=ftp://bad.example.com"]
+[[runners]]
+  name = "without-docker"
+  executor = "docker+machine"
+  limit = 1
+  [runners.machine]
+    MachineDriver = "amazonec2"
+    MachineOptions = ["engine-registry-mirror=mirror.internal:6000"]
+`,
+			warnings: []string{`runners[0] "with-docker": MachineOptions "engine-registry-mirror=ftp://bad.example.com" is not carried over to registry_mirrors: mirror "ftp://bad.example.com": scheme "ftp"`},
+			absent:   []string{"has no autoscaler equivalent", "insecure-registries"},
+			check: func(t *testing.T, c *Config) {
+				if m := c.Runners[0].Docker.RegistryMirrors; !slices.Equal(m, []string{"https://mirror.example.com", "http://127.0.0.1:5000"}) {
+					t.Errorf("with [runners.docker]: registry_mirrors = %q", m)
+				}
+				if c.Runners[0].Docker.Image != "alpine" {
+					t.Error("[runners.docker] image lost")
+				}
+				if m := c.Runners[1].Docker.RegistryMirrors; !slices.Equal(m, []string{"mirror.internal:6000"}) {
+					t.Errorf("without [runners.docker]: registry_mirrors = %q", m)
 				}
 			},
 		},
@@ -241,13 +282,20 @@ func TestMigrate(t *testing.T) {
 					t.Errorf("no warning containing %q in:\n%s", w, all)
 				}
 			}
+			for _, w := range tt.absent {
+				if strings.Contains(all, w) {
+					t.Errorf("a warning contains %q:\n%s", w, all)
+				}
+			}
 			// The output loads cleanly with this package's own loader.
 			cfg, diags, err := Parse("out.toml", res.Output)
 			if err != nil {
 				t.Fatalf("migrated output does not load: %v\n%s", err, res.Output)
 			}
 			for _, d := range diags {
-				if !strings.Contains(d.Message, "caps the jobs") {
+				// A [runners.cache.s3] without Type is carried over as it is, and
+				// warned about as ignored (as GitLab Runner ignores it).
+				if !strings.Contains(d.Message, "caps the jobs") && !strings.Contains(d.Message, "is ignored: Type is not set") {
 					t.Errorf("unexpected diagnostic on output: %s", d)
 				}
 			}

@@ -86,9 +86,11 @@ type Runner struct {
 
 	// FeatureFlags is [runners.feature_flags]: FF_* name → enabled.
 	FeatureFlags map[string]bool `toml:"feature_flags"`
+	// Cache is [runners.cache]: where job caches are kept. Nil (or no Type) keeps them
+	// on the runner host, under cache_dir.
+	Cache *Cache `toml:"cache"`
 	// The following GitLab tables are accepted unchanged so that existing files load;
 	// Flotilla does not act on them.
-	Cache          map[string]any `toml:"cache"`
 	CustomBuildDir map[string]any `toml:"custom_build_dir"`
 	Kubernetes     map[string]any `toml:"kubernetes"`
 	Custom         map[string]any `toml:"custom"`
@@ -272,17 +274,95 @@ type Docker struct {
 	ServiceGpus                 string `toml:"service_gpus"`
 	OOMScoreAdjust              int    `toml:"oom_score_adjust"`
 	HelperImageAutosetArchAndOS bool   `toml:"helper_image_autoset_arch_and_os"`
+	// Sysctls are namespaced kernel parameters of the job's containers; Tmpfs and
+	// ServicesTmpfs mount tmpfs file systems (path → mount options) in the job's and
+	// the services' containers.
+	Sysctls       map[string]string `toml:"sysctls"`
+	Tmpfs         map[string]string `toml:"tmpfs"`
+	ServicesTmpfs map[string]string `toml:"services_tmpfs"`
+	// RegistryMirrors are pull-through mirrors of Docker Hub (a Flotilla addition,
+	// named after dockerd's daemon.json key, which docker+machine's
+	// engine-registry-mirror set): Docker Hub images are pulled from the first mirror
+	// that has them, then from Docker Hub.
+	RegistryMirrors []string `toml:"registry_mirrors"`
 	// Accepted, not acted on.
 	Services          any `toml:"services"`
-	Sysctls           any `toml:"sysctls"`
 	Ulimit            any `toml:"ulimit"`
-	Tmpfs             any `toml:"tmpfs"`
-	ServicesTmpfs     any `toml:"services_tmpfs"`
 	ContainerLabels   any `toml:"container_labels"`
 	LogOptions        any `toml:"log_options"`
 	VolumeDriverOps   any `toml:"volume_driver_ops"`
 	ServicesDevices   any `toml:"services_devices"`
 	DeviceCgroupRules any `toml:"device_cgroup_rules"`
+}
+
+// Cache is [runners.cache], with GitLab Runner's keys and meaning: a shared cache in
+// object storage that every runner manager and instance of the entry uses.
+type Cache struct {
+	// Type is s3, gcs or azure; empty keeps caches on the runner host.
+	Type string `toml:"Type"`
+	// Path prefixes every object name.
+	Path string `toml:"Path"`
+	// Shared drops the runner/<token> part of object names, so all runners share caches.
+	Shared bool `toml:"Shared"`
+	// MaxUploadedArchiveSize caps a cache archive in bytes; a larger one is not
+	// uploaded (0 = no cap).
+	MaxUploadedArchiveSize int64 `toml:"MaxUploadedArchiveSize"`
+
+	S3    *CacheS3    `toml:"s3"`
+	GCS   *CacheGCS   `toml:"gcs"`
+	Azure *CacheAzure `toml:"azure"`
+}
+
+// CacheS3 is [runners.cache.s3]: Amazon S3 or an S3-compatible store (MinIO, …).
+type CacheS3 struct {
+	// ServerAddress is host[:port] of the store; empty (or "s3.amazonaws.com", as
+	// GitLab's docs write it) means Amazon S3's own endpoints for BucketLocation.
+	ServerAddress string `toml:"ServerAddress"`
+	AccessKey     string `toml:"AccessKey"`
+	SecretKey     string `toml:"SecretKey"`
+	SessionToken  string `toml:"SessionToken"`
+	// AuthenticationType is access-key (the default when AccessKey is set) or iam
+	// (the AWS SDK's default credential chain: environment, profile, instance role).
+	AuthenticationType string `toml:"AuthenticationType"`
+	BucketName         string `toml:"BucketName"`
+	BucketLocation     string `toml:"BucketLocation"`
+	// Insecure talks plain HTTP to ServerAddress.
+	Insecure bool `toml:"Insecure"`
+	// PathStyle addresses the bucket in the path rather than the host name; nil means
+	// path style for a ServerAddress, virtual-host style for Amazon S3.
+	PathStyle *bool `toml:"PathStyle"`
+	// ServerSideEncryption is S3 (AES256) or KMS (aws:kms with
+	// ServerSideEncryptionKeyID); empty means the bucket's default.
+	ServerSideEncryption      string `toml:"ServerSideEncryption"`
+	ServerSideEncryptionKeyID string `toml:"ServerSideEncryptionKeyID"`
+	// DualStack (default true, as in GitLab Runner) and Accelerate select Amazon's
+	// endpoint variants; they do not apply to a ServerAddress.
+	DualStack  *bool `toml:"DualStack"`
+	Accelerate bool  `toml:"Accelerate"`
+	// RoleARN and UploadRoleARN are accepted for compatibility and not used.
+	RoleARN       string `toml:"RoleARN"`
+	UploadRoleARN string `toml:"UploadRoleARN"`
+}
+
+// CacheGCS is [runners.cache.gcs]: Google Cloud Storage, signed with a service
+// account's key (CredentialsFile, or AccessID + PrivateKey).
+type CacheGCS struct {
+	CredentialsFile string `toml:"CredentialsFile"`
+	AccessID        string `toml:"AccessID"`
+	PrivateKey      string `toml:"PrivateKey"`
+	BucketName      string `toml:"BucketName"`
+}
+
+// CacheAzure is [runners.cache.azure]: Azure Blob Storage, signed with the account key.
+type CacheAzure struct {
+	AccountName   string `toml:"AccountName"`
+	AccountKey    string `toml:"AccountKey"`
+	ContainerName string `toml:"ContainerName"`
+	// StorageDomain is the blob service's domain (default blob.core.windows.net); a
+	// Flotilla addition, Endpoint, names a whole service URL (an emulator such as
+	// Azurite: http://127.0.0.1:10000/devstoreaccount1).
+	StorageDomain string `toml:"StorageDomain"`
+	Endpoint      string `toml:"Endpoint"`
 }
 
 // Instance is [runners.instance].

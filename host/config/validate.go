@@ -204,6 +204,9 @@ func (v *validator) runner(path string, r *Runner) int {
 		v.warnf(path+".machine", "remove [runners.machine]", "[runners.machine] is only read for executor \"docker+machine\"")
 	}
 	v.docker(path+".docker", &r.Docker)
+	if r.Cache != nil {
+		v.cache(path+".cache", r.Cache)
+	}
 	capacity := 0
 	if a := r.Autoscaler; a != nil {
 		capacity = v.autoscaler(path+".autoscaler", a, r)
@@ -220,6 +223,7 @@ func (v *validator) runner(path string, r *Runner) int {
 }
 
 func (v *validator) docker(path string, d *Docker) {
+	v.registryMirrors(path+".registry_mirrors", d.RegistryMirrors)
 	for i, p := range d.AllowedPullPolicies {
 		if !slices.Contains(knownPullPolicies, p) {
 			v.errorf(indexPath(path+".allowed_pull_policies", i), "one of "+strings.Join(knownPullPolicies, ", "),
@@ -239,6 +243,7 @@ func (v *validator) docker(path string, d *Docker) {
 				"pull_policy %q is not in allowed_pull_policies", p)
 		}
 	}
+	v.dockerContainers(path, d)
 }
 
 func (v *validator) autoscaler(path string, a *Autoscaler, r *Runner) int {

@@ -307,6 +307,9 @@ func runPipeline(ctx context.Context, o Options, stops pool.Stops) (code int, _ 
 			// Caches outlive the pool: they are kept per project on this machine.
 			CacheDir: filepath.Join(state, "exec-cache", filepath.Base(dir))},
 	}
+	if r.HostCacheDisabled() {
+		runner.Options.CacheDir = ""
+	}
 	if o.Follow {
 		runner.Follow = o.Stdout
 	}

@@ -29,7 +29,7 @@ func TestCacheOutlivesTheInstance(t *testing.T) {
 	// 1: nothing to restore yet; the job makes the cached files, which are saved.
 	res, log := runIn(t, cacheDir, jobs.Job{Variables: vars, Caches: []jobs.Cache{cache},
 		Script: []string{"mkdir -p .deps out", "echo dep > .deps/a", "echo result > out/r.txt", "echo no > out/skip.log"}})
-	if res.Status != StatusSuccess || !strings.Contains(log, `No cache for key "deps-main" yet`) || !strings.Contains(log, `Saved cache "deps-main"`) {
+	if res.Status != StatusSuccess || !strings.Contains(log, `WARNING: cache "deps-main": not found; no job has saved it yet`) || !strings.Contains(log, `Saved cache "deps-main"`) {
 		t.Fatalf("first job: %+v\n%s", res, log)
 	}
 	// 2: a new project directory gets them back, and only the declared paths.

@@ -103,6 +103,11 @@ func (r Result) SystemFailure() bool { return r.FailureReason == RunnerSystemFai
 // not allowed; the job then fails with image_pull_failure rather than system failure.
 var ErrImagePull = errors.New("image pull failed")
 
+// ErrRefused marks Prepare errors caused by a job setting the runner's configuration
+// does not allow (a user outside allowed_users): the job fails with script_failure,
+// as a failure of the job's own making, and is not retried on another instance.
+var ErrRefused = errors.New("refused by the runner's configuration")
+
 // RunOptions are the host-side facts the runtime adds to a job.
 type RunOptions struct {
 	// RunnerName, RunnerVersion and Executor describe this host in the log and CI_RUNNER_*.
@@ -114,8 +119,10 @@ type RunOptions struct {
 	// DefaultTimeout applies when the job sets none (1h when zero).
 	DefaultTimeout time.Duration
 	// CacheDir holds the job caches on the runner host, one archive per key; "" turns
-	// caching off.
+	// caching off unless SharedCache is set.
 	CacheDir string
+	// SharedCache keeps the job caches in object storage instead ([runners.cache]).
+	SharedCache *SharedCache
 	// Artifacts receives the artifacts the job collects after its script; nil: none
 	// are collected.
 	Artifacts ArtifactStore
@@ -210,7 +217,7 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 		if errors.Is(prepErr, ErrImagePull) && res.Status == StatusFailed {
 			res.FailureReason = ImagePullFailure
 		}
-		if errors.Is(prepErr, ErrGetSources) && res.Status == StatusFailed && res.FailureReason == RunnerSystemFailure {
+		if (errors.Is(prepErr, ErrGetSources) || errors.Is(prepErr, ErrRefused)) && res.Status == StatusFailed && res.FailureReason == RunnerSystemFailure {
 			res.FailureReason = ScriptFailure
 		}
 		return finish(res)
@@ -219,7 +226,7 @@ func Run(ctx context.Context, job *jobs.Job, env Env, out io.Writer, opts RunOpt
 	paths := env.Paths()
 	vars := append(PredefinedVariables(job, paths, opts, timeout), job.Variables...).Expanded()
 	script := Script{Dir: paths.ProjectDir, FileVarDir: paths.TmpDir, Variables: vars, Commands: job.Script}
-	caches := newCacheStore(opts.CacheDir, job, vars)
+	caches := newCacheStore(opts.CacheDir, opts.SharedCache, timeout, job, vars)
 	if caches.wanted(func(c jobs.Cache) bool { return c.Pulls() }) {
 		_ = trace.Section("restore_cache", "Restoring cache", true, func() error {
 			caches.restore(jobCtx, env, trace)

@@ -23,7 +23,8 @@ type localEnv struct {
 	dir        string
 	shell      string
 	prepareErr error
-	execErr    error // returned instead of running, as a lost connection would
+	execErr    error  // returned instead of running, as a lost connection would
+	path       string // PATH of the environment's commands; "" = this machine's
 	mu         sync.Mutex
 	cleaned    int
 	started    chan struct{}
@@ -37,6 +38,7 @@ func (e *localEnv) Exec(ctx context.Context, s Script, out io.Writer) (int, erro
 	}
 	s.Shell = e.shell
 	cmd := exec.CommandContext(ctx, e.shell, "-s")
+	cmd.Env = e.environ()
 	cmd.Stdin = strings.NewReader(s.String())
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = time.Second
@@ -68,14 +70,24 @@ func (e *localEnv) Pack(ctx context.Context, spec PackSpec, archive, messages io
 		return err
 	}
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	cmd.Env = e.environ()
 	cmd.Stdout, cmd.Stderr = archive, messages
 	return cmd.Run()
 }
 
 func (e *localEnv) Unpack(ctx context.Context, r io.Reader) error {
 	cmd := exec.CommandContext(ctx, "sh", "-c", UnpackScript(e.dir))
+	cmd.Env = e.environ()
 	cmd.Stdin = r
 	return cmd.Run()
+}
+
+// environ is the environment's variables: this process's, with PATH replaced when set.
+func (e *localEnv) environ() []string {
+	if e.path == "" {
+		return nil
+	}
+	return append(os.Environ(), "PATH="+e.path)
 }
 
 func (e *localEnv) Paths() Paths {

@@ -39,6 +39,9 @@ type Script struct {
 	FileVarDir string
 	Variables  jobs.Variables
 	Commands   []string
+	// Quiet leaves out the echo of each command: for the runtime's own scripts (cache
+	// transfers), which are not the job's.
+	Quiet bool
 }
 
 // String renders the script: strict error handling, exported variables, then each
@@ -74,7 +77,9 @@ func (s Script) String() string {
 		if first, _, multi := strings.Cut(strings.TrimSpace(cmd), "\n"); multi {
 			shown = first + " # collapsed multi-line command"
 		}
-		fmt.Fprintf(&b, "printf '%%s\\n' %s\n", quote(ansiBoldGreen+"$ "+shown+ansiReset))
+		if !s.Quiet {
+			fmt.Fprintf(&b, "printf '%%s\\n' %s\n", quote(ansiBoldGreen+"$ "+shown+ansiReset))
+		}
 		b.WriteString(cmd)
 		b.WriteString("\n")
 	}

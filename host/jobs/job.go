@@ -64,8 +64,15 @@ type Job struct {
 // Cache is one cache declaration.
 type Cache struct {
 	// Key names the cache; "$VAR" references are expanded with the job's variables.
-	Key   string
-	Paths []string
+	// For GitLab jobs it is the server's key, with GitLab's -protected or
+	// -non_protected suffix and key:files already resolved.
+	Key string
+	// FallbackKeys are restored, in order, when Key has no cache yet
+	// (cache:fallback_keys); the CACHE_FALLBACK_KEY variable comes after them.
+	FallbackKeys []string
+	Paths        []string
+	// Untracked adds the files Git does not track (cache:untracked).
+	Untracked bool
 	// Policy is pull-push (default), pull or push.
 	Policy string
 	// When is on_success (default), on_failure or always.
@@ -100,6 +107,12 @@ type Image struct {
 	// service by, and the command the service container runs.
 	Alias   string
 	Command []string
+	// PullPolicy is the job's image:pull_policy: used instead of the runner's, within
+	// the runner's allowed_pull_policies.
+	PullPolicy []string
+	// User is image:docker:user: the job's containers run as this user instead of the
+	// runner's [runners.docker] user, within its allowed_users.
+	User string
 }
 
 // Variable is one CI/CD variable.

@@ -19,16 +19,6 @@ import (
 // gitlab_runner_job_duration_seconds.
 var JobDurationBuckets = []float64{30, 60, 300, 600, 1800, 3600, 7200, 10800, 18000, 36000}
 
-// RunnerLabel is the value of the runner label of GitLab Runner's metrics and logs
-// for a runner token: its first 8 characters after the glrt- (or glrtr-, GR1348941)
-// prefix.
-func RunnerLabel(token string) string {
-	for _, p := range []string{"glrt-", "glrtr-", "GR1348941"} {
-		token = strings.TrimPrefix(token, p)
-	}
-	return token[:min(8, len(token))]
-}
-
 // BuildInfo labels gitlab_runner_version_info.
 type BuildInfo struct {
 	Name, Version, Revision, Branch, BuiltAt string

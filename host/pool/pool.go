@@ -27,6 +27,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
+	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/metrics"
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/state"
@@ -101,7 +102,7 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	}
 	// GitLab Runner's field names: runner is the token's short form, runner_name the name.
 	if r.Token != "" {
-		log = log.With("runner", metrics.RunnerLabel(r.Token), "runner_name", r.Name)
+		log = log.With("runner", gitlab.ShortToken(r.Token), "runner_name", r.Name)
 	} else {
 		log = log.With("runner_name", r.Name)
 	}
@@ -191,7 +192,7 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 		}
 	}
 	if opts.Metrics != nil {
-		col := metrics.New(prometheus.Labels{"runner": metrics.RunnerLabel(r.Token), "runner_name": r.Name}, metrics.Buckets{
+		col := metrics.New(prometheus.Labels{"runner": gitlab.ShortToken(r.Token), "runner_name": r.Name}, metrics.Buckets{
 			Operation: a.InstanceOperationTimeBuckets, Creation: a.InstanceCreationTimeBuckets,
 			IsRunning: a.InstanceIsRunningTimeBuckets, Deletion: a.InstanceDeletionTimeBuckets,
 			Readiness: a.InstanceReadinessTimeBuckets, Life: a.InstanceLifeDurationBuckets,

@@ -78,7 +78,7 @@ func TestStartAndShutdown(t *testing.T) {
 	for _, mf := range mfs {
 		for _, mm := range mf.GetMetric() {
 			for _, l := range mm.GetLabel() {
-				if l.GetName() == "runner" && l.GetValue() == "abcdefgh" {
+				if l.GetName() == "runner" && l.GetValue() == "abcdefghi" {
 					sawRunnerLabel = true
 				}
 			}

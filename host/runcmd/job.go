@@ -70,7 +70,7 @@ const JobCanceledReason = "job_canceled"
 // runJob runs one job GitLab gave rs, streaming its log, and reports its final state
 // until GitLab accepts it. key holds the job's slot reservation.
 func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *gitlab.JobResponse) {
-	label := metrics.RunnerLabel(cfg.Token)
+	label := gitlab.ShortToken(cfg.Token)
 	log := s.log.With("job", resp.ID, who(cfg))
 	mjob := gitlabMetrics.StartJob(label, cfg.Name, s.systemID, cfg.Executor)
 	jobsRunning.WithLabelValues(cfg.Name).Inc()
@@ -113,6 +113,16 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 			Stops: pool.Stops{Abort: s.abortCtx.Done()},
 			Runtime: executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
 				CacheDir: cacheDir(s.opts.ConfigPath, cfg), OnStage: mjob.SetStage},
+		}
+		if cfg.HostCacheDisabled() {
+			o.Runtime.CacheDir = ""
+		}
+		shared, err := rs.caches.forJob(jobCtx, cfg, resp.JobInfo.ProjectID)
+		switch {
+		case err != nil:
+			fmt.Fprintf(tr, "\x1b[0;33mWARNING: [runners.cache] cannot be used, so caches stay on the runner host: %v\x1b[0;m\n", err)
+		case shared != nil:
+			o.Runtime.SharedCache = shared
 		}
 		if len(job.Artifacts) > 0 {
 			o.Runtime.Artifacts = &gitlabArtifacts{client: rs.client, job: job}

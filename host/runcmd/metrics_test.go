@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab/gitlabtest"
-	"github.com/flotilla-ci/flotilla/host/metrics"
 	"github.com/flotilla-ci/flotilla/sdk/eventually"
 )
 
@@ -64,7 +64,7 @@ func sample(fams map[string]*dto.MetricFamily, name string, want map[string]stri
 func TestGitLabRunnerMetrics(t *testing.T) {
 	e := start(t, 3, "  limit = 2\n")
 	base := "http://" + e.svc.Addr()
-	runner := metrics.RunnerLabel(runnerToken)
+	runner := gitlab.ShortToken(runnerToken)
 	me := map[string]string{"runner": runner, "system_id": e.svc.systemID}
 	with := func(kv ...string) map[string]string {
 		m := map[string]string{"runner": runner, "system_id": e.svc.systemID}

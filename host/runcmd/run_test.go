@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,8 +12,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
@@ -90,39 +92,63 @@ func startWith(t *testing.T, cfg func(url, root string) string) *env {
 		"hello.txt": "hello from the repository\n",
 		"build.sh":  "#!/bin/sh\nmkdir -p out && echo built > out/result.txt\n",
 	})
+	m := startManager(t, cfg(e.srv.URL, e.root))
+	e.cfgPath, e.svc, e.done, e.cancel = m.cfgPath, m.svc, m.done, m.cancel
+	return e
+}
+
+// manager is one `runner run` service of a test.
+type manager struct {
+	cfgPath string
+	svc     *Service
+	done    chan error
+	cancel  context.CancelFunc
+}
+
+// startManager starts a `runner run` service with config.toml text cfgText in a
+// directory of its own (its own cache and state directories), stopped at cleanup.
+func startManager(t *testing.T, cfgText string) *manager {
+	t.Helper()
 	dir := t.TempDir()
-	e.cfgPath = filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(e.cfgPath, []byte(cfg(e.srv.URL, e.root)), 0o600); err != nil {
+	m := &manager{cfgPath: filepath.Join(dir, "config.toml"), done: make(chan error, 1)}
+	if err := os.WriteFile(m.cfgPath, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	svc, err := New(Options{ConfigPath: e.cfgPath, Logger: logger, CheckInterval: 100 * time.Millisecond,
+	svc, err := New(Options{ConfigPath: m.cfgPath, Logger: logger, CheckInterval: 100 * time.Millisecond,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, TraceInterval: 100 * time.Millisecond,
 		ForceSendInterval: 300 * time.Millisecond, ReloadPoll: -1, StateDir: filepath.Join(dir, "state"), Metrics: prometheus.DefaultRegisterer})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.svc = svc
+	m.svc = svc
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.done = make(chan error, 1)
-	go func() { e.done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-e.done:
-		case <-time.After(60 * time.Second):
-			t.Error("service did not stop")
-		}
-	})
+	m.cancel = cancel
+	go func() { m.done <- svc.Run(ctx) }()
+	t.Cleanup(m.stop(t))
 	select {
 	case <-svc.Ready():
-	case err := <-e.done:
+	case err := <-m.done:
 		t.Fatalf("service stopped: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("service not ready")
 	}
-	return e
+	return m
+}
+
+// stop returns a function that stops the service and waits for it, once.
+func (m *manager) stop(t *testing.T) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			m.cancel()
+			select {
+			case <-m.done:
+			case <-time.After(60 * time.Second):
+				t.Error("service did not stop")
+			}
+		})
+	}
 }
 
 type testWriter struct{ t *testing.T }

@@ -32,7 +32,6 @@ import (
 
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
-	"github.com/flotilla-ci/flotilla/host/metrics"
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
@@ -119,6 +118,7 @@ type runnerState struct {
 	stop       context.CancelFunc
 	loopDone   chan struct{}
 	jobs       sync.WaitGroup
+	caches     sharedCaches
 }
 
 // New loads the configuration; Run serves it.
@@ -285,7 +285,7 @@ func runnerKey(r *config.Runner) string { return r.URL + "|" + r.Token }
 // who names a runner entry in the log with GitLab Runner's fields: runner (the
 // token's short form, as in the metrics) and runner_name.
 func who(r *config.Runner) slog.Attr {
-	return slog.Group("", "runner", metrics.RunnerLabel(r.Token), "runner_name", r.Name)
+	return slog.Group("", "runner", gitlab.ShortToken(r.Token), "runner_name", r.Name)
 }
 
 // Run serves until ctx ends (SIGTERM/SIGINT: running jobs are canceled and their
@@ -436,7 +436,7 @@ func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 	if r.URL == "" || r.Token == "" {
 		return fmt.Errorf("runner %q: url and token are required (use `runner register`)", r.Name)
 	}
-	label := metrics.RunnerLabel(r.Token)
+	label := gitlab.ShortToken(r.Token)
 	client, err := gitlab.NewClient(r.URL, gitlab.ClientOptions{CAFile: r.TLSCAFile, HTTP: s.opts.HTTP, Executor: r.Executor, Shell: r.ShellOrDefault(),
 		Transport: func(rt http.RoundTripper) http.RoundTripper { return gitlabMetrics.APITransport(rt, label, s.systemID) }})
 	if err != nil {
@@ -502,7 +502,7 @@ func (s *Service) reload(ctx context.Context) {
 			s.log.Warn("config reload: this change takes effect after a restart of `runner run`", who(r), "setting", what)
 		}
 		rs.cfg = r
-		gitlabMetrics.SetEntry(metrics.RunnerLabel(r.Token), s.systemID, r.Limit)
+		gitlabMetrics.SetEntry(gitlab.ShortToken(r.Token), s.systemID, r.Limit)
 		if r.Autoscaler != nil {
 			if err := rs.m.ConfigureSchedule(r.Autoscaler.ScalerPolicies()); err != nil {
 				s.log.Error("config reload: policies", who(r), "error", err)
@@ -514,7 +514,7 @@ func (s *Service) reload(ctx context.Context) {
 		if !seen[k] {
 			removed = append(removed, rs)
 			delete(s.runners, k)
-			gitlabMetrics.RemoveEntry(metrics.RunnerLabel(rs.cfg.Token), s.systemID)
+			gitlabMetrics.RemoveEntry(gitlab.ShortToken(rs.cfg.Token), s.systemID)
 		}
 	}
 	s.notifyLocked()
@@ -598,14 +598,14 @@ func (s *Service) take(ctx context.Context, rs *runnerState) bool {
 		if room && rs.requesting < rs.cfg.RequestConcurrencyOrDefault() {
 			s.requesting++
 			rs.requesting++
-			gitlabMetrics.SetRequests(metrics.RunnerLabel(rs.cfg.Token), s.systemID, rs.requesting)
+			gitlabMetrics.SetRequests(gitlab.ShortToken(rs.cfg.Token), s.systemID, rs.requesting)
 			s.mu.Unlock()
 			return true
 		}
 		if room && !counted {
 			// Held back by request_concurrency alone: one excess request, as GitLab
 			// Runner counts them.
-			gitlabMetrics.RequestConcurrencyExceeded(metrics.RunnerLabel(rs.cfg.Token), s.systemID)
+			gitlabMetrics.RequestConcurrencyExceeded(gitlab.ShortToken(rs.cfg.Token), s.systemID)
 			counted = true
 		}
 		ch := s.changed
@@ -624,7 +624,7 @@ func (s *Service) endRequest(rs *runnerState, started bool) {
 	defer s.mu.Unlock()
 	s.requesting--
 	rs.requesting--
-	gitlabMetrics.SetRequests(metrics.RunnerLabel(rs.cfg.Token), s.systemID, rs.requesting)
+	gitlabMetrics.SetRequests(gitlab.ShortToken(rs.cfg.Token), s.systemID, rs.requesting)
 	if started {
 		s.running++
 		rs.running++

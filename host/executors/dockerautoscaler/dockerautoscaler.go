@@ -21,6 +21,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
@@ -67,12 +68,35 @@ type Options struct {
 	// and after the sources are put in place (Git itself runs on the runner host).
 	PreGetSourcesScript  string
 	PostGetSourcesScript string
+
+	// Container and Service are the rest of [runners.docker]: how the job's and the
+	// services' containers are made (capabilities, devices, DNS, limits, …).
+	Container ContainerOptions
+	Service   ServiceOptions
+	// NetworkMode puts every container of the job, services included, on this network
+	// (a network name, "bridge", "host" or "none") instead of the job's own network;
+	// see services.go for how the job then reaches its services.
+	NetworkMode string
+	// User runs the job's containers as this user (name or uid[:gid]) instead of the
+	// image's; a User outside a non-empty AllowedUsers is refused.
+	User         string
+	AllowedUsers []string
+	// WaitForServices is how long the job waits, before its first script container,
+	// for each service's exposed TCP ports to accept connections; 0 does not wait.
+	WaitForServices time.Duration
+	// Dial reaches an address as the instance sees it (the SSH connection's TCP
+	// forwarding): how the executor checks the services' ports. Nil does not wait.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
 	// LoadImages are `docker save` archives on the runner host (relative paths from
 	// the runner's working directory) loaded into the instance's Docker Engine before
 	// the job's image is looked for ([runners.docker] load_images, `runner exec
 	// --load-image`): images for instances without registry access. An image they
 	// hold is not pulled, whatever the pull policy.
 	LoadImages []string
+	// RegistryMirrors are [runners.docker] registry_mirrors: Docker Hub images are
+	// pulled from the first of them that has the image, then from Docker Hub.
+	RegistryMirrors []string
 }
 
 // NewClient returns a Docker API client whose every connection goes through tunnel to
@@ -116,12 +140,21 @@ type Env struct {
 	image  string
 	volume string
 	paths  executors.Paths
-	// network is the job's own bridge network when it has services ("" otherwise):
-	// the job's containers reach each service there by its aliases.
+	// network is the job's own bridge network when it has services and no
+	// network_mode ("" otherwise): the job's containers reach each service there by
+	// its aliases.
 	network string
+	// networkMode is the network of every container of the job: network_mode, else
+	// network ("" is Docker's default bridge).
+	networkMode string
+	// links are "container:alias" links from the job's containers to the services,
+	// on a network_mode shared with others (see services.go).
+	links []string
 
 	// loaded are the image names the LoadImages archives held, to the archive.
 	loaded map[string]string
+	// auth is the job's registry credentials, resolved per registry (pull.go).
+	auth registryAuth
 
 	mu         sync.Mutex
 	containers []string
@@ -139,7 +172,7 @@ func New(docker *client.Client, job *jobs.Job, opts Options) (*Env, error) {
 	if job.Source.Dir != "" {
 		project = path.Base(strings.TrimRight(job.Source.Dir, "/"))
 	}
-	return &Env{docker: docker, job: job, opts: opts, image: img,
+	return &Env{docker: docker, job: job, opts: opts, image: img, networkMode: opts.NetworkMode,
 		volume: "flotilla-job-" + sanitize(job.ID) + "-" + strings.ToLower(rand.Text()[:8]),
 		paths:  executors.Paths{BuildsDir: "/builds", ProjectDir: "/builds/" + project, TmpDir: "/builds/" + project + ".tmp"}}, nil
 }
@@ -168,7 +201,10 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if err := imageAllowed(e.image, e.opts.AllowedImages); err != nil {
 		return errors.Join(executors.ErrImagePull, err)
 	}
-	policies, err := pullPolicies(e.opts.PullPolicy, e.opts.AllowedPullPolicies)
+	if err := e.userAllowed(); err != nil {
+		return errors.Join(executors.ErrRefused, err)
+	}
+	policies, err := pullPolicies(e.opts.PullPolicy, e.job.Image.PullPolicy, e.opts.AllowedPullPolicies)
 	if err != nil {
 		return errors.Join(executors.ErrImagePull, err)
 	}
@@ -178,7 +214,7 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 	if e.debugTrace() {
 		fmt.Fprintln(log, gitsource.DebugTraceWarning)
 	}
-	if err := e.startServices(ctx, policies, log); err != nil {
+	if err := e.startServices(ctx, log); err != nil {
 		return err
 	}
 	if _, err := e.docker.VolumeCreate(ctx, client.VolumeCreateOptions{Name: e.volume, Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
@@ -219,22 +255,52 @@ func (e *Env) Prepare(ctx context.Context, log io.Writer) error {
 		defer cleanup()
 		srcDir = dir
 	}
-	pr, pw := io.Pipe()
-	go func() {
+	if err := e.copyToBuilds(ctx, id, func(w io.Writer) error {
 		if srcDir != "" {
-			pw.CloseWithError(executors.TarDir(pw, srcDir, path.Base(e.paths.ProjectDir)))
-			return
+			return executors.TarDir(w, srcDir, path.Base(e.paths.ProjectDir))
 		}
-		pw.CloseWithError(emptyDirTar(pw, path.Base(e.paths.ProjectDir)))
-	}()
-	defer pr.Close()
-	if _, err := e.docker.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: e.paths.BuildsDir, Content: pr}); err != nil {
+		return emptyDirTar(w, path.Base(e.paths.ProjectDir))
+	}); err != nil {
 		return fmt.Errorf("copy the source into the builds volume: %w", err)
+	}
+	// A job that runs as another user owns its temporary directory too (file
+	// variables): the builds volume's root is not its.
+	if e.user() != "" {
+		if err := e.copyToBuilds(ctx, id, func(w io.Writer) error { return emptyDirTar(w, path.Base(e.paths.TmpDir)) }); err != nil {
+			return fmt.Errorf("create the job's temporary directory: %w", err)
+		}
 	}
 	if gitSource {
 		return e.getSourcesScript(ctx, "post_get_sources_script", e.opts.PostGetSourcesScript, log)
 	}
 	return nil
+}
+
+// copyToBuilds copies the tar stream that write makes into the builds volume, through
+// the stopped container id. With [runners.docker] user, that user owns what is copied,
+// as it would own a clone of its own: a numeric uid[:gid] is written into the tar
+// headers; Docker resolves a name in the image's passwd file (CopyUIDGID).
+func (e *Env) copyToBuilds(ctx context.Context, id string, write func(io.Writer) error) error {
+	uid, gid, numeric := numericUser(e.user())
+	pr, pw := io.Pipe()
+	go func() {
+		if !numeric {
+			pw.CloseWithError(write(pw))
+			return
+		}
+		tr, tw := io.Pipe()
+		go func() { tw.CloseWithError(write(tw)) }()
+		err := chownTar(pw, tr, uid, gid)
+		if err == nil {
+			_, err = io.Copy(io.Discard, tr) // the writer's padding after the end marker
+		}
+		tr.CloseWithError(err)
+		pw.CloseWithError(err)
+	}()
+	defer pr.Close()
+	_, err := e.docker.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: e.paths.BuildsDir, Content: pr,
+		CopyUIDGID: e.user() != "" && !numeric})
+	return err
 }
 
 // getSourcesScript runs config.toml's pre_get_sources_script or
@@ -278,12 +344,7 @@ func (e *Env) ensureImage(ctx context.Context, img string, policies []string, lo
 				continue
 			}
 		}
-		fmt.Fprintf(log, "Pulling image %s ...\n", img)
-		rc, err := e.docker.ImagePull(ctx, img, client.ImagePullOptions{})
-		if err == nil {
-			_, err = io.Copy(io.Discard, rc)
-			rc.Close()
-		}
+		err := e.pull(ctx, img, log)
 		if err == nil {
 			return nil
 		}
@@ -296,19 +357,13 @@ func (e *Env) create(ctx context.Context, cmd []string) (string, error) {
 	cfg := &container.Config{
 		Image: e.image, Cmd: cmd, WorkingDir: e.paths.ProjectDir,
 		OpenStdin: true, StdinOnce: true, AttachStdin: true, AttachStdout: true, AttachStderr: true,
-		Labels: map[string]string{LabelJob: e.job.ID},
+		Labels: map[string]string{LabelJob: e.job.ID}, User: e.user(), Hostname: e.opts.Container.Hostname,
 	}
 	if e.job.Image.Entrypoint != nil {
 		cfg.Entrypoint = e.job.Image.Entrypoint
 	}
-	host := &container.HostConfig{
-		Binds:      append([]string{e.volume + ":" + e.paths.BuildsDir}, e.opts.Volumes...),
-		Privileged: e.opts.Privileged,
-	}
-	if e.network != "" {
-		host.NetworkMode = container.NetworkMode(e.network)
-	}
-	resp, err := e.docker.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host})
+	resp, err := e.docker.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: e.jobHostConfig(),
+		NetworkingConfig: e.jobNetworking()})
 	if err != nil {
 		return "", fmt.Errorf("create container from %s: %w", e.image, err)
 	}

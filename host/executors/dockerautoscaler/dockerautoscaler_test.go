@@ -14,6 +14,8 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/connector/sshdtest"
+	"github.com/flotilla-ci/flotilla/host/cachestore"
+	"github.com/flotilla-ci/flotilla/host/cachestore/storetest"
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/executors/dockertest"
 	"github.com/flotilla-ci/flotilla/host/internal/gittest"
@@ -205,24 +207,44 @@ func TestServiceAliases(t *testing.T) {
 	}
 }
 
+// TestCacheThroughContainers saves a cache from one job's volume and restores it into
+// another's: on the runner host, and in an S3 store that the job's busybox container
+// cannot use itself (no curl, and the store listens on the host's loopback), so the
+// runner host relays.
 func TestCacheThroughContainers(t *testing.T) {
 	local, cli := dockerOverTunnel(t)
-	cacheDir := t.TempDir()
-	run := func(id string, script ...string) string {
-		job := jobs.Job{ID: id, Script: script, Caches: []jobs.Cache{{Key: "c", Paths: []string{"vendor/"}}},
-			Source: jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}}
-		res, log := runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, executors.RunOptions{CacheDir: cacheDir})
-		if res.Status != executors.StatusSuccess {
-			t.Fatalf("job %s: %+v\n%s", id, res, log)
-		}
-		assertNothingLeft(t, local, id)
-		return log
+	s3 := storetest.S3(t)
+	store, err := cachestore.New(context.Background(), s3.Cache)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if log := run("cache-1", "mkdir -p vendor", "echo cached-bytes > vendor/lib"); !strings.Contains(log, `Saved cache "c"`) {
-		t.Fatalf("not saved:\n%s", log)
-	}
-	if log := run("cache-2", "cat vendor/lib"); !strings.Contains(log, "cached-bytes") {
-		t.Fatalf("not restored in a new volume:\n%s", log)
+	shared := executors.NewSharedCache(store, s3.Cache, "glrt-docker-test", 1)
+	for _, where := range []struct {
+		name string
+		opts executors.RunOptions
+		want string
+	}{
+		{"runner host", executors.RunOptions{CacheDir: t.TempDir()}, `Restored cache "c"`},
+		{"s3", executors.RunOptions{SharedCache: shared}, `Restored cache "c" from ` + store.Describe() + ` (`},
+	} {
+		t.Run(where.name, func(t *testing.T) {
+			run := func(id string, script ...string) string {
+				job := jobs.Job{ID: id, Script: script, Caches: []jobs.Cache{{Key: "c", Paths: []string{"vendor/"}}},
+					Source: jobs.Source{Kind: jobs.SourceLocal, Dir: t.TempDir()}}
+				res, log := runJob(t, cli, &job, Options{Image: dockertest.Image, PullPolicy: []string{PullNever}}, where.opts)
+				if res.Status != executors.StatusSuccess {
+					t.Fatalf("job %s: %+v\n%s", id, res, log)
+				}
+				assertNothingLeft(t, local, id)
+				return log
+			}
+			if log := run("cache-1", "mkdir -p vendor", "echo cached-bytes > vendor/lib"); !strings.Contains(log, `Saved cache "c"`) {
+				t.Fatalf("not saved:\n%s", log)
+			}
+			if log := run("cache-2", "cat vendor/lib"); !strings.Contains(log, "cached-bytes") || !strings.Contains(log, where.want) {
+				t.Fatalf("not restored in a new volume:\n%s", log)
+			}
+		})
 	}
 }
 

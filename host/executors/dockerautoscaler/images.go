@@ -32,23 +32,47 @@ func imageAllowed(image string, allowed []string) error {
 	return executors.ImageAllowed(image, allowed, "[runners.docker]")
 }
 
-// pullPolicies returns the policies to apply, checked against allowed_pull_policies.
-func pullPolicies(configured, allowed []string) ([]string, error) {
+// pullPolicies returns the policies to apply to an image: the job's own (image: or
+// services: pull_policy) when it has some, else the runner's (always when unset). As in
+// GitLab Runner, a job's policy must be in allowed_pull_policies, or, when that is
+// unset, in the runner's pull_policy.
+func pullPolicies(configured, job, allowed []string) ([]string, error) {
 	policies := configured
 	if len(policies) == 0 {
 		policies = []string{PullAlways}
 	}
 	for _, p := range policies {
-		switch p {
-		case PullAlways, PullIfNotPresent, PullNever:
-		default:
-			return nil, fmt.Errorf("pull_policy %q is not one of always, if-not-present, never", p)
+		if err := knownPullPolicy(p); err != nil {
+			return nil, err
 		}
 		if len(allowed) > 0 && !slices.Contains(allowed, p) {
 			return nil, fmt.Errorf("pull_policy %q is not in [runners.docker] allowed_pull_policies %q", p, allowed)
 		}
 	}
-	return policies, nil
+	if len(job) == 0 {
+		return policies, nil
+	}
+	allowedForJob, which := allowed, "allowed_pull_policies"
+	if len(allowedForJob) == 0 {
+		allowedForJob, which = policies, "pull_policy (allowed_pull_policies is unset)"
+	}
+	for _, p := range job {
+		if err := knownPullPolicy(p); err != nil {
+			return nil, fmt.Errorf("the job's image: %w", err)
+		}
+		if !slices.Contains(allowedForJob, p) {
+			return nil, fmt.Errorf("the job's image pull_policy %q is not allowed by the runner's [runners.docker] %s %q", p, which, allowedForJob)
+		}
+	}
+	return job, nil
+}
+
+func knownPullPolicy(p string) error {
+	switch p {
+	case PullAlways, PullIfNotPresent, PullNever:
+		return nil
+	}
+	return fmt.Errorf("pull_policy %q is not one of always, if-not-present, never", p)
 }
 
 // loadImages loads each LoadImages archive into the instance's Docker Engine through

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -80,4 +81,38 @@ func TestLoadedImageRunsWithoutRegistry(t *testing.T) {
 		}
 	}
 	assertNothingLeft(t, local, job.ID)
+}
+
+// TestPullPolicies: the job's (or a service's) pull_policy replaces the runner's,
+// within allowed_pull_policies, or the runner's pull_policy when that is unset.
+func TestPullPolicies(t *testing.T) {
+	tests := []struct {
+		name                 string
+		runner, job, allowed []string
+		want                 []string
+		wantErr              string
+	}{
+		{"default", nil, nil, nil, []string{PullAlways}, ""},
+		{"runner's", []string{PullIfNotPresent}, nil, nil, []string{PullIfNotPresent}, ""},
+		{"job's within the runner's", []string{PullAlways, PullIfNotPresent}, []string{PullIfNotPresent}, nil, []string{PullIfNotPresent}, ""},
+		{"job's outside the runner's", []string{PullAlways}, []string{PullNever}, nil, nil, `the job's image pull_policy "never" is not allowed by the runner's [runners.docker] pull_policy`},
+		{"job's within allowed", []string{PullAlways}, []string{PullNever}, []string{PullAlways, PullNever}, []string{PullNever}, ""},
+		{"job's outside allowed", []string{PullAlways}, []string{PullIfNotPresent}, []string{PullAlways, PullNever}, nil, "allowed_pull_policies"},
+		{"runner's outside allowed", []string{PullIfNotPresent}, nil, []string{PullAlways}, nil, "not in [runners.docker] allowed_pull_policies"},
+		{"unknown", nil, []string{"sometimes"}, nil, nil, `pull_policy "sometimes" is not one of`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := pullPolicies(tt.runner, tt.job, tt.allowed)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Errorf("= %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
 }

@@ -45,10 +45,18 @@ func serviceAliases(svc jobs.Image) []string {
 
 var invalidHostChars = regexp.MustCompile(`[^a-zA-Z0-9_.-]`)
 
-// startServices creates the job's network and starts every service container on it,
-// with the job's variables in its environment, as GitLab does. The job's own containers
-// join the network, so a service is reachable by its aliases.
-func (e *Env) startServices(ctx context.Context, policies []string, log io.Writer) error {
+// startServices starts every service container, with the job's variables in its
+// environment, as GitLab does, then waits for their ports (wait_for_services_timeout).
+//
+// Without network_mode the job gets a network of its own, on which each service is
+// reachable by its aliases. With network_mode, that network wins, as in GitLab Runner:
+// every container of the job joins it and no network of the job's own is made. On a
+// user-defined network the services get their aliases there (so services reach each
+// other) and the job's containers get links to them, which Docker resolves before
+// network-wide aliases, so that jobs sharing the network each reach their own
+// services; on "bridge" the job gets legacy links; on "host" the services listen on
+// the instance's own network (localhost); on "none" they cannot be reached.
+func (e *Env) startServices(ctx context.Context, log io.Writer) error {
 	if len(e.job.Services) == 0 {
 		return nil
 	}
@@ -57,19 +65,29 @@ func (e *Env) startServices(ctx context.Context, policies []string, log io.Write
 		if err := imageAllowed(svc.Name, allowed); err != nil {
 			return errors.Join(executors.ErrImagePull, fmt.Errorf("service %w (allowed_services)", err))
 		}
+		// A service's own pull_policy, like the job image's, within the runner's.
+		policies, err := pullPolicies(e.opts.PullPolicy, svc.PullPolicy, e.opts.AllowedPullPolicies)
+		if err != nil {
+			return errors.Join(executors.ErrImagePull, fmt.Errorf("service %s: %w", svc.Name, err))
+		}
 		if err := e.ensureImage(ctx, svc.Name, policies, log); err != nil {
 			return errors.Join(executors.ErrImagePull, fmt.Errorf("service %s: %w", svc.Name, err))
 		}
 	}
 	name := e.volume // unique per job, like the volume
-	if _, err := e.docker.NetworkCreate(ctx, name, client.NetworkCreateOptions{Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
-		return fmt.Errorf("create the job's network: %w", err)
+	if e.opts.NetworkMode == "" {
+		if _, err := e.docker.NetworkCreate(ctx, name, client.NetworkCreateOptions{Labels: map[string]string{LabelJob: e.job.ID}}); err != nil {
+			return fmt.Errorf("create the job's network: %w", err)
+		}
+		e.network, e.networkMode = name, name
 	}
-	e.network = name
+	mode := container.NetworkMode(e.networkMode)
+	shared := e.opts.NetworkMode != "" && (mode.IsUserDefined() || mode.IsBridge() || mode.IsDefault())
 	var env []string
 	for _, v := range e.job.Variables.Expanded().Effective() {
 		env = append(env, v.Key+"="+v.Value)
 	}
+	started := make([]startedService, 0, len(e.job.Services))
 	for i, svc := range e.job.Services {
 		aliases := serviceAliases(svc)
 		cfg := &container.Config{Image: svc.Name, Env: env, Labels: map[string]string{LabelJob: e.job.ID},
@@ -80,10 +98,13 @@ func (e *Env) startServices(ctx context.Context, policies []string, log io.Write
 		if svc.Command != nil {
 			cfg.Cmd = svc.Command
 		}
-		host := &container.HostConfig{NetworkMode: container.NetworkMode(name), Privileged: e.opts.Privileged}
-		netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{name: {Aliases: aliases}}}
-		resp, err := e.docker.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host,
-			NetworkingConfig: netCfg, Name: fmt.Sprintf("%s-svc-%d", name, i)})
+		var netCfg *network.NetworkingConfig
+		if mode.IsUserDefined() {
+			netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{e.networkMode: {Aliases: aliases}}}
+		}
+		cname := fmt.Sprintf("%s-svc-%d", name, i)
+		resp, err := e.docker.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: e.serviceHostConfig(),
+			NetworkingConfig: netCfg, Name: cname})
 		if err != nil {
 			return fmt.Errorf("create service %s: %w", svc.Name, err)
 		}
@@ -93,7 +114,21 @@ func (e *Env) startServices(ctx context.Context, policies []string, log io.Write
 		if _, err := e.docker.ContainerStart(ctx, resp.ID, client.ContainerStartOptions{}); err != nil {
 			return fmt.Errorf("start service %s: %w", svc.Name, err)
 		}
+		if shared {
+			for _, a := range aliases {
+				if !strings.Contains(a, ":") { // a link is container:alias
+					e.links = append(e.links, cname+":"+a)
+				}
+			}
+		}
+		started = append(started, startedService{id: resp.ID, image: svc.Name, aliases: aliases})
 		fmt.Fprintf(log, "Started service %s as %s\n", svc.Name, strings.Join(aliases, ", "))
 	}
-	return nil
+	switch {
+	case mode.IsHost():
+		fmt.Fprintln(log, `Services share the instance's network (network_mode "host"): reach them at localhost`)
+	case mode.IsNone() || mode.IsContainer():
+		fmt.Fprintf(log, "WARNING: the job cannot reach its services with network_mode %q\n", e.networkMode)
+	}
+	return e.waitForServices(ctx, started, log)
 }

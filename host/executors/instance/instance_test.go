@@ -19,7 +19,7 @@ import (
 )
 
 // dial starts a real OpenSSH sshd and connects to it as the instance would be reached.
-func dial(t *testing.T) *connector.Client {
+func dial(t testing.TB) *connector.Client {
 	t.Helper()
 	if ok, why := sshdtest.Available(); !ok {
 		t.Skip(why)

@@ -1,9 +1,12 @@
 package gitlab
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flotilla-ci/flotilla/host/jobs"
@@ -91,10 +94,36 @@ type Step struct {
 
 // Image is the job image or a service.
 type Image struct {
-	Name       string   `json:"name"`
-	Alias      string   `json:"alias,omitempty"`
-	Command    []string `json:"command,omitempty"`
-	Entrypoint []string `json:"entrypoint,omitempty"`
+	Name         string       `json:"name"`
+	Alias        string       `json:"alias,omitempty"`
+	Command      []string     `json:"command,omitempty"`
+	Entrypoint   []string     `json:"entrypoint,omitempty"`
+	PullPolicy   []string     `json:"pull_policy,omitempty"`
+	ExecutorOpts ExecutorOpts `json:"executor_opts"`
+}
+
+// ExecutorOpts are an image's executor options (image:docker: in .gitlab-ci.yml).
+type ExecutorOpts struct {
+	Docker struct {
+		// User is image:docker:user, a name or uid[:gid]; GitLab sends what the
+		// YAML held, so a bare uid may arrive as a number.
+		User     json.RawMessage `json:"user,omitempty"`
+		Platform string          `json:"platform,omitempty"`
+	} `json:"docker"`
+}
+
+// user is image:docker:user as text, whether GitLab sent a string or a number.
+func (o ExecutorOpts) user() string {
+	raw := o.Docker.User
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	return ""
 }
 
 // Artifact is one artifacts declaration of the job.
@@ -109,13 +138,16 @@ type Artifact struct {
 	ExpireIn       string   `json:"expire_in"`
 }
 
-// Cache is one cache declaration of the job.
+// Cache is one cache declaration of the job. The server has resolved key:files and
+// added the -protected or -non_protected suffix to Key; FallbackKeys
+// (cache:fallback_keys) and Policy may still hold $VARIABLES.
 type Cache struct {
-	Key       string   `json:"key"`
-	Untracked bool     `json:"untracked"`
-	Policy    string   `json:"policy"`
-	Paths     []string `json:"paths"`
-	When      string   `json:"when"`
+	Key          string   `json:"key"`
+	Untracked    bool     `json:"untracked"`
+	Policy       string   `json:"policy"`
+	Paths        []string `json:"paths"`
+	When         string   `json:"when"`
+	FallbackKeys []string `json:"fallback_keys"`
 }
 
 // JobFeatures are what the server says about the job; FailureReasons lists the
@@ -141,13 +173,18 @@ type Job struct {
 // scheme and host of the repository URL (config clone_url).
 func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
 	j := &Job{GitLabID: r.ID, Token: r.Token, FailureReasons: r.Features.FailureReasons}
-	for _, c := range r.Cache {
-		j.Caches = append(j.Caches, jobs.Cache{Key: c.Key, Paths: c.Paths, Policy: c.Policy, When: c.When})
-	}
 	j.ID = strconv.FormatInt(r.ID, 10)
 	j.Name, j.Stage = r.JobInfo.Name, r.JobInfo.Stage
 	for _, v := range r.Variables {
 		j.Variables = append(j.Variables, jobs.Variable{Key: v.Key, Value: v.Value, Masked: v.Masked, File: v.File})
+	}
+	for i, c := range r.Cache {
+		policy, err := cachePolicy(c.Policy, j.Variables)
+		if err != nil {
+			return nil, fmt.Errorf("job %d: cache %d (key %q): %w", r.ID, i, c.Key, err)
+		}
+		j.Caches = append(j.Caches, jobs.Cache{Key: c.Key, FallbackKeys: c.FallbackKeys, Paths: c.Paths, Untracked: c.Untracked,
+			Policy: policy, When: c.When})
 	}
 	// The job token is a secret whether or not the server marks it: never log it.
 	if r.Token != "" {
@@ -170,9 +207,9 @@ func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
 	if r.RunnerInfo.Timeout > 0 {
 		j.Timeout = time.Duration(r.RunnerInfo.Timeout) * time.Second
 	}
-	j.Image = jobs.Image{Name: r.Image.Name, Entrypoint: r.Image.Entrypoint}
+	j.Image = jobs.Image{Name: r.Image.Name, Entrypoint: r.Image.Entrypoint, PullPolicy: r.Image.PullPolicy, User: r.Image.ExecutorOpts.user()}
 	for _, s := range r.Services {
-		j.Services = append(j.Services, jobs.Image{Name: s.Name, Entrypoint: s.Entrypoint, Alias: s.Alias, Command: s.Command})
+		j.Services = append(j.Services, jobs.Image{Name: s.Name, Entrypoint: s.Entrypoint, Alias: s.Alias, Command: s.Command, PullPolicy: s.PullPolicy})
 	}
 	if r.GitInfo.RepoURL != "" {
 		u, err := url.Parse(r.GitInfo.RepoURL)
@@ -199,6 +236,46 @@ func (r *JobResponse) ToJob(cloneURL string) (*Job, error) {
 			When: when, ExpireIn: a.ExpireIn, Type: a.ArtifactType, Format: a.ArtifactFormat})
 	}
 	return j, nil
+}
+
+// cachePolicy expands a cache policy written as a variable (cache:policy: $POLICY)
+// with the job's variables, as GitLab Runner does before it restores the cache: the
+// result must be pull, push or pull-push, or empty for the default, pull-push. A
+// value that holds a masked variable is not repeated in the error.
+func cachePolicy(policy string, vars jobs.Variables) (string, error) {
+	if !strings.Contains(policy, "$") {
+		return checkPolicy(policy, policy)
+	}
+	expanded := vars.Expanded()
+	v := os.Expand(policy, func(name string) string {
+		if name == "$" {
+			return "$"
+		}
+		x, _ := expanded.Get(name)
+		return x
+	})
+	shown := v
+	for _, m := range vars.MaskedValues() {
+		if strings.Contains(v, m) {
+			shown = "[MASKED]"
+			break
+		}
+	}
+	p, err := checkPolicy(v, shown)
+	if err != nil {
+		return "", fmt.Errorf("cache policy %s: %w", policy, err)
+	}
+	return p, nil
+}
+
+func checkPolicy(policy, shown string) (string, error) {
+	switch policy {
+	case "pull", "push", "pull-push":
+		return policy, nil
+	case "":
+		return "pull-push", nil
+	}
+	return "", fmt.Errorf("unknown cache policy %q (GitLab Runner takes pull, push or pull-push)", shown)
 }
 
 // Reason returns reason if the server accepts it, else unknown_failure.

@@ -30,6 +30,10 @@ type Env struct {
 	// (no Git checkout, no base commit): then every changes: condition holds, as in
 	// GitLab for a new branch. A nil Changed never knows.
 	Changed func(compareTo string) (files []string, known bool, err error)
+	// LastCommit returns the last commit that changed path (slash-separated, relative
+	// to Dir), for cache:key:files_commits; "" when none did or that cannot be told.
+	// A nil LastCommit never knows.
+	LastCommit func(path string) string
 }
 
 // Evaluation is a pipeline with its workflow, rules, only and except applied.
@@ -91,6 +95,8 @@ type evaluator struct {
 	files   []string // the checkout's files, when listed
 	listed  bool
 	changed map[string]changeSet
+	blobs   map[string]string // Git blob IDs of the checkout's files, by name
+	commits map[string]string // the last commits that changed paths, by path
 }
 
 type changeSet struct {
@@ -102,6 +108,8 @@ type changeSet struct {
 // does when it creates a pipeline. Jobs that are not added are left out of the
 // returned pipeline; a job that needs one of them is an error unless the need is
 // optional. When workflow:rules create no pipeline the error is a *NoPipelineError.
+// The added jobs' caches are resolved for the run: key:files from env.Dir, a policy
+// written as a variable from the job's variables.
 func (p *Pipeline) Evaluate(env Env) (*Evaluation, error) {
 	e := &evaluator{env: env, file: p.File, changed: map[string]changeSet{}}
 	ev := &Evaluation{WorkflowRule: -1}
@@ -290,6 +298,11 @@ func (e *evaluator) decide(j *Job, vars jobs.Variables) (Decision, *Job, error) 
 		c.Trigger = &t
 	}
 	c.Variables = append(c.Variables, e.env.Overrides...)
+	caches, err := e.resolveCaches(j, e.lookup(c.Variables))
+	if err != nil {
+		return dec, nil, err
+	}
+	c.Caches = caches
 	return dec, &c, nil
 }
 
@@ -355,13 +368,18 @@ func (e *evaluator) changes(c *Changes, lookup func(string) (string, bool)) (boo
 
 // exists reports whether a file of the checkout matches one of the globs.
 func (e *evaluator) exists(globs []string, lookup func(string) (string, bool)) bool {
+	return anyMatch(globs, e.checkoutFiles(), lookup)
+}
+
+// checkoutFiles lists the checkout's files once per evaluation.
+func (e *evaluator) checkoutFiles() []string {
 	if !e.listed {
 		e.listed = true
 		if e.env.Dir != "" {
 			e.files = listFiles(e.env.Dir)
 		}
 	}
-	return anyMatch(globs, e.files, lookup)
+	return e.files
 }
 
 func anyMatch(globs, files []string, lookup func(string) (string, bool)) bool {

@@ -5,7 +5,8 @@
 // when, rules, only, except, workflow, default:, hidden jobs and extends (Evaluate
 // applies rules, only/except and workflow), parallel and parallel:matrix (expanded
 // into GitLab's "job 1/3" and "job: [a, b]"), trigger (child pipelines: see NewChild),
-// inherit, environment, release and pages. Keywords that `runner exec` cannot honour
+// inherit, environment, release, pages and cache (key:files hashed from the
+// checkout by Evaluate). Keywords that `runner exec` cannot honour
 // get a clear message: an error when ignoring them would change what runs
 // (include:template), a warning otherwise (tags, …). Every
 // message names the file, line, column and key path.
@@ -91,6 +92,9 @@ type Job struct {
 	allowFailureSet bool
 	// parallel is the job's parallel:, until parse expands it.
 	parallel *parallelSpec
+	// cacheSpecs says, per cache, what Evaluate resolves (key:files, a policy
+	// variable).
+	cacheSpecs []cacheSpec
 	// ArtifactsFrom is the job's dependencies: (the jobs whose artifacts it gets),
 	// nil when not given, empty for none; NoArtifactsFrom are its needs written with
 	// artifacts: false. Plan.ArtifactSources applies them (see artifacts.go).
@@ -682,75 +686,38 @@ func image(d *diags, n node, path string) jobs.Image {
 			img.Alias = scalar(d, kv.value, path+".alias")
 		case "command":
 			img.Command = script(d, kv.value, path+".command")
-		case "pull_policy", "docker", "kubernetes", "variables":
+		case "pull_policy":
+			for _, p := range script(d, kv.value, path+".pull_policy") {
+				switch p {
+				case "always", "if-not-present", "never":
+					img.PullPolicy = append(img.PullPolicy, p)
+				default:
+					d.errorHint(kv.value, path+".pull_policy", "use always, if-not-present or never", "unknown pull policy %q", p)
+				}
+			}
+		case "docker":
+			if dm := mapping(d, kv.value, path+".docker"); dm != nil {
+				for _, o := range d.pairs(dm) {
+					switch o.key.Value {
+					case "user":
+						img.User = scalar(d, o.value, path+".docker.user")
+					case "platform":
+						d.warnf(o.key, path+".docker.platform", "ignored by runner exec: the image's platform is the instance's")
+					default:
+						d.errorHint(o.key, path+".docker."+o.key.Value, "allowed: user, platform", "unknown image:docker keyword %q", o.key.Value)
+					}
+				}
+			}
+		case "kubernetes", "variables":
 			d.warnf(kv.key, path+"."+kv.key.Value, "ignored by runner exec")
 		default:
-			d.errorf(kv.key, path+"."+kv.key.Value, "unknown image keyword (allowed: name, entrypoint)")
+			d.errorf(kv.key, path+"."+kv.key.Value, "unknown image keyword (allowed: name, entrypoint, pull_policy, docker, alias, command)")
 		}
 	}
 	if img.Name == "" {
 		d.errorf(n, path+".name", "an image needs a name")
 	}
 	return img
-}
-
-// caches reads a cache declaration: one mapping or a list of them.
-func caches(d *diags, n node, path string) []jobs.Cache {
-	n = resolve(n)
-	items := []node{n}
-	if n.Kind == yaml.SequenceNode {
-		items = n.Content
-	}
-	var out []jobs.Cache
-	for i, it := range items {
-		p := path
-		if n.Kind == yaml.SequenceNode {
-			p = fmt.Sprintf("%s[%d]", path, i)
-		}
-		m := mapping(d, it, p)
-		if m == nil {
-			continue
-		}
-		c := jobs.Cache{Key: "default", Policy: "pull-push", When: WhenOnSuccess}
-		for _, f := range d.pairs(m) {
-			fp := p + "." + f.key.Value
-			switch f.key.Value {
-			case "key":
-				if resolve(f.value).Kind == yaml.MappingNode {
-					d.warnf(f.key, fp, "key: files/prefix is not supported by runner exec; the key is the prefix, or \"default\"")
-					for _, kf := range d.pairs(resolve(f.value)) {
-						if kf.key.Value == "prefix" {
-							c.Key = scalar(d, kf.value, fp+".prefix")
-						}
-					}
-					continue
-				}
-				c.Key = scalar(d, f.value, fp)
-			case "paths":
-				c.Paths = script(d, f.value, fp)
-			case "policy":
-				switch v := scalar(d, f.value, fp); v {
-				case "pull", "push", "pull-push":
-					c.Policy = v
-				default:
-					d.errorHint(f.value, fp, "use pull, push or pull-push", "unknown cache policy %q", v)
-				}
-			case "when":
-				switch v := scalar(d, f.value, fp); v {
-				case WhenOnSuccess, WhenOnFailure, WhenAlways:
-					c.When = v
-				default:
-					d.errorHint(f.value, fp, "use on_success, on_failure or always", "unknown cache when %q", v)
-				}
-			case "untracked", "unprotect", "fallback_keys":
-				d.warnf(f.key, fp, "not supported by runner exec; ignored")
-			default:
-				d.errorHint(f.key, fp, "allowed: key, paths, policy, when", "unknown cache keyword %q", f.key.Value)
-			}
-		}
-		out = append(out, c)
-	}
-	return out
 }
 
 func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *mappingNode, globalVars jobs.Variables) *Job {
@@ -895,7 +862,7 @@ func decodeJob(d *diags, p *Pipeline, name string, m *mappingNode, defaults *map
 		j.Image = image(d, v, name+".image")
 	}
 	if v := get("cache"); v != nil {
-		j.Caches = caches(d, v, name+".cache")
+		j.Caches, j.cacheSpecs = caches(d, v, name+".cache")
 	}
 	if v := get("services"); v != nil {
 		for i, sv := range seq(d, v, name+".services") {

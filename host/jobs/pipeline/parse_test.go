@@ -166,6 +166,34 @@ b:
 	}
 }
 
+// TestParseImageOptions: image: and services: pull_policy (a word or a list) and
+// image:docker:user reach the job; a policy GitLab does not know is an error.
+func TestParseImageOptions(t *testing.T) {
+	p, err := Parse("ci.yml", []byte(`
+a:
+  image:
+    name: alpine:3
+    pull_policy: [if-not-present, always]
+    docker: {user: "1000:1000"}
+  services:
+    - name: redis:7
+      pull_policy: never
+  script: [x]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := p.Job("a").Image
+	if !slices.Equal(img.PullPolicy, []string{"if-not-present", "always"}) || img.User != "1000:1000" {
+		t.Errorf("image = %+v", img)
+	}
+	if s := p.Job("a").Services; len(s) != 1 || !slices.Equal(s[0].PullPolicy, []string{"never"}) {
+		t.Errorf("services = %+v", s)
+	}
+	wantParseError(t, "a:\n  image: {name: x, pull_policy: sometimes}\n  script: [x]\n", `unknown pull policy "sometimes"`)
+	wantParseError(t, "a:\n  image: {name: x, docker: {usr: x}}\n  script: [x]\n", `unknown image:docker keyword "usr"`)
+}
+
 func TestParseCache(t *testing.T) {
 	p, err := Parse("ci.yml", []byte(`
 default:

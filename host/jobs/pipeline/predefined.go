@@ -84,6 +84,15 @@ func LocalEnv(ctx context.Context, l Local) (Env, []string) {
 	env.Changed = func(compareTo string) ([]string, bool, error) {
 		return g.changed(compareTo, branch, def)
 	}
+	env.LastCommit = func(path string) string {
+		// From the top of the checkout, as GitLab looks a path up in the repository;
+		// a pattern is Git's pathspec glob, as in GitLab.
+		id, err := g.run("log", "-1", "--format=%H", "HEAD", "--", ":(top)"+path)
+		if err != nil {
+			return ""
+		}
+		return id
+	}
 	return env, warnings
 }
 

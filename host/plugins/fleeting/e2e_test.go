@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flotilla-ci/flotilla/host/plugins/internal/registrytest"
+	"github.com/flotilla-ci/flotilla/host/internal/registrytest"
 )
 
 // TestPublishInstallThenExec is the publishing path end to end, through the real CLI:

@@ -21,8 +21,8 @@ import (
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 
+	"github.com/flotilla-ci/flotilla/host/internal/registrytest"
 	"github.com/flotilla-ci/flotilla/host/plugins"
-	"github.com/flotilla-ci/flotilla/host/plugins/internal/registrytest"
 )
 
 var hostPlatform = ocispec.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}

@@ -1,6 +1,6 @@
 // Package registrytest starts a real OCI registry (Debian's docker-registry, the CNCF
 // distribution server) on 127.0.0.1 with htpasswd basic auth, for tests of plugin
-// packaging and installation.
+// packaging and installation and of private image pulls.
 package registrytest
 
 import (
