@@ -59,7 +59,7 @@ chaos: ## Run the chaos suite (50 trials per plugin × fault) and write its tabl
 # fail `make test` until fixed.
 FUZZTIME ?= 1m
 FUZZ_TARGETS := ./host/config:FuzzLoad ./host/jobs/pipeline:FuzzParse ./host/state:FuzzOpenState \
-	./host/plugins:FuzzParseReference ./sdk/internal/wire:FuzzDecodeResponses
+	./host/plugins:FuzzParseReference ./sdk/internal/wire:FuzzDecodeResponses ./host/executors/dockerauth:FuzzParse
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 1m; issue-grade runs use FUZZTIME=10m)
 	@set -e; for t in $(FUZZ_TARGETS); do \
