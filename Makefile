@@ -25,7 +25,7 @@ TEST_FLAGS ?= -timeout 20m
 
 PLUGINS := $(wildcard plugins/*/cmd/fleeting-plugin-*)
 
-.PHONY: help build plugins test test-go bench generate generate-check lint check-deps tidy-check tools clean publish-plugins
+.PHONY: help build plugins test test-go bench generate generate-check lint check-deps tidy-check tools clean publish-plugins screenshots
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,16 @@ test: lint check-deps tidy-check generate-check test-go ## Lint, check boundarie
 test-go: test-tools ## Run the Go tests only (starts dockerd for the Docker tests when it can)
 	@scripts/test-services.sh
 	$(GO) test $(TEST_FLAGS) ./...
+
+# The screenshots in docs/img are what the browser tests (TestBrowser…, in host/runcmd and
+# host/simulate) see in headless Chromium (Debian's chromium): the operator page against a
+# running `runner run`, and the simulate report. The tests save them through
+# host/internal/browsertest, into FLOTILLA_SCREENSHOTS when it is set (else a temporary
+# directory), so regenerating them is running those tests; commit the changed PNGs.
+# FLOTILLA_REQUIRE_BROWSER=1 makes a missing Chromium fail instead of skip, so this
+# target never "succeeds" without writing the images.
+screenshots: ## Regenerate the screenshots in docs/img from the browser tests
+	FLOTILLA_REQUIRE_BROWSER=1 FLOTILLA_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -run 'Browser' -count=1 ./host/runcmd/ ./host/simulate/
 
 # The chaos suite (plugins/internal/chaos): 50 seeded trials per plugin × fault, the table
 # written into docs/reliability.md. The test binary runs directly, so progress and failed

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 func Command() *cobra.Command {
 	var (
 		cfgPath, tracePath, plotPath, runner, start string
-		sweep                                       string
+		sweep, reportPath                           string
 		asJSON                                      bool
 		bootFixed, bootMedian, bootP99              time.Duration
 		capErr                                      float64
@@ -32,6 +33,8 @@ func Command() *cobra.Command {
 			"jobs waited in GitLab's queue before the runner asked for them.\n" +
 			"--sweep KEY=FROM..TO[:STEP] runs once per value of one key and prints the cost–wait frontier,\n" +
 			"with the forecast policy's point on it.\n" +
+			"--report FILE.html writes all of it as one self-contained web page: the day plot, the wait\n" +
+			"and cost tables, the floors and, with --sweep, the frontier.\n" +
 			"`simulate generate` writes a seeded synthetic CI trace.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -64,8 +67,15 @@ func Command() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			var report func(*Result, *Sweep) error
+			if reportPath != "" {
+				report = func(res *Result, sw *Sweep) error {
+					rep := Report{Config: filepath.Base(cfgPath), Trace: filepath.Base(tracePath), Runner: p.Runner, Result: res, Sweep: sw}
+					return writeFile(reportPath, func(w io.Writer) error { return WriteHTML(w, rep) })
+				}
+			}
 			if spec.Key != "" {
-				return runSweep(cmd, jobs, p, spec, plotPath, asJSON)
+				return runSweep(cmd, jobs, p, spec, sweepOutputs{plot: plotPath, json: asJSON, report: report})
 			}
 			for _, w := range CapWarnings(jobs, p) {
 				fmt.Fprintln(cmd.ErrOrStderr(), w)
@@ -76,6 +86,11 @@ func Command() *cobra.Command {
 			}
 			if plotPath != "" {
 				if err := writeFile(plotPath, func(w io.Writer) error { return WriteSVG(w, res) }); err != nil {
+					return err
+				}
+			}
+			if report != nil {
+				if err := report(res, nil); err != nil {
 					return err
 				}
 			}
@@ -95,6 +110,7 @@ func Command() *cobra.Command {
 	f.StringVar(&tracePath, "trace", "", "trace CSV with the header arrival_s,duration_s (seconds from the start)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.StringVar(&plotPath, "plot", "", "write an SVG of demand, instances (booting, idle, busy) and job wait over time; with --sweep, of the cost–wait frontier")
+	f.StringVar(&reportPath, "report", "", "write one self-contained HTML page: the day plot, the wait and cost tables, the floors and, with --sweep, the frontier")
 	f.StringVar(&runner, "runner", "", "simulate the [[runners]] entry with this name (default: [simulate] runner, else the first autoscaled one)")
 	f.DurationVar(&bootFixed, "boot-time", 0, "fixed boot time (overrides [simulate])")
 	f.DurationVar(&bootMedian, "boot-median", 0, "log-normal boot time median; needs --boot-p99 (overrides [simulate])")
@@ -107,18 +123,36 @@ func Command() *cobra.Command {
 	return cmd
 }
 
-// runSweep runs a --sweep and prints its frontier: a table, or JSON, and the SVG.
-func runSweep(cmd *cobra.Command, jobs []Job, p Params, spec SweepSpec, plotPath string, asJSON bool) error {
+// sweepOutputs are where a --sweep goes besides the table: the frontier SVG, JSON
+// instead of the table, and the HTML report.
+type sweepOutputs struct {
+	plot   string
+	json   bool
+	report func(*Result, *Sweep) error
+}
+
+// runSweep runs a --sweep and prints its frontier: a table, or JSON, and the SVG. The
+// report also shows the day of the config as it is, which takes one more run.
+func runSweep(cmd *cobra.Command, jobs []Job, p Params, spec SweepSpec, o sweepOutputs) error {
 	sw, err := RunSweep(cmd.Context(), jobs, p, spec)
 	if err != nil {
 		return err
 	}
-	if plotPath != "" {
-		if err := writeFile(plotPath, func(w io.Writer) error { return WriteSweepSVG(w, sw) }); err != nil {
+	if o.plot != "" {
+		if err := writeFile(o.plot, func(w io.Writer) error { return WriteSweepSVG(w, sw) }); err != nil {
 			return err
 		}
 	}
-	if asJSON {
+	if o.report != nil {
+		res, err := Run(cmd.Context(), jobs, p)
+		if err != nil {
+			return err
+		}
+		if err := o.report(res, sw); err != nil {
+			return err
+		}
+	}
+	if o.json {
 		return writeJSON(cmd.OutOrStdout(), sw)
 	}
 	return WriteSweepText(cmd.OutOrStdout(), sw)

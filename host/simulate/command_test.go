@@ -232,7 +232,7 @@ func checkSVG(t *testing.T, path string) {
 	if elems["svg"] != 1 || elems["polygon"] != 3 || elems["polyline"] < 2 {
 		t.Errorf("elements %v: want one svg, three stacked areas and the demand and wait lines", elems)
 	}
-	for _, want := range []string{">busy<", ">idle<", ">booting<", "demand", "wait p95", "instances", "job wait (s)"} {
+	for _, want := range []string{">busy instances (running a job)<", ">idle instances<", ">booting instances<", "demand", "wait p95", "instances", "job wait (s)"} {
 		if !bytes.Contains(data, []byte(want)) {
 			t.Errorf("the SVG lacks %q", want)
 		}

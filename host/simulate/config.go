@@ -90,6 +90,7 @@ func LoadParams(path string, ov Overrides) (Params, []string, error) {
 		return p, warns, fmt.Errorf("%s: no [[runners]] entry has a [runners.autoscaler] table: nothing to simulate", path)
 	}
 	p.Scaler = r.Autoscaler.ScalerOptions()
+	p.Runner = r.Name
 
 	dur := func(key, v string) (time.Duration, error) {
 		if v == "" {

@@ -17,7 +17,11 @@ import (
 // floor). When some points wait within a few boots, points far above (a preemptive
 // policy's queue can hold jobs for hours) are drawn on the top edge with their wait
 // written out, so that they do not flatten the rest.
-func WriteSweepSVG(w io.Writer, sw *Sweep) error {
+func WriteSweepSVG(w io.Writer, sw *Sweep) error { return writeSweepSVG(w, sw, true) }
+
+// writeSweepSVG draws the frontier; standalone adds what a file of its own needs (the
+// XML namespace, a fixed size), which an SVG inline in HTML does without.
+func writeSweepSVG(w io.Writer, sw *Sweep, standalone bool) error {
 	if len(sw.Points) == 0 || sw.Forecast.Result == nil {
 		return fmt.Errorf("plot: the sweep has no points")
 	}
@@ -51,7 +55,12 @@ func WriteSweepSVG(w io.Writer, sw *Sweep) error {
 	y := func(v float64) float64 { return bottom - (bottom-top)*min(v, yMax)/yMax }
 
 	b := bufio.NewWriter(w)
-	fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" width="%g" height="%g" viewBox="0 0 %g %g" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
+	if standalone {
+		fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" width="%g" height="%g" viewBox="0 0 %g %g" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
+	} else {
+		fmt.Fprintf(b, `<svg viewBox="0 0 %g %g" font-family="sans-serif" font-size="12" role="img" aria-labelledby="frontier-title">`+"\n", W, H)
+	}
+	fmt.Fprintf(b, `<title id="frontier-title">Cost over the clairvoyant floor against job wait p95, one point per value of %s, and the forecast policy</title>`+"\n", xmlEscape(sw.Key))
 	fmt.Fprintf(b, `<rect width="%g" height="%g" fill="white"/>`+"\n", W, H)
 	fmt.Fprintf(b, `<text x="%g" y="20" font-size="14" font-weight="bold">runner simulate --sweep %s: cost against job wait, %d jobs</text>`+"\n", left, xmlEscape(sw.Key), sw.Forecast.Jobs)
 	fmt.Fprintf(b, `<text x="%g" y="38">boot time %s; each point is one run, labelled by its %s; red: the forecast policy</text>`+"\n", left, xmlEscape(sw.Forecast.Boot), xmlEscape(sw.Key))

@@ -7,30 +7,43 @@ import (
 	"math"
 	"strings"
 	"time"
+
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
 )
 
 // WriteSVG draws r's series as a self-contained SVG: the top panel stacks busy, idle
-// and booting instances with demand (jobs waiting or running, divided by
-// capacity_per_instance) as a line; the bottom panel shows the 95th percentile and
-// the maximum of job wait per time bucket.
-func WriteSVG(w io.Writer, r *Result) error {
+// and booting instances with demand (jobs waiting or running) as a line; the bottom
+// panel shows the 95th percentile and the maximum of job wait per time bucket. The
+// time axis is wall-clock time in the zone of r.Series.Start.
+func WriteSVG(w io.Writer, r *Result) error { return writeDaySVG(w, r, true) }
+
+// writeDaySVG draws the day plot; standalone adds what a file of its own needs (the
+// XML namespace, a fixed size), which an SVG inline in HTML does without.
+func writeDaySVG(w io.Writer, r *Result, standalone bool) error {
 	se := r.Series
 	if se == nil || len(se.Busy) == 0 {
 		return fmt.Errorf("plot: no series (run a simulation first)")
 	}
+	capa := float64(max(r.CapacityPerInstance, 1))
+	// With more than one slot per instance, demand is in jobs on an axis of its own
+	// on the right; with one slot, a job is an instance and one axis serves both.
+	twoAxes := capa > 1
 	const (
-		W, H           = 1000.0, 600.0
-		left, right    = 70.0, 20.0
-		top1, bottom1  = 64.0, 340.0
-		top2, bottom2  = 400.0, 550.0
+		W, H           = 1000.0, 640.0
+		left           = 70.0
+		top1, bottom1  = 70.0, 340.0
+		top2, bottom2  = 405.0, 560.0
 		colBusy        = "#2f7ed8"
 		colIdle        = "#f7a35c"
 		colBoot        = "#c9c9c9"
 		colDemand      = "#222222"
 		colWait, colMx = "#d62728", "#f2b6b6"
 	)
+	right := 20.0
+	if twoAxes {
+		right = 64
+	}
 	n := len(se.Busy)
-	capa := float64(max(r.CapacityPerInstance, 1))
 	demand := make([]float64, n)
 	for i, d := range se.Demand {
 		demand[i] = d / capa
@@ -55,9 +68,19 @@ func WriteSVG(w io.Writer, r *Result) error {
 	x := func(i float64) float64 { return left + (W-left-right)*i*se.Step.Seconds()/span }
 	y1 := func(v float64) float64 { return bottom1 - (bottom1-top1)*v/yMax1 }
 	y2 := func(v float64) float64 { return bottom2 - (bottom2-top2)*v/yMax2 }
+	start := se.Start
+	if start.IsZero() {
+		start = DefaultStart
+	}
+	bucket := strings.TrimSuffix(strings.TrimSuffix(se.Step.String(), "0s"), "0m")
 
 	b := bufio.NewWriter(w)
-	fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" width="%g" height="%g" viewBox="0 0 %g %g" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
+	if standalone {
+		fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" width="%g" height="%g" viewBox="0 0 %g %g" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
+	} else {
+		fmt.Fprintf(b, `<svg viewBox="0 0 %g %g" font-family="sans-serif" font-size="12" role="img" aria-labelledby="day-plot-title">`+"\n", W, H)
+	}
+	fmt.Fprintf(b, `<title id="day-plot-title">Instances (busy, idle, booting), demand and job wait over the trace, from %s</title>`+"\n", xmlEscape(start.Format("Mon 2 Jan 2006 15:04 ")+ZoneName(start)))
 	fmt.Fprintf(b, `<rect width="%g" height="%g" fill="white"/>`+"\n", W, H)
 	fmt.Fprintf(b, `<text x="%g" y="18" font-size="14" font-weight="bold">runner simulate: %d jobs, boot time %s</text>`+"\n", left, r.Jobs, xmlEscape(r.Boot))
 	fmt.Fprintf(b, `<text x="%g" y="34">%.0f instance-seconds (clairvoyant floor %.0f, %+.0f%%), %.0f idle+booting s/job, wait p50 %.1f s, p95 %.1f s, p99 %.1f s</text>`+"\n",
@@ -77,11 +100,10 @@ func WriteSVG(w io.Writer, r *Result) error {
 	layers := []struct {
 		col    string
 		hi, lo []float64
-		name   string
 	}{
-		{colBoot, stack[2], stack[1], "booting"},
-		{colIdle, stack[1], stack[0], "idle"},
-		{colBusy, stack[0], nil, "busy"},
+		{colBoot, stack[2], stack[1]},
+		{colIdle, stack[1], stack[0]},
+		{colBusy, stack[0], nil},
 	}
 	for _, l := range layers {
 		var pts strings.Builder
@@ -129,13 +151,10 @@ func WriteSVG(w io.Writer, r *Result) error {
 		flush()
 	}
 
-	// Axes, ticks and labels.
-	start := se.Start
-	if start.IsZero() {
-		start = DefaultStart
-	}
+	// Axes, ticks and labels. The time labels of the bottom axis carry the date where
+	// it changes; the top axis repeats the times only.
 	ticks := ClockTicks(start, time.Duration(span*float64(time.Second)), 9)
-	axis := func(top, bottom, ymax, tick float64, y func(float64) float64, label string) {
+	axis := func(top, bottom, ymax, tick float64, y func(float64) float64, label string, dates bool) {
 		fmt.Fprintf(b, `<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="black"/>`+"\n", left, bottom, W-right, bottom)
 		fmt.Fprintf(b, `<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="black"/>`+"\n", left, top, left, bottom)
 		for v := 0.0; v <= ymax+tick/2; v += tick {
@@ -145,29 +164,44 @@ func WriteSVG(w io.Writer, r *Result) error {
 		for _, t := range ticks {
 			px := left + (W-left-right)*t.At.Seconds()/span
 			fmt.Fprintf(b, `<line x1="%.1f" y1="%g" x2="%.1f" y2="%g" stroke="black"/>`+"\n", px, bottom, px, bottom+4)
-			fmt.Fprintf(b, `<text x="%.1f" y="%g" text-anchor="middle">%s</text>`+"\n", px, bottom+16, t.Label)
+			fmt.Fprintf(b, `<text class="time-tick" x="%.1f" y="%g" text-anchor="middle">%s</text>`+"\n", px, bottom+16, t.Label)
+			if dates && t.Date != "" {
+				fmt.Fprintf(b, `<text class="date-tick" x="%.1f" y="%g" text-anchor="middle" font-weight="bold">%s</text>`+"\n", px, bottom+31, t.Date)
+			}
 		}
 	}
-	axis(top1, bottom1, yMax1, tick1, y1, "instances")
-	axis(top2, bottom2, yMax2, tick2, y2, "job wait (s)")
-	fmt.Fprintf(b, `<text x="%g" y="%g" text-anchor="middle">time (%s), from the trace's start %s</text>`+"\n",
-		(left+W-right)/2, bottom2+36, xmlEscape(ZoneName(start)), start.Format("Mon 2 Jan 2006 15:04"))
+	if twoAxes {
+		axis(top1, bottom1, yMax1, tick1, y1, "instances", false)
+		fmt.Fprintf(b, `<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="black"/>`+"\n", W-right, top1, W-right, bottom1)
+		for v := 0.0; v <= yMax1+tick1/2; v += tick1 {
+			fmt.Fprintf(b, `<text x="%g" y="%.1f">%s</text>`+"\n", W-right+6, y1(v)+4, fmtTick(v*capa))
+		}
+		fmt.Fprintf(b, `<text transform="translate(%g,%.1f) rotate(90)" text-anchor="middle">jobs waiting or running</text>`+"\n", W-12, (top1+bottom1)/2)
+	} else {
+		axis(top1, bottom1, yMax1, tick1, y1, "instances, or jobs (one slot each)", false)
+	}
+	axis(top2, bottom2, yMax2, tick2, y2, "job wait (s)", true)
+	fmt.Fprintf(b, `<text x="%g" y="%g" text-anchor="middle">wall-clock time in %s; the trace starts %s</text>`+"\n",
+		(left+W-right)/2, bottom2+54, xmlEscape(ZoneName(start)), start.Format("Mon 2 Jan 2006 15:04"))
 
-	legend := []struct{ col, name string }{
-		{colBusy, "busy"}, {colIdle, "idle"}, {colBoot, "booting"},
-		{colDemand, fmt.Sprintf("demand (jobs waiting or running ÷ %g)", capa)},
+	demandName := "demand: jobs waiting or running"
+	if twoAxes {
+		demandName += " (right axis)"
 	}
-	lx := left + 10
-	for _, l := range legend {
-		fmt.Fprintf(b, `<rect x="%.1f" y="44" width="12" height="12" fill="%s"/><text x="%.1f" y="54">%s</text>`+"\n", lx, l.col, lx+16, xmlEscape(l.name))
-		lx += 30 + 7*float64(len(l.name))
+	legend := func(y float64, entries []struct{ col, name string }) {
+		lx := left + 10
+		for _, l := range entries {
+			fmt.Fprintf(b, `<rect x="%.1f" y="%g" width="12" height="12" fill="%s"/><text class="legend" x="%.1f" y="%g">%s</text>`+"\n", lx, y, l.col, lx+16, y+10, xmlEscape(l.name))
+			lx += 32 + 6.5*float64(len(l.name))
+		}
 	}
-	lx = left + 10
-	for _, l := range []struct{ col, name string }{{colWait, "wait p95 per bucket"}, {colMx, "wait max per bucket"}} {
-		fmt.Fprintf(b, `<rect x="%.1f" y="380" width="12" height="12" fill="%s"/><text x="%.1f" y="390">%s</text>`+"\n", lx, l.col, lx+16, l.name)
-		lx += 30 + 7*float64(len(l.name))
-	}
-	fmt.Fprintf(b, `<text x="%g" y="%g" text-anchor="end" fill="#666">bucket %s</text>`+"\n", W-right, H-8, strings.TrimSuffix(strings.TrimSuffix(se.Step.String(), "0s"), "0m"))
+	legend(44, []struct{ col, name string }{
+		{colBusy, "busy instances (running a job)"}, {colIdle, "idle instances"}, {colBoot, "booting instances"}, {colDemand, demandName},
+	})
+	legend(380, []struct{ col, name string }{
+		{colWait, "job wait p95 of the jobs that started in each " + bucket + " bucket"}, {colMx, "longest job wait in the bucket"},
+	})
+	fmt.Fprintf(b, `<text x="%g" y="%g" text-anchor="end" fill="#666">%s buckets</text>`+"\n", W-right, H-8, bucket)
 	fmt.Fprintln(b, "</svg>")
 	return b.Flush()
 }
@@ -199,8 +233,14 @@ func xmlEscape(s string) string {
 
 // Tick is one labelled mark of the time axis: At from the trace's start.
 type Tick struct {
-	At    time.Duration
+	At time.Duration
+	// Label is the wall-clock time ("15:04"), or the date ("Mon 2 Jan") when ticks
+	// are a day or more apart.
 	Label string
+	// Date is the tick's date ("Mon 2 Mar") on the first tick and on each tick whose
+	// date differs from the tick before it, so that a reader sees where days begin;
+	// empty otherwise, and always empty when Label is a date.
+	Date string
 }
 
 // tickSteps are the wall-clock spacings of time-axis ticks; longer spans use whole
@@ -210,13 +250,14 @@ var tickSteps = []time.Duration{time.Minute, 2 * time.Minute, 5 * time.Minute, 1
 
 // ClockTicks returns at most maxTicks (at least 2) ticks over [start, start+span], on
 // round wall-clock times of start's zone (06:00, 12:00, midnight) so that policy
-// periods can be read off the axis. A trace within one calendar day is labelled
-// "15:04" (a tick on the next day, such as its closing midnight, "Tue 00:00"); a
-// longer one "Mon 15:04", and one with a tick a day or more apart "Mon 2 Jan".
+// periods can be read off the axis. Ticks less than a day apart are labelled with the
+// time and carry the date where it changes (see Tick.Date); ticks a day or more apart
+// are labelled with the date.
 func ClockTicks(start time.Time, span time.Duration, maxTicks int) []Tick {
 	maxTicks = max(maxTicks, 2)
+	const dateLayout = "Mon 2 Jan"
 	if span <= 0 {
-		return []Tick{{0, start.Format("15:04")}}
+		return []Tick{{0, start.Format("15:04"), start.Format(dateLayout)}}
 	}
 	step := time.Duration(0)
 	for _, s := range tickSteps {
@@ -229,35 +270,61 @@ func ClockTicks(start time.Time, span time.Duration, maxTicks int) []Tick {
 		days := math.Ceil(span.Hours() / 24 / float64(maxTicks-1))
 		step = time.Duration(niceCeil(days)) * 24 * time.Hour
 	}
+	// Ticks count in wall-clock time from the start's midnight, so that they stay on
+	// round hours across a daylight-saving change (time.Date moves a time that does not
+	// exist, 02:00 on the day clocks go forward, to one that does).
 	y, m, d := start.Date()
-	midnight := time.Date(y, m, d, 0, 0, 0, 0, start.Location())
-	first := midnight.Add((start.Sub(midnight) + step - 1) / step * step)
-	var ts []time.Time
-	for t := first; !t.After(start.Add(span)); t = t.Add(step) {
-		ts = append(ts, t)
-	}
-	sameDay := func(t time.Time) bool {
-		ty, tm, td := t.Date()
-		return ty == y && tm == m && td == d
-	}
-	oneDay := true
-	for i, t := range ts {
-		if i < len(ts)-1 && !sameDay(t) {
-			oneDay = false
+	at := func(k int) time.Time {
+		if step >= 24*time.Hour {
+			return time.Date(y, m, d+k*int(step/(24*time.Hour)), 0, 0, 0, 0, start.Location())
 		}
+		return time.Date(y, m, d, 0, k*int(step/time.Minute), 0, 0, start.Location())
 	}
-	out := make([]Tick, 0, len(ts))
-	for _, t := range ts {
-		layout := "Mon 15:04"
-		switch {
-		case step >= 24*time.Hour:
-			layout = "Mon 2 Jan"
-		case oneDay && sameDay(t):
-			layout = "15:04"
+	var out []Tick
+	prevDate := ""
+	var last time.Time
+	for k := 0; !at(k).After(start.Add(span)); k++ {
+		t := at(k)
+		if t.Before(start) || (!last.IsZero() && !t.After(last)) {
+			continue
 		}
-		out = append(out, Tick{At: t.Sub(start), Label: t.Format(layout)})
+		last = t
+		if step >= 24*time.Hour {
+			out = append(out, Tick{At: t.Sub(start), Label: t.Format(dateLayout)})
+			continue
+		}
+		tk := Tick{At: t.Sub(start), Label: t.Format("15:04")}
+		if date := t.Format(dateLayout); date != prevDate {
+			tk.Date, prevDate = date, date
+		}
+		out = append(out, tk)
 	}
 	return out
+}
+
+// AxisZone is the zone the day plot's time axis is drawn in: the timezone the
+// policies name, when those that name one agree, so that their periods can be read off
+// the axis; otherwise start's own zone (UTC for the default start, a fixed offset for
+// --start 2026-03-02T00:00:00+01:00).
+func AxisZone(policies []taskscaler.Policy, start time.Time) *time.Location {
+	name := ""
+	for _, p := range policies {
+		switch {
+		case p.Timezone == "" || p.Timezone == name:
+		case name == "":
+			name = p.Timezone
+		default:
+			return start.Location() // zones differ: no one zone reads them all
+		}
+	}
+	if name == "" {
+		return start.Location()
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return start.Location() // the scaler refuses the policy before a plot is drawn
+	}
+	return loc
 }
 
 // ZoneName names t's zone for an axis: its IANA name, or UTC±hh:mm for a bare offset.

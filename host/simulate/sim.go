@@ -33,6 +33,8 @@ type Params struct {
 	Start time.Time
 	// Buckets is the number of time buckets of the series kept for plots (0 = 600).
 	Buckets int
+	// Runner is the name of the [[runners]] entry simulated, for reports.
+	Runner string
 }
 
 // PendingTimeout is how long a job that never got a reservation (preemptive mode
@@ -97,7 +99,8 @@ type Result struct {
 
 // Series holds averages per time bucket.
 type Series struct {
-	// Start is the wall-clock time of the first bucket's start (Params.Start).
+	// Start is the wall-clock time of the first bucket's start (Params.Start), in the
+	// zone the plot's axis is drawn in (AxisZone).
 	Start   time.Time
 	Step    time.Duration
 	Demand  []float64 // jobs waiting or running
@@ -380,7 +383,7 @@ func account(res *Result, jobs []*simJob, cloud *Cloud, horizon time.Duration, s
 	}
 	step := niceStep(horizon / time.Duration(nb))
 	nb = int(horizon/step) + 1
-	se := &Series{Start: start, Step: step, Demand: make([]float64, nb), Booting: make([]float64, nb), Idle: make([]float64, nb),
+	se := &Series{Start: start.In(AxisZone(p.Scaler.Policies, start)), Step: step, Demand: make([]float64, nb), Booting: make([]float64, nb), Idle: make([]float64, nb),
 		Busy: make([]float64, nb), WaitP95: make([]float64, nb), WaitMax: make([]float64, nb)}
 	add := func(series []float64, from, to time.Duration) {
 		for from < to {
