@@ -13,6 +13,10 @@ type Config struct {
 	CheckInterval int `toml:"check_interval"`
 	// ListenAddress is host:port of the metrics/debug HTTP server; empty = off.
 	ListenAddress string `toml:"listen_address"`
+	// WebToken guards the operator's page that listen_address serves at / (a Flotilla
+	// addition): required there when set, and required to serve the page at all on an
+	// address that is not a loopback one. See docs/operator.md.
+	WebToken string `toml:"web_token"`
 	// LogLevel is debug, info, warn, error, fatal or panic.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is runner, text or json.

@@ -129,6 +129,9 @@ func addSat(n, m int) int {
 	return n + m
 }
 
+// MinWebTokenLength is the shortest web_token accepted.
+const MinWebTokenLength = 16
+
 func (v *validator) validate() {
 	c := v.cfg
 	v.nonNegative("concurrent", c.Concurrent)
@@ -138,6 +141,19 @@ func (v *validator) validate() {
 		if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
 			v.errorf("listen_address", "write host:port, e.g. \"127.0.0.1:9252\" or \":9252\"",
 				"invalid listen_address %q: %v", c.ListenAddress, err)
+		}
+	}
+	if c.WebToken != "" {
+		// The value is never quoted back: it is a credential.
+		if len(c.WebToken) < MinWebTokenLength {
+			v.errorf("web_token", "use a random string of at least 16 characters, e.g. the output of `openssl rand -hex 20`",
+				"web_token is too short (%d characters, at least %d): it guards the operator's page", len(c.WebToken), MinWebTokenLength)
+		} else if strings.TrimSpace(c.WebToken) != c.WebToken {
+			v.errorf("web_token", "remove the spaces around the value", "web_token has leading or trailing spaces")
+		}
+		if c.ListenAddress == "" {
+			v.warnf("web_token", "set listen_address to serve the operator's page, or remove web_token",
+				"web_token has no effect without listen_address")
 		}
 	}
 	if c.LogLevel != "" && !slices.Contains(knownLogLevels, c.LogLevel) {

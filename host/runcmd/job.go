@@ -1,6 +1,7 @@
 package runcmd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,6 +71,7 @@ const JobCanceledReason = "job_canceled"
 // runJob runs one job GitLab gave rs, streaming its log, and reports its final state
 // until GitLab accepts it. key holds the job's slot reservation.
 func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *gitlab.JobResponse) {
+	received := time.Now()
 	label := gitlab.ShortToken(cfg.Token)
 	log := s.log.With("job", resp.ID, who(cfg))
 	mjob := gitlabMetrics.StartJob(label, cfg.Name, s.systemID, cfg.Executor)
@@ -86,6 +88,7 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 	// The uploader outlives a canceled job so the cancellation itself reaches the log.
 	tr.Start(s.abortCtx)
 	log.Info("job received", "name", job.Name, "repo_url", job.Source.RepoURL)
+	rs.rec.JobReceived(resp.ID, cmp.Or(resp.JobInfo.Name, job.Name), received)
 
 	if r, err := rs.client.UpdateJob(jobCtx, job.GitLabID, gitlab.UpdateRequest{Token: job.Token, State: "running"}); err != nil {
 		log.Warn("reporting job running", "error", err)
@@ -113,6 +116,7 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 			Stops: pool.Stops{Abort: s.abortCtx.Done()},
 			Runtime: executors.RunOptions{RunnerName: cfg.Name, RunnerVersion: version.Version, Executor: cfg.Executor,
 				CacheDir: cacheDir(s.opts.ConfigPath, cfg), OnStage: mjob.SetStage},
+			OnSlot: func(slot pool.Slot) { rs.rec.JobOnSlot(resp.ID, slot.InstanceID(), time.Now()) },
 		}
 		if cfg.HostCacheDisabled() {
 			o.Runtime.CacheDir = ""
@@ -133,6 +137,7 @@ func (s *Service) runJob(rs *runnerState, cfg *config.Runner, key string, resp *
 	}
 
 	state, reason := finalState(res, context.Cause(jobCtx))
+	rs.rec.JobFinished(resp.ID, pageState(state), job.Reason(reason), time.Now())
 	if err := tr.Finish(s.abortCtx, s.backoff); err != nil {
 		log.Warn("job log incomplete on GitLab", "error", err)
 	}

@@ -79,8 +79,9 @@ func start(t *testing.T, concurrent int, runnerExtra string) *env {
 	return startWith(t, func(url, root string) string { return configText(url, root, concurrent, runnerExtra) })
 }
 
-// startWith is start with the config.toml text made by cfg.
-func startWith(t *testing.T, cfg func(url, root string) string) *env {
+// startWith is start with the config.toml text made by cfg; tune, if given, adjusts
+// the service's Options.
+func startWith(t *testing.T, cfg func(url, root string) string, tune ...func(*Options)) *env {
 	t.Helper()
 	if _, err := os.Stat(gitlabtest.GitHTTPBackend); err != nil {
 		t.Skipf("git http-backend not available (%s): install Debian's git", gitlabtest.GitHTTPBackend)
@@ -92,7 +93,7 @@ func startWith(t *testing.T, cfg func(url, root string) string) *env {
 		"hello.txt": "hello from the repository\n",
 		"build.sh":  "#!/bin/sh\nmkdir -p out && echo built > out/result.txt\n",
 	})
-	m := startManager(t, cfg(e.srv.URL, e.root))
+	m := startManager(t, cfg(e.srv.URL, e.root), tune...)
 	e.cfgPath, e.svc, e.done, e.cancel = m.cfgPath, m.svc, m.done, m.cancel
 	return e
 }
@@ -106,8 +107,9 @@ type manager struct {
 }
 
 // startManager starts a `runner run` service with config.toml text cfgText in a
-// directory of its own (its own cache and state directories), stopped at cleanup.
-func startManager(t *testing.T, cfgText string) *manager {
+// directory of its own (its own cache and state directories), stopped at cleanup;
+// tune, if given, adjusts its Options.
+func startManager(t *testing.T, cfgText string, tune ...func(*Options)) *manager {
 	t.Helper()
 	dir := t.TempDir()
 	m := &manager{cfgPath: filepath.Join(dir, "config.toml"), done: make(chan error, 1)}
@@ -115,9 +117,13 @@ func startManager(t *testing.T, cfgText string) *manager {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	svc, err := New(Options{ConfigPath: m.cfgPath, Logger: logger, CheckInterval: 100 * time.Millisecond,
+	opts := Options{ConfigPath: m.cfgPath, Logger: logger, CheckInterval: 100 * time.Millisecond,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, TraceInterval: 100 * time.Millisecond,
-		ForceSendInterval: 300 * time.Millisecond, ReloadPoll: -1, StateDir: filepath.Join(dir, "state"), Metrics: prometheus.DefaultRegisterer})
+		ForceSendInterval: 300 * time.Millisecond, ReloadPoll: -1, StateDir: filepath.Join(dir, "state"), Metrics: prometheus.DefaultRegisterer}
+	for _, f := range tune {
+		f(&opts)
+	}
+	svc, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,8 @@
 // shared executors while its log streams to GitLab, and its final state is reported
 // until GitLab accepts it. Signals: SIGQUIT finishes the running jobs then exits,
 // SIGTERM/SIGINT cancel them and exit, SIGHUP (or a changed config.toml) reloads.
-// listen_address serves /metrics, /healthz and the taskscalers' status JSON.
+// listen_address serves /metrics, /healthz, the taskscalers' status JSON and the
+// operator's page (host/webui).
 package runcmd
 
 import (
@@ -35,6 +36,7 @@ import (
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/pool"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
+	"github.com/flotilla-ci/flotilla/host/webui"
 )
 
 // Options tune the service beyond config.toml.
@@ -71,6 +73,11 @@ type Options struct {
 	// on every reload (the runner applies them where no flag or environment variable
 	// set them); its error stops the start, or the reload.
 	LogConfig func(level, format string) error
+	// WebRecorder bounds what the operator's page keeps of each runner entry's past
+	// (zero values: webui's defaults); WebInterval is how often the page updates (2s
+	// when zero).
+	WebRecorder webui.RecorderOptions
+	WebInterval time.Duration
 }
 
 // Service is a running `runner run`.
@@ -119,6 +126,7 @@ type runnerState struct {
 	loopDone   chan struct{}
 	jobs       sync.WaitGroup
 	caches     sharedCaches
+	rec        *webui.Recorder // the operator page's record of its jobs, decisions and history
 }
 
 // New loads the configuration; Run serves it.
@@ -261,8 +269,9 @@ func (s *Service) sortedLocked() []*runnerState {
 	return out
 }
 
-// Handler serves /metrics, /healthz and /status (taskscaler status JSON; with
-// ?instance=ID, why that instance exists).
+// Handler serves /metrics, /healthz, /status (taskscaler status JSON; with
+// ?instance=ID, why that instance exists) and the operator's page at / (with its
+// updates at /events), which has access rules of its own (see webui.Handler).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
@@ -277,6 +286,7 @@ func (s *Service) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("/status", taskscaler.StatusHandler(s.statusSources))
+	mux.Handle("/", s.webHandler())
 	return mux
 }
 
@@ -311,6 +321,10 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 		s.log.Info("serving metrics, health and status", "address", s.addr)
+		s.logWebPage(s.cfg)
+		pollCtx, stopPoll := context.WithCancel(context.Background())
+		defer stopPoll()
+		go s.pollWeb(pollCtx)
 	}
 
 	for i := range s.cfg.Runners {
@@ -450,7 +464,8 @@ func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 		return fmt.Errorf("runner %q: %w", r.Name, err)
 	}
 	lctx, stop := context.WithCancel(ctx)
-	rs := &runnerState{key: runnerKey(r), cfg: r, m: m, client: client, stop: stop, loopDone: make(chan struct{})}
+	rs := &runnerState{key: runnerKey(r), cfg: r, m: m, client: client, stop: stop, loopDone: make(chan struct{}),
+		rec: webui.NewRecorder(m, s.opts.WebRecorder)}
 	s.mu.Lock()
 	s.runners[rs.key] = rs
 	s.mu.Unlock()
