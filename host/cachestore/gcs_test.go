@@ -86,18 +86,11 @@ func TestGCSRoundTrip(t *testing.T) {
 // from Google's description of V4 signing, independently of the library.)
 func TestGCSSignature(t *testing.T) {
 	t.Setenv(EmulatorHostEnv, "")
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, pemKey := serviceAccountKey(t)
 	const accessID = "cache@project.iam.gserviceaccount.com"
 	s := newStore(t, &config.Cache{Type: "gcs", GCS: &config.CacheGCS{
 		AccessID:   accessID,
-		PrivateKey: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		PrivateKey: pemKey,
 		BucketName: "ci-cache",
 	}})
 	if got := s.Describe(); got != "gcs bucket ci-cache" {
@@ -186,10 +179,7 @@ func canonicalGCSRequest(method string, u *url.URL, header http.Header) string {
 // TestGCSEmulatorHost: STORAGE_EMULATOR_HOST decides host and scheme, as it does for
 // Google's storage client.
 func TestGCSEmulatorHost(t *testing.T) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, _ := serviceAccountKey(t)
 	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
 	tests := []struct{ env, wantPrefix string }{
 		{"", "https://storage.googleapis.com/b/"},
@@ -221,15 +211,7 @@ func TestGCSErrors(t *testing.T) {
 		}
 		return p
 	}
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	goodPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	_, goodPEM := serviceAccountKey(t)
 	badPEM := "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LW5vdC1hLWtleQ==\n-----END PRIVATE KEY-----\n"
 	userCreds := write("user.json", `{"type":"authorized_user","client_id":"x","client_secret":"s3cr3t","refresh_token":"r"}`)
 	noEmail := write("noemail.json", `{"type":"service_account","private_key":"`+strings.ReplaceAll(goodPEM, "\n", `\n`)+`"}`)
@@ -285,4 +267,19 @@ func TestGCSErrors(t *testing.T) {
 			t.Errorf("Presign(%s, %s): %v, want %q", tt.method, tt.ttl, err, tt.want)
 		}
 	}
+}
+
+// serviceAccountKey makes a service account's RSA key, and its PKCS#8 PEM as Google's
+// JSON key files hold it.
+func serviceAccountKey(t *testing.T) (*rsa.PrivateKey, string) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 }

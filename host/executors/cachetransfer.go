@@ -214,7 +214,7 @@ func (s *SharedCache) download(ctx context.Context, env Env, key string, ttl tim
 	case "extract-failed":
 		return "", fmt.Errorf("extracting the archive from %s: %s", object, r.detail)
 	}
-	fmt.Fprintf(log, "The job's environment %s; the runner host relays cache %q\n", relayReason(r), key)
+	fmt.Fprintf(log, "The job's environment %s; the runner host relays cache %q\n", relayReason(r, "curl or wget"), key)
 	size, err := s.relayDownload(ctx, env, req, object)
 	if err != nil {
 		return "", err
@@ -222,11 +222,12 @@ func (s *SharedCache) download(ctx context.Context, env Env, key string, ttl tim
 	return fmt.Sprintf(" from %s (%s, relayed by the runner host)", s.Store.Describe(), byteSize(size)), nil
 }
 
-// relayReason says why a direct transfer did not happen.
-func relayReason(r transferReport) string {
+// relayReason says why a direct transfer did not happen; clients names the programs
+// the transfer looks for.
+func relayReason(r transferReport, clients string) string {
 	switch r.word {
 	case "no-client":
-		return "has no curl or wget"
+		return "has no " + clients
 	case "no-unzip":
 		return "has no unzip for GitLab Runner's zip archive"
 	case "unreachable":
@@ -381,7 +382,7 @@ func (s *SharedCache) upload(ctx context.Context, env Env, key string, spec Pack
 		code, body, _ := strings.Cut(r.detail, " ")
 		return 0, "", s.refusal("upload", object, code, body)
 	}
-	fmt.Fprintf(log, "The job's environment %s; the runner host relays cache %q\n", strings.Replace(relayReason(r), "curl or wget", "curl", 1), key)
+	fmt.Fprintf(log, "The job's environment %s; the runner host relays cache %q\n", relayReason(r, "curl"), key)
 	size, err := s.relayUpload(ctx, env, spec, req, object, log)
 	if err != nil {
 		return 0, "", err

@@ -706,7 +706,7 @@ func (s *Service) loop(ctx context.Context, rs *runnerState) {
 		}
 		s.mu.Lock()
 		rs.seq++
-		key := fmt.Sprintf("gitlab-%s-%d", tokenPrefix(rs.cfg.Token), rs.seq)
+		key := fmt.Sprintf("gitlab-%s-%d", gitlab.ShortToken(rs.cfg.Token), rs.seq)
 		token := rs.cfg.Token
 		s.mu.Unlock()
 		if err := rs.m.Reserve(ctx, key); err != nil {
@@ -769,12 +769,4 @@ func (s *Service) loop(ctx context.Context, rs *runnerState) {
 			}()
 		}()
 	}
-}
-
-func tokenPrefix(t string) string {
-	t = strings.TrimPrefix(t, "glrt-")
-	if len(t) > 8 {
-		t = t[:8]
-	}
-	return t
 }
