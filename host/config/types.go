@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -34,6 +35,10 @@ type Config struct {
 	// Fleeting is where plugins come from and whom to trust (a Flotilla addition; see
 	// docs/plugins-install.md).
 	Fleeting Fleeting `toml:"fleeting"`
+	// Coordination, when set, lets several `runner run` processes share each pool
+	// through etcd (a Flotilla addition; see docs/ha.md). Without it every process
+	// owns its pools alone, with the inventory in a local file.
+	Coordination *Coordination `toml:"coordination"`
 
 	// Path is the file the configuration was loaded from ("" when parsed from bytes).
 	Path string `toml:"-"`
@@ -418,6 +423,57 @@ type Fleeting struct {
 	Repository string `toml:"repository"`
 	// PublicKeys are PEM files (or inline PEM) of trusted plugin signers.
 	PublicKeys []string `toml:"public_keys"`
+}
+
+// Coordination is the [coordination] table: the etcd cluster the runner managers of
+// a pool share (docs/ha.md).
+type Coordination struct {
+	// Endpoints are the etcd client URLs ("https://10.0.0.1:2379").
+	Endpoints []string `toml:"endpoints"`
+	// Prefix is where Flotilla keeps its keys (default "/flotilla"); managers that
+	// share pools use the same prefix.
+	Prefix string `toml:"prefix"`
+	// LeaseTTL is how long a manager that stops answering keeps its leadership and
+	// its slots (default 10s): a dead manager's jobs are written off, and a new leader
+	// takes over, within it.
+	LeaseTTL Duration `toml:"lease_ttl"`
+	// DialTimeout bounds connecting to etcd (default 5s).
+	DialTimeout Duration `toml:"dial_timeout"`
+	// CAFile, CertFile and KeyFile configure TLS: the CA that signed the members'
+	// certificates, and this manager's client certificate and key.
+	CAFile   string `toml:"ca_file"`
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+	// Username and Password authenticate with etcd's own users, when enabled.
+	Username string `toml:"username"`
+	Password string `toml:"password"`
+}
+
+// Coordination defaults.
+const (
+	DefaultCoordinationPrefix = "/flotilla"
+	DefaultLeaseTTL           = 10 * time.Second
+	DefaultEtcdDialTimeout    = 5 * time.Second
+	// MinLeaseTTL is the shortest lease_ttl accepted: etcd's own minimum is a
+	// few election timeouts, and a shorter one makes a slow disk look like a death.
+	MinLeaseTTL = 2 * time.Second
+)
+
+// TTL returns lease_ttl or its default.
+func (c *Coordination) TTL() time.Duration {
+	if c.LeaseTTL.Duration == 0 {
+		return DefaultLeaseTTL
+	}
+	return c.LeaseTTL.Duration
+}
+
+// KeyPrefix returns prefix or its default, without a trailing slash.
+func (c *Coordination) KeyPrefix() string {
+	p := strings.TrimRight(c.Prefix, "/")
+	if p == "" {
+		return DefaultCoordinationPrefix
+	}
+	return p
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string ("20m0s", "1h").

@@ -156,6 +156,9 @@ func (v *validator) validate() {
 				"web_token has no effect without listen_address")
 		}
 	}
+	if c.Coordination != nil {
+		v.coordination("coordination", c)
+	}
 	if c.LogLevel != "" && !slices.Contains(knownLogLevels, c.LogLevel) {
 		v.errorf("log_level", "one of "+strings.Join(knownLogLevels, ", "), "unknown log_level %q", c.LogLevel)
 	}

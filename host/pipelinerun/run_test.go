@@ -84,7 +84,7 @@ func newHarness(t *testing.T, newEnv func(pool.EnvFactory) pool.EnvFactory) *har
 	if newEnv != nil {
 		factory = newEnv(factory)
 	}
-	return &harness{scaler: sc, group: g, runner: &Runner{Pool: pool.Jobs{Slots: sc, NewEnv: factory}, LogDir: t.TempDir(), Options: executors.RunOptions{Executor: "instance"}}}
+	return &harness{scaler: sc, group: g, runner: &Runner{Pool: pool.Jobs{Slots: pool.ScalerSlots(sc), NewEnv: factory}, LogDir: t.TempDir(), Options: executors.RunOptions{Executor: "instance"}}}
 }
 
 type recorder struct {
@@ -373,7 +373,7 @@ long:
 // instance_acquire_timeout.
 type noSlotPool struct{ acquires atomic.Int32 }
 
-func (p *noSlotPool) Acquire(context.Context, string) (*taskscaler.Acquisition, error) {
+func (p *noSlotPool) Acquire(context.Context, string) (pool.Slot, error) {
 	p.acquires.Add(1)
 	return nil, errors.New("unable to acquire instance within the configured timeout of 15m0s: the plugin's Update has failed")
 }

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/flotilla-ci/flotilla/connector"
 	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/host/coord"
 	"github.com/flotilla-ci/flotilla/host/executors"
 	"github.com/flotilla-ci/flotilla/host/jobs"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
@@ -53,6 +55,10 @@ type Options struct {
 	// PluginHangTimeout is how long the plugin may leave health checks unanswered
 	// before it is killed and relaunched; 0 means pluginclient.DefaultHangTimeout.
 	PluginHangTimeout time.Duration
+	// Coordination, if set, shares the pool with the other runner managers of the
+	// same [[runners]] entry through etcd (docs/ha.md): the inventory lives there,
+	// the elected leader runs the taskscaler, and every slot is asked of it.
+	Coordination *coord.Node
 	// Metrics, if set, gets the pool's fleeting_taskscaler_* and fleeting_provisioner_*
 	// collectors, labelled with the runner's name and short token; Shutdown removes them.
 	Metrics prometheus.Registerer
@@ -68,13 +74,19 @@ type Pool struct {
 	// ([runners.autoscaler.vm_isolation]); nil when it is off.
 	isolation *isolation
 	scaler    *taskscaler.Scaler
-	conns     *connector.Pool
-	plugin    *pluginclient.Supervised
-	store     *state.Bolt
-	cfgDir    string
-	log       *slog.Logger
-	useExt    bool
-	closers   []func()
+	// shared is the pool's part in a pool shared with other managers (nil: not
+	// shared); scaler is then nil, and the taskscaler runs while this manager leads.
+	shared  *coord.Group
+	conns   *connector.Pool
+	plugin  *pluginclient.Supervised
+	store   state.Store
+	cfgDir  string
+	log     *slog.Logger
+	useExt  bool
+	closers []func()
+
+	sharedMu   sync.Mutex
+	sharedOpts taskscaler.Options
 }
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
@@ -165,11 +177,14 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 	if r.URL != "" {
 		owner = r.URL + "|" + owner
 	}
-	m.store, err = state.OpenBolt(filepath.Join(dir, unsafeName.ReplaceAllString(owner, "_")+".db"), 10*time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("creating state storage: %w", err)
+	if opts.Coordination == nil {
+		bolt, err := state.OpenBolt(filepath.Join(dir, unsafeName.ReplaceAllString(owner, "_")+".db"), 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("creating state storage: %w", err)
+		}
+		m.store = bolt
+		m.closers = append(m.closers, func() { bolt.Close() })
 	}
-	m.closers = append(m.closers, func() { m.store.Close() })
 
 	// Host keys first seen (for plugins that report none) are pinned next to the
 	// inventory, so a restarted host still refuses a changed key.
@@ -240,13 +255,70 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 			return nil
 		}
 	}
+	if opts.Coordination != nil {
+		return m, m.share(ctx, opts.Coordination, topts)
+	}
 	m.scaler, err = taskscaler.New(ctx, m.plugin, topts)
 	if err != nil {
 		return nil, fmt.Errorf("creating taskscaler: %w", err)
 	}
-	m.Slots = m.scaler
+	m.Slots = ScalerSlots(m.scaler)
 	return m, nil
 }
+
+// share joins the pool shared with the other managers: this manager's plugin is
+// initialised for its own connections, and the taskscaler starts (with topts, over
+// the inventory in etcd) whenever this manager is elected to lead.
+func (m *Pool) share(ctx context.Context, node *coord.Node, topts taskscaler.Options) error {
+	info, err := m.plugin.Init(ctx, topts.PluginLogger, topts.Settings)
+	if err != nil {
+		return fmt.Errorf("creating taskscaler: initialise instance group: %w", err)
+	}
+	// The pool outlives each manager: a leader that stops hands its instances to the
+	// next one instead of deleting them.
+	topts.DeleteInstancesOnShutdown = false
+	topts.Info = &info
+	m.sharedOpts = topts
+	m.shared = node.Join(topts.Owner, coord.GroupOptions{
+		Logger: m.log, AcquireTimeout: topts.InstanceAcquireTimeout, ConnectInfo: m.plugin.ConnectInfo,
+		Lead: func(ctx context.Context, store state.Store, held []taskscaler.Held) (coord.Scaler, error) {
+			o := m.leaderOptions()
+			o.Store, o.Held = store, held
+			// Leading ends without shutting the plugin down: this manager still uses it.
+			return taskscaler.New(ctx, keepPlugin{m.plugin}, o)
+		},
+	})
+	m.closers = append(m.closers, m.shared.Close)
+	m.Slots = sharedSlots{m.shared}
+	return nil
+}
+
+// leaderOptions are the taskscaler options a new leader starts with (the policies of
+// the last configuration reload).
+func (m *Pool) leaderOptions() taskscaler.Options {
+	m.sharedMu.Lock()
+	defer m.sharedMu.Unlock()
+	return m.sharedOpts
+}
+
+// keepPlugin is the plugin as the leader's taskscaler sees it: its Shutdown leaves
+// the plugin running, since leading may end while the manager goes on.
+type keepPlugin struct{ provider.InstanceGroup }
+
+func (keepPlugin) Shutdown(context.Context) error { return nil }
+
+// sharedSlots hands out the slots of a shared pool.
+type sharedSlots struct{ g *coord.Group }
+
+func (s sharedSlots) Acquire(ctx context.Context, key string) (Slot, error) {
+	a, err := s.g.Acquire(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (s sharedSlots) Release(key string) { s.g.Release(key) }
 
 // limitedBuffer keeps the first 4 KiB of a command's output, for error messages.
 type limitedBuffer struct{ b []byte }
@@ -263,21 +335,55 @@ func (l *limitedBuffer) String() string { return string(l.b) }
 // Reserve holds a slot for key ahead of its job (`runner run` reserves before it asks
 // GitLab for a job, so it never takes a job it has no room for); the job's Run with the
 // same key acquires it.
-func (m *Pool) Reserve(ctx context.Context, key string) error { return m.scaler.Reserve(ctx, key) }
-
-// Unreserve gives back a reservation no job will use.
-func (m *Pool) Unreserve(key string) { m.scaler.Unreserve(key) }
-
-// ConfigureSchedule replaces the scaling policies (on a configuration reload).
-func (m *Pool) ConfigureSchedule(policies []taskscaler.Policy) error {
-	return m.scaler.ConfigureSchedule(policies)
+func (m *Pool) Reserve(ctx context.Context, key string) error {
+	if m.shared != nil {
+		return m.shared.Reserve(ctx, key)
+	}
+	return m.scaler.Reserve(ctx, key)
 }
 
-// Status is the pool's state and its last scaling decisions.
-func (m *Pool) Status() taskscaler.Status { return m.scaler.Status() }
+// Unreserve gives back a reservation no job will use.
+func (m *Pool) Unreserve(key string) {
+	if m.shared != nil {
+		m.shared.Unreserve(key)
+		return
+	}
+	m.scaler.Unreserve(key)
+}
+
+// ConfigureSchedule replaces the scaling policies (on a configuration reload). In a
+// shared pool they apply while this manager leads, and from its next election on.
+func (m *Pool) ConfigureSchedule(policies []taskscaler.Policy) error {
+	if m.shared == nil {
+		return m.scaler.ConfigureSchedule(policies)
+	}
+	m.sharedMu.Lock()
+	m.sharedOpts.Policies = policies
+	m.sharedMu.Unlock()
+	if sc, ok := m.shared.Scaler(); ok {
+		if s, ok := sc.(*taskscaler.Scaler); ok {
+			return s.ConfigureSchedule(policies)
+		}
+	}
+	return nil
+}
+
+// Status is the pool's state and its last scaling decisions; in a shared pool also
+// the managers, the leader and the slots they hold.
+func (m *Pool) Status() taskscaler.Status {
+	if m.shared != nil {
+		return m.shared.Status()
+	}
+	return m.scaler.Status()
+}
 
 // Explain explains one instance of the pool (false if the pool does not know it).
-func (m *Pool) Explain(id string) (taskscaler.InstanceStatus, bool) { return m.scaler.Explain(id) }
+func (m *Pool) Explain(id string) (taskscaler.InstanceStatus, bool) {
+	if m.shared != nil {
+		return m.shared.Explain(id)
+	}
+	return m.scaler.Explain(id)
+}
 
 // newEnv makes the environment of job on slot with the runner entry's executor, over
 // the pool's connection to the slot's instance.
@@ -310,6 +416,9 @@ func (m *Pool) Shutdown(ctx context.Context) error {
 	}
 	if m.scaler != nil {
 		err = m.scaler.Shutdown(ctx)
+	}
+	if m.shared != nil {
+		m.shared.Close() // a leader resigns: another manager takes over at once
 	}
 	if m.plugin != nil {
 		if serr := m.plugin.Shutdown(ctx); serr != nil && !errors.Is(serr, pluginclient.ErrPluginExited) {

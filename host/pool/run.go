@@ -22,11 +22,27 @@ type Slot interface {
 }
 
 // Slots hands out slots by key; a reservation made with a key is used by the Acquire
-// with that key. The taskscaler is the one real implementation.
+// with that key. A pool's own taskscaler (ScalerSlots) and a pool shared with other
+// runner managers (host/coord) implement it.
 type Slots interface {
-	Acquire(ctx context.Context, key string) (*taskscaler.Acquisition, error)
+	Acquire(ctx context.Context, key string) (Slot, error)
 	Release(key string)
 }
+
+// ScalerSlots hands out the slots of a taskscaler.
+func ScalerSlots(s *taskscaler.Scaler) Slots { return scalerSlots{s} }
+
+type scalerSlots struct{ s *taskscaler.Scaler }
+
+func (s scalerSlots) Acquire(ctx context.Context, key string) (Slot, error) {
+	a, err := s.s.Acquire(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (s scalerSlots) Release(key string) { s.s.Release(key) }
 
 // EnvFactory makes the executor environment of job on slot. ctx is bounded by the
 // slot: it ends if the instance disappears.

@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/host/coord"
 	"github.com/flotilla-ci/flotilla/host/jobs/gitlab"
 	"github.com/flotilla-ci/flotilla/host/plugins"
 	"github.com/flotilla-ci/flotilla/host/pool"
@@ -85,6 +86,9 @@ type Service struct {
 	opts     Options
 	log      *slog.Logger
 	systemID string
+	// node is this manager's membership of the shared pools ([coordination]); nil
+	// when the pools are this process's own.
+	node *coord.Node
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -327,6 +331,14 @@ func (s *Service) Run(ctx context.Context) error {
 		go s.pollWeb(pollCtx)
 	}
 
+	if co := s.cfg.Coordination; co != nil {
+		node, err := coord.Open(ctx, co, s.systemID, coord.Options{Logger: s.log})
+		if err != nil {
+			return fmt.Errorf("%s: [coordination]: %w", s.opts.ConfigPath, err)
+		}
+		s.node = node
+		defer node.Close()
+	}
 	for i := range s.cfg.Runners {
 		r := s.cfg.Runners[i]
 		if err := s.startRunner(reqCtx, &r); err != nil {
@@ -459,7 +471,8 @@ func (s *Service) startRunner(ctx context.Context, r *config.Runner) error {
 	s.mu.Lock()
 	cfg := s.cfg
 	s.mu.Unlock()
-	m, err := pool.Start(ctx, cfg, r, pool.Options{Logger: s.log, PluginLog: s.opts.PluginLog, StateDir: s.opts.StateDir, Resolve: s.opts.Resolve, Metrics: s.opts.Metrics})
+	m, err := pool.Start(ctx, cfg, r, pool.Options{Logger: s.log, PluginLog: s.opts.PluginLog, StateDir: s.opts.StateDir, Resolve: s.opts.Resolve, Metrics: s.opts.Metrics,
+		Coordination: s.node})
 	if err != nil {
 		return fmt.Errorf("runner %q: %w", r.Name, err)
 	}
@@ -502,6 +515,9 @@ func (s *Service) reload(ctx context.Context) {
 	s.mu.Lock()
 	old := s.cfg
 	s.cfg = cfg
+	if !reflect.DeepEqual(old.Coordination, cfg.Coordination) {
+		s.log.Warn("config reload: this change takes effect after a restart of `runner run`", "setting", "[coordination]")
+	}
 	var added []*config.Runner
 	seen := map[string]bool{}
 	for i := range cfg.Runners {

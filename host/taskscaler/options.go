@@ -159,6 +159,14 @@ type Gauges struct {
 	MaxUseCount         int
 }
 
+// Held is one slot held on a recorded instance when a scaler starts.
+type Held struct {
+	// Key is the acquisition's key; Release(Key) frees the slot.
+	Key        string
+	InstanceID string
+	Slot       int
+}
+
 // Options configures a Scaler: every [runners.autoscaler] key as a typed value, plus
 // the host's hooks. Zero values mean the library default (see the Default constants).
 type Options struct {
@@ -189,6 +197,11 @@ type Options struct {
 	// KeepInstanceWithAcquisitions keeps a restored instance that had jobs in flight
 	// when the host stopped (state_storage.keep_instance_with_acquisitions).
 	KeepInstanceWithAcquisitions bool
+	// Held are the slots other processes hold on recorded instances when the scaler
+	// starts: a new leader of a pool shared by several runner managers takes over the
+	// acquisitions the managers hold, so their instances are kept and the slots stay
+	// taken until Release (see host/coord).
+	Held []Held
 
 	// Ready runs instance_ready_command (nil: instances are ready once running).
 	Ready ReadyFunc

@@ -41,6 +41,9 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 				continue
 			}
 			switch {
+			case in.retire != "":
+				s.beginRemovalLocked(now, in, in.retire)
+				surplus--
 			case s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount:
 				s.beginRemovalLocked(now, in, fmt.Sprintf("max_use_count %d reached and drained", s.opts.MaxUseCount))
 				surplus--

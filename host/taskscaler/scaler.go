@@ -100,13 +100,16 @@ type instance struct {
 	lastHeartbeat time.Time
 	nextCheck     time.Time // an unhealthy instance is checked again no earlier than this
 
-	runningAt     time.Time
-	idleSince     time.Time
-	removeAt      time.Time
-	decreasedAt   time.Time
-	readyStarted  bool
-	readyRetry    bool // a readiness check failed; it is tried again at nextCheck
-	restoredJobs  int
+	runningAt    time.Time
+	idleSince    time.Time
+	removeAt     time.Time
+	decreasedAt  time.Time
+	readyStarted bool
+	readyRetry   bool // a readiness check failed; it is tried again at nextCheck
+	restoredJobs int
+	// retire, when set, says why the instance takes no more jobs and is removed once
+	// its slots are free (a job of a lost runner manager ran on it).
+	retire        string
 	history       []Event
 	historyCursor int
 }
@@ -132,6 +135,9 @@ func (in *instance) setSlot(i int, sl slot) {
 
 // usable is how many more slots the instance can hand out now.
 func (in *instance) usable(cap, maxUse int) int {
+	if in.retire != "" {
+		return 0
+	}
 	free := cap - in.busy()
 	if maxUse > 0 {
 		free = min(free, maxUse-in.UseCount-in.reserved)
@@ -285,6 +291,7 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 		in.event(now, "restored", fmt.Sprintf("found in the inventory (cause %s, used %d, %d jobs in flight)", rec.Cause, rec.UseCount, rec.InFlight))
 		s.instances[rec.ID] = in
 	}
+	s.adoptHeldLocked(now, o.Held)
 	// Every intent in the store was made by a process that is gone. They are kept as
 	// unconfirmed: instances that appear are claimed against them, but they do not
 	// count as capacity, so a crash mid-scale-up never blocks scale-up.
@@ -316,6 +323,39 @@ func New(ctx context.Context, group provider.InstanceGroup, opts Options) (*Scal
 		go s.loop()
 	}
 	return s, nil
+}
+
+// adoptHeldLocked takes over the slots other processes hold (Options.Held) on restored
+// instances. Those jobs are alive, so an instance holding them is kept; jobs recorded
+// in flight beyond them were lost with their process, and the instance is retired once
+// the live ones are released instead of being removed under them.
+func (s *Scaler) adoptHeldLocked(now time.Time, held []Held) {
+	perInstance := map[string]int{}
+	for _, h := range held {
+		in, ok := s.instances[h.InstanceID]
+		if !ok || h.Slot < 0 || h.Slot >= s.opts.CapacityPerInstance || in.slotAt(h.Slot).state != slotFree {
+			s.log.Warn("held slot not taken over: its instance is not in the inventory or the slot is taken twice",
+				"instance", h.InstanceID, "slot", h.Slot, "key", h.Key)
+			continue
+		}
+		if _, dup := s.acquisitions[h.Key]; dup {
+			continue
+		}
+		in.setSlot(h.Slot, slot{state: slotAcquired, key: h.Key})
+		in.InFlight++
+		actx, cancel := context.WithCancelCause(context.Background())
+		a := &Acquisition{s: s, key: h.Key, id: in.ID, slot: h.Slot, ctx: actx, cancel: cancel}
+		s.acquisitions[h.Key], in.acqs[h.Key] = a, a
+		in.event(now, "acquired", fmt.Sprintf("slot %d held by %s, taken over", h.Slot, h.Key))
+		perInstance[in.ID]++
+	}
+	for id, n := range perInstance {
+		in := s.instances[id]
+		if lost := in.restoredJobs - n; lost > 0 && !s.opts.KeepInstanceWithAcquisitions {
+			in.retire = fmt.Sprintf("%d jobs in flight were lost with their runner manager; removing for safety once the %d held slots are released", lost, n)
+		}
+		in.restoredJobs = 0
+	}
 }
 
 // Info returns the group's ProviderInfo.

@@ -466,9 +466,25 @@ func (s *Scaler) unhealthyReasonsLocked(now time.Time, limit int) []string {
 	return out
 }
 
+// Acquisition returns key's acquisition, if it holds one.
+func (s *Scaler) Acquisition(key string) (*Acquisition, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.acquisitions[key]
+	return a, ok
+}
+
 // Release ends key's acquisition: the slot becomes free, and an instance that reached
 // max_use_count is removed once its last job is released.
-func (s *Scaler) Release(key string) {
+func (s *Scaler) Release(key string) { s.release(key, "") }
+
+// ReleaseLost ends key's acquisition whose job was lost with the process that ran it
+// (a runner manager that died): nobody knows what the job left on the instance, so,
+// unless keep_instance_with_acquisitions is set, the instance takes no more jobs and
+// is removed once its other slots are free. why is recorded in its history.
+func (s *Scaler) ReleaseLost(key, why string) { s.release(key, why) }
+
+func (s *Scaler) release(key, lost string) {
 	now := s.clock.Now()
 	s.mu.Lock()
 	a, ok := s.acquisitions[key]
@@ -483,8 +499,15 @@ func (s *Scaler) Release(key string) {
 	if exists {
 		delete(in.acqs, key)
 		s.freeSlotLocked(in, a.slot, slotAcquired)
-		in.event(now, "released", fmt.Sprintf("slot %d from %s", a.slot, key))
-		retire = s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount && in.busy() == 0
+		if lost != "" {
+			in.event(now, "released", fmt.Sprintf("slot %d from %s: instance unexpectedly lost: %s", a.slot, key, lost))
+			if !s.opts.KeepInstanceWithAcquisitions && in.retire == "" {
+				in.retire = "a job's runner manager was lost while the job ran (" + lost + "); removing for safety"
+			}
+		} else {
+			in.event(now, "released", fmt.Sprintf("slot %d from %s", a.slot, key))
+		}
+		retire = (s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount || in.retire != "") && in.busy() == 0
 		if s.opts.MaxUseCount == 0 || in.UseCount < s.opts.MaxUseCount {
 			s.demand.freed(now) // the slot serves another job
 		}

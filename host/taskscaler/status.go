@@ -132,6 +132,50 @@ type Status struct {
 	InstanceList []InstanceStatus  `json:"instances"`
 	// Gone lists recently removed instances with the reason.
 	Gone []InstanceStatus `json:"gone,omitempty"`
+	// Coordination is set when several runner managers share the pool (docs/ha.md):
+	// who they are, which one leads, and who holds which slot.
+	Coordination *Coordination `json:"coordination,omitempty"`
+}
+
+// Coordination is the state of a pool shared by several runner managers.
+type Coordination struct {
+	// Backend names the coordination service ("etcd").
+	Backend string `json:"backend"`
+	// Self is this manager's ID (its system ID); Leader the manager making the
+	// scaling decisions ("" while none is elected).
+	Self   string `json:"self"`
+	Leader string `json:"leader"`
+	// Connected is false while this manager has no session with the service: it
+	// takes no jobs then.
+	Connected bool `json:"connected"`
+	// StatusFrom says, on a manager that does not lead, when the leader last
+	// published the pool's state shown with this status.
+	StatusFrom time.Time      `json:"status_from,omitzero"`
+	Managers   []ManagerEntry `json:"managers"`
+	Slots      []SlotHolder   `json:"slots"`
+	// Error is set when the coordination state could not be read.
+	Error string `json:"error,omitempty"`
+}
+
+// ManagerEntry is one live runner manager of a shared pool.
+type ManagerEntry struct {
+	ID       string    `json:"id"`
+	Host     string    `json:"host"`
+	PID      int       `json:"pid"`
+	Version  string    `json:"version,omitempty"`
+	Since    time.Time `json:"since"`
+	Jobs     int       `json:"jobs"`
+	IsLeader bool      `json:"leader"`
+}
+
+// SlotHolder is one held slot of a shared pool: which manager holds it, for which
+// acquisition key, since when.
+type SlotHolder struct {
+	Instance string    `json:"instance"`
+	Slot     int       `json:"slot"`
+	Manager  string    `json:"manager"`
+	Key      string    `json:"key"`
+	Since    time.Time `json:"since"`
 }
 
 func (s *Scaler) instanceStatusLocked(now time.Time, in *instance) InstanceStatus {

@@ -41,6 +41,11 @@ type InstanceGroup struct {
 	// DockerSocket, when set, is the host's Docker socket that an instance's
 	// /var/run/docker.sock (reached with direct-streamlocal) is mapped to.
 	DockerSocket string `json:"docker_socket"`
+	// Shared lets several plugin processes use RootDir at once (the plugins of several
+	// runner managers of one instance group on this machine): each lists, connects
+	// to, restarts and deletes the instances any of them created. Every plugin on
+	// RootDir must set it; by default one plugin process owns RootDir alone.
+	Shared bool `json:"shared"`
 
 	self      []string // this program as the plugin: binary and the arguments selecting it
 	log       hclog.Logger
@@ -51,7 +56,7 @@ type InstanceGroup struct {
 	keyPEM    []byte // the configured client key, if any
 	authKey   []byte // its public key, authorized_keys form
 	settings  provider.ConnectorConfig
-	lock      *os.File // held open while the plugin owns root_dir
+	lock      *os.File // held open while the plugin uses root_dir
 	// cgroupParent holds the cgroups of the instances this plugin creates; "" when
 	// cgroup v2 is not usable here, and instances' processes are their server's session.
 	cgroupParent string
@@ -195,7 +200,8 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 			logger.Warn("docker_socket is not a unix socket (yet); Docker connections through instances will fail until it is", "docker_socket", g.DockerSocket)
 		}
 	}
-	if err := g.lockRoot(ctx); err != nil {
+	alone, err := g.lockRoot(ctx)
+	if err != nil {
 		return provider.ProviderInfo{}, err
 	}
 	if !g.noCgroups {
@@ -209,8 +215,23 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 			}
 		}
 	}
-	g.cleanStaleCreations()
-	g.endOrphanCgroups(ctx)
+	// What looks abandoned in root_dir may be another live plugin's work in progress (a
+	// half-built instance, the cgroup of one whose directory is not in place yet):
+	// remove it only while no other plugin uses root_dir.
+	if alone {
+		g.cleanStaleCreations()
+		g.endOrphanCgroups(ctx)
+	} else {
+		logger.Info("root_dir is shared with other live local plugins: leaving half-built instance directories and orphan cgroups, which may be theirs, to a plugin that starts alone", "root_dir", root)
+	}
+	if g.Shared && alone {
+		// Now let the other shared plugins in.
+		if err := setRootLock(g.lock, syscall.F_RDLCK); err != nil {
+			g.lock.Close()
+			g.lock = nil
+			return provider.ProviderInfo{}, fmt.Errorf("share the lock on %s: %w", filepath.Join(root, LockFileName), err)
+		}
+	}
 
 	host, _ := os.Hostname()
 	return provider.ProviderInfo{
@@ -221,35 +242,103 @@ func (g *InstanceGroup) Init(ctx context.Context, logger hclog.Logger, settings 
 	}, nil
 }
 
-// LockFileName is the file in root_dir that the plugin process owning root_dir holds
-// a lock on: two plugins on one root_dir would each take the other's instances for
-// their own. It is a POSIX record lock, owned by the process, so that a group re-made
-// in the same process (the conformance kit in process) is not locked out by itself.
+// LockFileName is the file in root_dir that the plugin processes using root_dir hold
+// a lock on: a plugin with shared = false holds it exclusively, since two plugins
+// on one root_dir would each take the other's instances for their own; plugins with
+// shared = true hold it shared, and so exclude a plugin with shared = false (and it
+// them). It is a POSIX record lock, owned by the process, so that a group re-made in
+// the same process (the conformance kit in process) is not locked out by itself.
 const LockFileName = ".lock"
 
 // lockWait is how long Init waits for root_dir's lock: a plugin process being replaced
 // may take a moment to exit.
 const lockWait = 5 * time.Second
 
-func (g *InstanceGroup) lockRoot(ctx context.Context) error {
+// sharedMark follows the PID in LockFileName when the plugin that last held root_dir
+// alone has shared = true: a plugin refused by it says so, rather than that it is one
+// with shared = false.
+const sharedMark = "shared"
+
+// setRootLock takes (or converts to) the lock of type typ on the whole of f, without
+// waiting.
+func setRootLock(f *os.File, typ int16) error {
+	return syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &syscall.Flock_t{Type: typ, Whence: 0})
+}
+
+// lockRoot takes root_dir's lock, and reports whether this plugin holds root_dir alone:
+// it holds the lock exclusively. With shared = false that is the only way it takes it;
+// with shared = true it tries that first, else takes it shared, and Init converts an
+// exclusive one to shared once it has cleaned up.
+func (g *InstanceGroup) lockRoot(ctx context.Context) (alone bool, err error) {
 	path := filepath.Join(g.root, LockFileName)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return invalidConfig("plugin_config.root_dir: open %s: %v", path, err)
+		return false, invalidConfig("plugin_config.root_dir: open %s: %v", path, err)
 	}
 	locked := waitUntil(ctx, lockWait, func() bool {
-		return syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0}) == nil
+		if setRootLock(f, syscall.F_WRLCK) == nil {
+			alone = true
+			return true
+		}
+		return g.Shared && setRootLock(f, syscall.F_RDLCK) == nil
 	})
 	if !locked {
-		holder, _ := os.ReadFile(path)
+		err := g.rootConflict(f)
 		f.Close()
-		return invalidConfig("plugin_config.root_dir: %s is in use by another local plugin (pid %s): give each [[runners]] entry that uses the local plugin its own root_dir",
-			g.root, strings.TrimSpace(string(holder)))
+		return false, err
 	}
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	if alone {
+		record := strconv.Itoa(os.Getpid())
+		if g.Shared {
+			record += " " + sharedMark
+		}
+		_ = f.Truncate(0)
+		_, _ = f.WriteAt([]byte(record+"\n"), 0)
+	}
 	g.lock = f
-	return nil
+	return alone, nil
+}
+
+// rootConflict explains why root_dir's lock was refused: which plugin holds it, and
+// whether it shares root_dir.
+func (g *InstanceGroup) rootConflict(f *os.File) error {
+	record, _ := io.ReadAll(io.NewSectionReader(f, 0, 64))
+	fields := strings.Fields(string(record))
+	pid, holderShared := "", false
+	if len(fields) > 0 {
+		pid, holderShared = fields[0], len(fields) > 1 && fields[1] == sharedMark
+	}
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0}
+	if g.Shared {
+		lk.Type = syscall.F_RDLCK
+	}
+	// The kernel names a holder (the record may be stale): a shared lock is a shared
+	// plugin's; an exclusive one is a shared plugin's only while it cleans up alone.
+	if syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk) == nil && lk.Type != syscall.F_UNLCK {
+		if holder := strconv.Itoa(int(lk.Pid)); lk.Pid > 0 && holder != pid {
+			pid, holderShared = holder, false
+		}
+		if lk.Type == syscall.F_RDLCK {
+			holderShared = true
+		}
+	}
+	if pid == "" {
+		pid = "unknown"
+	}
+	switch {
+	case !g.Shared && holderShared:
+		return invalidConfig("plugin_config.root_dir: %s is shared by other local plugins (pid %s has shared = true) and this plugin has shared = false: set shared = true on every manager's plugin config that uses this root_dir, or give this [[runners]] entry its own root_dir",
+			g.root, pid)
+	case !g.Shared:
+		return invalidConfig("plugin_config.root_dir: %s is in use by another local plugin (pid %s): give each [[runners]] entry that uses the local plugin its own root_dir; for several managers of one [[runners]] entry, set shared = true on every manager's plugin config",
+			g.root, pid)
+	case holderShared:
+		return invalidConfig("plugin_config.root_dir: %s is shared, and another local plugin (pid %s) has held it alone, cleaning it up, for over %s: try again",
+			g.root, pid, lockWait)
+	default:
+		return invalidConfig("plugin_config.root_dir: %s is in use by another local plugin (pid %s) that has shared = false and owns it alone: set shared = true on every manager's plugin config that uses this root_dir, or give this [[runners]] entry its own root_dir",
+			g.root, pid)
+	}
 }
 
 // newPrefix names a directory that is being built into an instance; Increase renames
@@ -367,8 +456,16 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 		}
 		if _, alive := serverAlive(in.dir); !alive {
 			if err := g.restart(ctx, in); err != nil {
-				g.log.Error("restart instance server", "instance", in.id, "error", err)
-				fn(in.id, provider.StateCreating)
+				// On a shared root_dir another plugin process may be deleting it.
+				now, lerr := g.lookup(in.id)
+				switch {
+				case lerr != nil: // gone
+				case now.deleting:
+					fn(in.id, provider.StateDeleting)
+				default:
+					g.log.Error("restart instance server", "instance", in.id, "error", err)
+					fn(in.id, provider.StateCreating)
+				}
 				continue
 			}
 			if !time.Now().Before(in.meta.ReadyAt) {
@@ -387,11 +484,16 @@ func (g *InstanceGroup) Update(ctx context.Context, fn func(string, provider.Sta
 // restart starts a new server for an instance whose server died, as a cloud restarts a
 // crashed VM: first it ends every process the dead server left (its commands'
 // orphans), so that nothing of the old server runs on beside the new one. If a server
-// holds the lock meanwhile, it is alive: nothing to do.
+// holds the lock meanwhile, it is alive: nothing to do. If a deletion began since in
+// was looked up (by another plugin process sharing root_dir), it fails with errGoing.
 func (g *InstanceGroup) restart(ctx context.Context, in instance) error {
 	f, claimed, err := tryClaim(in.dir)
 	if err != nil || !claimed {
 		return err
+	}
+	if !stillInstance(in.dir, in.id, f) {
+		f.Close()
+		return fmt.Errorf("instance %s: %w", in.id, errGoing)
 	}
 	old := readPID(filepath.Join(in.dir, serverPIDFile))
 	n, err := endProcesses(ctx, in.dir)
@@ -407,6 +509,29 @@ func (g *InstanceGroup) restart(ctx context.Context, in instance) error {
 	}
 	g.log.Warn("instance server is not running; restarting it", "instance", in.id, "old_pid", old, "processes_ended", n)
 	return g.startServer(in.dir, f) // the new server inherits the lock
+}
+
+// errGoing reports that an instance is being deleted, or is gone.
+var errGoing = errors.New("being deleted")
+
+// stillInstance reports whether the instance id in dir is still one to serve, once
+// claim (its server.lock, from tryClaim) is held: the file claimed is the one in
+// the directory, no deletion is under way, and instance.json is there. On a shared
+// root_dir, another plugin process may have accepted a Decrease since Update looked,
+// and be removing the directory: its claim held to the end, tryClaim got either the
+// removed server.lock or one it created anew in the directory being removed
+// (removeInstanceDir keeps the deleting marker, then instance.json, until last).
+func stillInstance(dir, id string, claim *os.File) bool {
+	var opened, linked syscall.Stat_t
+	if syscall.Fstat(int(claim.Fd()), &opened) != nil || syscall.Stat(filepath.Join(dir, serverLockFile), &linked) != nil ||
+		opened.Ino != linked.Ino || opened.Dev != linked.Dev {
+		return false
+	}
+	if _, err := os.Lstat(filepath.Join(dir, deletingFile)); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	var meta instanceMeta
+	return readJSON(filepath.Join(dir, metaFile), &meta) == nil && meta.ID == id
 }
 
 // listening reports whether dir's live server has recorded its address.
@@ -578,7 +703,12 @@ func (g *InstanceGroup) startDelete(in instance) {
 		ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 		defer cancel()
 		if err := deleteInstance(ctx, in.dir); err != nil {
-			g.log.Error("delete instance", "instance", in.id, "error", err)
+			if _, statErr := os.Lstat(in.dir); errors.Is(statErr, os.ErrNotExist) {
+				// Another plugin process sharing root_dir removed it first.
+				g.log.Debug("instance deleted by another plugin process", "instance", in.id)
+			} else {
+				g.log.Error("delete instance", "instance", in.id, "error", err)
+			}
 		} else {
 			g.log.Debug("instance deleted", "instance", in.id)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -256,9 +257,13 @@ func waitUntil(ctx context.Context, d time.Duration, cond func() bool) bool {
 }
 
 // removeInstanceDir deletes an instance directory, making read-only directories a
-// command left behind writable first.
+// command left behind writable first. instance.json and then the deleting marker are
+// removed last, in that order: until the end the directory is an instance being
+// deleted (the next Update finishes a removal that failed), and a plugin process
+// sharing root_dir that re-creates server.lock in it meanwhile (restart) finds the
+// marker, or else no instance.json, and leaves it (stillInstance).
 func removeInstanceDir(dir string) error {
-	if err := os.RemoveAll(dir); err == nil {
+	if err := removeInOrder(dir); err == nil {
 		return nil
 	}
 	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
@@ -267,10 +272,34 @@ func removeInstanceDir(dir string) error {
 		}
 		return nil
 	})
-	if err := os.RemoveAll(dir); err != nil {
+	if err := removeInOrder(dir); err != nil {
 		return fmt.Errorf("remove instance directory: %w", err)
 	}
 	return nil
+}
+
+// removeInOrder is removeInstanceDir's one attempt.
+func removeInOrder(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if name := e.Name(); name != metaFile && name != deletingFile {
+			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range []string{metaFile, deletingFile} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return os.RemoveAll(dir) // and whatever was created meanwhile
 }
 
 // serveInstance is the instance-serve subcommand: it runs dir's SSH server until ctx

@@ -315,6 +315,15 @@ func deleteInstance(ctx context.Context, dir string) error {
 		return err
 	}
 	defer f.Close()
+	// The marker is removed last but for the directory (removeInstanceDir): a plugin
+	// process sharing root_dir that claims the instance meanwhile must see that it is
+	// going (stillInstance). Decrease wrote it already; a failed creation did not.
+	marker := filepath.Join(dir, deletingFile)
+	if _, err := os.Lstat(marker); errors.Is(err, os.ErrNotExist) {
+		if err := os.WriteFile(marker, nil, 0o600); err != nil {
+			return fmt.Errorf("mark instance %s deleting: %w", filepath.Base(dir), err)
+		}
+	}
 	cg := instanceCgroup(dir)
 	for attempt := 0; ; attempt++ {
 		if _, err := endProcesses(ctx, dir); err != nil {

@@ -1,0 +1,115 @@
+package coord
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flotilla-ci/flotilla/host/state"
+)
+
+// ErrNotLeader is returned by a Store write after its leadership ended: a deposed
+// leader's scaler can neither record nor (since it records before it creates)
+// create anything.
+var ErrNotLeader = errors.New("no longer the pool's leader: the write was refused")
+
+// maxTxnOps keeps a transaction under etcd's default limit of 128 operations.
+const maxTxnOps = 100
+
+// Store is the pool's inventory in etcd, a state.Store written by the leader only:
+// every write is a transaction that holds only while the leader's election key is
+// the one it won with. The pool's key prefix already names the owner, so the owner
+// argument only has to match across calls.
+type Store struct {
+	cli   *clientv3.Client
+	pfx   string // ends with "/"
+	fence clientv3.Cmp
+}
+
+// NewStore returns the inventory under pfx, written only while fence holds.
+func NewStore(cli *clientv3.Client, pfx string, fence clientv3.Cmp) *Store {
+	return &Store{cli: cli, pfx: strings.TrimSuffix(pfx, "/") + "/", fence: fence}
+}
+
+func (s *Store) instanceKey(id string) string { return s.pfx + "instances/" + id }
+
+// Load reads the inventory.
+func (s *Store) Load(ctx context.Context, _ string) (state.Snapshot, error) {
+	resp, err := s.cli.Get(ctx, s.pfx, clientv3.WithPrefix())
+	if err != nil {
+		return state.Snapshot{}, fmt.Errorf("read inventory %s from etcd: %w", s.pfx, err)
+	}
+	var snap state.Snapshot
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		var err error
+		switch {
+		case strings.HasPrefix(k, s.pfx+"instances/"):
+			var in state.Instance
+			if err = json.Unmarshal(kv.Value, &in); err == nil {
+				snap.Instances = append(snap.Instances, in)
+			}
+		case k == s.pfx+"intents":
+			err = json.Unmarshal(kv.Value, &snap.Intents)
+		case k == s.pfx+"demand":
+			snap.Demand = &state.Demand{}
+			err = json.Unmarshal(kv.Value, snap.Demand)
+		}
+		if err != nil {
+			return state.Snapshot{}, fmt.Errorf("read inventory key %s: %w", k, err)
+		}
+	}
+	return snap, nil
+}
+
+// Apply writes b. Intents come first, then the instance records, then deletions, so
+// that a batch too large for one transaction (more than maxTxnOps records, split in
+// several) still records an intent before anything it leads to; a crash between the
+// parts leaves an instance unrecorded (it is then deleted as unvouched) or a deleted
+// one recorded (it is then found gone), never an unrecorded creation.
+func (s *Store) Apply(ctx context.Context, _ string, b state.Batch) error {
+	var ops []clientv3.Op
+	if b.SetIntents {
+		v, err := json.Marshal(b.Intents)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(s.pfx+"intents", string(v)))
+	}
+	if b.Demand != nil {
+		v, err := json.Marshal(b.Demand)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(s.pfx+"demand", string(v)))
+	}
+	for _, in := range b.Put {
+		v, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(s.instanceKey(in.ID), string(v)))
+	}
+	for _, id := range b.Delete {
+		ops = append(ops, clientv3.OpDelete(s.instanceKey(id)))
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		resp, err := s.cli.Txn(ctx).If(s.fence).Then(ops[:n]...).Commit()
+		if err != nil {
+			return fmt.Errorf("write inventory to etcd: %w", err)
+		}
+		if !resp.Succeeded {
+			return ErrNotLeader
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// Close does nothing: the etcd client belongs to the Node.
+func (s *Store) Close() error { return nil }
