@@ -15,9 +15,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flotilla-ci/flotilla/host/config"
-	"github.com/flotilla-ci/flotilla/internal/etcdtest"
 	"github.com/flotilla-ci/flotilla/host/state"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
+	"github.com/flotilla-ci/flotilla/internal/etcdtest"
 	"github.com/flotilla-ci/flotilla/sdk/eventually"
 	"github.com/flotilla-ci/flotilla/sdk/fake"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
@@ -203,7 +203,7 @@ func run(ctx context.Context, m *manager, key string, h *holders) error {
 		return fmt.Errorf("acquire %s: %w", key, err)
 	}
 	h.take(a, key)
-		h.give(a)
+	h.give(a)
 	m.g.Release(key)
 	return nil
 }

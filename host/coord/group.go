@@ -111,7 +111,7 @@ func (n *Node) Join(owner string, o GroupOptions) *Group {
 		log = n.log
 	}
 	g := &Group{n: n, owner: owner, pfx: n.pfx + "/pools/" + url.PathEscape(owner), o: o,
-		log: log.With("subsystem", "coordination", "manager", n.id),
+		log:     log.With("subsystem", "coordination", "manager", n.id),
 		waiters: map[string]chan grant{}, acqs: map[string]*Acquisition{}}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
 	n.mu.Lock()
@@ -436,4 +436,3 @@ func (a *Acquisition) WithContext(ctx context.Context) (context.Context, context
 	stop := context.AfterFunc(a.ctx, func() { cancel(context.Cause(a.ctx)) })
 	return child, func() { stop(); cancel(context.Canceled) }
 }
-
