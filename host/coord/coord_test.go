@@ -36,14 +36,16 @@ type manager struct {
 }
 
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *etcdtest.Cluster
 	group   *fake.Group
 	ttl     time.Duration
 	opts    taskscaler.Options
 }
 
-func newHarness(t *testing.T, members int) *harness {
+func newHarness(t *testing.T, members int) *harness { return newHarnessTB(t, members) }
+
+func newHarnessTB(t testing.TB, members int) *harness {
 	t.Helper()
 	return &harness{t: t, cluster: etcdtest.Start(t, members), group: fake.New(fake.Options{}), ttl: 2 * time.Second,
 		opts: taskscaler.Options{CapacityPerInstance: 2, MaxInstances: 8, Policies: []taskscaler.Policy{{IdleCount: 2, IdleTime: time.Hour}},
@@ -86,15 +88,14 @@ func (m *manager) stop() {
 // die is kill -9 for an in-process manager: its keepalives stop, nothing is
 // revoked or resigned, so its lease runs out in etcd after the TTL.
 func (m *manager) die() {
-	cli := m.n.cli
-	cli.Close() // first: nothing below reaches etcd any more
-	m.g.Close()
 	m.n.cancel()
-	<-m.n.done
+	m.n.cli.Close()
+	// What is left of it winds down in the background; nothing reaches etcd.
+	go m.g.Close()
 	m.n = nil
 }
 
-func leaderOf(t *testing.T, ms ...*manager) *manager {
+func leaderOf(t testing.TB, ms ...*manager) *manager {
 	t.Helper()
 	var l *manager
 	eventually.True(t, "a leader elected", 15*time.Second, func() bool {
@@ -112,14 +113,16 @@ func leaderOf(t *testing.T, ms ...*manager) *manager {
 // audit checks the history of every slot key from rev on: each acquisition creates
 // the key (version 1), each release deletes it, so a slot handed out twice would show
 // as a put onto a live key.
-func audit(t *testing.T, cli *clientv3.Client, pfx string, rev int64) (acquisitions int) {
+func audit(t testing.TB, cli *clientv3.Client, pfx string, rev int64) (acquisitions int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	end, err := cli.Get(ctx, "x")
-	if err != nil {
+	// A sentinel under the prefix marks the end of the history to read.
+	sentinel := pfx + "/slots/~audit-end"
+	if _, err := cli.Put(ctx, sentinel, ""); err != nil {
 		t.Fatal(err)
 	}
+	defer cli.Delete(context.Background(), sentinel)
 	live := map[string]bool{}
 	wch := cli.Watch(ctx, pfx+"/slots/", clientv3.WithPrefix(), clientv3.WithRev(rev))
 	for wr := range wch {
@@ -128,6 +131,9 @@ func audit(t *testing.T, cli *clientv3.Client, pfx string, rev int64) (acquisiti
 		}
 		for _, ev := range wr.Events {
 			k := string(ev.Kv.Key)
+			if k == sentinel {
+				return acquisitions
+			}
 			if _, _, ok := parseSlotKey(pfx, k); !ok {
 				t.Errorf("audit: stray key %s", k)
 			}
@@ -142,14 +148,12 @@ func audit(t *testing.T, cli *clientv3.Client, pfx string, rev int64) (acquisiti
 				live[k] = false
 			}
 		}
-		if wr.Header.Revision >= end.Header.Revision {
-			return acquisitions
-		}
 	}
+	t.Fatal("audit: the slot keys' history ended before its end mark")
 	return acquisitions
 }
 
-func startRev(t *testing.T, cli *clientv3.Client) int64 {
+func startRev(t testing.TB, cli *clientv3.Client) int64 {
 	t.Helper()
 	resp, err := cli.Get(context.Background(), "x")
 	if err != nil {

@@ -408,9 +408,42 @@ func WriteReport(w io.Writer, rep Report) error {
 			}
 			b.WriteString("\n")
 		}
+		if co := st.Coordination; co != nil {
+			writeCoordination(&b, co)
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeCoordination prints the managers of a shared pool, its leader and who holds
+// which slot.
+func writeCoordination(b *strings.Builder, co *Coordination) {
+	leader := co.Leader
+	if leader == "" {
+		leader = "none elected"
+	}
+	fmt.Fprintf(b, "  shared through %s: this manager %s", co.Backend, co.Self)
+	if !co.Connected {
+		b.WriteString(" (NOT CONNECTED: takes no jobs)")
+	}
+	fmt.Fprintf(b, "; leader %s\n", leader)
+	if !co.StatusFrom.IsZero() {
+		fmt.Fprintf(b, "  pool state as the leader published it at %s\n", co.StatusFrom.UTC().Format(time.RFC3339))
+	}
+	if co.Error != "" {
+		fmt.Fprintf(b, "  coordination error: %s\n", co.Error)
+	}
+	for _, m := range co.Managers {
+		role := "follower"
+		if m.IsLeader {
+			role = "leader"
+		}
+		fmt.Fprintf(b, "  manager %-16s %-8s host %s pid %d, %d slots held, up since %s\n", m.ID, role, m.Host, m.PID, m.Jobs, m.Since.UTC().Format(time.RFC3339))
+	}
+	for _, sl := range co.Slots {
+		fmt.Fprintf(b, "  slot %s/%d held by %s for %s since %s\n", sl.Instance, sl.Slot, sl.Manager, sl.Key, sl.Since.UTC().Format(time.RFC3339))
+	}
 }
 
 // WriteInstance prints one instance's explanation: why it exists and its history.

@@ -57,6 +57,17 @@
 // for a minute of the Cloud's clock). The VM's Endpoint (host, port, host key) is
 // reported so a fake can hand it to its plugin (the AWS fake uses instance tags).
 //
+// # A fake AWS as a process
+//
+// Only packages under plugins/ may import cloudsim, so tests elsewhere (several `runner
+// run` managers sharing one instance group, under host/cmd/runner) build and run
+// cmd/fakecloud instead: `fakecloud -dir DIR [-group NAME] [-max N] [-listen ADDR]`
+// starts what awsfake.Start with SSH does (awsfake.NewEnv), prints one JSON line with
+// the aws plugin's plugin_config, the file holding the client key the VMs accept, and
+// the URL of a control API (GET /vms, /check, /group: the cloud's truth for the test's
+// assertions), and runs until SIGTERM or SIGINT, when it stops every VM and the commands
+// running on them. Its package documentation has the details.
+//
 // # Writing a fake for another cloud
 //
 // The AWS fake (subpackage awsfake) is the model; a GCP or Azure fake follows the same

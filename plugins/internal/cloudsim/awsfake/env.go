@@ -2,6 +2,9 @@ package awsfake
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -48,9 +51,21 @@ type Env struct {
 //
 // Any test under plugins/ can use it (cloudsim is internal to plugins/): the aws
 // plugin's conformance run and its `runner exec` end-to-end test (TestRunnerExecJob)
-// do.
+// do. Tests elsewhere run the fakecloud command instead.
 func Start(t testing.TB, opts EnvOptions) *Env {
 	t.Helper()
+	env, err := NewEnv(t.TempDir(), opts)
+	if err != nil {
+		t.Fatalf("awsfake: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Close() })
+	return env
+}
+
+// NewEnv is Start without a test: it writes the credentials and config files into dir
+// (and, with SSH, the VMs' working directories under dir/vms) and returns the running
+// fake. The caller must Close it.
+func NewEnv(dir string, opts EnvOptions) (*Env, error) {
 	co := opts.Cloud
 	if co.NewID == nil {
 		co.NewID = NewID
@@ -62,9 +77,13 @@ func Start(t testing.TB, opts EnvOptions) *Env {
 	if opts.SSH {
 		pub, pem, err := cloudsim.NewClientKey()
 		if err != nil {
-			t.Fatalf("awsfake: %v", err)
+			return nil, err
 		}
-		co.Backend = &cloudsim.SSHBackend{Dir: t.TempDir(), AuthorizedKeys: []ssh.PublicKey{pub}}
+		vmDir := filepath.Join(dir, "vms")
+		if err := os.MkdirAll(vmDir, 0o755); err != nil {
+			return nil, fmt.Errorf("create VM directory: %w", err)
+		}
+		co.Backend = &cloudsim.SSHBackend{Dir: vmDir, AuthorizedKeys: []ssh.PublicKey{pub}}
 		env.ClientKey = pem
 	}
 	env.Cloud = cloudsim.New(co)
@@ -73,24 +92,33 @@ func Start(t testing.TB, opts EnvOptions) *Env {
 		g = DefaultGroup
 	}
 	if err := env.Cloud.CreateGroup(g); err != nil {
-		t.Fatalf("awsfake: create group: %v", err)
+		return nil, fmt.Errorf("create group: %w", err)
 	}
 	env.Group = g.Name
 	env.Fake = New(env.Cloud)
-	t.Cleanup(func() {
-		env.Fake.Close()
-		_ = env.Cloud.Close()
-	})
-	raw, err := env.Fake.PluginConfig(t.TempDir(), g.Name)
+	raw, err := env.Fake.PluginConfig(dir, g.Name)
 	if err != nil {
-		t.Fatalf("awsfake: %v", err)
+		_ = env.Close()
+		return nil, err
 	}
 	var cfg map[string]any
-	_ = json.Unmarshal(raw, &cfg)
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		_ = env.Close()
+		return nil, fmt.Errorf("decode plugin_config: %w", err)
+	}
 	cfg["retry_max_backoff"] = opts.RetryMaxBackoff
 	if opts.RetryMaxBackoff == "" {
 		cfg["retry_max_backoff"] = "5ms"
 	}
-	env.PluginConfig, _ = json.Marshal(cfg)
-	return env
+	if env.PluginConfig, err = json.Marshal(cfg); err != nil {
+		_ = env.Close()
+		return nil, fmt.Errorf("encode plugin_config: %w", err)
+	}
+	return env, nil
+}
+
+// Close stops the HTTP fake and every VM's SSH server. The cloud's state stays readable.
+func (e *Env) Close() error {
+	e.Fake.Close()
+	return e.Cloud.Close()
 }
