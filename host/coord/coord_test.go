@@ -15,7 +15,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flotilla-ci/flotilla/host/config"
-	"github.com/flotilla-ci/flotilla/host/state"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
 	"github.com/flotilla-ci/flotilla/internal/etcdtest"
 	"github.com/flotilla-ci/flotilla/sdk/eventually"
@@ -66,10 +65,10 @@ func (h *harness) join(id string, endpoints []string) *manager {
 	info := provider.ProviderInfo{ID: "fake"}
 	m.g = n.Join(testOwner, GroupOptions{Logger: quiet(), AcquireTimeout: h.opts.InstanceAcquireTimeout,
 		ConnectInfo: h.group.ConnectInfo,
-		Lead: func(ctx context.Context, store state.Store, held []taskscaler.Held) (Scaler, error) {
+		Lead: func(ctx context.Context, store *Store, held []taskscaler.Held) (Scaler, error) {
 			o := h.opts
 			o.Store, o.Held, o.Info, o.Owner, o.Logger = store, held, &info, testOwner, quiet()
-			return taskscaler.New(ctx, h.group, o)
+			return taskscaler.New(ctx, store.Fenced(h.group), o)
 		}})
 	h.t.Cleanup(m.stop)
 	return m

@@ -14,7 +14,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/flotilla-ci/flotilla/host/state"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
 	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
@@ -33,8 +32,9 @@ type Scaler interface {
 }
 
 // LeadFunc starts the pool's taskscaler when this manager becomes the leader, over
-// the inventory in store and with the slots the managers hold.
-type LeadFunc func(ctx context.Context, store state.Store, held []taskscaler.Held) (Scaler, error)
+// the inventory in store, with the slots the managers hold, and with the plugin
+// wrapped by store.Fenced.
+type LeadFunc func(ctx context.Context, store *Store, held []taskscaler.Held) (Scaler, error)
 
 // GroupOptions say how a manager takes part in one pool.
 type GroupOptions struct {

@@ -94,14 +94,14 @@ func (g *Group) lead(ctx context.Context, e *concurrency.Election) {
 	}
 	slots, wants := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
 	var held []taskscaler.Held
-	heldBy := map[string]slotRecord{} // want key → its slot
+	heldBy := map[string]*mvccpb.KeyValue{} // want key → its slot's key
 	for _, kv := range slots {
 		var r slotRecord
 		if json.Unmarshal(kv.Value, &r) != nil {
 			continue
 		}
 		held = append(held, taskscaler.Held{Key: scalerKey(r.Manager, r.Key), InstanceID: r.Instance, Slot: r.Slot})
-		heldBy[g.wantKey(r.Manager, r.Key)] = r
+		heldBy[g.wantKey(r.Manager, r.Key)] = kv
 	}
 	started := time.Now()
 	sc, err := g.o.Lead(ctx, NewStore(g.n.cli, g.pfx+"/inventory/", fence), held)
@@ -143,8 +143,10 @@ func (g *Group) lead(ctx context.Context, e *concurrency.Election) {
 	// The held slots are the managers' running jobs: each is watched like a new one,
 	// and one the taskscaler could not take over (its instance is not recorded) is
 	// taken back from its manager.
-	for wk, r := range heldBy {
-		st := &wantState{mgr: r.Manager, key: r.Key, acquired: true, instance: r.Instance, slot: r.Slot}
+	for wk, kv := range heldBy {
+		var r slotRecord
+		_ = json.Unmarshal(kv.Value, &r)
+		st := &wantState{mgr: r.Manager, key: r.Key, acquired: true, instance: r.Instance, slot: r.Slot, lease: clientv3.LeaseID(kv.Lease)}
 		b.wants[wk] = st
 		if a, ok := sc.Acquisition(scalerKey(r.Manager, r.Key)); ok {
 			b.watch(wk, st, a)

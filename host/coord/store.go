@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flotilla-ci/flotilla/host/state"
+	"github.com/flotilla-ci/flotilla/sdk/provider"
 )
 
 // ErrNotLeader is returned by a Store write after its leadership ended: a deposed
@@ -113,3 +114,44 @@ func (s *Store) Apply(ctx context.Context, _ string, b state.Batch) error {
 
 // Close does nothing: the etcd client belongs to the Node.
 func (s *Store) Close() error { return nil }
+
+// Leading checks that the leadership the store's writes are fenced with still stands.
+func (s *Store) Leading(ctx context.Context) error {
+	resp, err := s.cli.Txn(ctx).If(s.fence).Commit()
+	if err != nil {
+		return fmt.Errorf("check the pool's leadership in etcd: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// Fenced returns group as the leader's taskscaler must see it: Increase and Decrease
+// reach the plugin only while this leadership stands (a deposed leader that has not
+// noticed yet must not delete an instance the new leader hands out), and Shutdown
+// leaves the plugin running, since leading may end while the manager goes on.
+func (s *Store) Fenced(group provider.InstanceGroup) provider.InstanceGroup {
+	return fencedGroup{InstanceGroup: group, s: s}
+}
+
+type fencedGroup struct {
+	provider.InstanceGroup
+	s *Store
+}
+
+func (g fencedGroup) Increase(ctx context.Context, n int) (int, error) {
+	if err := g.s.Leading(ctx); err != nil {
+		return 0, err
+	}
+	return g.InstanceGroup.Increase(ctx, n)
+}
+
+func (g fencedGroup) Decrease(ctx context.Context, ids []string) ([]string, error) {
+	if err := g.s.Leading(ctx); err != nil {
+		return nil, err
+	}
+	return g.InstanceGroup.Decrease(ctx, ids)
+}
+
+func (fencedGroup) Shutdown(context.Context) error { return nil }

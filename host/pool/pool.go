@@ -281,11 +281,10 @@ func (m *Pool) share(ctx context.Context, node *coord.Node, topts taskscaler.Opt
 	m.sharedOpts = topts
 	m.shared = node.Join(topts.Owner, coord.GroupOptions{
 		Logger: m.log, AcquireTimeout: topts.InstanceAcquireTimeout, ConnectInfo: m.plugin.ConnectInfo,
-		Lead: func(ctx context.Context, store state.Store, held []taskscaler.Held) (coord.Scaler, error) {
+		Lead: func(ctx context.Context, store *coord.Store, held []taskscaler.Held) (coord.Scaler, error) {
 			o := m.leaderOptions()
 			o.Store, o.Held = store, held
-			// Leading ends without shutting the plugin down: this manager still uses it.
-			return taskscaler.New(ctx, keepPlugin{m.plugin}, o)
+			return taskscaler.New(ctx, store.Fenced(m.plugin), o)
 		},
 	})
 	m.closers = append(m.closers, m.shared.Close)
@@ -300,12 +299,6 @@ func (m *Pool) leaderOptions() taskscaler.Options {
 	defer m.sharedMu.Unlock()
 	return m.sharedOpts
 }
-
-// keepPlugin is the plugin as the leader's taskscaler sees it: its Shutdown leaves
-// the plugin running, since leading may end while the manager goes on.
-type keepPlugin struct{ provider.InstanceGroup }
-
-func (keepPlugin) Shutdown(context.Context) error { return nil }
 
 // sharedSlots hands out the slots of a shared pool.
 type sharedSlots struct{ g *coord.Group }
