@@ -13,8 +13,10 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/flotilla-ci/flotilla/host/config"
+	"github.com/flotilla-ci/flotilla/host/state"
 	"github.com/flotilla-ci/flotilla/host/taskscaler"
 	"github.com/flotilla-ci/flotilla/internal/etcdtest"
 	"github.com/flotilla-ci/flotilla/sdk/eventually"
@@ -376,5 +378,53 @@ func TestEtcdMemberLoss(t *testing.T) {
 		if st := m.g.Status(); !st.Coordination.Connected {
 			t.Errorf("%s disconnected after one member of three stopped", m.id)
 		}
+	}
+}
+
+// TestDeposedLeaderIsFenced: once its election key is gone, a leader's writes to the
+// inventory and its Increase and Decrease are refused, so a leader that has not yet
+// noticed its deposition can neither record, create nor delete.
+func TestDeposedLeaderIsFenced(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := concurrency.NewElection(sess, "/fence/election")
+	if err := e.Campaign(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	store := NewStore(cli, "/fence/inventory/", clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()))
+	g := fake.New(fake.Options{})
+	fenced := store.Fenced(g)
+	if err := store.Apply(ctx, "o", state.Batch{Put: []state.Instance{{ID: "a"}}}); err != nil {
+		t.Fatalf("leader's write: %v", err)
+	}
+	if n, err := fenced.Increase(ctx, 1); err != nil || n != 1 {
+		t.Fatalf("leader's Increase: %d %v", n, err)
+	}
+	if err := e.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Apply(ctx, "o", state.Batch{Put: []state.Instance{{ID: "b"}}}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("deposed leader's write: %v", err)
+	}
+	if _, err := fenced.Increase(ctx, 1); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("deposed leader's Increase: %v", err)
+	}
+	if _, err := fenced.Decrease(ctx, []string{"fake-0001"}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("deposed leader's Decrease: %v", err)
+	}
+	for _, call := range g.Calls() {
+		if call.Method == "Decrease" {
+			t.Fatalf("Decrease reached the plugin after the deposition")
+		}
+	}
+	snap, err := store.Load(ctx, "o")
+	if err != nil || len(snap.Instances) != 1 || snap.Instances[0].ID != "a" {
+		t.Fatalf("inventory after the refused write: %+v %v", snap, err)
 	}
 }
