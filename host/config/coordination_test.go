@@ -16,6 +16,7 @@ func TestCheckCoordination(t *testing.T) {
 		want []diag
 	}{
 		{"endpoints and TLS", table(eps + "  prefix = \"/ci\"\n  lease_ttl = \"5s\"\n  ca_file = \"ca.pem\"\n  cert_file = \"c.pem\"\n  key_file = \"k.pem\"\n"), nil},
+		{"concurrent caps one manager", "concurrent = 4\n[coordination]\n" + eps + okRunner + "    max_instances = 30\n    capacity_per_instance = 4\n", nil},
 		{"no endpoints", table("  prefix = \"/ci\"\n"),
 			[]diag{{"error", c + ".endpoints", "[coordination] has no endpoints", "endpoints = ["}}},
 		{"endpoint without scheme", table("  endpoints = [\"10.0.0.1:2379\"]\n"),

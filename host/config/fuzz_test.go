@@ -25,6 +25,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte("concurrent = -9223372036854775808\n" + okRunner + "    max_instances = 4611686018427387904\n    capacity_per_instance = 4\n"))
 	f.Add([]byte(okRunner + "    update_interval = \"1ns\"\n    [[runners.autoscaler.policy]]\n      idle_count = 9223372036854775807\n      scale_factor = nan\n"))
 	f.Add([]byte(okRunner + "    [[runners.autoscaler.policy]]\n      scale_factor = 1e308\n      scale_factor_limit = 1000000\n    [runners.autoscaler.connector_config]\n      keepalive = \"10ms\"\n"))
+	f.Add([]byte("[coordination]\n  endpoints = [\"http://127.0.0.1:2379\"]\n  lease_ttl = \"3s\"\n  prefix = \"/ci\"\n" + okRunner))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, diags, err := Parse("fuzz.toml", data)
 		if (cfg != nil) == diags.HasErrors() || (err != nil) != diags.HasErrors() {
@@ -38,6 +39,9 @@ func FuzzLoad(f *testing.F) {
 		}
 		if cfg == nil {
 			return
+		}
+		if co := cfg.Coordination; co != nil && (len(co.Endpoints) == 0 || co.TTL() < MinLeaseTTL) {
+			t.Fatalf("[coordination] loaded without endpoints or with lease_ttl %s", co.TTL())
 		}
 		// What loads is within the bounds the autoscaler relies on.
 		for i, r := range cfg.Runners {

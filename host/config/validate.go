@@ -176,7 +176,9 @@ func (v *validator) validate() {
 		}
 		want = addSat(want, n)
 	}
-	if want > 0 && c.ConcurrentOrDefault() < want {
+	// With [coordination] each manager runs a share of the pool's slots: concurrent
+	// caps one manager, and how many share the pool is not in this file.
+	if want > 0 && c.ConcurrentOrDefault() < want && c.Coordination == nil {
 		at := "concurrent"
 		if !v.set(at) {
 			at = first // point at what asks for more than the default allows
