@@ -78,7 +78,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 1m; issue-grade runs use FU
 
 # Benchmarks that replay a whole scenario per iteration (cloud ramps, trace replays)
 # run once; the rest take 100 samples, enough for their p50/p99 figures.
-SCENARIO_BENCH_PKGS := ./host/executors/instance ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench ./nesting/qemu ./host/pool
+SCENARIO_BENCH_PKGS := ./host/executors/instance ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench ./nesting/qemu ./host/pool ./host/coord
 BENCH_PKGS = $(filter-out $(SCENARIO_BENCH_PKGS:./%=github.com/flotilla-ci/flotilla/%),$(shell $(GO) list ./...))
 
 bench: ## Run the benchmarks (B1-B10 of the README's performance table) and print their reports into bench.out
