@@ -81,7 +81,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 1m; issue-grade runs use FU
 SCENARIO_BENCH_PKGS := ./host/executors/instance ./plugins/aws ./plugins/azure ./plugins/googlecloud ./host/simulate ./connector/rttbench ./nesting/qemu ./host/pool ./host/coord
 BENCH_PKGS = $(filter-out $(SCENARIO_BENCH_PKGS:./%=github.com/flotilla-ci/flotilla/%),$(shell $(GO) list ./...))
 
-bench: ## Run the benchmarks (B1-B10 of the README's performance table) and print their reports into bench.out
+bench: ## Run the benchmarks (B1-B13 of the README's performance table) and print their reports into bench.out
 	-@scripts/test-services.sh # B8 needs a Docker Engine; it skips without one
 	set -o pipefail; { $(GO) test -run '^$$' -bench . -benchmem -benchtime 100x $(BENCH_FLAGS) $(BENCH_PKGS) && \
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 1x $(BENCH_FLAGS) $(wildcard $(SCENARIO_BENCH_PKGS)); } 2>&1 | tee bench.out
