@@ -3,7 +3,6 @@ package coord
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 )
@@ -46,42 +45,17 @@ func benchJobs(b *testing.B, managers, jobs int) {
 	leaderOf(b, ms...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	hs := &holders{held: map[string]string{}}
 	start := time.Now()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	var mu sync.Mutex
-	var errs []error
-	for i := range jobs {
-		m := ms[i%len(ms)]
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := run(ctx, m, fmt.Sprintf("job-%d", i), hs); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	runJobs(ctx, b, ms, jobs, 16)
 	took := time.Since(start)
-	for _, err := range errs {
-		b.Error(err)
-	}
-	for _, e := range hs.errs {
-		b.Error(e)
-	}
-	n := audit(b, cli, ms[0].g.Prefix(), rev)
+	n, twice := audit(b, cli, ms[0].g.Prefix(), rev)
 	if n != jobs {
 		b.Errorf("audit: %d acquisitions for %d jobs", n, jobs)
 	}
 	b.ReportMetric(float64(jobs)/took.Seconds(), "jobs/s")
-	b.ReportMetric(0, "double-acquired")
-	b.Logf("B13 %d managers: %d jobs in %s = %.1f jobs/s; audit: %d slot acquisitions, none on a held slot",
-		managers, jobs, took.Round(time.Millisecond), float64(jobs)/took.Seconds(), n)
+	b.ReportMetric(float64(twice), "double-acquired")
+	b.Logf("B13 %d managers: %d jobs in %s = %.1f jobs/s; audit: %d slot acquisitions, %d on a held slot",
+		managers, jobs, took.Round(time.Millisecond), float64(jobs)/took.Seconds(), n, twice)
 }
 
 func benchFailover(b *testing.B) {

@@ -114,7 +114,7 @@ func leaderOf(t testing.TB, ms ...*manager) *manager {
 // audit checks the history of every slot key from rev on: each acquisition creates
 // the key (version 1), each release deletes it, so a slot handed out twice would show
 // as a put onto a live key.
-func audit(t testing.TB, cli *clientv3.Client, pfx string, rev int64) (acquisitions int) {
+func audit(t testing.TB, cli *clientv3.Client, pfx string, rev int64) (acquisitions, twice int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -133,7 +133,7 @@ func audit(t testing.TB, cli *clientv3.Client, pfx string, rev int64) (acquisiti
 		for _, ev := range wr.Events {
 			k := string(ev.Kv.Key)
 			if k == sentinel {
-				return acquisitions
+				return acquisitions, twice
 			}
 			if _, _, ok := parseSlotKey(pfx, k); !ok {
 				t.Errorf("audit: stray key %s", k)
@@ -142,6 +142,7 @@ func audit(t testing.TB, cli *clientv3.Client, pfx string, rev int64) (acquisiti
 			case mvccpb.PUT:
 				if ev.Kv.Version != 1 || live[k] {
 					t.Errorf("audit: slot %s written while held (version %d): %s", k, ev.Kv.Version, ev.Kv.Value)
+					twice++
 				}
 				live[k] = true
 				acquisitions++
@@ -151,7 +152,7 @@ func audit(t testing.TB, cli *clientv3.Client, pfx string, rev int64) (acquisiti
 		}
 	}
 	t.Fatal("audit: the slot keys' history ended before its end mark")
-	return acquisitions
+	return acquisitions, twice
 }
 
 func startRev(t testing.TB, cli *clientv3.Client) int64 {
@@ -213,20 +214,14 @@ func run(ctx context.Context, m *manager, key string, h *holders) error {
 	return nil
 }
 
-func TestJobsThroughThreeManagers(t *testing.T) {
-	h := newHarness(t, 3)
-	cli := h.cluster.Client(t)
-	rev := startRev(t, cli)
-	ms := []*manager{h.join("m1", h.cluster.Endpoints()), h.join("m2", h.cluster.Endpoints()), h.join("m3", h.cluster.Endpoints())}
-	leaderOf(t, ms...)
-
-	const jobs = 300
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// runJobs runs jobs jobs through the managers in turn, parallel at a time, and fails
+// t for every job that failed and every slot the jobs saw held twice.
+func runJobs(ctx context.Context, t testing.TB, ms []*manager, jobs, parallel int) {
+	t.Helper()
 	hs := &holders{held: map[string]string{}}
 	var wg sync.WaitGroup
 	errs := make(chan error, jobs)
-	sem := make(chan struct{}, 24)
+	sem := make(chan struct{}, parallel)
 	for i := range jobs {
 		m := ms[i%len(ms)]
 		wg.Add(1)
@@ -247,7 +242,20 @@ func TestJobsThroughThreeManagers(t *testing.T) {
 	for _, e := range hs.errs {
 		t.Error(e)
 	}
-	if n := audit(t, cli, ms[0].g.Prefix(), rev); n != jobs {
+}
+
+func TestJobsThroughThreeManagers(t *testing.T) {
+	h := newHarness(t, 3)
+	cli := h.cluster.Client(t)
+	rev := startRev(t, cli)
+	ms := []*manager{h.join("m1", h.cluster.Endpoints()), h.join("m2", h.cluster.Endpoints()), h.join("m3", h.cluster.Endpoints())}
+	leaderOf(t, ms...)
+
+	const jobs = 300
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	runJobs(ctx, t, ms, jobs, 24)
+	if n, _ := audit(t, cli, ms[0].g.Prefix(), rev); n != jobs {
 		t.Errorf("audit: %d acquisitions recorded, want %d (one per job)", n, jobs)
 	}
 	st := ms[1].g.Status()

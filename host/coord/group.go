@@ -432,7 +432,5 @@ func (a *Acquisition) Context() context.Context { return a.ctx }
 // WithContext returns a child of ctx that is also cancelled, with the same cause,
 // when the acquisition's context is.
 func (a *Acquisition) WithContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	child, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(a.ctx, func() { cancel(context.Cause(a.ctx)) })
-	return child, func() { stop(); cancel(context.Canceled) }
+	return taskscaler.LinkContext(ctx, a.ctx)
 }

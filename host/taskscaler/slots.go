@@ -51,8 +51,14 @@ func (a *Acquisition) Context() context.Context { return a.ctx }
 // the acquisition's context is; the build uses it so that a vanished instance aborts
 // the job and bounds dialing.
 func (a *Acquisition) WithContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return LinkContext(ctx, a.ctx)
+}
+
+// LinkContext returns a child of ctx that is also cancelled, with src's cause, when
+// src is: an acquisition's context passed down to the job it holds the slot for.
+func LinkContext(ctx, src context.Context) (context.Context, context.CancelFunc) {
 	child, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(a.ctx, func() { cancel(context.Cause(a.ctx)) })
+	stop := context.AfterFunc(src, func() { cancel(context.Cause(src)) })
 	return child, func() { stop(); cancel(context.Canceled) }
 }
 

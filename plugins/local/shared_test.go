@@ -50,6 +50,34 @@ func launchLogged(t *testing.T, cfg map[string]any, settings provider.ConnectorC
 
 // initInProcess initialises a group in this process on cfg, with ctx bounding Init's
 // wait for root_dir's lock, and logging to log.
+// sharedPair is two groups of this process on one shared root_dir, and an instance
+// the first created.
+type sharedPair struct {
+	root       string
+	g1, g2     *InstanceGroup
+	log1, log2 syncbuf.Buffer
+	id         string
+}
+
+func newSharedPair(t *testing.T) *sharedPair {
+	t.Helper()
+	p := &sharedPair{root: newRoot(t)}
+	cfg := map[string]any{"root_dir": p.root, "shared": true}
+	ctx := context.Background()
+	var err error
+	if p.g1, err = initInProcess(t, ctx, cfg, &p.log1); err != nil {
+		t.Fatal(err)
+	}
+	if p.g2, err = initInProcess(t, ctx, cfg, &p.log2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.g1.Increase(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	p.id = ids(waitStates(t, p.g1, "1 running instance", allRunning(1)))[0]
+	return p
+}
+
 func initInProcess(t *testing.T, ctx context.Context, cfg map[string]any, log *syncbuf.Buffer) (*InstanceGroup, error) {
 	t.Helper()
 	g := New(selfCommand(t))
@@ -224,22 +252,9 @@ func TestSharedRestartOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			root := newRoot(t)
-			cfg := map[string]any{"root_dir": root, "shared": true}
-			var log1, log2 syncbuf.Buffer
 			ctx := context.Background()
-			g1, err := initInProcess(t, ctx, cfg, &log1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g2, err := initInProcess(t, ctx, cfg, &log2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := g1.Increase(ctx, 1); err != nil {
-				t.Fatal(err)
-			}
-			id := ids(waitStates(t, g1, "1 running instance", allRunning(1)))[0]
+			p := newSharedPair(t)
+			root, g1, g2, log1, log2, id := p.root, p.g1, p.g2, &p.log1, &p.log2, p.id
 			dir := filepath.Join(root, id)
 			dead := killServer(t, dir)
 			seen1, err := g1.lookup(id)
@@ -267,7 +282,7 @@ func TestSharedRestartOnce(t *testing.T) {
 			if got := serversOf(dir); slices.Contains(got, dead) || (restarted != nil && !slices.Equal(got, restarted)) {
 				t.Errorf("servers %v: want the first restart's %v (the killed one was %d)", got, restarted, dead)
 			}
-			if n1, n2 := restarts(&log1), restarts(&log2); n1 != 1 || n2 != 0 {
+			if n1, n2 := restarts(log1), restarts(log2); n1 != 1 || n2 != 0 {
 				t.Errorf("restarts: %d by the first group, %d by the second; want 1 and 0\nfirst's log:\n%s\nsecond's log:\n%s",
 					n1, n2, log1.String(), log2.String())
 			}
@@ -449,22 +464,9 @@ func TestRestartLeavesAnInstanceBeingDeleted(t *testing.T) {
 // deletions it sees in Update; one that comes to an instance another plugin has
 // removed meanwhile finds it done, and logs no error.
 func TestDeletionFinishedByAnother(t *testing.T) {
-	root := newRoot(t)
-	cfg := map[string]any{"root_dir": root, "shared": true}
-	var log1, log2 syncbuf.Buffer
 	ctx := context.Background()
-	g1, err := initInProcess(t, ctx, cfg, &log1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g2, err := initInProcess(t, ctx, cfg, &log2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g1.Increase(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
-	id := ids(waitStates(t, g1, "1 running instance", allRunning(1)))[0]
+	p := newSharedPair(t)
+	g1, g2, log2, id := p.g1, p.g2, &p.log2, p.id
 	seen, err := g2.lookup(id)
 	if err != nil {
 		t.Fatal(err)
