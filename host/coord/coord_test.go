@@ -436,3 +436,17 @@ func TestDeposedLeaderIsFenced(t *testing.T) {
 		t.Fatalf("inventory after the refused write: %+v %v", snap, err)
 	}
 }
+
+// TestFencedGroupKeepsHeartbeat: the fenced plugin still answers the taskscaler's
+// Heartbeat, so an unhealthy instance is seen as such under a leader too.
+func TestFencedGroupKeepsHeartbeat(t *testing.T) {
+	g := fake.New(fake.Options{})
+	fenced := (&Store{}).Fenced(g)
+	hb, ok := fenced.(provider.Heartbeater)
+	if !ok {
+		t.Fatal("the fenced group hides Heartbeat")
+	}
+	if err := hb.Heartbeat(context.Background(), "nope"); !errors.Is(err, provider.ErrNotFound) {
+		t.Fatalf("Heartbeat of an unknown instance: %v; want the plugin's own answer", err)
+	}
+}

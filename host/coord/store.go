@@ -155,3 +155,12 @@ func (g fencedGroup) Decrease(ctx context.Context, ids []string) ([]string, erro
 }
 
 func (fencedGroup) Shutdown(context.Context) error { return nil }
+
+// Heartbeat passes the plugin's Heartbeat through (the taskscaler looks for it).
+func (g fencedGroup) Heartbeat(ctx context.Context, id string) error {
+	hb, ok := g.InstanceGroup.(provider.Heartbeater)
+	if !ok {
+		return fmt.Errorf("heartbeat: %w", provider.ErrNotSupported)
+	}
+	return hb.Heartbeat(ctx, id)
+}
