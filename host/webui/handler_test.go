@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"github.com/flotilla-ci/flotilla/host/taskscaler"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -435,5 +436,37 @@ func TestEventsStopWithTheClient(t *testing.T) {
 	case <-done:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the events handler did not return after the client left")
+	}
+}
+
+// TestPageShowsASharedPool: a pool several runner managers share says who they are,
+// which leads, and warns when this manager is cut off.
+func TestPageShowsASharedPool(t *testing.T) {
+	tests := []struct {
+		name string
+		co   taskscaler.Coordination
+		want []string
+	}{
+		{"led here", taskscaler.Coordination{Backend: "etcd", Self: "s_a", Leader: "s_a", Connected: true,
+			Managers: []taskscaler.ManagerEntry{{ID: "s_a", Jobs: 2}, {ID: "s_b", Jobs: 1}}},
+			[]string{`<p class="sub shared">Shared through etcd by 2 managers; leader s_a (this manager); slots held: s_a 2, s_b 1</p>`}},
+		{"cut off", taskscaler.Coordination{Backend: "etcd", Self: "s_b", Error: "read the coordination state from etcd: context deadline exceeded"},
+			[]string{"leader none elected", "this manager is not connected to etcd: it takes no jobs until it is", "context deadline exceeded"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := func() Snapshot {
+				s := fixture()
+				co := tt.co
+				s.Runners[0].Status.Coordination = &co
+				return s
+			}
+			body := getPage(t, serve(t, Options{Snapshot: snap}).URL+"/")
+			for _, w := range tt.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("page lacks %q", w)
+				}
+			}
+		})
 	}
 }

@@ -34,6 +34,9 @@ type runnerView struct {
 	Capacity                   string
 	Counts                     string
 	PoolSize                   string // "1 instance", "3 instances"
+	// Shared says, for a pool several runner managers share, who they are and which
+	// one leads.
+	Shared string
 	Instances                  []instanceView
 	Gone                       []instanceView
 	Jobs                       []jobView
@@ -91,6 +94,37 @@ func view(s Snapshot, span time.Duration) pageView {
 	return p
 }
 
+// sharedOf describes the managers of a shared pool and its leader.
+func sharedOf(co *taskscaler.Coordination) string {
+	leader := co.Leader
+	switch {
+	case leader == "":
+		leader = "none elected"
+	case leader == co.Self:
+		leader += " (this manager)"
+	}
+	var held []string
+	for _, m := range co.Managers {
+		held = append(held, fmt.Sprintf("%s %d", m.ID, m.Jobs))
+	}
+	out := fmt.Sprintf("Shared through %s by %s; leader %s", co.Backend, plural(len(co.Managers), "manager"), leader)
+	if len(held) > 0 {
+		out += "; slots held: " + strings.Join(held, ", ")
+	}
+	return out
+}
+
+func coordinationWarnings(co *taskscaler.Coordination) []string {
+	var out []string
+	if !co.Connected {
+		out = append(out, "this manager is not connected to "+co.Backend+": it takes no jobs until it is")
+	}
+	if co.Error != "" {
+		out = append(out, co.Error)
+	}
+	return out
+}
+
 func runnerOf(id string, r Runner, now time.Time, span time.Duration) runnerView {
 	st := r.Status
 	v := runnerView{ID: id, Name: r.Name, Token: gitlab.ShortToken(r.Token), URL: safeURL(r.URL), Executor: r.Executor,
@@ -112,6 +146,9 @@ func runnerOf(id string, r Runner, now time.Time, span time.Duration) runnerView
 	}
 	for _, p := range st.Pending {
 		v.Warnings = append(v.Warnings, p.Summary)
+	}
+	if co := st.Coordination; co != nil {
+		v.Shared, v.Warnings = sharedOf(co), append(v.Warnings, coordinationWarnings(co)...)
 	}
 	maxInst, maxJobs := "no max_instances", "unlimited"
 	if st.MaxInstances > 0 {
