@@ -405,7 +405,7 @@ func TestDeposedLeaderIsFenced(t *testing.T) {
 	if err := e.Campaign(ctx, "m1"); err != nil {
 		t.Fatal(err)
 	}
-	store := NewStore(cli, "/fence/inventory/", clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()))
+	store := NewStore(cli, "/fence/inventory/", clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()), 5*time.Second)
 	g := fake.New(fake.Options{})
 	fenced := store.Fenced(g)
 	if err := store.Apply(ctx, "o", state.Batch{Put: []state.Instance{{ID: "a"}}}); err != nil {

@@ -246,6 +246,22 @@ func (g *Group) deliver(key string, gr grant) {
 	}
 }
 
+// retry runs op until it succeeds, ctx ends, or within has passed. A request that
+// meets a change of etcd's own leader fails ("request timed out") although quorum
+// holds; the operations retried here are idempotent or guarded by a comparison.
+func retry(ctx context.Context, within time.Duration, op func(context.Context) error) error {
+	deadline := time.Now().Add(within)
+	wait := 50 * time.Millisecond
+	for {
+		err := op(ctx)
+		if err == nil || ctx.Err() != nil || !time.Now().Add(wait).Before(deadline) {
+			return err
+		}
+		sleep(ctx, wait)
+		wait = min(2*wait, time.Second)
+	}
+}
+
 // remoteError is an error the leader answered with; it is ErrNoCapacity when the
 // leader's was.
 type remoteError struct {
@@ -283,11 +299,17 @@ func (g *Group) ask(ctx context.Context, key, op string, timeout time.Duration) 
 		g.mu.Unlock()
 	}()
 	v, _ := json.Marshal(want{Op: op, At: time.Now().UTC()})
-	resp, err := g.n.cli.Put(ctx, g.wantKey(g.n.id, key), string(v), clientv3.WithLease(sess.Lease()))
+	var rev int64
+	err := retry(ctx, g.n.ttl, func(ctx context.Context) error {
+		resp, err := g.n.cli.Put(ctx, g.wantKey(g.n.id, key), string(v), clientv3.WithLease(sess.Lease()))
+		if err == nil {
+			rev = resp.Header.Revision
+		}
+		return err
+	})
 	if err != nil {
 		return grant{}, fmt.Errorf("%w: ask the pool's leader for a slot: %w", taskscaler.ErrNoCapacity, err)
 	}
-	rev := resp.Header.Revision
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
@@ -300,7 +322,7 @@ func (g *Group) ask(ctx context.Context, key, op string, timeout time.Duration) 
 			return grant{}, fmt.Errorf("%w: %w: the etcd session ended while waiting for a slot", taskscaler.ErrNoCapacity, ErrNotConnected)
 		case <-timer.C:
 			g.forget(key, nil)
-			return grant{}, fmt.Errorf("%w: the pool's leader did not answer within %s (is a manager elected? `runner status` shows the leader)", taskscaler.ErrNoCapacity, timeout)
+			return grant{}, fmt.Errorf("%w: the pool's leader did not answer within %s (is a manager elected? `runner pool status` shows the leader)", taskscaler.ErrNoCapacity, timeout)
 		case <-ctx.Done():
 			g.forget(key, nil)
 			return grant{}, context.Cause(ctx)
@@ -314,14 +336,16 @@ func (g *Group) forget(key string, a *Acquisition) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(g.ctx), 5*time.Second)
 	defer cancel()
 	del := []clientv3.Op{clientv3.OpDelete(g.wantKey(g.n.id, key)), clientv3.OpDelete(g.grantKey(g.n.id, key))}
-	var err error
-	if a != nil {
-		sk := g.slotKey(a.id, a.slot)
-		_, err = g.n.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(sk), "=", a.lease)).
-			Then(append(del, clientv3.OpDelete(sk))...).Else(del...).Commit()
-	} else {
-		_, err = g.n.cli.Txn(ctx).Then(del...).Commit()
-	}
+	err := retry(ctx, g.n.ttl, func(ctx context.Context) error {
+		if a != nil {
+			sk := g.slotKey(a.id, a.slot)
+			_, err := g.n.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(sk), "=", a.lease)).
+				Then(append(del, clientv3.OpDelete(sk))...).Else(del...).Commit()
+			return err
+		}
+		_, err := g.n.cli.Txn(ctx).Then(del...).Commit()
+		return err
+	})
 	if err != nil {
 		// The keys are under this manager's lease: if they cannot be deleted now, they
 		// go when it expires.

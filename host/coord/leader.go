@@ -104,7 +104,7 @@ func (g *Group) lead(ctx context.Context, e *concurrency.Election) {
 		heldBy[g.wantKey(r.Manager, r.Key)] = kv
 	}
 	started := time.Now()
-	sc, err := g.o.Lead(ctx, NewStore(g.n.cli, g.pfx+"/inventory/", fence), held)
+	sc, err := g.o.Lead(ctx, NewStore(g.n.cli, g.pfx+"/inventory/", fence, g.n.ttl), held)
 	if err != nil {
 		g.log.Error("start the pool's taskscaler as its leader", "err", err)
 		return
@@ -264,9 +264,12 @@ func grantOf(wantRev int64, err error) grant {
 // answer writes the grant for the want kv, if the want is still the one answered.
 func (b *broker) answer(mgr, key string, kv *mvccpb.KeyValue, gr grant) {
 	v, _ := json.Marshal(gr)
-	_, err := b.g.n.cli.Txn(b.ctx).
-		If(b.fence, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-		Then(clientv3.OpPut(b.g.grantKey(mgr, key), string(v), clientv3.WithLease(clientv3.LeaseID(kv.Lease)))).Commit()
+	err := retry(b.ctx, b.g.n.ttl, func(ctx context.Context) error {
+		_, err := b.g.n.cli.Txn(ctx).
+			If(b.fence, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(b.g.grantKey(mgr, key), string(v), clientv3.WithLease(clientv3.LeaseID(kv.Lease)))).Commit()
+		return err
+	})
 	if err != nil && b.ctx.Err() == nil {
 		b.g.log.Warn("answer a slot request", "manager", mgr, "key", key, "err", err)
 	}
@@ -292,10 +295,19 @@ func (b *broker) acquire(ctx context.Context, wk string, st *wantState, kv *mvcc
 	rec, _ := json.Marshal(slotRecord{Manager: st.mgr, Key: st.key, Instance: a.InstanceID(), Slot: a.Slot(), Since: time.Now().UTC()})
 	gr, _ := json.Marshal(grant{WantRev: kv.ModRevision, Instance: a.InstanceID(), Slot: a.Slot()})
 	lease := clientv3.WithLease(clientv3.LeaseID(kv.Lease))
-	resp, err := b.g.n.cli.Txn(b.ctx).
-		If(b.fence, clientv3.Compare(clientv3.ModRevision(wk), "=", kv.ModRevision), clientv3.Compare(clientv3.CreateRevision(slotK), "=", 0)).
-		Then(clientv3.OpPut(slotK, string(rec), lease), clientv3.OpPut(b.g.grantKey(st.mgr, st.key), string(gr), lease)).
-		Else(clientv3.OpGet(slotK)).Commit()
+	var resp *clientv3.TxnResponse
+	err = retry(b.ctx, b.g.n.ttl, func(ctx context.Context) error {
+		var err error
+		resp, err = b.g.n.cli.Txn(ctx).
+			If(b.fence, clientv3.Compare(clientv3.ModRevision(wk), "=", kv.ModRevision), clientv3.Compare(clientv3.CreateRevision(slotK), "=", 0)).
+			Then(clientv3.OpPut(slotK, string(rec), lease), clientv3.OpPut(b.g.grantKey(st.mgr, st.key), string(gr), lease)).
+			Else(clientv3.OpGet(slotK)).Commit()
+		return err
+	})
+	if err == nil && !resp.Succeeded && ownSlot(resp, st) {
+		// An attempt that timed out had in fact been applied: the slot is this want's.
+		resp.Succeeded = true
+	}
 	if err != nil || !resp.Succeeded {
 		b.sc.Release(sk)
 		done(false)
@@ -313,6 +325,17 @@ func (b *broker) acquire(ctx context.Context, wk string, st *wantState, kv *mvcc
 	st.instance, st.slot = a.InstanceID(), a.Slot()
 	b.mu.Unlock()
 	b.watch(wk, st, a)
+}
+
+// ownSlot reports whether the Else branch of the grant transaction read a slot key
+// already recorded for st (by an earlier attempt whose answer was lost).
+func ownSlot(resp *clientv3.TxnResponse, st *wantState) bool {
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return false
+	}
+	var r slotRecord
+	return json.Unmarshal(kvs[0].Value, &r) == nil && r.Manager == st.mgr && r.Key == st.key
 }
 
 // watch takes the slot back from its manager when the taskscaler ends the
@@ -339,7 +362,11 @@ func (b *broker) revoke(wk string, st *wantState, why string) {
 	if st.lease != 0 {
 		ops = append(ops, clientv3.OpPut(b.g.grantKey(st.mgr, st.key), string(gr), clientv3.WithLease(st.lease)))
 	}
-	if _, err := b.g.n.cli.Txn(b.ctx).If(b.fence).Then(ops...).Commit(); err != nil && b.ctx.Err() == nil {
+	err := retry(b.ctx, b.g.n.ttl, func(ctx context.Context) error {
+		_, err := b.g.n.cli.Txn(ctx).If(b.fence).Then(ops...).Commit()
+		return err
+	})
+	if err != nil && b.ctx.Err() == nil {
 		b.g.log.Warn("take back a slot", "want", wk, "err", err)
 	}
 }
@@ -363,7 +390,19 @@ func (b *broker) gone(kv *mvccpb.KeyValue) {
 		if b.managerGoneAt(st.mgr, kv.ModRevision) {
 			why := fmt.Sprintf("runner manager %s lost its etcd lease while the job ran", st.mgr)
 			b.g.log.Warn("slot released: instance unexpectedly lost for the job", "manager", st.mgr, "key", st.key, "instance", st.instance, "slot", st.slot)
-			b.sc.ReleaseLost(sk, why)
+			// A manager cut off from etcd (alive) stops its job when its own client
+			// gives the lease up, which is about when etcd expired it: the slot stays
+			// taken, and the instance in service, for one more TTL, so that the job has
+			// stopped before anything else happens on the instance.
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				select {
+				case <-time.After(b.g.n.ttl):
+					b.sc.ReleaseLost(sk, why)
+				case <-b.ctx.Done():
+				}
+			}()
 		} else {
 			b.sc.Release(sk)
 		}
@@ -394,7 +433,7 @@ type statusRecord struct {
 }
 
 // publish writes the pool's state for the other managers when it changed. Instance
-// histories are left out: they are long, and `runner status --instance` on the
+// histories are left out: they are long, and `runner pool status --instance` on the
 // leader shows them.
 func (b *broker) publish() {
 	st := b.sc.Status()
@@ -412,7 +451,9 @@ func (b *broker) publish() {
 		return
 	}
 	v, _ := json.Marshal(statusRecord{Leader: b.g.n.id, At: time.Now().UTC(), Status: st})
-	if _, err := b.g.n.cli.Txn(b.ctx).If(b.fence).Then(clientv3.OpPut(b.g.pfx+"/status", string(v))).Commit(); err == nil {
+	ctx, cancel := context.WithTimeout(b.ctx, b.g.n.ttl)
+	defer cancel()
+	if _, err := b.g.n.cli.Txn(ctx).If(b.fence).Then(clientv3.OpPut(b.g.pfx+"/status", string(v))).Commit(); err == nil {
 		b.mu.Lock()
 		b.last = body
 		b.mu.Unlock()

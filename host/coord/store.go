@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -29,17 +30,30 @@ type Store struct {
 	cli   *clientv3.Client
 	pfx   string // ends with "/"
 	fence clientv3.Cmp
+	// timeout bounds each call: the taskscaler writes while holding its lock, and a
+	// leader cut off from etcd must fail its writes (and so notice) rather than wedge.
+	timeout time.Duration
 }
 
-// NewStore returns the inventory under pfx, written only while fence holds.
-func NewStore(cli *clientv3.Client, pfx string, fence clientv3.Cmp) *Store {
-	return &Store{cli: cli, pfx: strings.TrimSuffix(pfx, "/") + "/", fence: fence}
+// NewStore returns the inventory under pfx, written only while fence holds; each call
+// gives up after timeout.
+func NewStore(cli *clientv3.Client, pfx string, fence clientv3.Cmp, timeout time.Duration) *Store {
+	return &Store{cli: cli, pfx: strings.TrimSuffix(pfx, "/") + "/", fence: fence, timeout: timeout}
+}
+
+func (s *Store) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, s.timeout)
 }
 
 func (s *Store) instanceKey(id string) string { return s.pfx + "instances/" + id }
 
 // Load reads the inventory.
 func (s *Store) Load(ctx context.Context, _ string) (state.Snapshot, error) {
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, s.pfx, clientv3.WithPrefix())
 	if err != nil {
 		return state.Snapshot{}, fmt.Errorf("read inventory %s from etcd: %w", s.pfx, err)
@@ -73,6 +87,8 @@ func (s *Store) Load(ctx context.Context, _ string) (state.Snapshot, error) {
 // parts leaves an instance unrecorded (it is then deleted as unvouched) or a deleted
 // one recorded (it is then found gone), never an unrecorded creation.
 func (s *Store) Apply(ctx context.Context, _ string, b state.Batch) error {
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	var ops []clientv3.Op
 	if b.SetIntents {
 		v, err := json.Marshal(b.Intents)
@@ -117,6 +133,8 @@ func (s *Store) Close() error { return nil }
 
 // Leading checks that the leadership the store's writes are fenced with still stands.
 func (s *Store) Leading(ctx context.Context) error {
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Txn(ctx).If(s.fence).Commit()
 	if err != nil {
 		return fmt.Errorf("check the pool's leadership in etcd: %w", err)
