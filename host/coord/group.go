@@ -246,6 +246,10 @@ func (g *Group) deliver(key string, gr grant) {
 	}
 }
 
+// clientRetry is how long, beyond a lease TTL, a manager retries writing its requests:
+// etcd elects a new leader of its own in a few seconds.
+const clientRetry = 5 * time.Second
+
 // retry runs op until it succeeds, ctx ends, or within has passed. A request that
 // meets a change of etcd's own leader fails ("request timed out") although quorum
 // holds; the operations retried here are idempotent or guarded by a comparison.
@@ -300,7 +304,7 @@ func (g *Group) ask(ctx context.Context, key, op string, timeout time.Duration) 
 	}()
 	v, _ := json.Marshal(want{Op: op, At: time.Now().UTC()})
 	var rev int64
-	err := retry(ctx, g.n.ttl, func(ctx context.Context) error {
+	err := retry(ctx, g.n.ttl+clientRetry, func(ctx context.Context) error {
 		resp, err := g.n.cli.Put(ctx, g.wantKey(g.n.id, key), string(v), clientv3.WithLease(sess.Lease()))
 		if err == nil {
 			rev = resp.Header.Revision
@@ -336,7 +340,7 @@ func (g *Group) forget(key string, a *Acquisition) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(g.ctx), 5*time.Second)
 	defer cancel()
 	del := []clientv3.Op{clientv3.OpDelete(g.wantKey(g.n.id, key)), clientv3.OpDelete(g.grantKey(g.n.id, key))}
-	err := retry(ctx, g.n.ttl, func(ctx context.Context) error {
+	err := retry(ctx, g.n.ttl+clientRetry, func(ctx context.Context) error {
 		if a != nil {
 			sk := g.slotKey(a.id, a.slot)
 			_, err := g.n.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(sk), "=", a.lease)).

@@ -53,6 +53,11 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
+// forever is how long the leader retries its answers, grants and revocations: for as
+// long as it leads (its context ends with the leadership), since a manager waits for
+// them.
+const forever = 24 * time.Hour
+
 // broker is the leader's side of a pool: it serves the managers' wants with the
 // taskscaler and records the slots.
 type broker struct {
@@ -264,7 +269,7 @@ func grantOf(wantRev int64, err error) grant {
 // answer writes the grant for the want kv, if the want is still the one answered.
 func (b *broker) answer(mgr, key string, kv *mvccpb.KeyValue, gr grant) {
 	v, _ := json.Marshal(gr)
-	err := retry(b.ctx, b.g.n.ttl, func(ctx context.Context) error {
+	err := retry(b.ctx, forever, func(ctx context.Context) error {
 		_, err := b.g.n.cli.Txn(ctx).
 			If(b.fence, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
 			Then(clientv3.OpPut(b.g.grantKey(mgr, key), string(v), clientv3.WithLease(clientv3.LeaseID(kv.Lease)))).Commit()
@@ -296,7 +301,7 @@ func (b *broker) acquire(ctx context.Context, wk string, st *wantState, kv *mvcc
 	gr, _ := json.Marshal(grant{WantRev: kv.ModRevision, Instance: a.InstanceID(), Slot: a.Slot()})
 	lease := clientv3.WithLease(clientv3.LeaseID(kv.Lease))
 	var resp *clientv3.TxnResponse
-	err = retry(b.ctx, b.g.n.ttl, func(ctx context.Context) error {
+	err = retry(b.ctx, forever, func(ctx context.Context) error {
 		var err error
 		resp, err = b.g.n.cli.Txn(ctx).
 			If(b.fence, clientv3.Compare(clientv3.ModRevision(wk), "=", kv.ModRevision), clientv3.Compare(clientv3.CreateRevision(slotK), "=", 0)).
@@ -362,7 +367,7 @@ func (b *broker) revoke(wk string, st *wantState, why string) {
 	if st.lease != 0 {
 		ops = append(ops, clientv3.OpPut(b.g.grantKey(st.mgr, st.key), string(gr), clientv3.WithLease(st.lease)))
 	}
-	err := retry(b.ctx, b.g.n.ttl, func(ctx context.Context) error {
+	err := retry(b.ctx, forever, func(ctx context.Context) error {
 		_, err := b.g.n.cli.Txn(ctx).If(b.fence).Then(ops...).Commit()
 		return err
 	})
