@@ -36,12 +36,12 @@ type runnerView struct {
 	PoolSize                   string // "1 instance", "3 instances"
 	// Shared says, for a pool several runner managers share, who they are and which
 	// one leads.
-	Shared string
-	Instances                  []instanceView
-	Gone                       []instanceView
-	Jobs                       []jobView
-	Decisions                  []decisionView
-	Charts                     []chartView
+	Shared    string
+	Instances []instanceView
+	Gone      []instanceView
+	Jobs      []jobView
+	Decisions []decisionView
+	Charts    []chartView
 }
 
 type policyView struct {
