@@ -10,7 +10,6 @@ import (
 const cacheRunner = okRunner + "  [runners.cache]\n"
 
 func TestCheckCache(t *testing.T) {
-	type diag struct{ sev, path, msg, hint string }
 	const c = "runners[0].cache"
 	s3 := func(keys string) string {
 		return cacheRunner + "    Type = \"s3\"\n    [runners.cache.s3]\n" + keys
@@ -91,13 +90,7 @@ func TestCheckCache(t *testing.T) {
 			[]diag{{"error", c + ".Shared", "want boolean", ""}}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wants := make([]want, len(tt.want))
-			for i, d := range tt.want {
-				wants[i] = want{d.sev + " " + d.path, d.msg, d.hint}
-			}
-			checkDiagnostics(t, tt.doc, wants)
-		})
+		t.Run(tt.name, func(t *testing.T) { checkDiagTable(t, tt.doc, tt.want) })
 	}
 }
 

@@ -41,6 +41,20 @@ func checkDiagnostics(t *testing.T, doc string, wants []want) Diagnostics {
 	return diags
 }
 
+// diag is one expected diagnostic of a table test: severity, key path, and parts of
+// its message and hint.
+type diag struct{ sev, path, msg, hint string }
+
+// checkDiagTable is checkDiagnostics for a table of diags.
+func checkDiagTable(t *testing.T, doc string, ds []diag) {
+	t.Helper()
+	wants := make([]want, len(ds))
+	for i, d := range ds {
+		wants[i] = want{d.sev + " " + d.path, d.msg, d.hint}
+	}
+	checkDiagnostics(t, doc, wants)
+}
+
 const okRunner = `
 [[runners]]
   executor = "instance"

@@ -6,7 +6,6 @@ import (
 )
 
 func TestCheckCoordination(t *testing.T) {
-	type diag struct{ sev, path, msg, hint string }
 	const c = "coordination"
 	table := func(keys string) string { return "[coordination]\n" + keys + okRunner }
 	eps := "  endpoints = [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n"
@@ -37,13 +36,7 @@ func TestCheckCoordination(t *testing.T) {
 			[]diag{{"warning", "runners[0].autoscaler.delete_instances_on_shutdown", "ignored with [coordination]", "next leader"}}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wants := make([]want, len(tt.want))
-			for i, d := range tt.want {
-				wants[i] = want{d.sev + " " + d.path, d.msg, d.hint}
-			}
-			checkDiagnostics(t, tt.doc, wants)
-		})
+		t.Run(tt.name, func(t *testing.T) { checkDiagTable(t, tt.doc, tt.want) })
 	}
 }
 

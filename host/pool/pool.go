@@ -288,7 +288,7 @@ func (m *Pool) share(ctx context.Context, node *coord.Node, topts taskscaler.Opt
 		},
 	})
 	m.closers = append(m.closers, m.shared.Close)
-	m.Slots = sharedSlots{m.shared}
+	m.Slots = slotsOf[*coord.Acquisition]{m.shared}
 	return nil
 }
 
@@ -299,19 +299,6 @@ func (m *Pool) leaderOptions() taskscaler.Options {
 	defer m.sharedMu.Unlock()
 	return m.sharedOpts
 }
-
-// sharedSlots hands out the slots of a shared pool.
-type sharedSlots struct{ g *coord.Group }
-
-func (s sharedSlots) Acquire(ctx context.Context, key string) (Slot, error) {
-	a, err := s.g.Acquire(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	return a, nil
-}
-
-func (s sharedSlots) Release(key string) { s.g.Release(key) }
 
 // limitedBuffer keeps the first 4 KiB of a command's output, for error messages.
 type limitedBuffer struct{ b []byte }

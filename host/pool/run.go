@@ -30,19 +30,26 @@ type Slots interface {
 }
 
 // ScalerSlots hands out the slots of a taskscaler.
-func ScalerSlots(s *taskscaler.Scaler) Slots { return scalerSlots{s} }
+func ScalerSlots(s *taskscaler.Scaler) Slots { return slotsOf[*taskscaler.Acquisition]{s} }
 
-type scalerSlots struct{ s *taskscaler.Scaler }
+// slotsOf hands out the slots of a source whose Acquire returns its own slot type (a
+// taskscaler's, or a shared pool's).
+type slotsOf[A Slot] struct {
+	src interface {
+		Acquire(ctx context.Context, key string) (A, error)
+		Release(key string)
+	}
+}
 
-func (s scalerSlots) Acquire(ctx context.Context, key string) (Slot, error) {
-	a, err := s.s.Acquire(ctx, key)
+func (s slotsOf[A]) Acquire(ctx context.Context, key string) (Slot, error) {
+	a, err := s.src.Acquire(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, err // not a Slot holding a nil A
 	}
 	return a, nil
 }
 
-func (s scalerSlots) Release(key string) { s.s.Release(key) }
+func (s slotsOf[A]) Release(key string) { s.src.Release(key) }
 
 // EnvFactory makes the executor environment of job on slot. ctx is bounded by the
 // slot: it ends if the instance disappears.
