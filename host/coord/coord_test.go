@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -449,4 +450,18 @@ func TestFencedGroupKeepsHeartbeat(t *testing.T) {
 	if err := hb.Heartbeat(context.Background(), "nope"); !errors.Is(err, provider.ErrNotFound) {
 		t.Fatalf("Heartbeat of an unknown instance: %v; want the plugin's own answer", err)
 	}
+}
+
+// parseSlotKey is the inverse of slotKey (the audit reads the slot keys' history with it).
+func parseSlotKey(pfx, k string) (instance string, slot int, ok bool) {
+	rest, ok := strings.CutPrefix(k, pfx+"/slots/")
+	if !ok {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(rest, '/')
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(rest[i+1:])
+	return rest[:i], n, err == nil
 }

@@ -206,6 +206,9 @@ func (g *Group) watchGrants(ctx context.Context, rev int64) {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
 		for resp := range g.n.cli.Watch(clientv3.WithRequireLeader(ctx), pfx, opts...) {
+			if resp.CompactRevision > 0 {
+				rev = resp.CompactRevision // history before it is gone: go on from there
+			}
 			if resp.Err() != nil {
 				break
 			}

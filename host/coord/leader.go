@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -544,18 +542,4 @@ func (g *Group) Coordination(ctx context.Context) taskscaler.Coordination {
 			Since: m.Since, Jobs: jobs[m.ID], IsLeader: m.ID == co.Leader})
 	}
 	return co
-}
-
-// parseSlotKey is the inverse of slotKey (tests read the audit trail with it).
-func parseSlotKey(pfx, k string) (instance string, slot int, ok bool) {
-	rest, ok := strings.CutPrefix(k, pfx+"/slots/")
-	if !ok {
-		return "", 0, false
-	}
-	i := strings.LastIndexByte(rest, '/')
-	if i < 0 {
-		return "", 0, false
-	}
-	n, err := strconv.Atoi(rest[i+1:])
-	return rest[:i], n, err == nil
 }
