@@ -1,7 +1,9 @@
 package coord
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/flotilla-ci/flotilla/host/config"
 	"github.com/flotilla-ci/flotilla/host/state"
@@ -464,4 +467,43 @@ func parseSlotKey(pfx, k string) (instance string, slot int, ok bool) {
 	}
 	n, err := strconv.Atoi(rest[i+1:])
 	return rest[:i], n, err == nil
+}
+
+// TestPinsSharedByManagers: a host key one manager pinned is what another manager
+// finds, and a forgotten pin is gone for both.
+func TestPinsSharedByManagers(t *testing.T) {
+	h := newHarness(t, 1)
+	m1, m2 := h.join("m1", h.cluster.Endpoints()), h.join("m2", h.cluster.Endpoints())
+	p1, p2 := m1.n.Pins(testOwner), m2.n.Pins(testOwner)
+	other := m1.n.Pins("https://gitlab.example|another pool")
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ssh.NewPublicKey(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p2.Lookup("i-1"); err != nil || got != nil {
+		t.Fatalf("lookup before any pin: %v %v", got, err)
+	}
+	if err := p1.Pin("i-1", key); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p2.Lookup("i-1")
+	if err != nil || got == nil || !bytes.Equal(got.Marshal(), key.Marshal()) {
+		t.Fatalf("the other manager's lookup: %v %v; want the pinned key", got, err)
+	}
+	if got, _ := other.Lookup("i-1"); got != nil {
+		t.Fatal("a pin of one pool is seen by another")
+	}
+	if err := p2.Forget("i-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p1.Lookup("i-1"); err != nil || got != nil {
+		t.Fatalf("lookup after the pin was forgotten: %v %v", got, err)
+	}
+	if !strings.Contains(p1.String(), "/pins/") {
+		t.Errorf("String() = %q", p1.String())
+	}
 }

@@ -110,7 +110,7 @@ func (n *Node) Join(owner string, o GroupOptions) *Group {
 	if log == nil {
 		log = n.log
 	}
-	g := &Group{n: n, owner: owner, pfx: n.pfx + "/pools/" + url.PathEscape(owner), o: o,
+	g := &Group{n: n, owner: owner, pfx: n.poolPrefix(owner), o: o,
 		log:     log.With("subsystem", "coordination", "manager", n.id),
 		waiters: map[string]chan grant{}, acqs: map[string]*Acquisition{}}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
@@ -121,6 +121,9 @@ func (n *Node) Join(owner string, o GroupOptions) *Group {
 	g.setSession(sess)
 	return g
 }
+
+// poolPrefix is where the keys of the pool owner live.
+func (n *Node) poolPrefix(owner string) string { return n.pfx + "/pools/" + url.PathEscape(owner) }
 
 // Prefix returns the pool's key prefix in etcd.
 func (g *Group) Prefix() string { return g.pfx }

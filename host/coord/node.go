@@ -23,7 +23,8 @@
 //
 // Key layout under the prefix (default /flotilla): managers/<id>;
 // pools/<owner>/{election/, inventory/, wants/<manager>/<key>, grants/<manager>/<key>,
-// slots/<instance>/<slot>, status}. docs/ha.md describes the failure model.
+// slots/<instance>/<slot>, pins/<instance>, status}. docs/ha.md describes the failure
+// model.
 package coord
 
 import (

@@ -188,8 +188,10 @@ func Start(ctx context.Context, cfg *config.Config, r *config.Runner, opts Optio
 
 	// Host keys first seen (for plugins that report none) are pinned next to the
 	// inventory, so a restarted host still refuses a changed key.
-	pins, err := connector.OpenFileHostKeyStore(filepath.Join(dir, unsafeName.ReplaceAllString(owner, "_")+".known_hosts"))
-	if err != nil {
+	var pins connector.HostKeyStore
+	if opts.Coordination != nil {
+		pins = opts.Coordination.Pins(owner) // every manager expects the key one pinned
+	} else if pins, err = connector.OpenFileHostKeyStore(filepath.Join(dir, unsafeName.ReplaceAllString(owner, "_")+".known_hosts")); err != nil {
 		return nil, fmt.Errorf("creating state storage: %w", err)
 	}
 	m.conns = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: log, HostKeys: pins})
