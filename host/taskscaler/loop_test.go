@@ -35,7 +35,12 @@ func TestBackgroundLoop(t *testing.T) {
 		done <- result{a, err}
 	}()
 	var r result
-	idle, updates := 0, 0
+	// Without progress for this long of real time the loop is taken to be sleeping
+	// past the expecting interval. (A count of spins stood for time here before; on a
+	// machine loaded by other test processes it ran out while the loop waited for a
+	// CPU.)
+	const stall = 15 * time.Second
+	lastStep, updates := time.Now(), 0
 wait:
 	for {
 		select {
@@ -52,8 +57,8 @@ wait:
 			g.CallCount("Update") > updates {
 			updates = g.CallCount("Update")
 			clk.Set(next)
-			idle = 0
-		} else if idle++; idle > 5_000_000 {
+			lastStep = time.Now()
+		} else if time.Since(lastStep) > stall {
 			t.Fatalf("the loop sleeps longer than %s while a job waits: next deadline %v", DefaultUpdateIntervalWhenExpecting, next)
 		}
 		runtime.Gosched()
