@@ -384,7 +384,11 @@ func (g *Group) Unreserve(key string) { g.forget(key, nil) }
 // Acquire asks the leader for a slot for key (using key's reservation) and waits for
 // it. The slot is held under this manager's lease until Release.
 func (g *Group) Acquire(ctx context.Context, key string) (*Acquisition, error) {
-	gr, err := g.ask(ctx, key, "acquire", g.o.AcquireTimeout+g.n.ttl)
+	timeout := g.o.AcquireTimeout
+	if timeout <= 0 {
+		timeout = taskscaler.DefaultInstanceAcquireTimeout
+	}
+	gr, err := g.ask(ctx, key, "acquire", timeout+g.n.ttl)
 	if err != nil {
 		return nil, err
 	}
