@@ -280,6 +280,9 @@ func (m *Pool) share(ctx context.Context, node *coord.Node, topts taskscaler.Opt
 	// next one instead of deleting them.
 	topts.DeleteInstancesOnShutdown = false
 	topts.Info = &info
+	// A new leader finds jobs recorded in flight whose manager died with the old one;
+	// a manager that is only cut off stops them about one lease TTL after the cut.
+	topts.LostJobsGrace = node.TTL()
 	m.sharedOpts = topts
 	m.shared = node.Join(topts.Owner, coord.GroupOptions{
 		Logger: m.log, AcquireTimeout: topts.InstanceAcquireTimeout, ConnectInfo: m.plugin.ConnectInfo,

@@ -59,3 +59,29 @@ func TestHeldSlotsTakenOver(t *testing.T) {
 		t.Fatalf("instance of a lost job not retired: %+v", st)
 	}
 }
+
+// TestLostJobsGrace: a new leader of a shared pool finds a job recorded in flight
+// that no manager holds (its manager died with the old leader, or is cut off and
+// stopping it): the instance takes no job, and is removed only after the grace.
+func TestLostJobsGrace(t *testing.T) {
+	opts := Options{CapacityPerInstance: 2, Policies: []Policy{{IdleCount: 2, IdleTime: time.Hour}}}
+	e := newEnv(t, fake.Options{}, opts)
+	e.reconcile(2)
+	a := e.acquire("a")
+	e.s.cancel()
+	opts.LostJobsGrace = 10 * time.Second
+	e.start(opts)
+	e.reconcile(2)
+	st, _ := e.s.Explain(a.InstanceID())
+	if st.Removing {
+		t.Fatalf("instance removed before the grace: %+v", st)
+	}
+	if b := e.acquire("b"); b.InstanceID() == a.InstanceID() {
+		t.Fatal("a job was given to the instance of a lost job")
+	}
+	e.clk.Advance(11 * time.Second)
+	e.reconcile(1)
+	if st, _ := e.s.Explain(a.InstanceID()); !st.Removing || !strings.Contains(st.RemoveReason, "lost with their runner manager") {
+		t.Fatalf("instance of a lost job not removed after the grace: %+v", st)
+	}
+}

@@ -202,6 +202,11 @@ type Options struct {
 	// acquisitions the managers hold, so their instances are kept and the slots stay
 	// taken until Release (see host/coord).
 	Held []Held
+	// LostJobsGrace, when set, gives jobs recorded in flight but not held (their runner
+	// manager is gone) that long to have stopped before their instance is removed: a
+	// manager cut off from a shared pool's etcd stops its jobs about when its lease
+	// expires, which is when a new leader starts. Zero removes such an instance at once.
+	LostJobsGrace time.Duration
 
 	// Ready runs instance_ready_command (nil: instances are ready once running).
 	Ready ReadyFunc

@@ -42,6 +42,9 @@ func (s *Scaler) planRemovalsLocked(now time.Time) []string {
 			}
 			switch {
 			case in.retire != "":
+				if now.Before(in.retireAt) {
+					continue // its lost jobs may still be stopping
+				}
 				s.beginRemovalLocked(now, in, in.retire)
 				surplus--
 			case s.opts.MaxUseCount > 0 && in.UseCount >= s.opts.MaxUseCount:

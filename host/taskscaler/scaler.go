@@ -110,6 +110,7 @@ type instance struct {
 	// retire, when set, says why the instance takes no more jobs and is removed once
 	// its slots are free (a job of a lost runner manager ran on it).
 	retire        string
+	retireAt      time.Time // not removed for retire before this
 	history       []Event
 	historyCursor int
 }
@@ -349,10 +350,17 @@ func (s *Scaler) adoptHeldLocked(now time.Time, held []Held) {
 		in.event(now, "acquired", fmt.Sprintf("slot %d held by %s, taken over", h.Slot, h.Key))
 		perInstance[in.ID]++
 	}
-	for id, n := range perInstance {
-		in := s.instances[id]
+	for id, in := range s.instances {
+		n := perInstance[id]
+		if n == 0 && s.opts.LostJobsGrace <= 0 {
+			continue // a single host's restart: restoredJobs removes the instance at once
+		}
 		if lost := in.restoredJobs - n; lost > 0 && !s.opts.KeepInstanceWithAcquisitions {
-			in.retire = fmt.Sprintf("%d jobs in flight were lost with their runner manager; removing for safety once the %d held slots are released", lost, n)
+			in.retire = fmt.Sprintf("%d jobs in flight were lost with their runner manager; removing for safety once they have stopped", lost)
+			if n > 0 {
+				in.retire += fmt.Sprintf(" and the %d held slots are released", n)
+			}
+			in.retireAt = now.Add(s.opts.LostJobsGrace)
 		}
 		in.restoredJobs = 0
 	}
