@@ -60,14 +60,7 @@ func benchJobs(b *testing.B, managers, jobs int) {
 
 func benchFailover(b *testing.B) {
 	h := benchHarness(b)
-	ms := []*manager{h.join("m1", h.cluster.Endpoints()), h.join("m2", h.cluster.Endpoints()), h.join("m3", h.cluster.Endpoints())}
-	leader := leaderOf(b, ms...)
-	var rest []*manager
-	for _, m := range ms {
-		if m != leader {
-			rest = append(rest, m)
-		}
-	}
+	leader, rest := h.three()
 	// Jobs keep coming while the leader dies: a follower asks for a slot again and
 	// again, and the first answered one is the new leader's first decision.
 	ctx, cancel := context.WithCancel(context.Background())

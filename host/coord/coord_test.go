@@ -80,6 +80,20 @@ func (h *harness) join(id string, endpoints []string) *manager {
 	return m
 }
 
+// three starts three managers on the cluster and returns the one elected and the
+// two others.
+func (h *harness) three() (leader *manager, rest []*manager) {
+	h.t.Helper()
+	ms := []*manager{h.join("m1", h.cluster.Endpoints()), h.join("m2", h.cluster.Endpoints()), h.join("m3", h.cluster.Endpoints())}
+	leader = leaderOf(h.t, ms...)
+	for _, m := range ms {
+		if m != leader {
+			rest = append(rest, m)
+		}
+	}
+	return leader, rest
+}
+
 // stop is a clean stop: the group resigns, the lease is revoked.
 func (m *manager) stop() {
 	if m.n == nil {
@@ -271,14 +285,7 @@ func TestJobsThroughThreeManagers(t *testing.T) {
 func TestLeaderDeathTakeover(t *testing.T) {
 	h := newHarness(t, 3)
 	cli := h.cluster.Client(t)
-	ms := []*manager{h.join("m1", h.cluster.Endpoints()), h.join("m2", h.cluster.Endpoints()), h.join("m3", h.cluster.Endpoints())}
-	leader := leaderOf(t, ms...)
-	var followers []*manager
-	for _, m := range ms {
-		if m != leader {
-			followers = append(followers, m)
-		}
-	}
+	leader, followers := h.three()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// A follower's job holds a slot across the leader's death.

@@ -118,12 +118,7 @@ func TestHACloudPlugin(t *testing.T) {
 		t.Fatal("the jobs ran, but the simulated cloud has no VM")
 	}
 
-	var rest []*haManager
-	for _, m := range ms {
-		if m != leader {
-			rest = append(rest, m)
-		}
-	}
+	rest := others(ms, leader)
 	leader.kill()
 	next := p.leader(rest...)
 	from = p.revision()
