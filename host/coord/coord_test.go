@@ -46,6 +46,7 @@ type harness struct {
 	group   *fake.Group
 	ttl     time.Duration
 	opts    taskscaler.Options
+	wrapKV  func(clientv3.KV) clientv3.KV // the managers' etcd answers, when set
 }
 
 func newHarness(t *testing.T, members int) *harness { return newHarnessTB(t, members) }
@@ -63,7 +64,7 @@ func (h *harness) join(id string, endpoints []string) *manager {
 	cfg := &config.Coordination{Endpoints: endpoints, LeaseTTL: config.Duration{Duration: h.ttl}, Prefix: "/test"}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	n, err := Open(ctx, cfg, id, Options{Logger: quiet()})
+	n, err := Open(ctx, cfg, id, Options{Logger: quiet(), wrapKV: h.wrapKV})
 	if err != nil {
 		h.t.Fatalf("Open %s: %v", id, err)
 	}
@@ -213,7 +214,9 @@ func run(ctx context.Context, m *manager, key string, h *holders) error {
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, taskscaler.ErrNoCapacity) || ctx.Err() != nil {
+		// A leader with no capacity answers so; one that does not answer at all
+		// (within a lease TTL and some) has lost the request.
+		if !errors.Is(err, taskscaler.ErrNoCapacity) || errors.Is(err, errNoAnswer) || ctx.Err() != nil {
 			return fmt.Errorf("reserve %s: %w", key, err)
 		}
 		select {

@@ -3,6 +3,7 @@ package coord
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -272,6 +273,9 @@ func retry(ctx context.Context, within time.Duration, op func(context.Context) e
 	}
 }
 
+// errNoAnswer is a request's end when the leader's answer did not come in time.
+var errNoAnswer = errors.New("the pool's leader did not answer")
+
 // remoteError is an error the leader answered with; it is ErrNoCapacity when the
 // leader's was.
 type remoteError struct {
@@ -308,14 +312,26 @@ func (g *Group) ask(ctx context.Context, key, op string, timeout time.Duration) 
 		delete(g.waiters, key)
 		g.mu.Unlock()
 	}()
+	// The want's value is unique (its time), so that a retry after an answer etcd
+	// lost finds the want it had in fact written and waits for the leader's answer to
+	// that one: writing it again would change the revision the leader answers.
 	v, _ := json.Marshal(want{Op: op, At: time.Now().UTC()})
+	wk := g.wantKey(g.n.id, key)
 	var rev int64
 	err := retry(ctx, g.n.ttl+clientRetry, func(ctx context.Context) error {
-		resp, err := g.n.cli.Put(ctx, g.wantKey(g.n.id, key), string(v), clientv3.WithLease(sess.Lease()))
-		if err == nil {
-			rev = resp.Header.Revision
+		resp, err := g.n.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(wk), "=", string(v))).
+			Then(clientv3.OpGet(wk)).
+			Else(clientv3.OpPut(wk, string(v), clientv3.WithLease(sess.Lease())), clientv3.OpGet(wk)).Commit()
+		if err != nil {
+			return err
 		}
-		return err
+		rs := resp.Responses
+		kvs := rs[len(rs)-1].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return fmt.Errorf("want %s gone as it was written", wk)
+		}
+		rev = kvs[0].ModRevision
+		return nil
 	})
 	if err != nil {
 		return grant{}, fmt.Errorf("%w: ask the pool's leader for a slot: %w", taskscaler.ErrNoCapacity, err)
@@ -332,7 +348,7 @@ func (g *Group) ask(ctx context.Context, key, op string, timeout time.Duration) 
 			return grant{}, fmt.Errorf("%w: %w: the etcd session ended while waiting for a slot", taskscaler.ErrNoCapacity, ErrNotConnected)
 		case <-timer.C:
 			g.forget(key, nil)
-			return grant{}, fmt.Errorf("%w: the pool's leader did not answer within %s (is a manager elected? `runner pool status` shows the leader)", taskscaler.ErrNoCapacity, timeout)
+			return grant{}, fmt.Errorf("%w: %w within %s (is a manager elected? `runner pool status` shows the leader)", taskscaler.ErrNoCapacity, errNoAnswer, timeout)
 		case <-ctx.Done():
 			g.forget(key, nil)
 			return grant{}, context.Cause(ctx)

@@ -89,6 +89,9 @@ type Manager struct {
 type Options struct {
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// wrapKV, when set, wraps the client's KV: the tests lose etcd's answers with it.
+	wrapKV func(clientv3.KV) clientv3.KV
 }
 
 // Open connects to the etcd cluster of cfg as manager id (the runner's system ID) and
@@ -116,6 +119,9 @@ func Open(ctx context.Context, cfg *config.Coordination, id string, o Options) (
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, err)
+	}
+	if o.wrapKV != nil {
+		cli.KV = o.wrapKV(cli.KV)
 	}
 	n := &Node{cli: cli, id: id, pfx: cfg.KeyPrefix(), ttl: cfg.TTL(), log: log.With("subsystem", "coordination", "manager", id),
 		groups: map[*Group]bool{}, done: make(chan struct{}), since: time.Now()}
@@ -168,7 +174,11 @@ func (n *Node) newSession(ctx context.Context) (*concurrency.Session, error) {
 	}
 	host, _ := os.Hostname()
 	b, _ := json.Marshal(Manager{ID: n.id, Host: host, PID: os.Getpid(), Version: version.Version, Since: n.since})
-	if _, err := n.cli.Put(ctx, n.pfx+"/managers/"+n.id, string(b), clientv3.WithLease(sess.Lease())); err != nil {
+	err = retry(ctx, n.ttl, func(ctx context.Context) error {
+		_, err := n.cli.Put(ctx, n.pfx+"/managers/"+n.id, string(b), clientv3.WithLease(sess.Lease()))
+		return err
+	})
+	if err != nil {
 		sess.Orphan()
 		return nil, fmt.Errorf("publish manager %s: %w", n.id, err)
 	}

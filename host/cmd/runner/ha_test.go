@@ -430,13 +430,28 @@ func (p *haPool) waitFinished(ids []int64, within time.Duration, ms ...*haManage
 	deadline := time.Now().Add(within)
 	for _, id := range ids {
 		if j, ok := p.srv.Wait(id, time.Until(deadline)); !ok {
+			// The lines about the job and the warnings say more than the log's tail.
 			var outs strings.Builder
 			for _, m := range ms {
-				fmt.Fprintf(&outs, "--- manager %s:\n%s\n", m.id, tail(m.output(), 8<<10))
+				fmt.Fprintf(&outs, "--- manager %s, about job %d and warnings:\n%s\n--- its log's end:\n%s\n",
+					m.id, id, tail(relevant(m.output(), id), 16<<10), tail(m.output(), 4<<10))
 			}
 			p.t.Fatalf("job %d not finished within %s (state %s); log:\n%s\n%s", id, within, j.State, j.Trace, outs.String())
 		}
 	}
+}
+
+// relevant returns the lines of a manager's log about job id, and its warnings and
+// errors.
+func relevant(log string, id int64) string {
+	var b strings.Builder
+	job := fmt.Sprintf(`"job":%d,`, id)
+	for l := range strings.Lines(log) {
+		if strings.Contains(l, job) || strings.Contains(l, `"level":"warning"`) || strings.Contains(l, `"level":"error"`) || strings.Contains(l, `"level":"fatal"`) {
+			b.WriteString(l)
+		}
+	}
+	return b.String()
 }
 
 func tail(s string, n int) string {
